@@ -1,0 +1,234 @@
+//! Every reason a bundle is refused, each with a stable code and an HTTP status.
+
+use std::io;
+
+/// How a refusal maps onto the receiver's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// The archive is not a well-formed bundle (400).
+    Malformed,
+    /// Over a configured limit (413).
+    TooLarge,
+    /// Well-formed but refused by verification (422).
+    Refused,
+    /// Reading failed for a reason of our own (500).
+    Internal,
+}
+
+/// Why a bundle was refused. Messages name the entry and the rule; none contains a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// Not a ZIP archive, or one too damaged to read.
+    #[error("not a ZIP archive: {0}")]
+    NotAZip(String),
+    /// Bytes before the first entry.
+    #[error("{0} bytes of data precede the first entry")]
+    PrependedData(u64),
+    /// Bytes after the end of central directory record.
+    #[error("{0} bytes of data follow the end of central directory record")]
+    TrailingData(u64),
+    /// An archive or entry comment.
+    #[error("{0}; comments are not accepted")]
+    ArchiveComment(String),
+    /// More than one end of central directory record.
+    #[error("the archive has more than one end of central directory record")]
+    MultipleEndRecords,
+    /// Inconsistent ZIP64 records.
+    #[error("invalid ZIP64 records: {0}")]
+    Zip64Invalid(String),
+    /// A local header that disagrees with its central record.
+    #[error("entry {0}: local and central headers disagree ({1})")]
+    HeaderMismatch(String, &'static str),
+    /// Entries overlap, leave gaps, or are out of place.
+    #[error("entry layout: {0}")]
+    EntryLayout(String),
+    /// A compression method other than Stored or Deflate.
+    #[error("entry {0}: compression method {1} is not accepted (only Stored and Deflate)")]
+    UnsupportedCompression(String, u16),
+    /// An encrypted entry.
+    #[error("entry {0} is encrypted; encrypted entries are not accepted")]
+    EncryptedEntry(String),
+    /// A ZIP feature bundles do not use.
+    #[error("entry {0}: {1}")]
+    UnsupportedFeature(String, String),
+    /// A symlink, directory or special file.
+    #[error("entry {0} is not a regular file (symlink, directory or special file)")]
+    NotRegularFile(String),
+    /// A name outside the layout's rules.
+    #[error("entry name {name:?} {1}", name = .0)]
+    BadEntryName(String, &'static str),
+    /// Two entries with the same name, also after case folding.
+    #[error("duplicate entry {0} (names are compared ignoring case)")]
+    DuplicateEntry(String),
+    /// Entries not in the required order.
+    #[error("entry order: {0}")]
+    EntryOrder(String),
+    /// A CRC-32 that does not match the data.
+    #[error("entry {0}: CRC-32 does not match its data")]
+    CrcMismatch(String),
+    /// `manifest.sig` is not 64 bytes.
+    #[error("manifest.sig must be exactly 64 bytes, found {0}")]
+    BadSignatureFormat(u64),
+    /// More entries than the limit.
+    #[error("the archive declares {0} entries; the limit is {1}")]
+    TooManyEntries(u64, u64),
+    /// An entry over the compression ratio limit.
+    #[error("entry {0}: {1} bytes from {2} compressed exceeds the compression ratio limit")]
+    CompressionRatio(String, u64, u64),
+    /// Sizes over the configured limits.
+    #[error("size limit: {0}")]
+    SizeLimit(String),
+    /// The signature does not verify with the signer's key.
+    #[error("the signature over manifest.json does not verify with signer key {0}")]
+    BadSignature(String),
+    /// The signer key is not trusted.
+    #[error("signer key {0} is not trusted")]
+    UnknownSigner(String),
+    /// The signer key is trusted, but not for this container.
+    #[error("signer key {0} is not allowed to deploy to {1} (allowed: {2})")]
+    SignerNotAllowed(String, String, String),
+    /// manifest.json breaks the schema.
+    #[error("manifest.json: {0}")]
+    BadManifest(String),
+    /// The target container is not a valid path.
+    #[error("manifest.json: field `target_container`: {0}")]
+    BadContainer(String),
+    /// A manifest entry that the archive lacks.
+    #[error("entry {0} is listed in the manifest but missing from the archive")]
+    MissingEntry(String),
+    /// An archive entry that the manifest does not list.
+    #[error("entry {0} is in the archive but not listed in the manifest")]
+    ExtraEntry(String),
+    /// An entry whose size differs from its headers or manifest.
+    #[error("entry {0}: {1}")]
+    SizeMismatch(String, String),
+    /// An entry whose SHA-256 differs from the manifest's.
+    #[error("entry {0}: SHA-256 does not match the manifest")]
+    DigestMismatch(String),
+    /// Past `expires_at`.
+    #[error("the bundle expired at {0}")]
+    Expired(String),
+    /// `created_at` too far in the future.
+    #[error("the bundle was created at {0}, more than 5 minutes in the future")]
+    NotYetValid(String),
+    /// A payload record that breaks a model rule.
+    #[error("{0}")]
+    BadRecord(String),
+    /// A mapping's files and its mapping-file entries differ.
+    #[error("mapping {0}: {1}")]
+    MappingFilesMismatch(String, String),
+    /// Sealed to another receiver.
+    #[error("the bundle is sealed to {0}, but this receiver's recipient is {1}")]
+    SealRecipientMismatch(String, String),
+    /// A sealed value or the wrapped key does not open.
+    #[error("{0}")]
+    SealOpenFailed(String),
+    /// I/O failed while reading.
+    #[error("reading the bundle failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl BundleError {
+    /// The stable code of this refusal (fixtures/malicious/*.expect use it).
+    pub fn code(&self) -> &'static str {
+        use BundleError::*;
+        match self {
+            NotAZip(_) => "not-a-zip",
+            PrependedData(_) => "prepended-data",
+            TrailingData(_) => "trailing-data",
+            ArchiveComment(_) => "archive-comment",
+            MultipleEndRecords => "multiple-end-records",
+            Zip64Invalid(_) => "zip64-invalid",
+            HeaderMismatch(..) => "header-mismatch",
+            EntryLayout(_) => "entry-layout",
+            UnsupportedCompression(..) => "unsupported-compression",
+            EncryptedEntry(_) => "encrypted-entry",
+            UnsupportedFeature(..) => "unsupported-feature",
+            NotRegularFile(_) => "not-regular-file",
+            BadEntryName(..) => "bad-entry-name",
+            DuplicateEntry(_) => "duplicate-entry",
+            EntryOrder(_) => "entry-order",
+            CrcMismatch(_) => "crc-mismatch",
+            BadSignatureFormat(_) => "bad-signature-format",
+            TooManyEntries(..) => "too-many-entries",
+            CompressionRatio(..) => "compression-ratio",
+            SizeLimit(_) => "size-limit",
+            BadSignature(_) => "bad-signature",
+            UnknownSigner(_) => "unknown-signer",
+            SignerNotAllowed(..) => "signer-not-allowed",
+            BadManifest(_) => "bad-manifest",
+            BadContainer(_) => "bad-container",
+            MissingEntry(_) => "missing-entry",
+            ExtraEntry(_) => "extra-entry",
+            SizeMismatch(..) => "size-mismatch",
+            DigestMismatch(_) => "digest-mismatch",
+            Expired(_) => "expired",
+            NotYetValid(_) => "not-yet-valid",
+            BadRecord(_) => "bad-record",
+            MappingFilesMismatch(..) => "mapping-files-mismatch",
+            SealRecipientMismatch(..) => "seal-recipient-mismatch",
+            SealOpenFailed(_) => "seal-open-failed",
+            Io(_) => "io",
+        }
+    }
+
+    /// The class of this refusal.
+    pub fn class(&self) -> Class {
+        use BundleError::*;
+        match self {
+            NotAZip(_)
+            | PrependedData(_)
+            | TrailingData(_)
+            | ArchiveComment(_)
+            | MultipleEndRecords
+            | Zip64Invalid(_)
+            | HeaderMismatch(..)
+            | EntryLayout(_)
+            | UnsupportedCompression(..)
+            | EncryptedEntry(_)
+            | UnsupportedFeature(..)
+            | NotRegularFile(_)
+            | BadEntryName(..)
+            | DuplicateEntry(_)
+            | EntryOrder(_)
+            | CrcMismatch(_)
+            | BadSignatureFormat(_) => Class::Malformed,
+            TooManyEntries(..) | CompressionRatio(..) | SizeLimit(_) => Class::TooLarge,
+            Io(_) => Class::Internal,
+            _ => Class::Refused,
+        }
+    }
+
+    /// The HTTP status for this refusal.
+    pub fn status(&self) -> u16 {
+        match self.class() {
+            Class::Malformed => 400,
+            Class::TooLarge => 413,
+            Class::Refused => 422,
+            Class::Internal => 500,
+        }
+    }
+
+    /// Carries this error through an `io::Read` boundary.
+    pub fn into_io(self) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, self)
+    }
+
+    /// Recovers a [`BundleError`] carried through `io::Error` by [`BundleError::into_io`].
+    pub fn from_io(e: io::Error) -> BundleError {
+        if e.get_ref().is_some_and(|inner| inner.is::<BundleError>()) {
+            if let Some(inner) = e.into_inner() {
+                if let Ok(b) = inner.downcast::<BundleError>() {
+                    return *b;
+                }
+                return BundleError::Io(io::Error::other("unreachable downcast"));
+            }
+            return BundleError::Io(io::Error::other("unreachable downcast"));
+        }
+        // Truncation surfaces as UnexpectedEof from the file; that is a malformed archive.
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            return BundleError::NotAZip("the archive is truncated".into());
+        }
+        BundleError::Io(e)
+    }
+}

@@ -1,0 +1,313 @@
+//! Writing a signed bundle, streaming: memory stays flat however large the mapping files are.
+//!
+//! Files are read twice: once to hash them for the manifest (which comes first in the archive
+//! and is signed), once to compress them into the archive while hashing again; a file that
+//! changed between the two reads is an error, never a bundle that fails verification later.
+
+use std::fs::File;
+use std::io::{self, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use crate::bundle::manifest::{
+    BundleId, BundleKind, CredentialSummary, EntryKind, EntryPath, FORMAT, Manifest, ManifestEntry,
+    Sealing, SecretsState, Sha256,
+};
+use crate::keys::SigningKey;
+use crate::model::RecordError;
+use crate::model::credential::{Credential, SecretValue};
+use crate::model::mapping::Mapping;
+use crate::names::ContainerPath;
+use crate::seal::{DataKey, SealContext, SealError, SealingRecipient};
+use crate::timefmt::Timestamp;
+use crate::zipfmt::{Method, ZipWriter};
+
+/// Why a bundle could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// A record or the project breaks a model rule.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// Credentials carry secrets in clear but neither sealing nor plaintext was chosen.
+    #[error("credential(s) {} have include_in_deployment set and carry secrets; seal them to the receiver with --seal-to age1… (see `GET /v1/keys`), or pass --plaintext-secrets to write them in clear", .0.join(", "))]
+    PlaintextRefused(Vec<String>),
+    /// Reading a mapping file failed.
+    #[error("{path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+    /// A mapping file changed while it was being packaged.
+    #[error("{0}: the file changed while it was being packaged; run the command again")]
+    FileChanged(PathBuf),
+    /// Sealing failed.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// Writing the archive failed.
+    #[error("writing the bundle failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A mapping and the directory its `files` are relative to.
+#[derive(Debug, Clone)]
+pub struct MappingInput {
+    /// The parsed definition.
+    pub mapping: Mapping,
+    /// The directory holding the mapping file.
+    pub dir: PathBuf,
+}
+
+/// How to write the bundle.
+#[derive(Debug, Clone)]
+pub struct BundleOptions {
+    /// Deployment or credentials.
+    pub kind: BundleKind,
+    /// Where it will be applied.
+    pub target_container: ContainerPath,
+    /// The environment chosen.
+    pub environment: Option<String>,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Expiry time.
+    pub expires_at: Timestamp,
+    /// Seal secrets to this receiver.
+    pub seal_to: Option<SealingRecipient>,
+    /// Allow secrets in clear when not sealing.
+    pub allow_plaintext: bool,
+    /// Deflate level, 0–9.
+    pub level: u32,
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The signed manifest.
+    pub manifest: Manifest,
+    /// Archive size in bytes.
+    pub bytes: u64,
+}
+
+/// Decides what goes into the bundle for one credential, sealing when asked.
+fn bundle_credential(
+    c: &Credential,
+    opts: &BundleOptions,
+    bundle_id: &BundleId,
+    key: Option<&DataKey>,
+) -> Result<(Credential, SecretsState), WriteError> {
+    let mut out = c.clone();
+    out.include_in_deployment = false;
+    if !c.include_in_deployment {
+        out.secrets.clear();
+        return Ok((out, SecretsState::Omitted));
+    }
+    if c.secrets.is_empty() {
+        return Ok((out, SecretsState::None));
+    }
+    let Some(key) = key else {
+        return Ok((out, SecretsState::Plaintext));
+    };
+    for (field, value) in out.secrets.iter_mut() {
+        if let SecretValue::Plain(plain) = value {
+            let ctx = SealContext {
+                bundle_id: bundle_id.as_str(),
+                container: opts.target_container.as_str(),
+                credential: c.name.as_str(),
+                field,
+            };
+            *value = SecretValue::Sealed(key.seal(&ctx, plain)?);
+        }
+    }
+    Ok((out, SecretsState::Sealed))
+}
+
+enum Source {
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+/// Writes a bundle of `mappings` and `credentials` to `out`, signed with `key`.
+///
+/// `progress(done, total)` is called with uncompressed bytes as they are written.
+pub fn write_bundle<W: Write + Seek>(
+    out: W,
+    key: &SigningKey,
+    opts: &BundleOptions,
+    mappings: &[MappingInput],
+    credentials: &[Credential],
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Written, WriteError> {
+    let origin = "project";
+    crate::model::check_project(
+        origin,
+        opts.kind == BundleKind::Credentials,
+        &mappings.iter().map(|m| &m.mapping).collect::<Vec<_>>(),
+        &credentials.iter().collect::<Vec<_>>(),
+    )?;
+    let refused: Vec<String> = credentials
+        .iter()
+        .filter(|c| c.include_in_deployment && !c.secrets.is_empty())
+        .filter(|_| opts.seal_to.is_none() && !opts.allow_plaintext)
+        .map(|c| c.name.to_string())
+        .collect();
+    if !refused.is_empty() {
+        return Err(WriteError::PlaintextRefused(refused));
+    }
+
+    let bundle_id = BundleId::generate()?;
+    let data_key = match &opts.seal_to {
+        Some(_)
+            if credentials
+                .iter()
+                .any(|c| c.include_in_deployment && !c.secrets.is_empty()) =>
+        {
+            Some(DataKey::generate()?)
+        }
+        _ => None,
+    };
+    let sealing = match (&opts.seal_to, &data_key) {
+        (Some(r), Some(k)) => Some(Sealing {
+            recipient: r.to_string(),
+            wrapped_key: k.wrap(r)?,
+        }),
+        _ => None,
+    };
+
+    // Pass 1: every payload entry, its source, size and digest.
+    let mut payload: Vec<(ManifestEntry, Source)> = Vec::new();
+    for m in mappings {
+        let json = serde_json::to_vec_pretty(&m.mapping).map_err(io::Error::other)?;
+        let path = EntryPath::Mapping(m.mapping.name.clone()).to_path();
+        payload.push((entry(path, EntryKind::Mapping, &json), Source::Bytes(json)));
+        for f in &m.mapping.files {
+            let on_disk = m.dir.join(f.as_str());
+            let (size, sha) = hash_file(&on_disk)?;
+            let path = EntryPath::MappingFile(m.mapping.name.clone(), f.clone()).to_path();
+            payload.push((
+                ManifestEntry {
+                    path,
+                    size,
+                    sha256: Sha256(sha),
+                    kind: EntryKind::MappingFile,
+                },
+                Source::File(on_disk),
+            ));
+        }
+    }
+    let mut summaries = Vec::new();
+    for c in credentials {
+        let (record, secrets) = bundle_credential(c, opts, &bundle_id, data_key.as_ref())?;
+        let json = zeroize::Zeroizing::new(
+            serde_json::to_vec_pretty(&record.bundle_json()).map_err(io::Error::other)?,
+        );
+        let path = EntryPath::Credential(c.name.clone()).to_path();
+        payload.push((
+            entry(path, EntryKind::Credential, &json),
+            Source::Bytes(json.to_vec()),
+        ));
+        summaries.push(CredentialSummary {
+            name: c.name.clone(),
+            kind: c.kind,
+            secrets,
+        });
+    }
+
+    let manifest = Manifest {
+        format: FORMAT.to_owned(),
+        bundle_id,
+        kind: opts.kind,
+        target_container: opts.target_container.clone(),
+        environment: opts.environment.clone(),
+        created_at: opts.created_at,
+        expires_at: opts.expires_at,
+        signer_key_id: key.verifying_key().key_id(),
+        sealing,
+        entries: payload.iter().map(|(e, _)| e.clone()).collect(),
+        credentials: summaries,
+    };
+    let manifest_bytes = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
+    let signature = key.sign(&manifest_bytes);
+
+    // Pass 2: the archive.
+    let total: u64 = payload.iter().map(|(e, _)| e.size).sum();
+    let mut done = 0u64;
+    let mut zip = ZipWriter::new(out);
+    let mut none = |_: u64| {};
+    zip.add(
+        "manifest.json",
+        Method::Deflate,
+        opts.level,
+        &mut &manifest_bytes[..],
+        &mut none,
+    )?;
+    zip.add(
+        "manifest.sig",
+        Method::Stored,
+        0,
+        &mut &signature[..],
+        &mut none,
+    )?;
+    for (e, source) in &mut payload {
+        let mut tick = |n: u64| {
+            done += n;
+            progress(done, total);
+        };
+        let written = match source {
+            Source::Bytes(b) => {
+                let w = zip.add(&e.path, Method::Deflate, opts.level, &mut &b[..], &mut tick)?;
+                zeroize::Zeroize::zeroize(b);
+                w
+            }
+            Source::File(p) => {
+                let mut f = File::open(&*p).map_err(|source| WriteError::ReadFile {
+                    path: p.clone(),
+                    source,
+                })?;
+                zip.add(&e.path, Method::Deflate, opts.level, &mut f, &mut tick)?
+            }
+        };
+        if written.size != e.size || written.sha256 != e.sha256.0 {
+            let path = match source {
+                Source::File(p) => p.clone(),
+                Source::Bytes(_) => PathBuf::from(&e.path),
+            };
+            return Err(WriteError::FileChanged(path));
+        }
+    }
+    let mut out = zip.finish()?;
+    let bytes = out.stream_position()?;
+    Ok(Written { manifest, bytes })
+}
+
+fn entry(path: String, kind: EntryKind, bytes: &[u8]) -> ManifestEntry {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut sha = [0u8; 32];
+    sha.copy_from_slice(digest.as_ref());
+    ManifestEntry {
+        path,
+        size: bytes.len() as u64,
+        sha256: Sha256(sha),
+        kind,
+    }
+}
+
+fn hash_file(path: &Path) -> Result<(u64, [u8; 32]), WriteError> {
+    let read_err = |source| WriteError::ReadFile {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(read_err)?;
+    if !meta.is_file() {
+        return Err(WriteError::ReadFile {
+            path: path.to_owned(),
+            source: io::Error::other(
+                "not a regular file (symlinks and directories are not packaged)",
+            ),
+        });
+    }
+    let f = File::open(path).map_err(read_err)?;
+    let mut h = crate::zipfmt::HashingReader::new(f);
+    io::copy(&mut h, &mut io::sink()).map_err(read_err)?;
+    let (n, _, sha) = h.finish();
+    Ok((n, sha))
+}
