@@ -37,6 +37,9 @@ pub struct TrustedSigner {
     pub containers: Vec<ContainerPath>,
 }
 
+/// Finds the trusted signer for a key id.
+pub type TrustLookup<'a> = dyn Fn(&KeyId) -> Option<TrustedSigner> + 'a;
+
 /// Receives each mapping file as it is read: (mapping, path, declared size, data).
 pub type FileSink<'a> = dyn FnMut(&Name, &RelPath, u64, &mut dyn Read) -> io::Result<()> + 'a;
 
@@ -54,7 +57,8 @@ pub struct OpenBundle<R: Read + Seek> {
     zip: ZipReader<R>,
     manifest: Manifest,
     manifest_bytes: Vec<u8>,
-    signer: TrustedSigner,
+    /// `None` only for [`OpenBundle::open_unverified`].
+    signer: Option<TrustedSigner>,
 }
 
 impl<R: Read + Seek> std::fmt::Debug for OpenBundle<R> {
@@ -81,7 +85,22 @@ impl<R: Read + Seek> OpenBundle<R> {
     pub fn open(
         r: R,
         limits: &Limits,
-        trust: &dyn Fn(&KeyId) -> Option<TrustedSigner>,
+        trust: &TrustLookup<'_>,
+    ) -> Result<OpenBundle<R>, BundleError> {
+        OpenBundle::open_inner(r, limits, Some(trust))
+    }
+
+    /// Like [`OpenBundle::open`] but **without checking the signature or the signer's trust**:
+    /// for `flowpack inspect` without `--trust`, which says so. Nothing read this way may be
+    /// applied.
+    pub fn open_unverified(r: R, limits: &Limits) -> Result<OpenBundle<R>, BundleError> {
+        OpenBundle::open_inner(r, limits, None)
+    }
+
+    fn open_inner(
+        r: R,
+        limits: &Limits,
+        trust: Option<&TrustLookup<'_>>,
     ) -> Result<OpenBundle<R>, BundleError> {
         let mut zip = ZipReader::open(r, limits)?;
         let names: Vec<String> = zip.entries().iter().map(|e| e.name.clone()).collect();
@@ -108,27 +127,37 @@ impl<R: Read + Seek> OpenBundle<R> {
         let signature = read_small(&mut zip)?;
 
         let key_id = claimed_signer(&manifest_bytes)?;
-        let signer =
-            trust(&key_id).ok_or_else(|| BundleError::UnknownSigner(key_id.to_string()))?;
-        if signer.key.key_id() != key_id || !signer.key.verify(&manifest_bytes, &signature) {
-            return Err(BundleError::BadSignature(key_id.to_string()));
-        }
+        let signer = match trust {
+            Some(trust) => {
+                let signer =
+                    trust(&key_id).ok_or_else(|| BundleError::UnknownSigner(key_id.to_string()))?;
+                if signer.key.key_id() != key_id || !signer.key.verify(&manifest_bytes, &signature)
+                {
+                    return Err(BundleError::BadSignature(key_id.to_string()));
+                }
+                Some(signer)
+            }
+            None => None,
+        };
         let manifest = parse_manifest(&manifest_bytes)?;
-        if !signer
-            .containers
-            .iter()
-            .any(|p| p.covers(&manifest.target_container))
-        {
-            let allowed: Vec<&str> = signer
+        if let Some(signer) = &signer
+            && !signer
                 .containers
                 .iter()
-                .map(ContainerPath::as_str)
-                .collect();
-            return Err(BundleError::SignerNotAllowed(
-                key_id.to_string(),
-                manifest.target_container.to_string(),
-                allowed.join(", "),
-            ));
+                .any(|p| p.covers(&manifest.target_container))
+        {
+            {
+                let allowed: Vec<&str> = signer
+                    .containers
+                    .iter()
+                    .map(ContainerPath::as_str)
+                    .collect();
+                return Err(BundleError::SignerNotAllowed(
+                    key_id.to_string(),
+                    manifest.target_container.to_string(),
+                    allowed.join(", "),
+                ));
+            }
         }
         // The archive's payload entries are exactly the manifest's, in order.
         let archive = &names[2..];
@@ -178,9 +207,9 @@ impl<R: Read + Seek> OpenBundle<R> {
         &self.manifest_bytes
     }
 
-    /// The signer that verified it.
-    pub fn signer(&self) -> &TrustedSigner {
-        &self.signer
+    /// The signer that verified it; `None` when opened with [`OpenBundle::open_unverified`].
+    pub fn signer(&self) -> Option<&TrustedSigner> {
+        self.signer.as_ref()
     }
 
     /// Refuses an expired bundle, or one created more than `skew` after `now`.
