@@ -16,6 +16,7 @@ use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 
 use crate::bundle::error::BundleError;
+use crate::bundle::manifest::EntryPath;
 
 const LOCAL_SIG: u32 = 0x0403_4b50;
 const CENTRAL_SIG: u32 = 0x0201_4b50;
@@ -32,6 +33,10 @@ const ALLOWED_FLAGS: u16 = 0x0806;
 /// Unix file-type bits of a regular file.
 const S_IFREG: u32 = 0o100000;
 const S_IFMT: u32 = 0o170000;
+/// Version made by: Unix, spec 2.0.
+const MADE_BY: u16 = (3 << 8) | 20;
+/// External attributes the writer puts: a regular file, mode 0644.
+const FILE_ATTRS: u32 = (S_IFREG | 0o644) << 16;
 
 /// Compression method of an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,7 +240,7 @@ impl<W: Write + Seek> ZipWriter<W> {
         for r in &self.records {
             let big_offset = r.offset >= u64::from(u32::MAX);
             cd.extend_from_slice(&CENTRAL_SIG.to_le_bytes());
-            cd.extend_from_slice(&((3u16 << 8) | 45).to_le_bytes()); // made by Unix, 4.5
+            cd.extend_from_slice(&MADE_BY.to_le_bytes());
             cd.extend_from_slice(&20u16.to_le_bytes());
             cd.extend_from_slice(&0x0800u16.to_le_bytes());
             cd.extend_from_slice(&r.method.code().to_le_bytes());
@@ -249,7 +254,7 @@ impl<W: Write + Seek> ZipWriter<W> {
             cd.extend_from_slice(&0u16.to_le_bytes()); // comment
             cd.extend_from_slice(&0u16.to_le_bytes()); // disk
             cd.extend_from_slice(&0u16.to_le_bytes()); // internal attributes
-            cd.extend_from_slice(&((S_IFREG | 0o644) << 16).to_le_bytes());
+            cd.extend_from_slice(&FILE_ATTRS.to_le_bytes());
             cd.extend_from_slice(
                 &(if big_offset {
                     u32::MAX
@@ -390,6 +395,8 @@ pub struct Entry {
     pub size: u64,
     /// Offset of its local header.
     offset: u64,
+    /// DOS time and date, to compare with the local header.
+    time_date: u32,
 }
 
 /// A strictly checked archive, read entry by entry in order.
@@ -430,11 +437,12 @@ fn find_sig(hay: &[u8], sig: u32) -> Option<usize> {
     hay.windows(4).rposition(|w| w == sig.to_le_bytes())
 }
 
-/// Checks an entry name: UTF-8 already; 1–1024 bytes; no control characters, backslash, colon;
-/// not absolute; no empty, `.` or `..` segment (so no trailing `/`).
+/// Checks an entry name: 1–1024 bytes; no control characters, backslash, colon; not absolute;
+/// no empty, `.` or `..` segment (so no trailing `/`); and within the bundle layout:
+/// `manifest.json`, `manifest.sig`, or a path [`EntryPath::parse`] accepts.
 pub fn check_entry_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() || name.len() > 1024 {
-        return Err("empty or longer than 1024 bytes");
+        return Err("is empty or longer than 1024 bytes");
     }
     if name.chars().any(char::is_control) {
         return Err("contains a control character");
@@ -453,6 +461,11 @@ pub fn check_entry_name(name: &str) -> Result<(), &'static str> {
         .any(|s| s.is_empty() || s == "." || s == "..")
     {
         return Err("has an empty, `.` or `..` segment");
+    }
+    if name != "manifest.json" && name != "manifest.sig" && EntryPath::parse(name).is_none() {
+        return Err(
+            "is outside the bundle layout (manifest.json, manifest.sig, mappings/<name>/mapping.json, mappings/<name>/files/<path>, credentials/<name>.json)",
+        );
     }
     Ok(())
 }
@@ -613,6 +626,23 @@ impl<R: Read + Seek> ZipReader<R> {
         if let Some(first) = entries.first().filter(|e| e.offset != 0) {
             return Err(BundleError::PrependedData(first.offset));
         }
+        // Local headers have no extra field and repeat the central name, so each entry's
+        // extent is known here: entries must tile the archive from 0 to the central directory.
+        let mut expected = 0u64;
+        for e in &entries {
+            if e.offset != expected {
+                return Err(BundleError::EntryLayout(format!(
+                    "entry {} starts at {} but the previous entry ends at {} (overlapping or gapped entries)",
+                    e.name, e.offset, expected
+                )));
+            }
+            expected = e.offset + LOCAL_LEN + e.name.len() as u64 + e.compressed_size;
+        }
+        if expected != cd_offset {
+            return Err(BundleError::EntryLayout(format!(
+                "the last entry ends at {expected} but the central directory starts at {cd_offset}"
+            )));
+        }
         r.seek(SeekFrom::Start(0))?;
         Ok(ZipReader {
             r: BufReader::with_capacity(256 * 1024, r),
@@ -649,10 +679,11 @@ impl<R: Read + Seek> ZipReader<R> {
                 "no local header at the central directory's offset",
             ));
         }
-        let checks: [(bool, &'static str); 6] = [
+        let checks: [(bool, &'static str); 7] = [
             (u16_at(&h, 4) == e.version_needed, "version needed"),
             (u16_at(&h, 6) == e.flags, "flags"),
             (u16_at(&h, 8) == e.method.code(), "compression method"),
+            (u32_at(&h, 10) == e.time_date, "modification time"),
             (u32_at(&h, 14) == e.crc, "CRC-32"),
             (
                 u64::from(u32_at(&h, 18)) == e.compressed_size,
@@ -665,6 +696,13 @@ impl<R: Read + Seek> ZipReader<R> {
         }
         let name_len = u64::from(u16_at(&h, 26));
         let extra_len = u64::from(u16_at(&h, 28));
+        if extra_len != 0 {
+            // Canonical form: a local extra field's bytes would be covered by nothing.
+            return Err(BundleError::HeaderMismatch(
+                e.name.clone(),
+                "local extra field (bundles have none)",
+            ));
+        }
         let mut name = vec![0u8; name_len as usize];
         self.r
             .read_exact(&mut name)
@@ -761,6 +799,28 @@ fn read_central(br: &mut impl BufRead, i: u64, limits: &Limits) -> Result<Entry,
             "entry {name} claims another disk"
         )));
     }
+    // Canonical form (docs/FORMAT.md): fields that nothing else covers have one permitted
+    // value, so that no byte of an archive can change unnoticed.
+    if u16_at(&h, 4) != MADE_BY {
+        return Err(BundleError::UnsupportedFeature(
+            name,
+            format!("version made by must be {MADE_BY:#06x} (Unix, 2.0)"),
+        ));
+    }
+    if u16_at(&h, 36) != 0 {
+        return Err(BundleError::UnsupportedFeature(
+            name,
+            "internal attributes must be 0".into(),
+        ));
+    }
+    if attrs != 0 && attrs != FILE_ATTRS {
+        return Err(BundleError::UnsupportedFeature(
+            name,
+            format!(
+                "external attributes must be 0 or {FILE_ATTRS:#010x} (a regular file, mode 0644)"
+            ),
+        ));
+    }
     let crc = u32_at(&h, 16);
     let csize = u64::from(u32_at(&h, 20));
     let size = u64::from(u32_at(&h, 24));
@@ -774,6 +834,11 @@ fn read_central(br: &mut impl BufRead, i: u64, limits: &Limits) -> Result<Entry,
         offset = zip64_offset(&extra).ok_or_else(|| {
             BundleError::Zip64Invalid(format!("entry {name} lacks its ZIP64 offset"))
         })?;
+    } else if !extra.is_empty() {
+        return Err(BundleError::UnsupportedFeature(
+            name,
+            "extra fields are only allowed for a ZIP64 offset".into(),
+        ));
     }
     if method == Method::Stored && csize != size {
         return Err(BundleError::HeaderMismatch(
@@ -793,6 +858,7 @@ fn read_central(br: &mut impl BufRead, i: u64, limits: &Limits) -> Result<Entry,
         compressed_size: csize,
         size,
         offset,
+        time_date: u32_at(&h, 12),
     })
 }
 
