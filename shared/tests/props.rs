@@ -54,7 +54,10 @@ fn credential() -> impl Strategy<Value = Credential> {
         })
 }
 
-fn project() -> impl Strategy<Value = (Vec<(Name, Vec<(String, Vec<u8>)>)>, Vec<Credential>)> {
+/// Mappings with their files (path, bytes).
+type Mappings = Vec<(Name, Vec<(String, Vec<u8>)>)>;
+
+fn project() -> impl Strategy<Value = (Mappings, Vec<Credential>)> {
     let files = proptest::collection::vec(
         (
             "[a-z]{1,8}(/[a-z]{1,8})?\\.[a-z]{1,3}",
@@ -80,7 +83,7 @@ fn project() -> impl Strategy<Value = (Vec<(Name, Vec<(String, Vec<u8>)>)>, Vec<
 
 fn materialize(
     dir: &std::path::Path,
-    mappings: &[(Name, Vec<(String, Vec<u8>)>)],
+    mappings: &Mappings,
     creds: &[Credential],
 ) -> Vec<MappingInput> {
     let mut out = Vec::new();
