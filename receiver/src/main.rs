@@ -1,1 +1,240 @@
-fn main() {}
+//! `flowpack-receiver`: the command line over the library (SPEC §6).
+//!
+//! Exit status: 0 success, 1 failure (one line on stderr), 2 usage error (clap).
+
+#![forbid(unsafe_code)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use flowpack_receiver::datadir::{self, DataDir};
+use flowpack_receiver::{App, auth, store::Store};
+use flowpack_shared::names::ContainerPath;
+
+#[derive(Parser, Debug)]
+#[command(name = "flowpack-receiver", version, about = "flowpack's bundle receiver")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Creates a data directory: keys, database, configuration and an admin token.
+    Init {
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+    /// Manages trusted signer keys.
+    Trust {
+        #[command(subcommand)]
+        command: TrustCommand,
+    },
+    /// Manages API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Serves the HTTP API.
+    Serve {
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Address to listen on; without TLS only loopback addresses are allowed.
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: SocketAddr,
+        /// TLS certificate chain (PEM).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// TLS private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TrustCommand {
+    /// Trusts a signer's public key (PEM) for container prefixes (none: every container).
+    Add {
+        /// The public key file.
+        public_key: PathBuf,
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// A container prefix the key may deploy to; repeatable.
+        #[arg(long = "containers", value_parser = parse_container)]
+        containers: Vec<ContainerPath>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Issues a token for a principal (created if new), adding the grants given.
+    Create {
+        /// The principal's name.
+        name: String,
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// PREFIX=read,write,use; repeatable.
+        #[arg(long = "grant", value_parser = parse_grant)]
+        grants: Vec<(ContainerPath, auth::PermSet)>,
+    },
+}
+
+fn parse_container(s: &str) -> Result<ContainerPath, String> {
+    ContainerPath::parse(s).map_err(|e| e.0)
+}
+
+fn parse_grant(s: &str) -> Result<(ContainerPath, auth::PermSet), String> {
+    auth::parse_grant(s)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = real_main(cli) {
+        let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
+        eprintln!("flowpack-receiver: {}", chain.join(": "));
+        std::process::exit(1);
+    }
+}
+
+fn print_line(s: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{s}")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init { data_dir } => {
+            let done = datadir::init(&DataDir::new(data_dir))?;
+            print_line(&format!("sealing_recipient: {}", done.sealing_recipient))?;
+            print_line(&format!("admin_token: {}", done.admin_token.as_str()))?;
+            Ok(())
+        }
+        Command::Trust {
+            command:
+                TrustCommand::Add {
+                    public_key,
+                    data_dir,
+                    containers,
+                },
+        } => {
+            let pem = std::fs::read_to_string(&public_key)
+                .with_context(|| format!("reading {}", public_key.display()))?;
+            let store = open_store(&data_dir)?;
+            let id = flowpack_receiver::trust_signer(&store, &pem, &containers)
+                .with_context(|| public_key.display().to_string())?;
+            let list = if containers.is_empty() {
+                "/".to_owned()
+            } else {
+                containers
+                    .iter()
+                    .map(ContainerPath::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            print_line(&format!("trusted signer {id} for {list}"))
+        }
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    name,
+                    data_dir,
+                    grants,
+                },
+        } => {
+            if flowpack_shared::names::Name::parse(&name).is_err() {
+                bail!("invalid principal name {name:?}: use A-Z a-z 0-9 . _ -");
+            }
+            let store = open_store(&data_dir)?;
+            let token = auth::create_token(&store, &name, &grants)?;
+            print_line(token.as_str())
+        }
+        Command::Serve {
+            data_dir,
+            listen,
+            tls_cert,
+            tls_key,
+        } => serve(data_dir, listen, tls_cert.zip(tls_key)),
+    }
+}
+
+fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {
+    let dir = DataDir::new(data_dir);
+    if !dir.store().exists() {
+        bail!(
+            "{} is not an initialized data directory (run `flowpack-receiver init --data-dir {}`)",
+            data_dir.display(),
+            data_dir.display()
+        );
+    }
+    Store::open(&dir.store())
+}
+
+fn serve(
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    tls: Option<(PathBuf, PathBuf)>,
+) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOWPACK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if tls.is_none() && !listen.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {listen} without TLS: give --tls-cert and --tls-key, or listen on a loopback address"
+        );
+    }
+    let app = Arc::new(App::load(&data_dir)?);
+    let acceptor = match &tls {
+        Some((cert, key)) => Some(flowpack_receiver::tls_acceptor(cert, key)?),
+        None => None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let addr = listener.local_addr()?;
+        let scheme = if acceptor.is_some() { "https" } else { "http" };
+        print_line(&format!("listening on {scheme}://{addr}"))?;
+        flowpack_receiver::run(listener, app, acceptor, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received");
+}

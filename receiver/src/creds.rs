@@ -1,0 +1,557 @@
+//! Credentials on the receiver: secrets at rest, redaction, fingerprints, PATCH, resolution.
+//!
+//! Every sensitive value is stored as ChaCha20-Poly1305 ciphertext under the at-rest key, with
+//! the credential's path and the field name as associated data, so a ciphertext copied to
+//! another row does not open. Reads show a sensitive field only as `{"set": true,
+//! "fingerprint": …}`: HMAC-SHA256 under a second key, so equal values can be recognized
+//! without revealing them. Both keys come from `secrets.key` by HKDF and never touch the
+//! database.
+
+use std::collections::BTreeMap;
+
+use flowpack_shared::model::credential::{
+    Credential, CredentialType, RecordForm, SecretValue, Usage,
+};
+use flowpack_shared::model::mapping::{Mapping, ParamType};
+use flowpack_shared::names::{ContainerPath, Name};
+use flowpack_shared::secret::{Secret, SecretBytes};
+use rusqlite::Connection;
+use serde_json::{Map, Value, json};
+
+use crate::auth::{Perm, Principal};
+use crate::http::ApiError;
+use crate::store::{self, CredentialRow};
+
+/// Keys derived from `secrets.key`.
+pub struct SecretKeys {
+    at_rest: SecretBytes<32>,
+    fingerprint: ring::hmac::Key,
+}
+
+impl std::fmt::Debug for SecretKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKeys([redacted])")
+    }
+}
+
+fn hkdf(master: &SecretBytes<32>, info: &[u8]) -> SecretBytes<32> {
+    let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"flowpack-receiver/1");
+    let prk = salt.extract(master.expose());
+    let mut out = [0u8; 32];
+    // HKDF-SHA256 can expand to 255 * 32 bytes; 32 is always within that, so neither step fails.
+    let ok = prk
+        .expand(&[info], ring::hkdf::HKDF_SHA256)
+        .and_then(|okm| okm.fill(&mut out));
+    debug_assert!(ok.is_ok());
+    SecretBytes::new(out)
+}
+
+impl SecretKeys {
+    /// Derives the at-rest and fingerprint keys from the master key.
+    pub fn derive(master: &SecretBytes<32>) -> SecretKeys {
+        let fp = hkdf(master, b"fingerprint hmac-sha256");
+        SecretKeys {
+            at_rest: hkdf(master, b"at-rest chacha20-poly1305"),
+            fingerprint: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, fp.expose()),
+        }
+    }
+
+    fn ad(path: &str, field: &str) -> Vec<u8> {
+        let mut ad = path.as_bytes().to_vec();
+        ad.push(0);
+        ad.extend_from_slice(field.as_bytes());
+        ad
+    }
+
+    /// Encrypts one sensitive value of credential `path`.
+    pub fn encrypt(&self, path: &str, field: &str, value: &Secret) -> Result<Vec<u8>, ApiError> {
+        let nonce = flowpack_shared::seal::random::<12>().map_err(ApiError::internal)?;
+        Ok(flowpack_shared::seal::seal_bytes(
+            self.at_rest.expose(),
+            nonce,
+            &Self::ad(path, field),
+            value.expose().as_bytes(),
+        ))
+    }
+
+    /// Decrypts what [`SecretKeys::encrypt`] stored; `None` when it does not authenticate.
+    pub fn decrypt(&self, path: &str, field: &str, ciphertext: &[u8]) -> Option<Secret> {
+        let plain = zeroize::Zeroizing::new(flowpack_shared::seal::open_bytes(
+            self.at_rest.expose(),
+            &Self::ad(path, field),
+            ciphertext,
+        )?);
+        String::from_utf8(plain.to_vec()).ok().map(Secret::new)
+    }
+
+    /// The value's fingerprint: HMAC-SHA256, first 16 hex digits.
+    pub fn fingerprint(&self, value: &Secret) -> String {
+        let tag = ring::hmac::sign(&self.fingerprint, value.expose().as_bytes());
+        hex::encode(&tag.as_ref()[..8])
+    }
+}
+
+/// Splits an object path (`/public/orders/erp`) into its container and name.
+pub fn split_object_path(path: &ContainerPath) -> Option<(ContainerPath, Name)> {
+    let parent = path.parent()?;
+    let name = Name::parse(path.last_segment()?).ok()?;
+    Some((parent, name))
+}
+
+/// The stored record as a [`Credential`] without secrets (the row was written by this program).
+fn public_credential(path: &str, row: &CredentialRow) -> Result<Credential, ApiError> {
+    let map: Map<String, Value> = serde_json::from_str(&row.public).map_err(ApiError::internal)?;
+    Credential::from_map(path, &map, RecordForm::Admin).map_err(ApiError::internal)
+}
+
+/// The redacted record: public fields, each set sensitive field as `{"set", "fingerprint"}`,
+/// and `needs_secrets`.
+pub fn redacted(conn: &Connection, path: &str, row: &CredentialRow) -> Result<Value, ApiError> {
+    let public: Map<String, Value> =
+        serde_json::from_str(&row.public).map_err(ApiError::internal)?;
+    let mut m = Map::new();
+    m.insert("path".into(), Value::String(path.to_owned()));
+    m.extend(public);
+    let secrets = store::secrets(conn, row.id)?;
+    for s in &secrets {
+        m.insert(
+            s.field.clone(),
+            json!({"set": true, "fingerprint": s.fingerprint}),
+        );
+    }
+    m.insert("needs_secrets".into(), Value::Bool(secrets.is_empty()));
+    Ok(Value::Object(m))
+}
+
+/// True when the stored credential has no secret.
+pub fn needs_secrets(conn: &Connection, credential: i64) -> Result<bool, ApiError> {
+    Ok(store::secrets(conn, credential)?.is_empty())
+}
+
+/// What an upsert did.
+#[derive(Debug)]
+pub struct Upserted {
+    /// The credential's path.
+    pub path: String,
+    /// Newly created (else updated).
+    pub created: bool,
+    /// No secret after the upsert.
+    pub needs_secrets: bool,
+}
+
+/// Upserts a credential from a bundle: public fields replaced, carried secrets set, omitted
+/// secrets kept.
+pub fn upsert_from_bundle(
+    conn: &Connection,
+    keys: &SecretKeys,
+    container_id: i64,
+    container: &ContainerPath,
+    c: &Credential,
+) -> Result<Upserted, ApiError> {
+    let path = container.object_path(&c.name);
+    let public = serde_json::to_string(&c.public_json()).map_err(ApiError::internal)?;
+    let (id, created) =
+        store::upsert_credential(conn, container_id, c.name.as_str(), c.kind.as_str(), &public)?;
+    for (field, value) in &c.secrets {
+        match value {
+            SecretValue::Plain(secret) => {
+                let ct = keys.encrypt(&path, field, secret)?;
+                store::set_secret(conn, id, field, &ct, &keys.fingerprint(secret))?;
+            }
+            // read_payload opens every sealed value when given the identity, or fails.
+            SecretValue::Sealed(_) => {
+                return Err(ApiError::internal(format!(
+                    "credential {path}: field {field} still sealed after verification"
+                )));
+            }
+        }
+    }
+    Ok(Upserted {
+        needs_secrets: needs_secrets(conn, id)?,
+        path,
+        created,
+    })
+}
+
+/// Applies a PATCH body to a stored credential: a field absent is unchanged, `null` clears it,
+/// a value sets it. The result is checked by the model rules before anything is written.
+pub fn patch(
+    conn: &Connection,
+    keys: &SecretKeys,
+    path: &str,
+    row: &CredentialRow,
+    body: &Value,
+) -> Result<(), ApiError> {
+    let Value::Object(body) = body else {
+        return Err(ApiError::unprocessable(
+            "bad-request-body",
+            "the body must be a JSON object of fields to change",
+        ));
+    };
+    let current = public_credential(path, row)?;
+    let kind = current.kind;
+    let mut map: Map<String, Value> =
+        serde_json::from_str(&row.public).map_err(ApiError::internal)?;
+    let mut cleared: Vec<&str> = Vec::new();
+    let mut set_secrets = Map::new();
+    for (k, v) in body {
+        match k.as_str() {
+            "name" | "type" => {
+                if map.get(k) != Some(v) {
+                    return Err(ApiError::unprocessable(
+                        "read-only-field",
+                        format!("field `{k}` cannot be changed by PATCH"),
+                    ));
+                }
+            }
+            "path" | "needs_secrets" => {
+                return Err(ApiError::unprocessable(
+                    "read-only-field",
+                    format!("field `{k}` is computed by the receiver and cannot be set"),
+                ));
+            }
+            f if kind.is_sensitive(f) => match v {
+                Value::Null => cleared.push(f),
+                Value::String(_) => {
+                    set_secrets.insert(k.clone(), v.clone());
+                }
+                _ => {
+                    return Err(ApiError::unprocessable(
+                        "bad-record",
+                        format!("{path}: field `{k}`: expected a string or null"),
+                    ));
+                }
+            },
+            _ => {
+                if v.is_null() {
+                    map.remove(k);
+                } else {
+                    map.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    let mut check = map.clone();
+    check.extend(set_secrets);
+    let parsed = Credential::from_map(path, &check, RecordForm::Admin)
+        .map_err(|e| ApiError::unprocessable("bad-record", e.to_string()))?;
+    let public = serde_json::to_string(&parsed.public_json()).map_err(ApiError::internal)?;
+    let (container, name) = ContainerPath::parse(path)
+        .ok()
+        .as_ref()
+        .and_then(split_object_path)
+        .ok_or_else(|| ApiError::internal("stored credential path does not parse"))?;
+    let cid = store::container_id(conn, &container)?
+        .ok_or_else(|| ApiError::internal("credential's container vanished"))?;
+    store::upsert_credential(conn, cid, name.as_str(), kind.as_str(), &public)?;
+    for f in cleared {
+        store::clear_secret(conn, row.id, f)?;
+    }
+    for (field, value) in &parsed.secrets {
+        if let SecretValue::Plain(secret) = value {
+            let ct = keys.encrypt(path, field, secret)?;
+            store::set_secret(conn, row.id, field, &ct, &keys.fingerprint(secret))?;
+        }
+    }
+    Ok(())
+}
+
+/// One problem found while resolving.
+struct Problem {
+    code: &'static str,
+    detail: String,
+    parameter: String,
+}
+
+/// Resolves the credential parameters of `mapping` (deployed in `container`) for a job step.
+///
+/// Precedence: a step parameter (inline values, or a reference to a credential on the server)
+/// wins over the credential deployed with the mapping. Every problem is collected; the answer
+/// is 422 naming each parameter at fault.
+pub fn resolve(
+    conn: &Connection,
+    who: &Principal,
+    container: &ContainerPath,
+    container_id: i64,
+    mapping: &Mapping,
+    body: &Value,
+) -> Result<Value, ApiError> {
+    let bad = |d: String| ApiError::unprocessable("bad-request-body", d);
+    let Value::Object(body) = body else {
+        return Err(bad(
+            "the body must be an object: {\"usage\": \"http\", \"parameters\": {…}}".into(),
+        ));
+    };
+    if let Some(k) = body.keys().find(|k| *k != "usage" && *k != "parameters") {
+        return Err(bad(format!(
+            "unknown field `{k}`; expected `usage` and `parameters`"
+        )));
+    }
+    let usage = match body.get("usage") {
+        Some(Value::String(s)) => Usage::parse(s).ok_or_else(|| {
+            bad(format!(
+                "field `usage`: unknown usage {}; expected one of {}",
+                flowpack_shared::names::quoted(s),
+                flowpack_shared::model::credential::USAGES.join(", ")
+            ))
+        })?,
+        _ => {
+            return Err(bad(format!(
+                "field `usage` is required: one of {}",
+                flowpack_shared::model::credential::USAGES.join(", ")
+            )));
+        }
+    };
+    let empty = Map::new();
+    let steps = match body.get("parameters") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(bad("field `parameters` must be an object".into())),
+    };
+    let mut problems: Vec<Problem> = Vec::new();
+    let cred_params: Vec<_> = mapping
+        .parameters
+        .iter()
+        .filter(|p| p.kind == ParamType::Credential)
+        .collect();
+    for name in steps.keys() {
+        if !cred_params.iter().any(|p| p.name.as_str() == name) {
+            problems.push(Problem {
+                code: "unknown-parameter",
+                detail: format!(
+                    "parameter {}: mapping {} has no credential parameter of that name",
+                    flowpack_shared::names::quoted(name),
+                    mapping.name
+                ),
+                parameter: name.clone(),
+            });
+        }
+    }
+    let mut out = Map::new();
+    for p in cred_params {
+        let pname = p.name.as_str();
+        let problem = |code: &'static str, detail: String| Problem {
+            code,
+            detail: format!("parameter {pname}: {detail}"),
+            parameter: pname.to_owned(),
+        };
+        // The credential deployed with the mapping, when it names one and it is stored.
+        let deployed_path = p.credential.as_ref().map(|c| container.object_path(c));
+        let deployed = match &p.credential {
+            Some(c) => store::credential(conn, container_id, c.as_str())?,
+            None => None,
+        };
+        let deployed_type = deployed
+            .as_ref()
+            .and_then(|r| CredentialType::parse(&r.kind));
+        let type_ok = |t: CredentialType| deployed_type.is_none_or(|d| d == t);
+        let result: Result<Value, Problem> = match steps.get(pname) {
+            Some(step) => match step_source(step) {
+                Some(StepSource::Inline(obj)) => {
+                    let mut obj = obj.clone();
+                    if !obj.contains_key("name") {
+                        let n = p.credential.as_ref().map_or(pname, Name::as_str);
+                        obj.insert("name".into(), Value::String(n.to_owned()));
+                    }
+                    let origin = format!("parameters.{pname}.inline");
+                    match Credential::from_map(&origin, &obj, RecordForm::Admin) {
+                        Err(e) => Err(problem("bad-record", e.to_string())),
+                        Ok(c) if !type_ok(c.kind) => Err(problem(
+                            "type-mismatch",
+                            format!(
+                                "the inline credential is of type {}, the mapping was deployed with a {} credential",
+                                c.kind.as_str(),
+                                deployed_type.map_or("?", CredentialType::as_str)
+                            ),
+                        )),
+                        Ok(c) if c.needs_secrets() => Err(problem(
+                            "missing-secrets",
+                            "the inline credential carries no secret".into(),
+                        )),
+                        Ok(c) if !c.allows(usage) => Err(problem(
+                            "usage-not-allowed",
+                            format!(
+                                "the inline credential does not allow usage {}",
+                                usage.as_str()
+                            ),
+                        )),
+                        Ok(c) => Ok(json!({"source": "inline", "type": c.kind.as_str()})),
+                    }
+                }
+                Some(StepSource::Server(text)) => {
+                    match ContainerPath::parse(text)
+                        .ok()
+                        .as_ref()
+                        .and_then(split_object_path)
+                    {
+                        None => Err(problem(
+                            "bad-step-parameter",
+                            format!(
+                                "{} is not a credential path such as /public/shared/erp",
+                                flowpack_shared::names::quoted(text)
+                            ),
+                        )),
+                        Some((c, n)) => {
+                            if !who.can(Perm::Use, &c) {
+                                return Err(ApiError::forbidden(format!(
+                                    "parameter {pname}: you lack `use` on {}",
+                                    c.object_path(&n)
+                                )));
+                            }
+                            let path = c.object_path(&n);
+                            server_credential(conn, &c, &n, &path, usage, &type_ok, deployed_type)?
+                                .map_err(|(code, d)| problem(code, d))
+                        }
+                    }
+                }
+                None => Err(problem(
+                    "bad-step-parameter",
+                    "a step parameter is {\"credential\": \"/path\"} or {\"inline\": {…}}".into(),
+                )),
+            },
+            None => match (&deployed, &deployed_path) {
+                (_, None) => Err(problem(
+                    "missing-credential",
+                    "the parameter is external: give the credential as a step parameter".into(),
+                )),
+                (None, Some(path)) => Err(problem(
+                    "missing-credential",
+                    format!(
+                        "credential {path} is not stored on the receiver; deploy it or give the credential as a step parameter"
+                    ),
+                )),
+                (Some(row), Some(path)) => {
+                    let c = public_credential(path, row)?;
+                    if needs_secrets(conn, row.id)? {
+                        Err(problem(
+                            "missing-secrets",
+                            format!(
+                                "credential {path} was deployed without its secrets; fill them in (PATCH /v1/credentials/…) or give the credential as a step parameter"
+                            ),
+                        ))
+                    } else if !c.allows(usage) {
+                        Err(problem(
+                            "usage-not-allowed",
+                            format!(
+                                "credential {path} does not allow usage {}",
+                                usage.as_str()
+                            ),
+                        ))
+                    } else {
+                        Ok(
+                            json!({"source": "deployed", "credential": path, "type": c.kind.as_str()}),
+                        )
+                    }
+                }
+            },
+        };
+        match result {
+            Ok(v) => {
+                out.insert(pname.to_owned(), v);
+            }
+            Err(p) => problems.push(p),
+        }
+    }
+    if let Some(first) = problems.first() {
+        let detail = problems
+            .iter()
+            .map(|p| p.detail.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let params: BTreeMap<&str, &str> = problems
+            .iter()
+            .map(|p| (p.parameter.as_str(), p.code))
+            .collect();
+        return Err(ApiError::unprocessable(first.code, detail)
+            .with("parameters", json!(params.keys().collect::<Vec<_>>())));
+    }
+    Ok(json!({ "parameters": out }))
+}
+
+enum StepSource<'a> {
+    Inline(&'a Map<String, Value>),
+    Server(&'a str),
+}
+
+fn step_source(v: &Value) -> Option<StepSource<'_>> {
+    let Value::Object(o) = v else { return None };
+    if o.len() != 1 {
+        return None;
+    }
+    match (o.get("inline"), o.get("credential")) {
+        (Some(Value::Object(i)), None) => Some(StepSource::Inline(i)),
+        (None, Some(Value::String(s))) => Some(StepSource::Server(s)),
+        _ => None,
+    }
+}
+
+type Checked = Result<Value, (&'static str, String)>;
+
+fn server_credential(
+    conn: &Connection,
+    container: &ContainerPath,
+    name: &Name,
+    path: &str,
+    usage: Usage,
+    type_ok: &dyn Fn(CredentialType) -> bool,
+    deployed_type: Option<CredentialType>,
+) -> Result<Checked, ApiError> {
+    let Some(cid) = store::container_id(conn, container)? else {
+        return Ok(Err((
+            "credential-not-found",
+            format!("credential {path} does not exist"),
+        )));
+    };
+    let Some(row) = store::credential(conn, cid, name.as_str())? else {
+        return Ok(Err((
+            "credential-not-found",
+            format!("credential {path} does not exist"),
+        )));
+    };
+    let c = public_credential(path, &row)?;
+    Ok(if !type_ok(c.kind) {
+        Err((
+            "type-mismatch",
+            format!(
+                "credential {path} is of type {}, the mapping was deployed with a {} credential",
+                c.kind.as_str(),
+                deployed_type.map_or("?", CredentialType::as_str)
+            ),
+        ))
+    } else if needs_secrets(conn, row.id)? {
+        Err((
+            "missing-secrets",
+            format!("credential {path} has no secrets"),
+        ))
+    } else if !c.allows(usage) {
+        Err((
+            "usage-not-allowed",
+            format!("credential {path} does not allow usage {}", usage.as_str()),
+        ))
+    } else {
+        Ok(json!({"source": "server", "credential": path, "type": c.kind.as_str()}))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_rest_ciphertext_is_bound_to_path_and_field() {
+        let keys = SecretKeys::derive(&SecretBytes::new([7; 32]));
+        let v = Secret::new("canary".into());
+        let ct = keys
+            .encrypt("/a/erp", "password", &v)
+            .unwrap_or_else(|_| panic!("encrypt"));
+        assert!(!ct.windows(6).any(|w| w == b"canary"));
+        assert_eq!(
+            keys.decrypt("/a/erp", "password", &ct).map(|s| s.expose().to_owned()),
+            Some("canary".into())
+        );
+        assert!(keys.decrypt("/a/crm", "password", &ct).is_none());
+        assert!(keys.decrypt("/a/erp", "key", &ct).is_none());
+        assert_eq!(keys.fingerprint(&v).len(), 16);
+        assert_eq!(keys.fingerprint(&v), keys.fingerprint(&v.clone()));
+    }
+}

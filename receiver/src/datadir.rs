@@ -1,0 +1,247 @@
+//! The data directory: what `init` creates and what `serve` loads.
+//!
+//! ```text
+//! D/store.db         SQLite (WAL): containers, mappings, credentials, tokens, trust, audit
+//! D/sealing.agekey   the receiver's age identity (0600); bundles are sealed to its recipient
+//! D/secrets.key      32 random bytes (0600), kept apart from the database: the at-rest and
+//!                    fingerprint keys are derived from it with HKDF
+//! D/config.json      limits and extra CA files
+//! D/spool/           uploaded bundles while they are verified (temporary files only)
+//! ```
+//!
+//! A copy of `store.db` alone reveals no secret: every sensitive value in it is encrypted under a
+//! key derived from `secrets.key`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use flowpack_shared::seal::{SealingIdentity, random};
+use flowpack_shared::secret::SecretBytes;
+use flowpack_shared::zipfmt::Limits;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{self, PermSet};
+use crate::creds::SecretKeys;
+use crate::store::Store;
+
+/// Paths inside a data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// The data directory at `root` (not checked).
+    pub fn new(root: impl Into<PathBuf>) -> DataDir {
+        DataDir { root: root.into() }
+    }
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// The SQLite database.
+    pub fn store(&self) -> PathBuf {
+        self.root.join("store.db")
+    }
+    /// The age identity.
+    pub fn sealing_key(&self) -> PathBuf {
+        self.root.join("sealing.agekey")
+    }
+    /// The at-rest master key.
+    pub fn secrets_key(&self) -> PathBuf {
+        self.root.join("secrets.key")
+    }
+    /// The configuration.
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.json")
+    }
+    /// Where uploads are spooled while they are verified.
+    pub fn spool(&self) -> PathBuf {
+        self.root.join("spool")
+    }
+}
+
+/// Limits on bundles, as `config.json` holds them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest bundle, in bytes.
+    pub max_bundle_size: u64,
+    /// Most entries in a bundle.
+    pub max_entries: u64,
+    /// Largest total uncompressed size.
+    pub max_total_uncompressed: u64,
+    /// Largest compression ratio of an entry over 1 MiB.
+    pub max_ratio: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitsConfig {
+            max_bundle_size: l.max_bundle_size,
+            max_entries: l.max_entries,
+            max_total_uncompressed: l.max_total_uncompressed,
+            max_ratio: l.max_ratio,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The limits as the bundle reader takes them.
+    pub fn to_limits(&self) -> Limits {
+        Limits {
+            max_bundle_size: self.max_bundle_size,
+            max_entries: self.max_entries,
+            max_total_uncompressed: self.max_total_uncompressed,
+            max_ratio: self.max_ratio,
+            ..Limits::default()
+        }
+    }
+}
+
+/// `config.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Bundle limits.
+    pub limits: LimitsConfig,
+    /// CA certificates (PEM files) trusted for outbound OAuth calls, besides the system's roots.
+    pub extra_ca_files: Vec<PathBuf>,
+    /// Most connections served at once.
+    pub max_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            limits: LimitsConfig::default(),
+            extra_ca_files: Vec::new(),
+            max_connections: 256,
+        }
+    }
+}
+
+/// What `init` prints, once.
+#[derive(Debug)]
+pub struct Initialized {
+    /// The receiver's sealing recipient (`age1…`).
+    pub sealing_recipient: String,
+    /// A token with every grant on `/`.
+    pub admin_token: zeroize::Zeroizing<String>,
+}
+
+/// Writes `bytes` to a new file with mode 0600; fails if it exists.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Creates a data directory: keys, database, configuration and an admin token.
+/// Refuses a directory that is already initialized.
+pub fn init(dir: &DataDir) -> anyhow::Result<Initialized> {
+    for p in [
+        dir.store(),
+        dir.sealing_key(),
+        dir.secrets_key(),
+        dir.config(),
+    ] {
+        if p.exists() {
+            bail!(
+                "{} is already initialized ({} exists); refusing to overwrite it",
+                dir.root().display(),
+                p.display()
+            );
+        }
+    }
+    fs::create_dir_all(dir.root())
+        .with_context(|| format!("creating {}", dir.root().display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir.root(), fs::Permissions::from_mode(0o700))?;
+    }
+    fs::create_dir_all(dir.spool())?;
+
+    let identity = SealingIdentity::generate();
+    write_private(&dir.sealing_key(), identity.to_file_text().as_bytes())?;
+    let master = zeroize::Zeroizing::new(random::<32>().map_err(|e| anyhow::anyhow!("{e}"))?);
+    write_private(&dir.secrets_key(), master.as_ref())?;
+    let config = serde_json::to_string_pretty(&Config::default())?;
+    write_private(&dir.config(), format!("{config}\n").as_bytes())?;
+
+    let store = Store::create(&dir.store())?;
+    let admin_token = auth::create_token(&store, "admin", &[(auth::root(), PermSet::all())])?;
+    Ok(Initialized {
+        sealing_recipient: identity.recipient().to_string(),
+        admin_token,
+    })
+}
+
+/// Everything `serve` needs from the data directory.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The sealing identity.
+    pub identity: SealingIdentity,
+    /// Keys derived from `secrets.key`.
+    pub keys: SecretKeys,
+    /// `config.json`.
+    pub config: Config,
+    /// The database.
+    pub store: Store,
+}
+
+/// Loads an initialized data directory.
+pub fn load(dir: &DataDir) -> anyhow::Result<Loaded> {
+    if !dir.store().exists() {
+        bail!(
+            "{} is not an initialized data directory (run `flowpack-receiver init --data-dir {}`)",
+            dir.root().display(),
+            dir.root().display()
+        );
+    }
+    let text = zeroize::Zeroizing::new(
+        fs::read_to_string(dir.sealing_key())
+            .with_context(|| format!("reading {}", dir.sealing_key().display()))?,
+    );
+    let identity = SealingIdentity::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.sealing_key().display()))?;
+    let master = zeroize::Zeroizing::new(
+        fs::read(dir.secrets_key())
+            .with_context(|| format!("reading {}", dir.secrets_key().display()))?,
+    );
+    let master: [u8; 32] = master.as_slice().try_into().map_err(|_| {
+        anyhow::anyhow!(
+            "{}: expected exactly 32 bytes",
+            dir.secrets_key().display()
+        )
+    })?;
+    let keys = SecretKeys::derive(&SecretBytes::new(master));
+    let config: Config = match fs::read(dir.config()) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading {}", dir.config().display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.config().display())),
+    };
+    fs::create_dir_all(dir.spool())?;
+    let store = Store::open(&dir.store())?;
+    Ok(Loaded {
+        identity,
+        keys,
+        config,
+        store,
+    })
+}

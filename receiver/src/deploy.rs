@@ -1,0 +1,354 @@
+//! `POST /v1/deployments`: verify → decide → apply, in one transaction.
+//!
+//! The body is spooled to a temporary file in the data directory (never held in memory),
+//! bounded by the configured bundle size. Then, on a blocking thread: the bundle's structure,
+//! signature and signer trust are checked with trust read from the database; the caller's
+//! `write` grant on the target; inside `BEGIN IMMEDIATE` (so concurrent deploys cannot race
+//! the replay and staleness checks) replay, expiry and staleness; then the payload is streamed
+//! straight into the transaction. Any failure rolls the whole transaction back and is audited
+//! in a transaction of its own.
+
+use std::collections::HashMap;
+use std::io::{BufReader, Seek, SeekFrom};
+use std::sync::Arc;
+
+use flowpack_shared::bundle::read::{OpenBundle, TrustedSigner};
+use flowpack_shared::bundle::{BundleError, BundleKind};
+use flowpack_shared::keys::{KeyId, VerifyingKey};
+use flowpack_shared::names::{ContainerPath, Name};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header;
+use hyper::{Request, Response, StatusCode};
+use rusqlite::Connection;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use crate::App;
+use crate::auth::{Perm, Principal};
+use crate::creds;
+use crate::http::{ApiError, Body, json_response};
+use crate::store::{self, AuditRow};
+
+/// Clock skew allowed for `created_at` (SPEC §4).
+const SKEW: time::Duration = time::Duration::minutes(5);
+
+/// SQLite's default largest blob; a bigger mapping file cannot be stored.
+const MAX_FILE: u64 = 1_000_000_000;
+
+fn too_large(max: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too-large",
+        format!("the bundle is larger than this receiver's limit of {max} bytes"),
+    )
+}
+
+/// Handles the request: checks, spools, then applies on a blocking thread.
+pub async fn handle(
+    app: Arc<App>,
+    who: Principal,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let refuse = |app: &Arc<App>, who: &Principal, e: ApiError| {
+        let row = refusal_row(who, None, &e);
+        let app = app.clone();
+        // Best effort, off the async thread; the answer does not wait for it.
+        tokio::task::spawn_blocking(move || {
+            if let Ok(conn) = app.store.conn() {
+                crate::http::audit_alone(&conn, row);
+            }
+        });
+        e
+    };
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    if ct.as_deref() != Some("application/zip") {
+        return Err(refuse(
+            &app,
+            &who,
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "a bundle is sent as Content-Type: application/zip",
+            ),
+        ));
+    }
+    if !who.has_any(Perm::Write) {
+        return Err(refuse(
+            &app,
+            &who,
+            ApiError::forbidden("you lack `write` on every container"),
+        ));
+    }
+    let max = app.config.limits.max_bundle_size;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(refuse(&app, &who, too_large(max)));
+    }
+
+    let spool = app.dir.spool();
+    let tmp = tokio::task::spawn_blocking(move || tempfile::NamedTempFile::new_in(spool))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::internal(format!("creating a spool file: {e}")))?;
+    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(ApiError::internal)?);
+    let mut body = req.into_body();
+    let mut total: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::bad_request("body-read", format!("reading the request body failed: {e}"))
+        })?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len() as u64;
+            if total > max {
+                return Err(refuse(&app, &who, too_large(max)));
+            }
+            file.write_all(&data).await.map_err(ApiError::internal)?;
+        }
+    }
+    file.flush().await.map_err(ApiError::internal)?;
+    drop(file);
+
+    let app2 = app.clone();
+    let (status, record) = tokio::task::spawn_blocking(move || {
+        let mut conn = app2.store.conn()?;
+        let result = apply(&app2, &mut conn, &who, &tmp);
+        drop(tmp);
+        match result {
+            Ok(r) => Ok(r),
+            Err((e, info)) => {
+                audit_refusal(&conn, &who, info.as_ref(), &e);
+                Err(e)
+            }
+        }
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(json_response(status, &record))
+}
+
+/// What was read of the manifest, for the audit trail.
+#[derive(Debug, Clone)]
+struct BundleInfo {
+    bundle_id: String,
+    signer: String,
+    container: ContainerPath,
+}
+
+fn refusal_row(who: &Principal, info: Option<&BundleInfo>, e: &ApiError) -> AuditRow {
+    AuditRow {
+        principal: Some(who.name.clone()),
+        action: "deploy".into(),
+        container: info.map(|i| i.container.to_string()),
+        bundle_id: info.map(|i| i.bundle_id.clone()),
+        signer_key_id: info.map(|i| i.signer.clone()),
+        outcome: "refused".into(),
+        status: e.status.as_u16(),
+        code: Some(e.code.clone()),
+        detail: Some(e.detail.clone()),
+        ..AuditRow::default()
+    }
+}
+
+fn audit_refusal(conn: &Connection, who: &Principal, info: Option<&BundleInfo>, e: &ApiError) {
+    crate::http::audit_alone(conn, refusal_row(who, info, e));
+}
+
+type Failed = (ApiError, Option<BundleInfo>);
+
+fn trusted(conn: &Connection, id: &KeyId) -> Option<TrustedSigner> {
+    let (key, containers) = match store::signer(conn, &id.to_string()) {
+        Ok(Some(x)) => x,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::error!(error = %e, "reading trusted signers failed");
+            return None;
+        }
+    };
+    let key: [u8; 32] = key.as_slice().try_into().ok()?;
+    let list: Vec<String> = serde_json::from_str(&containers).ok()?;
+    let containers = list
+        .iter()
+        .filter_map(|c| ContainerPath::parse(c).ok())
+        .collect();
+    Some(TrustedSigner {
+        key: VerifyingKey::from_bytes(key),
+        containers,
+    })
+}
+
+/// Verifies and applies a spooled bundle. Returns the status and the deployment record.
+fn apply(
+    app: &App,
+    conn: &mut Connection,
+    who: &Principal,
+    spooled: &tempfile::NamedTempFile,
+) -> Result<(StatusCode, Value), Failed> {
+    let mut file = spooled.reopen().map_err(|e| (ApiError::internal(e), None))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| (ApiError::internal(e), None))?;
+    let limits = app.config.limits.to_limits();
+    let mut bundle = {
+        let lookup = |id: &KeyId| trusted(conn, id);
+        OpenBundle::open(BufReader::new(file), &limits, &lookup)
+            .map_err(|e| (ApiError::from(e), None))?
+    };
+    let m = bundle.manifest().clone();
+    let info = BundleInfo {
+        bundle_id: m.bundle_id.to_string(),
+        signer: m.signer_key_id.to_string(),
+        container: m.target_container.clone(),
+    };
+    let fail = |e: ApiError| (e, Some(info.clone()));
+    let target = &m.target_container;
+    if !who.can(Perm::Write, target) {
+        return Err(fail(ApiError::lacks(Perm::Write, target)));
+    }
+
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| fail(e.into()))?;
+    if let Some(record) =
+        store::deployment_by_bundle(&tx, m.bundle_id.as_str()).map_err(|e| fail(e.into()))?
+    {
+        let mut record: Value =
+            serde_json::from_str(&record).map_err(|e| fail(ApiError::internal(e)))?;
+        if let Value::Object(o) = &mut record {
+            o.insert("replayed".into(), Value::Bool(true));
+        }
+        let row = AuditRow {
+            principal: Some(who.name.clone()),
+            action: "deploy".into(),
+            container: Some(target.to_string()),
+            bundle_id: Some(info.bundle_id.clone()),
+            signer_key_id: Some(info.signer.clone()),
+            outcome: "replayed".into(),
+            status: 200,
+            ..AuditRow::default()
+        };
+        store::insert_audit(&tx, &row).map_err(|e| fail(e.into()))?;
+        tx.commit().map_err(|e| fail(e.into()))?;
+        return Ok((StatusCode::OK, record));
+    }
+    bundle
+        .check_times(app.now(), SKEW)
+        .map_err(|e| fail(e.into()))?;
+    let created_ms = m.created_at.unix_millis();
+    if let Some(newest) =
+        store::newest_created(&tx, target.as_str()).map_err(|e| fail(e.into()))?
+        && created_ms < newest
+    {
+        let newest_text = flowpack_shared::timefmt::Timestamp::from_unix_millis(newest)
+            .map_or_else(|| newest.to_string(), |t| t.to_string());
+        return Err(fail(ApiError::conflict(
+            "stale",
+            format!(
+                "the bundle was created at {}, before the newest bundle already applied to {target} (created at {newest_text}); package it again",
+                m.created_at
+            ),
+        )));
+    }
+
+    let cid = store::ensure_container(&tx, target).map_err(|e| fail(e.into()))?;
+    let did = store::insert_deployment(&tx, m.bundle_id.as_str(), target.as_str(), created_ms)
+        .map_err(|e| fail(e.into()))?;
+    let mut versions: HashMap<Name, i64> = HashMap::new();
+    let payload = {
+        let tx = &tx;
+        let versions = &mut versions;
+        let mut on_file = |name: &Name,
+                           path: &flowpack_shared::names::RelPath,
+                           size: u64,
+                           data: &mut dyn std::io::Read|
+         -> std::io::Result<()> {
+            if size > MAX_FILE {
+                return Err(BundleError::SizeLimit(format!(
+                    "mapping {name}: file {path} is {size} bytes; this receiver stores files up to {MAX_FILE} bytes"
+                ))
+                .into_io());
+            }
+            let vid = match versions.get(name) {
+                Some(v) => *v,
+                None => {
+                    let v = store::new_mapping_version(tx, cid, name, did)
+                        .map_err(std::io::Error::other)?;
+                    versions.insert(name.clone(), v);
+                    v
+                }
+            };
+            store::write_mapping_file(tx, vid, path.as_str(), size, data)
+        };
+        bundle
+            .read_payload(Some(&app.identity), &mut on_file)
+            .map_err(|e| fail(e.into()))?
+    };
+    if m.kind == BundleKind::Credentials && !payload.mappings.is_empty() {
+        return Err(fail(ApiError::unprocessable(
+            "bad-record",
+            "a standalone credential bundle carries mappings",
+        )));
+    }
+
+    let mut created = Vec::new();
+    let mut updated = Vec::new();
+    let mut needs = Vec::new();
+    for mapping in &payload.mappings {
+        let vid = match versions.get(&mapping.name) {
+            Some(v) => *v,
+            None => store::new_mapping_version(&tx, cid, &mapping.name, did)
+                .map_err(|e| fail(e.into()))?,
+        };
+        let def = serde_json::to_string(mapping).map_err(|e| fail(ApiError::internal(e)))?;
+        let replaced = store::finish_mapping_version(&tx, cid, &mapping.name, vid, &def)
+            .map_err(|e| fail(e.into()))?;
+        let path = target.object_path(&mapping.name);
+        if replaced {
+            updated.push(path);
+        } else {
+            created.push(path);
+        }
+    }
+    for c in &payload.credentials {
+        let up = creds::upsert_from_bundle(&tx, &app.keys, cid, target, c).map_err(fail)?;
+        if up.needs_secrets {
+            needs.push(up.path.clone());
+        }
+        if up.created {
+            created.push(up.path);
+        } else {
+            updated.push(up.path);
+        }
+    }
+    let record = json!({
+        "id": did,
+        "bundle_id": m.bundle_id.as_str(),
+        "container": target.as_str(),
+        "created": created,
+        "updated": updated,
+        "needs_secrets": needs,
+        "replayed": false,
+    });
+    store::set_deployment_record(&tx, did, &record.to_string()).map_err(|e| fail(e.into()))?;
+    let row = AuditRow {
+        principal: Some(who.name.clone()),
+        action: "deploy".into(),
+        container: Some(target.to_string()),
+        bundle_id: Some(info.bundle_id.clone()),
+        signer_key_id: Some(info.signer.clone()),
+        outcome: "applied".into(),
+        status: 201,
+        ..AuditRow::default()
+    };
+    store::insert_audit(&tx, &row).map_err(|e| fail(e.into()))?;
+    tx.commit().map_err(|e| fail(e.into()))?;
+    tracing::info!(bundle_id = %m.bundle_id, container = %target, deployment = did, "bundle applied");
+    Ok((StatusCode::CREATED, record))
+}

@@ -1,0 +1,721 @@
+//! Routing and answers: the HTTP API of SPEC §5, errors as `application/problem+json`.
+//!
+//! Everything that touches the database runs in `spawn_blocking` on its own connection. URL
+//! paths are parsed into [`ContainerPath`]/[`Name`]/[`RelPath`] before anything else looks at
+//! them and are never used to build a filesystem path. Client faults get a precise, safe
+//! `detail`; internal faults get a generic 500 and a log line.
+
+use std::convert::Infallible;
+use std::fmt::Display;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flowpack_shared::bundle::{BundleError, Class};
+use flowpack_shared::model::mapping::{Mapping, ParamType};
+use flowpack_shared::names::{ContainerPath, Name, RelPath};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use rusqlite::Connection;
+use serde_json::{Value, json};
+
+use crate::App;
+use crate::auth::{self, Perm, Principal};
+use crate::creds::{self, split_object_path};
+use crate::store::{self, AuditRow};
+
+/// The response body type.
+pub type Body = Full<Bytes>;
+
+/// Largest JSON request body (PATCH, resolve).
+const MAX_JSON_BODY: usize = 1 << 20;
+
+/// An error answer: status, stable code, safe detail, optional extension members.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: String,
+    /// Human-readable detail; never contains a secret.
+    pub detail: String,
+    /// Extension members of the problem document.
+    pub extra: serde_json::Map<String, Value>,
+}
+
+impl ApiError {
+    /// An error with a status, code and detail.
+    pub fn new(status: StatusCode, code: impl Into<String>, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code: code.into(),
+            detail: detail.into(),
+            extra: serde_json::Map::new(),
+        }
+    }
+    /// Adds an extension member.
+    pub fn with(mut self, key: &str, value: Value) -> Self {
+        self.extra.insert(key.to_owned(), value);
+        self
+    }
+    /// 400.
+    pub fn bad_request(code: &str, detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+    /// 401.
+    pub fn unauthorized() -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required (Authorization: Bearer fpt_…)",
+        )
+    }
+    /// 403.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+    /// 403 for a missing grant on a container.
+    pub fn lacks(perm: Perm, path: &ContainerPath) -> Self {
+        ApiError::forbidden(format!("you lack `{}` on {path}", perm.as_str()))
+    }
+    /// 404.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not-found", detail)
+    }
+    /// 409.
+    pub fn conflict(code: &str, detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::CONFLICT, code, detail)
+    }
+    /// 422.
+    pub fn unprocessable(code: &str, detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+    }
+    /// 500: the cause goes to the log only.
+    pub fn internal(cause: impl Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred; the receiver's log has the details",
+        )
+    }
+
+    /// The problem+json answer.
+    pub fn into_response(self) -> Response<Body> {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let mut doc = serde_json::Map::new();
+        doc.insert(
+            "type".into(),
+            Value::String(format!("urn:flowpack:problem:{}", self.code)),
+        );
+        doc.insert("title".into(), Value::String(title.into()));
+        doc.insert("status".into(), Value::from(self.status.as_u16()));
+        doc.insert("detail".into(), Value::String(self.detail));
+        doc.insert("code".into(), Value::String(self.code));
+        doc.extend(self.extra);
+        let mut r = json_response(self.status, &Value::Object(doc));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        r
+    }
+}
+
+impl From<rusqlite::Error> for ApiError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApiError::internal(format!("database: {e}"))
+    }
+}
+
+impl From<BundleError> for ApiError {
+    fn from(e: BundleError) -> Self {
+        if e.class() == Class::Internal {
+            return ApiError::internal(format!("reading a bundle: {e}"));
+        }
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+/// A JSON answer.
+pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let body = serde_json::to_vec(v).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}
+
+/// Answers one request (never fails: errors become problem documents).
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let (resp, who) = match route(app, req).await {
+        Ok((r, who)) => (r, who),
+        Err((e, who)) => (e.into_response(), who),
+    };
+    tracing::info!(
+        %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        principal = who.as_deref().unwrap_or("-"),
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    Ok(resp)
+}
+
+type Routed = Result<(Response<Body>, Option<String>), (ApiError, Option<String>)>;
+
+/// Runs `f` on a blocking thread with a fresh connection.
+pub async fn blocking<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&App, &mut Connection) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut conn = app.store.conn()?;
+        f(&app, &mut conn)
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+fn bearer(req: &Request<Incoming>) -> Option<String> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// Authenticates the request's bearer token.
+async fn authenticate(app: &Arc<App>, req: &Request<Incoming>) -> Result<Principal, ApiError> {
+    let token = zeroize::Zeroizing::new(bearer(req).ok_or_else(ApiError::unauthorized)?);
+    blocking(app, move |_, conn| {
+        auth::authenticate(conn, &token)?.ok_or_else(ApiError::unauthorized)
+    })
+    .await
+}
+
+async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
+    let body = Limited::new(req.into_body(), MAX_JSON_BODY)
+        .collect()
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                format!("the request body is larger than {MAX_JSON_BODY} bytes"),
+            )
+        })?
+        .to_bytes();
+    // serde_json's message gives only a line and column, never the content.
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("bad-json", format!("the body is not valid JSON: {e}")))
+}
+
+/// Parses `public/orders/erp` into the container `/public/orders` and the name `erp`.
+fn object_path(rest: &str) -> Result<(ContainerPath, Name), ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "bad-path",
+            format!(
+                "{} is not an object path: expected CONTAINER/NAME without a leading slash, e.g. public/orders/erp",
+                flowpack_shared::names::quoted(rest)
+            ),
+        )
+    };
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let full = ContainerPath::from_url_form(rest).map_err(|_| bad())?;
+    split_object_path(&full).ok_or_else(bad)
+}
+
+fn container_path(rest: &str) -> Result<ContainerPath, ApiError> {
+    ContainerPath::from_url_form(rest).map_err(|e| ApiError::bad_request("bad-path", e.0))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn query_param(req: &Request<Incoming>, key: &str) -> Result<Option<String>, ApiError> {
+    let Some(q) = req.uri().query() else {
+        return Ok(None);
+    };
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == key {
+            return percent_decode(&v.replace('+', " "))
+                .map(Some)
+                .ok_or_else(|| ApiError::bad_request("bad-query", "invalid percent-encoding"));
+        }
+    }
+    Ok(None)
+}
+
+fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this method is not allowed on this path",
+    )
+}
+
+fn not_implemented(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not-implemented",
+        format!("{what} is not implemented yet"),
+    )
+}
+
+async fn route(app: Arc<App>, req: Request<Incoming>) -> Routed {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    // Unauthenticated endpoints.
+    match (method.clone(), path.as_str()) {
+        (Method::GET, "/healthz") => {
+            return Ok((json_response(StatusCode::OK, &json!({"status": "ok"})), None));
+        }
+        (Method::GET, "/v1/keys") => {
+            let v = json!({"sealing_recipient": app.identity.recipient().to_string()});
+            return Ok((json_response(StatusCode::OK, &v), None));
+        }
+        (_, "/healthz" | "/v1/keys") => return Err((method_not_allowed(), None)),
+        _ => {}
+    }
+    if !path.starts_with("/v1/") {
+        return Err((ApiError::not_found("no such endpoint"), None));
+    }
+    if path == "/v1/oauth/callback" {
+        return Err((not_implemented("the OAuth callback"), None));
+    }
+    let who = match authenticate(&app, &req).await {
+        Ok(p) => p,
+        Err(e) => return Err((e, None)),
+    };
+    let name = Some(who.name.clone());
+    match route_authenticated(app, who, req, &method, &path).await {
+        Ok(r) => Ok((r, name)),
+        Err(e) => Err((e, name)),
+    }
+}
+
+async fn route_authenticated(
+    app: Arc<App>,
+    who: Principal,
+    req: Request<Incoming>,
+    method: &Method,
+    path: &str,
+) -> Result<Response<Body>, ApiError> {
+    let rest = path.strip_prefix("/v1/").unwrap_or_default();
+    let (head, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    match (head, method) {
+        ("deployments", &Method::POST) if tail.is_empty() => {
+            crate::deploy::handle(app, who, req).await
+        }
+        ("deployments", &Method::GET) if tail.is_empty() => {
+            let filter = query_param(&req, "container")?
+                .map(|c| ContainerPath::parse(&c).map_err(|e| ApiError::bad_request("bad-path", e.0)))
+                .transpose()?;
+            blocking(&app, move |_, conn| list_deployments(conn, &who, filter.as_ref())).await
+        }
+        ("deployments", _) if tail.is_empty() => Err(method_not_allowed()),
+        ("audit", &Method::GET) if tail.is_empty() => {
+            blocking(&app, move |_, conn| list_audit(conn, &who)).await
+        }
+        ("containers", &Method::GET) => {
+            let c = container_path(tail.trim_end_matches('/'))?;
+            blocking(&app, move |_, conn| show_container(conn, &who, &c)).await
+        }
+        ("mappings", &Method::GET) => {
+            if tail.contains("/files/") {
+                let tail = tail.to_owned();
+                blocking(&app, move |_, conn| mapping_file(conn, &who, &tail)).await
+            } else {
+                let (c, n) = object_path(tail)?;
+                blocking(&app, move |_, conn| show_mapping(conn, &who, &c, &n)).await
+            }
+        }
+        ("mappings", &Method::POST) => {
+            let Some(m) = tail.strip_suffix("/resolve") else {
+                return Err(method_not_allowed());
+            };
+            let (c, n) = object_path(m)?;
+            if !who.can(Perm::Use, &c) {
+                return Err(ApiError::lacks(Perm::Use, &c));
+            }
+            let body = read_json(req).await?;
+            blocking(&app, move |_, conn| resolve(conn, &who, &c, &n, &body)).await
+        }
+        ("mappings", &Method::DELETE) => {
+            let (c, n) = object_path(tail)?;
+            blocking(&app, move |_, conn| delete_mapping(conn, &who, &c, &n)).await
+        }
+        ("credentials", &Method::POST) => {
+            for (suffix, what) in [
+                ("/token", "obtaining an OAuth access token"),
+                ("/authorize", "the OAuth authorization-code flow"),
+                ("/verify", "verifying a credential"),
+            ] {
+                if tail.ends_with(suffix) {
+                    return Err(not_implemented(what));
+                }
+            }
+            Err(method_not_allowed())
+        }
+        ("credentials", &Method::GET) => {
+            let (c, n) = object_path(tail)?;
+            blocking(&app, move |_, conn| show_credential(conn, &who, &c, &n)).await
+        }
+        ("credentials", &Method::PATCH) => {
+            let (c, n) = object_path(tail)?;
+            if !who.can(Perm::Write, &c) {
+                return Err(ApiError::lacks(Perm::Write, &c));
+            }
+            let body = read_json(req).await?;
+            blocking(&app, move |app, conn| {
+                patch_credential(app, conn, &who, &c, &n, &body)
+            })
+            .await
+        }
+        ("credentials", &Method::DELETE) => {
+            let (c, n) = object_path(tail)?;
+            blocking(&app, move |_, conn| delete_credential(conn, &who, &c, &n)).await
+        }
+        ("containers" | "mappings" | "credentials" | "audit", _) => Err(method_not_allowed()),
+        _ => Err(ApiError::not_found("no such endpoint")),
+    }
+}
+
+fn require(who: &Principal, perm: Perm, c: &ContainerPath) -> Result<(), ApiError> {
+    if who.can(perm, c) {
+        Ok(())
+    } else {
+        Err(ApiError::lacks(perm, c))
+    }
+}
+
+fn existing_container(conn: &Connection, c: &ContainerPath) -> Result<i64, ApiError> {
+    store::container_id(conn, c)?
+        .ok_or_else(|| ApiError::not_found(format!("container {c} does not exist")))
+}
+
+fn list_deployments(
+    conn: &Connection,
+    who: &Principal,
+    filter: Option<&ContainerPath>,
+) -> Result<Response<Body>, ApiError> {
+    if let Some(c) = filter {
+        require(who, Perm::Read, c)?;
+    }
+    let mut out = Vec::new();
+    for (container, record) in store::deployments(conn)? {
+        let Ok(cp) = ContainerPath::parse(&container) else {
+            continue;
+        };
+        if filter.is_some_and(|f| *f != cp) || !who.can(Perm::Read, &cp) {
+            continue;
+        }
+        out.push(serde_json::from_str::<Value>(&record).map_err(ApiError::internal)?);
+    }
+    Ok(json_response(StatusCode::OK, &json!({"deployments": out})))
+}
+
+fn list_audit(conn: &Connection, who: &Principal) -> Result<Response<Body>, ApiError> {
+    let rows: Vec<AuditRow> = store::audit(conn)?
+        .into_iter()
+        .filter(|a| {
+            let c = match &a.container {
+                Some(c) => ContainerPath::parse(c).ok(),
+                // A refusal whose manifest could not be read concerns no known container:
+                // only callers who can read everything see it.
+                None => Some(ContainerPath::root()),
+            };
+            c.is_some_and(|c| who.can(Perm::Read, &c))
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({"audit": rows})))
+}
+
+fn show_container(
+    conn: &Connection,
+    who: &Principal,
+    c: &ContainerPath,
+) -> Result<Response<Body>, ApiError> {
+    require(who, Perm::Read, c)?;
+    let id = existing_container(conn, c)?;
+    let (containers, mappings, credentials) = store::children(conn, id)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"path": c.as_str(), "containers": containers, "mappings": mappings, "credentials": credentials}),
+    ))
+}
+
+/// A live mapping and its parsed definition.
+fn load_mapping(
+    conn: &Connection,
+    c: &ContainerPath,
+    n: &Name,
+) -> Result<(i64, store::MappingRow, Mapping), ApiError> {
+    let missing = || ApiError::not_found(format!("mapping {} does not exist", c.object_path(n)));
+    let cid = store::container_id(conn, c)?.ok_or_else(missing)?;
+    let row = store::mapping(conn, cid, n.as_str())?.ok_or_else(missing)?;
+    let m = Mapping::parse(&c.object_path(n), row.definition.as_bytes())
+        .map_err(ApiError::internal)?;
+    Ok((cid, row, m))
+}
+
+fn show_mapping(
+    conn: &Connection,
+    who: &Principal,
+    c: &ContainerPath,
+    n: &Name,
+) -> Result<Response<Body>, ApiError> {
+    require(who, Perm::Read, c)?;
+    let (cid, row, m) = load_mapping(conn, c, n)?;
+    let mut params = Vec::new();
+    for p in m.parameters.iter().filter(|p| p.kind == ParamType::Credential) {
+        match &p.credential {
+            Some(cred) => {
+                let stored = store::credential(conn, cid, cred.as_str())?;
+                let has_secrets = match &stored {
+                    Some(r) => !creds::needs_secrets(conn, r.id)?,
+                    None => false,
+                };
+                params.push(json!({
+                    "name": p.name, "credential": c.object_path(cred),
+                    "stored": stored.is_some(), "has_secrets": has_secrets,
+                }));
+            }
+            None => params.push(json!({
+                "name": p.name, "credential": null, "external": true,
+                "stored": false, "has_secrets": false,
+            })),
+        }
+    }
+    let mut v = serde_json::to_value(&m).map_err(ApiError::internal)?;
+    if let Value::Object(o) = &mut v {
+        o.insert("path".into(), Value::String(c.object_path(n)));
+        o.entry("description").or_insert(Value::Null);
+        o.insert("version".into(), Value::from(row.version));
+        o.insert("credential_parameters".into(), Value::Array(params));
+    }
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+/// `GET /v1/mappings/{path}/files/{file}`. The path is split at the first `/files/` whose left
+/// side names a live mapping, so containers may themselves be named `files`.
+fn mapping_file(conn: &Connection, who: &Principal, tail: &str) -> Result<Response<Body>, ApiError> {
+    let mut first_error = None;
+    for (i, _) in tail.match_indices("/files/") {
+        let (left, file) = (&tail[..i], &tail[i + "/files/".len()..]);
+        let Ok((c, n)) = object_path(left) else {
+            continue;
+        };
+        if !who.can(Perm::Read, &c) {
+            first_error.get_or_insert(ApiError::lacks(Perm::Read, &c));
+            continue;
+        }
+        let (_, row, m) = match load_mapping(conn, &c, &n) {
+            Ok(x) => x,
+            Err(e) => {
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
+        let decoded = file
+            .split('/')
+            .map(|seg| percent_decode(seg).filter(|s| !s.contains('/')))
+            .collect::<Option<Vec<_>>>()
+            .map(|segs| segs.join("/"))
+            .ok_or_else(|| ApiError::bad_request("bad-path", "invalid percent-encoding"))?;
+        let rel = RelPath::parse(&decoded).map_err(|e| ApiError::bad_request("bad-path", e.0))?;
+        if !m.files.contains(&rel) {
+            return Err(ApiError::not_found(format!(
+                "mapping {} has no file {rel}",
+                c.object_path(&n)
+            )));
+        }
+        let data = store::mapping_file(conn, row.version_id, rel.as_str())?
+            .ok_or_else(|| ApiError::internal("a listed mapping file has no blob"))?;
+        let mut r = Response::new(Full::new(Bytes::from(data)));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        return Ok(r);
+    }
+    Err(first_error.unwrap_or_else(|| ApiError::not_found("no such mapping file")))
+}
+
+fn resolve(
+    conn: &Connection,
+    who: &Principal,
+    c: &ContainerPath,
+    n: &Name,
+    body: &Value,
+) -> Result<Response<Body>, ApiError> {
+    let (cid, _, m) = load_mapping(conn, c, n)?;
+    let v = creds::resolve(conn, who, c, cid, &m, body)?;
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+fn audit(conn: &Connection, row: AuditRow) {
+    if let Err(e) = store::insert_audit(conn, &row) {
+        tracing::error!(error = %e, "writing an audit row failed");
+    }
+}
+
+fn audit_row(who: &Principal, action: &str, c: &ContainerPath, target: String) -> AuditRow {
+    AuditRow {
+        principal: Some(who.name.clone()),
+        action: action.into(),
+        container: Some(c.to_string()),
+        target: Some(target),
+        ..AuditRow::default()
+    }
+}
+
+fn delete_mapping(
+    conn: &mut Connection,
+    who: &Principal,
+    c: &ContainerPath,
+    n: &Name,
+) -> Result<Response<Body>, ApiError> {
+    require(who, Perm::Write, c)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let missing = || ApiError::not_found(format!("mapping {} does not exist", c.object_path(n)));
+    let cid = store::container_id(&tx, c)?.ok_or_else(missing)?;
+    if !store::delete_mapping(&tx, cid, n.as_str())? {
+        return Err(missing());
+    }
+    let mut row = audit_row(who, "delete-mapping", c, c.object_path(n));
+    row.outcome = "deleted".into();
+    row.status = 204;
+    store::insert_audit(&tx, &row)?;
+    tx.commit()?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+fn delete_credential(
+    conn: &mut Connection,
+    who: &Principal,
+    c: &ContainerPath,
+    n: &Name,
+) -> Result<Response<Body>, ApiError> {
+    require(who, Perm::Write, c)?;
+    let path = c.object_path(n);
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let missing = || ApiError::not_found(format!("credential {path} does not exist"));
+    let cid = store::container_id(&tx, c)?.ok_or_else(missing)?;
+    let cred = store::credential(&tx, cid, n.as_str())?.ok_or_else(missing)?;
+    // A mapping references credentials of its own container (SPEC §2: of the same project).
+    let mut refs = Vec::new();
+    for (mname, def) in store::mappings_in(&tx, cid)? {
+        let m = Mapping::parse(&mname, def.as_bytes()).map_err(ApiError::internal)?;
+        if m.credential_refs().any(|(_, cred)| cred == n) {
+            refs.push(Name::parse(&mname).map_or(mname.clone(), |mn| c.object_path(&mn)));
+        }
+    }
+    if !refs.is_empty() {
+        drop(tx);
+        let e = ApiError::conflict(
+            "credential-in-use",
+            format!(
+                "credential {path} is referenced by mapping(s) {}; delete or redeploy them first",
+                refs.join(", ")
+            ),
+        )
+        .with("mappings", json!(refs));
+        let mut row = audit_row(who, "delete-credential", c, path.clone());
+        row.outcome = "refused".into();
+        row.status = 409;
+        row.code = Some(e.code.clone());
+        row.detail = Some(e.detail.clone());
+        audit(conn, row);
+        return Err(e);
+    }
+    store::delete_credential(&tx, cred.id)?;
+    let mut row = audit_row(who, "delete-credential", c, path);
+    row.outcome = "deleted".into();
+    row.status = 204;
+    store::insert_audit(&tx, &row)?;
+    tx.commit()?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+fn show_credential(
+    conn: &Connection,
+    who: &Principal,
+    c: &ContainerPath,
+    n: &Name,
+) -> Result<Response<Body>, ApiError> {
+    require(who, Perm::Read, c)?;
+    let path = c.object_path(n);
+    let missing = || ApiError::not_found(format!("credential {path} does not exist"));
+    let cid = store::container_id(conn, c)?.ok_or_else(missing)?;
+    let row = store::credential(conn, cid, n.as_str())?.ok_or_else(missing)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &creds::redacted(conn, &path, &row)?,
+    ))
+}
+
+fn patch_credential(
+    app: &App,
+    conn: &mut Connection,
+    who: &Principal,
+    c: &ContainerPath,
+    n: &Name,
+    body: &Value,
+) -> Result<Response<Body>, ApiError> {
+    require(who, Perm::Write, c)?;
+    let path = c.object_path(n);
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let missing = || ApiError::not_found(format!("credential {path} does not exist"));
+    let cid = store::container_id(&tx, c)?.ok_or_else(missing)?;
+    let row = store::credential(&tx, cid, n.as_str())?.ok_or_else(missing)?;
+    creds::patch(&tx, &app.keys, &path, &row, body)?;
+    let row = store::credential(&tx, cid, n.as_str())?.ok_or_else(missing)?;
+    let answer = creds::redacted(&tx, &path, &row)?;
+    let mut a = audit_row(who, "patch-credential", c, path.clone());
+    a.outcome = "updated".into();
+    a.status = 200;
+    store::insert_audit(&tx, &a)?;
+    tx.commit()?;
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// Writes an audit row in its own transaction, logging (not failing) when it cannot.
+pub fn audit_alone(conn: &Connection, row: AuditRow) {
+    audit(conn, row);
+}

@@ -1,0 +1,214 @@
+//! flowpack's receiver: verifies signed bundles and applies them atomically to an embedded
+//! store, then answers questions about what it holds (SPEC §4–§6).
+//!
+//! Which API to use when:
+//! - Create a data directory: [`datadir::init`]; load one: [`App::load`].
+//! - Serve: bind a listener and call [`run`] with a shutdown future (tests bind `127.0.0.1:0`).
+//! - TLS from PEM files: [`tls_acceptor`].
+//! - Administration while serving: [`auth::create_token`], [`trust_signer`]; both write to
+//!   the database, which `serve` reads on every request.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod creds;
+pub mod datadir;
+pub mod deploy;
+pub mod http;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use flowpack_shared::keys::VerifyingKey;
+use flowpack_shared::names::ContainerPath;
+use flowpack_shared::seal::SealingIdentity;
+use flowpack_shared::timefmt::Timestamp;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+pub use tokio_rustls::TlsAcceptor;
+
+use crate::creds::SecretKeys;
+use crate::datadir::{Config, DataDir};
+use crate::store::Store;
+
+/// Time source, injectable for tests.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The server's state: the data directory's keys, configuration and store.
+pub struct App {
+    /// The data directory.
+    pub dir: DataDir,
+    /// The database.
+    pub store: Store,
+    /// The sealing identity bundles are sealed to.
+    pub identity: SealingIdentity,
+    /// At-rest and fingerprint keys.
+    pub keys: SecretKeys,
+    /// `config.json`.
+    pub config: Config,
+    /// Current time.
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("dir", &self.dir).finish()
+    }
+}
+
+impl App {
+    /// Loads an initialized data directory.
+    pub fn load(dir: &Path) -> anyhow::Result<App> {
+        let dir = DataDir::new(dir);
+        let loaded = datadir::load(&dir)?;
+        Ok(App {
+            dir,
+            store: loaded.store,
+            identity: loaded.identity,
+            keys: loaded.keys,
+            config: loaded.config,
+            clock: Arc::new(Timestamp::now),
+        })
+    }
+
+    /// The current time, from [`App::clock`].
+    pub fn now(&self) -> Timestamp {
+        (self.clock)()
+    }
+}
+
+/// Trusts a signer's public key (PEM) for container prefixes (`/` when none are given).
+/// Returns the key id.
+pub fn trust_signer(
+    store: &Store,
+    pem: &str,
+    prefixes: &[ContainerPath],
+) -> anyhow::Result<String> {
+    let key = VerifyingKey::from_pem(pem).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let prefixes = if prefixes.is_empty() {
+        vec![ContainerPath::root()]
+    } else {
+        prefixes.to_vec()
+    };
+    let id = key.key_id().to_string();
+    let conn = store.conn()?;
+    store::upsert_signer(&conn, &id, key.as_bytes(), &prefixes)?;
+    Ok(id)
+}
+
+/// A TLS acceptor from a PEM certificate chain and a PEM private key, with ring's provider.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("reading {}", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{}: no certificate found", cert.display());
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("loading the TLS certificate and key")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long shutdown waits for in-flight requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// Serves HTTP (or HTTPS with `tls`) on `listener` until `shutdown` completes, then stops
+/// accepting and waits for in-flight requests (deploys finish or roll back) before returning.
+pub async fn run(
+    listener: TcpListener,
+    app: Arc<App>,
+    tls: Option<TlsAcceptor>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Bounds concurrent connections: each holds a permit until it closes.
+    let permits = Arc::new(Semaphore::new(app.config.max_connections.max(1)));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.map_err(std::io::Error::other)?,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req| http::handle(app.clone(), req));
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let result = match tls {
+                None => {
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn).await
+                }
+                Some(acceptor) => {
+                    let tls_stream = match tokio::time::timeout(
+                        TLS_HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
+                    watcher.watch(conn).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: waiting for in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            tracing::warn!("shutdown grace period over; closing remaining connections");
+        }
+    }
+    Ok(())
+}

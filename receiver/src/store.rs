@@ -1,0 +1,715 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a committed
+//! transaction survives a crash the moment after (SPEC §5). All SQL lives here.
+//!
+//! Each request opens its own connection ([`Store::conn`]): readers never wait for a deploy,
+//! and deploys serialize on `BEGIN IMMEDIATE`. Mappings are versioned: `mapping_versions` keeps
+//! every version with its files, `mappings` points at the live one. Secrets are stored only as
+//! ciphertext (`credential_secrets`); see `creds.rs`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flowpack_shared::names::{ContainerPath, Name};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Schema version in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE principals (
+  id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  created_at TEXT NOT NULL
+);
+CREATE TABLE grants (
+  principal_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+  prefix TEXT NOT NULL,
+  perms TEXT NOT NULL,
+  PRIMARY KEY (principal_id, prefix)
+);
+CREATE TABLE tokens (
+  id TEXT PRIMARY KEY,
+  principal_id INTEGER NOT NULL REFERENCES principals(id) ON DELETE CASCADE,
+  secret_sha256 BLOB NOT NULL,
+  created_at TEXT NOT NULL
+);
+CREATE TABLE trusted_signers (
+  key_id TEXT PRIMARY KEY,
+  public_key BLOB NOT NULL,
+  containers TEXT NOT NULL,
+  added_at TEXT NOT NULL
+);
+CREATE TABLE containers (
+  id INTEGER PRIMARY KEY,
+  path TEXT NOT NULL UNIQUE,
+  parent_id INTEGER REFERENCES containers(id),
+  name TEXT,
+  created_at TEXT NOT NULL
+);
+CREATE TABLE deployments (
+  id INTEGER PRIMARY KEY,
+  bundle_id TEXT NOT NULL UNIQUE,
+  container TEXT NOT NULL,
+  created_at_ms INTEGER NOT NULL,
+  applied_at TEXT NOT NULL,
+  record TEXT NOT NULL
+);
+CREATE INDEX deployments_container ON deployments(container, created_at_ms);
+CREATE TABLE mapping_versions (
+  id INTEGER PRIMARY KEY,
+  container_id INTEGER NOT NULL REFERENCES containers(id),
+  name TEXT NOT NULL,
+  version INTEGER NOT NULL,
+  definition TEXT NOT NULL,
+  deployment_id INTEGER REFERENCES deployments(id),
+  created_at TEXT NOT NULL,
+  UNIQUE (container_id, name, version)
+);
+CREATE TABLE mapping_files (
+  version_id INTEGER NOT NULL REFERENCES mapping_versions(id),
+  path TEXT NOT NULL,
+  data BLOB NOT NULL,
+  PRIMARY KEY (version_id, path)
+);
+CREATE TABLE mappings (
+  container_id INTEGER NOT NULL REFERENCES containers(id),
+  name TEXT NOT NULL,
+  version_id INTEGER NOT NULL REFERENCES mapping_versions(id),
+  PRIMARY KEY (container_id, name)
+);
+CREATE TABLE credentials (
+  id INTEGER PRIMARY KEY,
+  container_id INTEGER NOT NULL REFERENCES containers(id),
+  name TEXT NOT NULL,
+  type TEXT NOT NULL,
+  public TEXT NOT NULL,
+  updated_at TEXT NOT NULL,
+  UNIQUE (container_id, name)
+);
+CREATE TABLE credential_secrets (
+  credential_id INTEGER NOT NULL REFERENCES credentials(id) ON DELETE CASCADE,
+  field TEXT NOT NULL,
+  ciphertext BLOB NOT NULL,
+  fingerprint TEXT NOT NULL,
+  PRIMARY KEY (credential_id, field)
+);
+CREATE TABLE audit (
+  id INTEGER PRIMARY KEY,
+  at TEXT NOT NULL,
+  principal TEXT,
+  action TEXT NOT NULL,
+  container TEXT,
+  target TEXT,
+  bundle_id TEXT,
+  signer_key_id TEXT,
+  outcome TEXT NOT NULL,
+  status INTEGER NOT NULL,
+  code TEXT,
+  detail TEXT
+);
+"#;
+
+/// The database file.
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+}
+
+/// Store errors are internal faults: the HTTP layer answers 500 and logs them.
+pub type Result<T> = rusqlite::Result<T>;
+
+fn now() -> String {
+    flowpack_shared::timefmt::Timestamp::now().to_string()
+}
+
+impl Store {
+    /// Creates a new database with the schema.
+    pub fn create(path: &Path) -> anyhow::Result<Store> {
+        let store = Store {
+            path: path.to_owned(),
+        };
+        let mut conn = store.conn()?;
+        let tx = conn.transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        // The root always exists, even before the first deploy.
+        ensure_root(&tx)?;
+        tx.commit()?;
+        Ok(store)
+    }
+
+    /// Opens an existing database and checks its schema version.
+    pub fn open(path: &Path) -> anyhow::Result<Store> {
+        let store = Store {
+            path: path.to_owned(),
+        };
+        let conn = store.conn()?;
+        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if v != SCHEMA_VERSION {
+            anyhow::bail!(
+                "{}: schema version {v}, this receiver needs {SCHEMA_VERSION}",
+                path.display()
+            );
+        }
+        Ok(store)
+    }
+
+    /// A new connection: WAL, `synchronous=FULL`, foreign keys on, waiting for a busy writer.
+    pub fn conn(&self) -> Result<Connection> {
+        let conn = Connection::open(&self.path)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        // Freed pages are overwritten, so a cleared secret's ciphertext does not linger.
+        conn.pragma_update(None, "secure_delete", true)?;
+        Ok(conn)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Principals, tokens, trust
+
+/// The id of principal `name`, created if missing.
+pub fn ensure_principal(conn: &Connection, name: &str) -> Result<i64> {
+    if let Some(id) = conn
+        .query_row(
+            "SELECT id FROM principals WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )
+        .optional()?
+    {
+        return Ok(id);
+    }
+    conn.execute(
+        "INSERT INTO principals (name, created_at) VALUES (?1, ?2)",
+        params![name, now()],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Adds permissions on `prefix` to a principal (union with what it has).
+pub fn add_grant(conn: &Connection, principal: i64, prefix: &str, perms: &str) -> Result<()> {
+    let old: Option<String> = conn
+        .query_row(
+            "SELECT perms FROM grants WHERE principal_id = ?1 AND prefix = ?2",
+            params![principal, prefix],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let mut all: Vec<&str> = old
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .chain(perms.split(','))
+        .filter(|p| !p.is_empty())
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    conn.execute(
+        "INSERT INTO grants (principal_id, prefix, perms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (principal_id, prefix) DO UPDATE SET perms = excluded.perms",
+        params![principal, prefix, all.join(",")],
+    )?;
+    Ok(())
+}
+
+/// Stores a token's id and the SHA-256 of its secret.
+pub fn insert_token(conn: &Connection, id: &str, principal: i64, sha256: &[u8]) -> Result<()> {
+    conn.execute(
+        "INSERT INTO tokens (id, principal_id, secret_sha256, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![id, principal, sha256, now()],
+    )?;
+    Ok(())
+}
+
+/// A token's stored hash, its principal's id and name.
+pub fn token(conn: &Connection, id: &str) -> Result<Option<(Vec<u8>, i64, String)>> {
+    conn.query_row(
+        "SELECT t.secret_sha256, p.id, p.name FROM tokens t JOIN principals p ON p.id = t.principal_id
+         WHERE t.id = ?1",
+        params![id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()
+}
+
+/// A principal's grants: (prefix, comma-separated permissions).
+pub fn grants(conn: &Connection, principal: i64) -> Result<Vec<(String, String)>> {
+    let mut st = conn.prepare("SELECT prefix, perms FROM grants WHERE principal_id = ?1")?;
+    st.query_map(params![principal], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
+/// Trusts a signer key for the given prefixes (replacing earlier prefixes).
+pub fn upsert_signer(
+    conn: &Connection,
+    key_id: &str,
+    public_key: &[u8],
+    containers: &[ContainerPath],
+) -> Result<()> {
+    let list: Vec<&str> = containers.iter().map(ContainerPath::as_str).collect();
+    let json = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
+    conn.execute(
+        "INSERT INTO trusted_signers (key_id, public_key, containers, added_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (key_id) DO UPDATE SET public_key = excluded.public_key, containers = excluded.containers",
+        params![key_id, public_key, json, now()],
+    )?;
+    Ok(())
+}
+
+/// A trusted signer: the raw public key and its allowed prefixes (JSON array of paths).
+pub fn signer(conn: &Connection, key_id: &str) -> Result<Option<(Vec<u8>, String)>> {
+    conn.query_row(
+        "SELECT public_key, containers FROM trusted_signers WHERE key_id = ?1",
+        params![key_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Containers
+
+/// The id of a container, if it exists.
+pub fn container_id(conn: &Connection, path: &ContainerPath) -> Result<Option<i64>> {
+    conn.query_row(
+        "SELECT id FROM containers WHERE path = ?1",
+        params![path.as_str()],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+fn ensure_root(conn: &Connection) -> Result<i64> {
+    conn.execute(
+        "INSERT OR IGNORE INTO containers (path, parent_id, name, created_at) VALUES ('/', NULL, NULL, ?1)",
+        params![now()],
+    )?;
+    conn.query_row("SELECT id FROM containers WHERE path = '/'", [], |r| {
+        r.get(0)
+    })
+}
+
+/// The id of a container, creating it and its missing ancestors.
+pub fn ensure_container(conn: &Connection, path: &ContainerPath) -> Result<i64> {
+    let mut parent = ensure_root(conn)?;
+    for p in path.lineage().into_iter().skip(1) {
+        let existing: Option<i64> = conn
+            .query_row(
+                "SELECT id FROM containers WHERE path = ?1",
+                params![p.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        parent = match existing {
+            Some(id) => id,
+            None => {
+                conn.execute(
+                    "INSERT INTO containers (path, parent_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![p.as_str(), parent, p.last_segment(), now()],
+                )?;
+                conn.last_insert_rowid()
+            }
+        };
+    }
+    Ok(parent)
+}
+
+/// What a container holds: child container names, mapping names, credential names (sorted).
+pub fn children(conn: &Connection, id: i64) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
+    let list = |sql: &str| -> Result<Vec<String>> {
+        let mut st = conn.prepare(sql)?;
+        st.query_map(params![id], |r| r.get(0))?.collect()
+    };
+    Ok((
+        list("SELECT name FROM containers WHERE parent_id = ?1 ORDER BY name")?,
+        list("SELECT name FROM mappings WHERE container_id = ?1 ORDER BY name")?,
+        list("SELECT name FROM credentials WHERE container_id = ?1 ORDER BY name")?,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mappings
+
+/// The live version of a mapping.
+#[derive(Debug, Clone)]
+pub struct MappingRow {
+    /// Row id of the version.
+    pub version_id: i64,
+    /// Version number, from 1.
+    pub version: i64,
+    /// The definition's JSON.
+    pub definition: String,
+}
+
+/// The live version of mapping `name` in a container.
+pub fn mapping(conn: &Connection, container: i64, name: &str) -> Result<Option<MappingRow>> {
+    conn.query_row(
+        "SELECT v.id, v.version, v.definition FROM mappings m JOIN mapping_versions v ON v.id = m.version_id
+         WHERE m.container_id = ?1 AND m.name = ?2",
+        params![container, name],
+        |r| {
+            Ok(MappingRow {
+                version_id: r.get(0)?,
+                version: r.get(1)?,
+                definition: r.get(2)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// Every live mapping of a container: (name, definition).
+pub fn mappings_in(conn: &Connection, container: i64) -> Result<Vec<(String, String)>> {
+    let mut st = conn.prepare(
+        "SELECT m.name, v.definition FROM mappings m JOIN mapping_versions v ON v.id = m.version_id
+         WHERE m.container_id = ?1 ORDER BY m.name",
+    )?;
+    st.query_map(params![container], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
+/// Starts a new version of a mapping (the next number after every earlier one) and returns its
+/// row id. Its definition is filled in by [`finish_mapping_version`].
+pub fn new_mapping_version(
+    conn: &Connection,
+    container: i64,
+    name: &Name,
+    deployment: i64,
+) -> Result<i64> {
+    let version: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) + 1 FROM mapping_versions WHERE container_id = ?1 AND name = ?2",
+        params![container, name.as_str()],
+        |r| r.get(0),
+    )?;
+    conn.execute(
+        "INSERT INTO mapping_versions (container_id, name, version, definition, deployment_id, created_at)
+         VALUES (?1, ?2, ?3, '', ?4, ?5)",
+        params![container, name.as_str(), version, deployment, now()],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Sets a version's definition and makes it the live one. Returns true when it replaced one.
+pub fn finish_mapping_version(
+    conn: &Connection,
+    container: i64,
+    name: &Name,
+    version_id: i64,
+    definition: &str,
+) -> Result<bool> {
+    conn.execute(
+        "UPDATE mapping_versions SET definition = ?1 WHERE id = ?2",
+        params![definition, version_id],
+    )?;
+    let replaced = conn.execute(
+        "UPDATE mappings SET version_id = ?1 WHERE container_id = ?2 AND name = ?3",
+        params![version_id, container, name.as_str()],
+    )? > 0;
+    if !replaced {
+        conn.execute(
+            "INSERT INTO mappings (container_id, name, version_id) VALUES (?1, ?2, ?3)",
+            params![container, name.as_str(), version_id],
+        )?;
+    }
+    Ok(replaced)
+}
+
+/// Streams one file of a mapping version into the database as a blob.
+pub fn write_mapping_file(
+    conn: &Connection,
+    version_id: i64,
+    path: &str,
+    size: u64,
+    data: &mut dyn std::io::Read,
+) -> std::io::Result<()> {
+    fn io(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
+        std::io::Error::other(e)
+    }
+    let len = i64::try_from(size).map_err(io)?;
+    conn.execute(
+        "INSERT INTO mapping_files (version_id, path, data) VALUES (?1, ?2, zeroblob(?3))",
+        params![version_id, path, len],
+    )
+    .map_err(io)?;
+    let row = conn.last_insert_rowid();
+    let mut blob = conn
+        .blob_open(rusqlite::MAIN_DB, "mapping_files", "data", row, false)
+        .map_err(io)?;
+    // The entry reader stops at the declared size and checks it; a shorter entry is caught by
+    // the reader's size check and the transaction rolls back.
+    std::io::copy(data, &mut blob)?;
+    blob.close().map_err(io)?;
+    Ok(())
+}
+
+/// A file of a mapping version, whole.
+pub fn mapping_file(conn: &Connection, version_id: i64, path: &str) -> Result<Option<Vec<u8>>> {
+    conn.query_row(
+        "SELECT data FROM mapping_files WHERE version_id = ?1 AND path = ?2",
+        params![version_id, path],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Removes a live mapping (its versions stay in the history). True when it existed.
+pub fn delete_mapping(conn: &Connection, container: i64, name: &str) -> Result<bool> {
+    Ok(conn.execute(
+        "DELETE FROM mappings WHERE container_id = ?1 AND name = ?2",
+        params![container, name],
+    )? > 0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credentials
+
+/// A stored credential without its secrets.
+#[derive(Debug, Clone)]
+pub struct CredentialRow {
+    /// Row id.
+    pub id: i64,
+    /// Type name.
+    pub kind: String,
+    /// The non-sensitive record as JSON (name, type, description, public fields).
+    pub public: String,
+}
+
+/// A stored sensitive field: ciphertext and fingerprint.
+#[derive(Debug, Clone)]
+pub struct SecretRow {
+    /// Field name.
+    pub field: String,
+    /// nonce ‖ ciphertext ‖ tag.
+    pub ciphertext: Vec<u8>,
+    /// Keyed hash of the value (16 hex digits).
+    pub fingerprint: String,
+}
+
+/// Credential `name` in a container.
+pub fn credential(conn: &Connection, container: i64, name: &str) -> Result<Option<CredentialRow>> {
+    conn.query_row(
+        "SELECT id, type, public FROM credentials WHERE container_id = ?1 AND name = ?2",
+        params![container, name],
+        |r| {
+            Ok(CredentialRow {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                public: r.get(2)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// The stored sensitive fields of a credential.
+pub fn secrets(conn: &Connection, credential: i64) -> Result<Vec<SecretRow>> {
+    let mut st = conn.prepare(
+        "SELECT field, ciphertext, fingerprint FROM credential_secrets WHERE credential_id = ?1 ORDER BY field",
+    )?;
+    st.query_map(params![credential], |r| {
+        Ok(SecretRow {
+            field: r.get(0)?,
+            ciphertext: r.get(1)?,
+            fingerprint: r.get(2)?,
+        })
+    })?
+    .collect()
+}
+
+/// Inserts or replaces a credential's non-sensitive part; returns (row id, created).
+pub fn upsert_credential(
+    conn: &Connection,
+    container: i64,
+    name: &str,
+    kind: &str,
+    public: &str,
+) -> Result<(i64, bool)> {
+    if let Some(row) = credential(conn, container, name)? {
+        conn.execute(
+            "UPDATE credentials SET type = ?1, public = ?2, updated_at = ?3 WHERE id = ?4",
+            params![kind, public, now(), row.id],
+        )?;
+        if row.kind != kind {
+            // A changed type makes the old secrets meaningless.
+            conn.execute(
+                "DELETE FROM credential_secrets WHERE credential_id = ?1",
+                params![row.id],
+            )?;
+        }
+        return Ok((row.id, false));
+    }
+    conn.execute(
+        "INSERT INTO credentials (container_id, name, type, public, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![container, name, kind, public, now()],
+    )?;
+    Ok((conn.last_insert_rowid(), true))
+}
+
+/// Sets one sensitive field.
+pub fn set_secret(
+    conn: &Connection,
+    credential: i64,
+    field: &str,
+    ciphertext: &[u8],
+    fingerprint: &str,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO credential_secrets (credential_id, field, ciphertext, fingerprint) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (credential_id, field) DO UPDATE SET ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint",
+        params![credential, field, ciphertext, fingerprint],
+    )?;
+    Ok(())
+}
+
+/// Clears one sensitive field.
+pub fn clear_secret(conn: &Connection, credential: i64, field: &str) -> Result<()> {
+    conn.execute(
+        "DELETE FROM credential_secrets WHERE credential_id = ?1 AND field = ?2",
+        params![credential, field],
+    )?;
+    Ok(())
+}
+
+/// Deletes a credential and its secrets.
+pub fn delete_credential(conn: &Connection, credential: i64) -> Result<()> {
+    conn.execute(
+        "DELETE FROM credential_secrets WHERE credential_id = ?1",
+        params![credential],
+    )?;
+    conn.execute("DELETE FROM credentials WHERE id = ?1", params![credential])?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deployments
+
+/// The stored record of bundle `bundle_id`, if it was applied.
+pub fn deployment_by_bundle(conn: &Connection, bundle_id: &str) -> Result<Option<String>> {
+    conn.query_row(
+        "SELECT record FROM deployments WHERE bundle_id = ?1",
+        params![bundle_id],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// The `created_at` (Unix milliseconds) of the newest bundle applied to a container.
+pub fn newest_created(conn: &Connection, container: &str) -> Result<Option<i64>> {
+    conn.query_row(
+        "SELECT MAX(created_at_ms) FROM deployments WHERE container = ?1",
+        params![container],
+        |r| r.get(0),
+    )
+}
+
+/// Inserts a deployment with a placeholder record; returns its id.
+pub fn insert_deployment(
+    conn: &Connection,
+    bundle_id: &str,
+    container: &str,
+    created_at_ms: i64,
+) -> Result<i64> {
+    conn.execute(
+        "INSERT INTO deployments (bundle_id, container, created_at_ms, applied_at, record) VALUES (?1, ?2, ?3, ?4, '{}')",
+        params![bundle_id, container, created_at_ms, now()],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Sets a deployment's record.
+pub fn set_deployment_record(conn: &Connection, id: i64, record: &str) -> Result<()> {
+    conn.execute(
+        "UPDATE deployments SET record = ?1 WHERE id = ?2",
+        params![record, id],
+    )?;
+    Ok(())
+}
+
+/// Every deployment: (container, record JSON), oldest first.
+pub fn deployments(conn: &Connection) -> Result<Vec<(String, String)>> {
+    let mut st = conn.prepare("SELECT container, record FROM deployments ORDER BY id")?;
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit
+
+/// One audit row.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AuditRow {
+    /// Row id.
+    pub id: i64,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Who (principal name), when known.
+    pub principal: Option<String>,
+    /// `deploy`, `delete-mapping`, `delete-credential`, `patch-credential`.
+    pub action: String,
+    /// The container concerned, when known.
+    pub container: Option<String>,
+    /// The object concerned (a mapping or credential path), if any.
+    pub target: Option<String>,
+    /// The bundle, when its manifest could be read.
+    pub bundle_id: Option<String>,
+    /// The signer key id, when the manifest could be read.
+    pub signer_key_id: Option<String>,
+    /// `applied`, `replayed`, `deleted`, `updated` or `refused`.
+    pub outcome: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// The refusal's code.
+    pub code: Option<String>,
+    /// The refusal's detail (never a secret).
+    pub detail: Option<String>,
+}
+
+/// Appends an audit row.
+pub fn insert_audit(conn: &Connection, a: &AuditRow) -> Result<()> {
+    conn.execute(
+        "INSERT INTO audit (at, principal, action, container, target, bundle_id, signer_key_id, outcome, status, code, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            now(),
+            a.principal,
+            a.action,
+            a.container,
+            a.target,
+            a.bundle_id,
+            a.signer_key_id,
+            a.outcome,
+            a.status,
+            a.code,
+            a.detail
+        ],
+    )?;
+    Ok(())
+}
+
+/// The audit trail, oldest first.
+pub fn audit(conn: &Connection) -> Result<Vec<AuditRow>> {
+    let mut st = conn.prepare(
+        "SELECT id, at, principal, action, container, target, bundle_id, signer_key_id, outcome, status, code, detail
+         FROM audit ORDER BY id",
+    )?;
+    st.query_map([], |r| {
+        Ok(AuditRow {
+            id: r.get(0)?,
+            at: r.get(1)?,
+            principal: r.get(2)?,
+            action: r.get(3)?,
+            container: r.get(4)?,
+            target: r.get(5)?,
+            bundle_id: r.get(6)?,
+            signer_key_id: r.get(7)?,
+            outcome: r.get(8)?,
+            status: r.get(9)?,
+            code: r.get(10)?,
+            detail: r.get(11)?,
+        })
+    })?
+    .collect()
+}
