@@ -1,1 +1,82 @@
-fn main() {}
+//! `flowpack`, the design-time packager: keys, bundles, inspection, verification and deploys.
+//!
+//! `main` is thin: it parses the command line (clap exits 2 on a usage error), runs the command,
+//! and turns any failure into one line `flowpack: <reason chain>` on stderr and exit status 1.
+
+#![forbid(unsafe_code)]
+
+/// Prints a line on stdout, returning the error (a closed pipe ends the program quietly, see
+/// `main`) instead of panicking as `println!` does.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        crate::stdout_line(format_args!($($arg)*))?
+    };
+}
+
+mod cli;
+mod deploy;
+mod inspect;
+mod keyfile;
+mod package;
+mod progress;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::{CommandFactory as _, Parser as _};
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    // reqwest is built without a rustls provider (PITFALLS.md): install ring's before any TLS.
+    // An error only means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = format!("{e:#}").replace(['\n', '\r'], " ");
+            let _ = writeln!(std::io::stderr(), "flowpack: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Keygen(a) => keyfile::keygen(&a),
+        Command::Package(a) => package::package(&a),
+        Command::PackageCredentials(a) => package::package_credentials(&a),
+        Command::Inspect(a) => inspect::inspect(&a),
+        Command::Verify(a) => inspect::verify(&a),
+        Command::Deploy(a) => deploy::deploy(&a),
+        Command::Completions(a) => {
+            let mut out = std::io::stdout().lock();
+            clap_complete::generate(a.shell, &mut Cli::command(), "flowpack", &mut out);
+            out.flush()?;
+            Ok(())
+        }
+        Command::Man => {
+            let mut out = std::io::stdout().lock();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
+/// Writes one line to stdout.
+fn stdout_line(args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)?;
+    out.write_all(b"\n")
+}
+
+/// True when the failure is stdout closed by its reader (`flowpack man | head`): not an error.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,118 @@
+//! Key files: `keygen`, loading the signing key (with a warning when others may read it), and
+//! loading trusted public keys for `inspect --trust` and `verify --trust`.
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use flowpack_shared::bundle::read::TrustedSigner;
+use flowpack_shared::keys::{KeyId, SigningKey, VerifyingKey};
+use flowpack_shared::names::ContainerPath;
+
+use crate::cli::KeygenArgs;
+
+/// `KEY` plus `.pub`.
+fn pub_path(key: &Path) -> PathBuf {
+    let mut s = key.as_os_str().to_owned();
+    s.push(".pub");
+    PathBuf::from(s)
+}
+
+/// Creates `path` with `mode` and writes `data`; refuses an existing file unless `force`.
+fn write_new(path: &Path, data: &[u8], mode: u32, force: bool) -> anyhow::Result<()> {
+    if force {
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+    let mut opts = OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = opts.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            anyhow::anyhow!(
+                "{} exists already; pass --force to overwrite it",
+                path.display()
+            )
+        } else {
+            anyhow::Error::new(e).context(format!("creating {}", path.display()))
+        }
+    })?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `flowpack keygen -o KEY [--force]`.
+pub fn keygen(a: &KeygenArgs) -> anyhow::Result<()> {
+    let pub_path = pub_path(&a.output);
+    if !a.force {
+        for p in [&a.output, &pub_path] {
+            if fs::symlink_metadata(p).is_ok() {
+                bail!(
+                    "{} exists already; pass --force to overwrite it",
+                    p.display()
+                );
+            }
+        }
+    }
+    let key = SigningKey::generate().context("generating the key")?;
+    let public = key.verifying_key();
+    write_new(&a.output, key.to_pem().as_bytes(), 0o600, a.force)?;
+    if let Err(e) = write_new(&pub_path, public.to_pem().as_bytes(), 0o644, a.force) {
+        // Leave no private key without its public half behind.
+        let _ = fs::remove_file(&a.output);
+        return Err(e);
+    }
+    outln!(
+        "wrote {} (private, mode 0600) and {}",
+        a.output.display(),
+        pub_path.display()
+    );
+    outln!("key id: {}", public.key_id());
+    Ok(())
+}
+
+/// Reads the signing key; warns on stderr when the file is readable by group or others.
+pub fn load_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let ctx = || format!("signing key {}", path.display());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = fs::metadata(path).with_context(ctx)?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "flowpack: warning: signing key {} has mode {mode:04o}; it should be readable by you alone (chmod 600)",
+                path.display()
+            );
+        }
+    }
+    let text = zeroize::Zeroizing::new(fs::read_to_string(path).with_context(ctx)?);
+    SigningKey::from_pem(&text).with_context(ctx)
+}
+
+/// Trusted signers from public key files, each allowed for every container.
+pub fn load_trust(paths: &[PathBuf]) -> anyhow::Result<HashMap<KeyId, TrustedSigner>> {
+    let mut out = HashMap::new();
+    for p in paths {
+        let text = fs::read_to_string(p).with_context(|| format!("trusted key {}", p.display()))?;
+        let key = VerifyingKey::from_pem(&text)
+            .with_context(|| format!("trusted key {}", p.display()))?;
+        out.insert(
+            key.key_id(),
+            TrustedSigner {
+                key,
+                containers: vec![ContainerPath::root()],
+            },
+        );
+    }
+    Ok(out)
+}

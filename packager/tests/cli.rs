@@ -1,0 +1,1080 @@
+//! Command-line behaviour of `flowpack`: each test runs the built binary in its own temporary
+//! directory and checks exit status, output and files. A fake one-shot HTTP server stands in
+//! for the receiver where a test needs an answer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use flowpack_shared::bundle::read::{OpenBundle, TrustedSigner};
+use flowpack_shared::keys::VerifyingKey;
+use flowpack_shared::names::ContainerPath;
+use flowpack_shared::seal::SealingIdentity;
+use flowpack_shared::zipfmt::Limits;
+
+const RECIPIENT: &str = "age1hqsftcjpasp9rhgg2xm7j56j7wdah67msrjchyal649aus0z6dgq5qam3v";
+/// The sample's secret values; the first belongs to the one credential with the flag set.
+const ERP_PASSWORD: &str = "canary-erp-password-7f3a";
+const FLAG_OFF_SECRETS: [&str; 3] = [
+    "canary-crm-client-secret-2b9c",
+    "canary-shipping-api-key-5d1e",
+    "canary-warehouse-db-password-8c4e",
+];
+const ENV_SECRETS: [&str; 2] = [
+    "canary-reporting-staging-password-3e0d",
+    "canary-reporting-production-password-9a1b",
+];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn fixture(p: &str) -> PathBuf {
+    repo().join("fixtures").join(p)
+}
+
+/// What a run printed and how it ended.
+#[derive(Debug)]
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn ok(self) -> Out {
+        assert_eq!(self.code, 0, "expected success: {self:#?}");
+        self
+    }
+
+    fn fails(self, code: i32) -> Out {
+        assert_eq!(self.code, code, "expected exit {code}: {self:#?}");
+        self
+    }
+
+    /// Exit 1 with exactly one line `flowpack: …` on stderr.
+    fn fails_with_one_line(self) -> Out {
+        let out = self.fails(1);
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line on stderr: {out:#?}");
+        assert!(lines[0].starts_with("flowpack: "), "{out:#?}");
+        out
+    }
+
+    fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// A temporary directory per test, with the fixture signing key copied in (mode 0600).
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("signer.key");
+        fs::copy(fixture("keys/signer.key"), &key).unwrap();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        Env { dir }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn run<I, S>(&self, args: I) -> Out
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.run_with(args, &[])
+    }
+
+    fn run_with<I, S>(&self, args: I, env: &[(&str, &str)]) -> Out
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowpack"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("FLOWPACK_TOKEN")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `flowpack package DIR -k signer.key -c /public/orders -o OUT` plus `extra`.
+    fn package(&self, dir: &Path, out: &str, extra: &[&str]) -> Out {
+        let mut args: Vec<&OsStr> = vec![
+            "package".as_ref(),
+            dir.as_os_str(),
+            "-k".as_ref(),
+            "signer.key".as_ref(),
+            "-c".as_ref(),
+            "/public/orders".as_ref(),
+            "-o".as_ref(),
+            out.as_ref(),
+        ];
+        args.extend(extra.iter().map(OsStr::new));
+        self.run(args)
+    }
+
+    /// Copies fixtures/<name> into the temp dir, for tests that change a project.
+    fn copy_project(&self, name: &str) -> PathBuf {
+        let to = self.path(name);
+        copy_dir(&fixture(name), &to);
+        to
+    }
+
+    /// Entries left in the temp dir besides the key (to find leftovers of a failed write).
+    fn files(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "signer.key")
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+fn inspect_json(env: &Env, bundle: &str) -> serde_json::Value {
+    let out = env.run(["inspect", bundle, "--json"]).ok();
+    serde_json::from_str(&out.stdout).unwrap()
+}
+
+fn unzip(bundle: &Path, entry: Option<&str>) -> Vec<u8> {
+    let mut cmd = Command::new("unzip");
+    cmd.arg("-p").arg(bundle);
+    if let Some(e) = entry {
+        cmd.arg(e);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "unzip -p {entry:?}");
+    out.stdout
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+// ---------------------------------------------------------------------------------------------
+// keygen
+
+#[test]
+fn keygen_writes_private_key_0600_and_public_key_and_prints_key_id() {
+    let env = Env::new();
+    let out = env.run(["keygen", "-o", "my.key"]).ok();
+    let mode = fs::metadata(env.path("my.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let pem = fs::read_to_string(env.path("my.key.pub")).unwrap();
+    let id = VerifyingKey::from_pem(&pem).unwrap().key_id().to_string();
+    assert!(out.stdout.contains(&format!("key id: {id}")), "{out:#?}");
+    assert!(
+        fs::read_to_string(env.path("my.key"))
+            .unwrap()
+            .starts_with("-----BEGIN PRIVATE KEY-----")
+    );
+    // The new key signs bundles that verify with its public half.
+    let out = env
+        .run([
+            "package-credentials",
+            fixture("sample/shipping-api.credential.json")
+                .to_str()
+                .unwrap(),
+            "-k",
+            "my.key",
+            "-c",
+            "/c",
+            "-o",
+            "c.fpk",
+        ])
+        .ok();
+    assert!(out.stdout.contains(&id), "{out:#?}");
+    env.run(["verify", "c.fpk", "--trust", "my.key.pub"]).ok();
+}
+
+#[test]
+fn keygen_refuses_to_overwrite_an_existing_key_unless_forced() {
+    let env = Env::new();
+    env.run(["keygen", "-o", "my.key"]).ok();
+    let before = fs::read(env.path("my.key")).unwrap();
+    let out = env.run(["keygen", "-o", "my.key"]).fails_with_one_line();
+    assert!(out.stderr.contains("--force"), "{out:#?}");
+    assert_eq!(fs::read(env.path("my.key")).unwrap(), before);
+    env.run(["keygen", "-o", "my.key", "--force"]).ok();
+    assert_ne!(fs::read(env.path("my.key")).unwrap(), before);
+    let mode = fs::metadata(env.path("my.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn group_readable_signing_key_warns_but_is_used() {
+    let env = Env::new();
+    fs::set_permissions(env.path("signer.key"), fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env
+        .package(&fixture("sample"), "o.fpk", &["--seal-to", RECIPIENT])
+        .ok();
+    assert!(
+        out.stderr.contains("warning") && out.stderr.contains("0644"),
+        "{out:#?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// package
+
+#[test]
+fn package_sample_sealed_verifies_and_opens_with_the_receiver_identity() {
+    let env = Env::new();
+    let out = env
+        .package(&fixture("sample"), "o.fpk", &["--seal-to", RECIPIENT])
+        .ok();
+    assert!(
+        out.stdout.contains("erp (password), secrets sealed"),
+        "{out:#?}"
+    );
+    let out = env
+        .run([
+            "verify",
+            "o.fpk",
+            "--trust",
+            fixture("keys/signer.pub").to_str().unwrap(),
+        ])
+        .ok();
+    assert!(out.stdout.starts_with("valid: bundle "), "{out:#?}");
+    assert_eq!(env.files(), ["o.fpk"], "no temporary file left behind");
+
+    // The receiver's identity opens the sealed password; flag-off credentials carry none.
+    let key =
+        VerifyingKey::from_pem(&fs::read_to_string(fixture("keys/signer.pub")).unwrap()).unwrap();
+    let trust = |_: &_| {
+        Some(TrustedSigner {
+            key: key.clone(),
+            containers: vec![ContainerPath::root()],
+        })
+    };
+    let identity =
+        SealingIdentity::parse(&fs::read_to_string(fixture("keys/receiver.agekey")).unwrap())
+            .unwrap();
+    let file = fs::File::open(env.path("o.fpk")).unwrap();
+    let mut b = OpenBundle::open(file, &Limits::default(), &trust).unwrap();
+    let payload = b
+        .read_payload(Some(&identity), &mut |_, _, _, r| {
+            std::io::copy(r, &mut std::io::sink()).map(|_| ())
+        })
+        .unwrap();
+    let erp = payload
+        .credentials
+        .iter()
+        .find(|c| c.name.as_str() == "erp")
+        .unwrap();
+    assert_eq!(erp.plain_secret("password").unwrap().expose(), ERP_PASSWORD);
+    for c in payload
+        .credentials
+        .iter()
+        .filter(|c| c.name.as_str() != "erp")
+    {
+        assert!(c.secrets.is_empty(), "{} carries secrets", c.name);
+    }
+    assert_eq!(payload.mappings.len(), 1);
+}
+
+#[test]
+fn package_refuses_flag_set_secrets_without_seal_to_and_leaves_nothing() {
+    let env = Env::new();
+    let out = env
+        .package(&fixture("sample"), "o.fpk", &[])
+        .fails_with_one_line();
+    assert!(
+        out.stderr.contains("erp") && out.stderr.contains("include_in_deployment"),
+        "{out:#?}"
+    );
+    assert!(out.stderr.contains("--seal-to"), "{out:#?}");
+    assert!(env.files().is_empty(), "left behind: {:?}", env.files());
+}
+
+#[test]
+fn plaintext_secrets_warns_and_marks_the_credential_plaintext() {
+    let env = Env::new();
+    let out = env
+        .package(&fixture("sample"), "o.fpk", &["--plaintext-secrets"])
+        .ok();
+    assert!(
+        out.stderr.contains("warning") && out.stderr.contains("IN CLEAR"),
+        "{out:#?}"
+    );
+    assert!(out.stderr.contains("erp"), "{out:#?}");
+    let doc = inspect_json(&env, "o.fpk");
+    let erp = doc["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "erp")
+        .unwrap();
+    assert_eq!(erp["secrets"], "plaintext");
+    // A bundle with secrets in clear is readable by its owner alone.
+    let mode = fs::metadata(env.path("o.fpk"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn package_credentials_makes_a_standalone_credential_bundle() {
+    let env = Env::new();
+    env.run([
+        "package-credentials",
+        fixture("sample/erp.credential.json").to_str().unwrap(),
+        fixture("sample/crm-oauth.credential.json")
+            .to_str()
+            .unwrap(),
+        "-k",
+        "signer.key",
+        "-c",
+        "/public/shared",
+        "--seal-to",
+        RECIPIENT,
+        "-o",
+        "creds.fpk",
+    ])
+    .ok();
+    let doc = inspect_json(&env, "creds.fpk");
+    assert_eq!(doc["kind"], "credentials");
+    assert_eq!(doc["target_container"], "/public/shared");
+    assert_eq!(doc["mappings"].as_array().unwrap().len(), 0);
+    assert_eq!(doc["credentials"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn missing_credential_reference_names_mapping_and_credential() {
+    let env = Env::new();
+    let project = env.copy_project("sample");
+    fs::remove_file(project.join("shipping-api.credential.json")).unwrap();
+    let out = env
+        .package(&project, "o.fpk", &["--seal-to", RECIPIENT])
+        .fails_with_one_line();
+    assert!(
+        out.stderr.contains("orders-to-erp") && out.stderr.contains("shipping-api"),
+        "{out:#?}"
+    );
+    assert!(!env.path("o.fpk").exists());
+}
+
+#[test]
+fn credential_with_environments_needs_env_and_the_error_lists_them() {
+    let env = Env::new();
+    let out = env
+        .package(&fixture("envs"), "o.fpk", &["--seal-to", RECIPIENT])
+        .fails_with_one_line();
+    assert!(
+        out.stderr.contains("production, staging") && out.stderr.contains("--env"),
+        "{out:#?}"
+    );
+    assert!(
+        out.stderr.contains("reporting-db.credential.json"),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn unknown_environment_is_refused_naming_the_ones_there_are() {
+    let env = Env::new();
+    let out = env
+        .package(
+            &fixture("envs"),
+            "o.fpk",
+            &["--seal-to", RECIPIENT, "--env", "qa"],
+        )
+        .fails_with_one_line();
+    assert!(
+        out.stderr.contains("\"qa\"") && out.stderr.contains("production, staging"),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn chosen_environment_is_applied_and_recorded() {
+    let env = Env::new();
+    env.package(
+        &fixture("envs"),
+        "o.fpk",
+        &["--seal-to", RECIPIENT, "--env", "production"],
+    )
+    .ok();
+    let doc = inspect_json(&env, "o.fpk");
+    assert_eq!(doc["environment"], "production");
+    assert_eq!(doc["credentials"][0]["secrets"], "sealed");
+    let fields = doc["credentials"][0]["fields"].to_string();
+    assert!(!fields.contains("environments"), "{fields}");
+}
+
+#[test]
+fn unknown_field_error_names_file_and_field() {
+    let env = Env::new();
+    let project = env.copy_project("sample");
+    let path = project.join("erp.credential.json");
+    let text = fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"username\"", "\"usrname\"");
+    fs::write(&path, text).unwrap();
+    let out = env
+        .package(&project, "o.fpk", &["--seal-to", RECIPIENT])
+        .fails_with_one_line();
+    assert!(
+        out.stderr.contains("erp.credential.json") && out.stderr.contains("field `usrname`"),
+        "{out:#?}"
+    );
+    assert!(!out.stderr.contains(ERP_PASSWORD));
+}
+
+#[test]
+fn symlinks_in_the_project_are_not_followed() {
+    let env = Env::new();
+    let project = env.copy_project("sample");
+    // A credential outside the project, reachable only through a symlink.
+    let outside = env.path("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(
+        outside.join("extra.credential.json"),
+        r#"{"name":"extra","type":"password"}"#,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&outside, project.join("linked")).unwrap();
+    let out = env
+        .package(&project, "o.fpk", &["--seal-to", RECIPIENT])
+        .ok();
+    assert!(out.stderr.contains("skipping symlink"), "{out:#?}");
+    let doc = inspect_json(&env, "o.fpk");
+    let names: Vec<&str> = doc["credentials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["crm-oauth", "erp", "shipping-api", "warehouse-db"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// inspect and verify
+
+#[test]
+fn inspect_says_whether_the_signature_was_verified() {
+    let env = Env::new();
+    env.package(&fixture("sample"), "o.fpk", &["--seal-to", RECIPIENT])
+        .ok();
+    let out = env.run(["inspect", "o.fpk"]).ok();
+    assert!(out.stdout.contains("signature NOT verified"), "{out:#?}");
+    assert!(out.stdout.contains("schemas/order.xsd ("), "{out:#?}");
+    assert!(
+        out.stdout.contains("notify.smtp (credential) -> external"),
+        "{out:#?}"
+    );
+    let pubkey = fixture("keys/signer.pub");
+    let out = env
+        .run(["inspect", "o.fpk", "--trust", pubkey.to_str().unwrap()])
+        .ok();
+    assert!(out.stdout.contains("signature verified"), "{out:#?}");
+    let other = fixture("keys/other.pub");
+    let out = env
+        .run(["inspect", "o.fpk", "--trust", other.to_str().unwrap()])
+        .fails_with_one_line();
+    assert!(out.stderr.contains("unknown-signer"), "{out:#?}");
+}
+
+#[test]
+fn inspect_never_prints_secret_values_even_of_plaintext_bundles() {
+    let env = Env::new();
+    env.package(&fixture("sample"), "p.fpk", &["--plaintext-secrets"])
+        .ok();
+    for args in [vec!["inspect", "p.fpk"], vec!["inspect", "p.fpk", "--json"]] {
+        let out = env.run(args).ok();
+        assert!(out.stdout.contains("password"), "field names are shown");
+        assert!(!out.all().contains(ERP_PASSWORD), "{out:#?}");
+        assert!(!out.all().contains("canary-"), "{out:#?}");
+    }
+}
+
+#[test]
+fn verify_with_a_wrong_trust_key_reports_unknown_signer() {
+    let env = Env::new();
+    env.package(&fixture("sample"), "o.fpk", &["--seal-to", RECIPIENT])
+        .ok();
+    let other = fixture("keys/other.pub");
+    let out = env
+        .run(["verify", "o.fpk", "--trust", other.to_str().unwrap()])
+        .fails_with_one_line();
+    assert!(out.stderr.contains("refused (unknown-signer)"), "{out:#?}");
+    let out = env
+        .run([
+            "verify",
+            "o.fpk",
+            "--trust",
+            other.to_str().unwrap(),
+            "--json",
+        ])
+        .fails(1);
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["valid"], false);
+    assert_eq!(doc["code"], "unknown-signer");
+    assert!(doc["bundle_id"].is_string());
+}
+
+#[test]
+fn tampered_bundle_fails_verification() {
+    let env = Env::new();
+    env.package(&fixture("sample"), "o.fpk", &["--seal-to", RECIPIENT])
+        .ok();
+    let mut bytes = fs::read(env.path("o.fpk")).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    fs::write(env.path("t.fpk"), bytes).unwrap();
+    let pubkey = fixture("keys/signer.pub");
+    let out = env
+        .run(["verify", "t.fpk", "--trust", pubkey.to_str().unwrap()])
+        .fails_with_one_line();
+    assert!(out.stderr.contains("refused ("), "{out:#?}");
+}
+
+#[test]
+fn verify_accepts_the_shared_valid_fixture_and_refuses_a_malicious_one() {
+    let env = Env::new();
+    let pubkey = fixture("keys/signer.pub");
+    let good = fixture("malicious/valid-sealed.fpk");
+    let out = env.run([
+        "verify",
+        good.to_str().unwrap(),
+        "--trust",
+        pubkey.to_str().unwrap(),
+    ]);
+    // The fixture may have expired since it was generated; either way it is judged, not crashed on.
+    assert!(
+        out.code == 0 || out.stderr.contains("refused (expired)"),
+        "{out:#?}"
+    );
+    let bad = fixture("malicious/traversal-dotdot.fpk");
+    let out = env
+        .run([
+            "verify",
+            bad.to_str().unwrap(),
+            "--trust",
+            pubkey.to_str().unwrap(),
+        ])
+        .fails_with_one_line();
+    assert!(out.stderr.contains("refused ("), "{out:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// deploy
+
+/// Reads one HTTP/1.1 request from `stream`, answers `status` and `body` (problem+json for
+/// errors), and returns the request head and body length.
+fn serve_one<S: std::io::Read + std::io::Write>(
+    stream: S,
+    status: &str,
+    body: &str,
+) -> (String, usize) {
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut buf = vec![0; len];
+    reader.read_exact(&mut buf).unwrap();
+    let ctype = if status.starts_with('2') {
+        "application/json"
+    } else {
+        "application/problem+json"
+    };
+    let stream = reader.get_mut();
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    stream.flush().unwrap();
+    (head, len)
+}
+
+/// A one-shot plain HTTP server standing in for the receiver.
+fn fake_receiver(status: &str, body: &str) -> (String, std::thread::JoinHandle<(String, usize)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (status, body) = (status.to_owned(), body.to_owned());
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        serve_one(stream, &status, &body)
+    });
+    (url, handle)
+}
+
+/// Makes a CA and a server certificate for 127.0.0.1 with openssl, in `dir`.
+fn make_ca(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=flowpack test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+}
+
+/// A one-shot HTTPS server with the certificate made by [`make_ca`].
+fn fake_tls_receiver(
+    dir: &Path,
+    status: &str,
+    body: &str,
+) -> (String, std::thread::JoinHandle<Option<(String, usize)>>) {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("leaf.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("leaf.key")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let config = std::sync::Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let (status, body) = (status.to_owned(), body.to_owned());
+    let handle = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let conn = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        // A client that refuses the certificate ends the handshake: no request to report.
+        let mut probe = [0u8; 0];
+        if std::io::Read::read(&mut tls, &mut probe).is_err() {
+            return None;
+        }
+        Some(serve_one(tls, &status, &body))
+    });
+    (url, handle)
+}
+
+#[test]
+fn deploy_over_tls_trusts_the_given_ca_and_refuses_an_unknown_one() {
+    let env = Env::new();
+    env.package(&fixture("sample"), "o.fpk", &["--seal-to", RECIPIENT])
+        .ok();
+    make_ca(env.dir.path());
+    let record = r#"{"id":"d-2","bundle_id":"b2","container":"/public/orders","created":[],
+        "updated":["/public/orders/erp"],"needs_secrets":[],"replayed":true}"#;
+    let (url, server) = fake_tls_receiver(env.dir.path(), "200 OK", record);
+    let out = env
+        .run_with(
+            [
+                "deploy",
+                "o.fpk",
+                "--server",
+                &url,
+                "--ca-cert",
+                "ca.pem",
+                "--json",
+            ],
+            &[("FLOWPACK_TOKEN", "tok")],
+        )
+        .ok();
+    assert!(server.join().unwrap().is_some());
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["replayed"], true);
+
+    // Without --ca-cert the private CA is not trusted.
+    let (url, server) = fake_tls_receiver(env.dir.path(), "200 OK", record);
+    let out = env
+        .run_with(
+            ["deploy", "o.fpk", "--server", &url],
+            &[("FLOWPACK_TOKEN", "tok")],
+        )
+        .fails_with_one_line();
+    let _ = server.join();
+    assert!(
+        out.stderr.to_lowercase().contains("certificate"),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn deploy_streams_the_bundle_with_token_and_prints_the_record() {
+    let env = Env::new();
+    env.package(&fixture("sample"), "o.fpk", &["--seal-to", RECIPIENT])
+        .ok();
+    let size = fs::metadata(env.path("o.fpk")).unwrap().len() as usize;
+    let record = r#"{"id":"d-1","bundle_id":"b1","container":"/public/orders",
+        "created":["/public/orders/orders-to-erp","/public/orders/erp"],"updated":[],
+        "needs_secrets":["/public/orders/crm-oauth"],"replayed":false}"#;
+    let (url, server) = fake_receiver("201 Created", record);
+    fs::write(env.path("token"), "tok-123\n").unwrap();
+    let out = env
+        .run(["deploy", "o.fpk", "--server", &url, "--token-file", "token"])
+        .ok();
+    let (head, len) = server.join().unwrap();
+    let lower = head.to_lowercase();
+    assert!(head.starts_with("POST /v1/deployments HTTP/1.1"), "{head}");
+    assert!(lower.contains("content-type: application/zip"), "{head}");
+    assert!(lower.contains("authorization: bearer tok-123"), "{head}");
+    assert_eq!(len, size);
+    assert!(
+        out.stdout.contains("/public/orders/orders-to-erp"),
+        "{out:#?}"
+    );
+    assert!(out.stdout.contains("needs secrets"), "{out:#?}");
+    assert!(!out.all().contains("tok-123"), "the token is never printed");
+}
+
+#[test]
+fn deploy_shows_the_problem_detail_not_the_raw_body() {
+    let env = Env::new();
+    env.package(&fixture("sample"), "o.fpk", &["--seal-to", RECIPIENT])
+        .ok();
+    let problem = r#"{"type":"about:blank","title":"Unprocessable Entity","status":422,
+        "detail":"signer key 7ae14ee21833d49b is not trusted","code":"unknown-signer"}"#;
+    let (url, server) = fake_receiver("422 Unprocessable Entity", problem);
+    let out = env
+        .run_with(
+            ["deploy", "o.fpk", "--server", &url],
+            &[("FLOWPACK_TOKEN", "tok-456")],
+        )
+        .fails_with_one_line();
+    server.join().unwrap();
+    assert!(
+        out.stderr.contains("deploy refused (HTTP 422")
+            && out.stderr.contains("unknown-signer")
+            && out
+                .stderr
+                .contains(": signer key 7ae14ee21833d49b is not trusted"),
+        "{out:#?}"
+    );
+    assert!(!out.stderr.contains("about:blank"), "{out:#?}");
+}
+
+#[test]
+fn deploy_to_a_closed_port_gives_a_one_line_error() {
+    let env = Env::new();
+    env.package(&fixture("sample"), "o.fpk", &["--seal-to", RECIPIENT])
+        .ok();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let out = env
+        .run_with(
+            ["deploy", "o.fpk", "--server", &url],
+            &[("FLOWPACK_TOKEN", "tok")],
+        )
+        .fails_with_one_line();
+    assert!(out.stderr.contains("cannot connect"), "{out:#?}");
+}
+
+#[test]
+fn deploy_without_any_token_says_where_to_put_one() {
+    let env = Env::new();
+    env.package(&fixture("sample"), "o.fpk", &["--seal-to", RECIPIENT])
+        .ok();
+    // stdin is /dev/null here: not a terminal, and empty.
+    let out = env
+        .run(["deploy", "o.fpk", "--server", "http://127.0.0.1:9"])
+        .fails_with_one_line();
+    assert!(out.stderr.contains("token"), "{out:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// completions, man, usage
+
+#[test]
+fn completions_for_bash_and_man_page_are_printed() {
+    let env = Env::new();
+    let out = env.run(["completions", "bash"]).ok();
+    assert!(out.stdout.contains("_flowpack()"), "{out:#?}");
+    let out = env.run(["man"]).ok();
+    assert!(out.stdout.contains(".TH flowpack"), "{out:#?}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let env = Env::new();
+    env.run(["package"]).fails(2);
+    env.run(["frobnicate"]).fails(2);
+    let out = env
+        .package(&fixture("sample"), "o.fpk", &["--expires", "7w"])
+        .fails(2);
+    assert!(out.stderr.contains("--expires"), "{out:#?}");
+    env.run([
+        "package",
+        "x",
+        "-k",
+        "signer.key",
+        "-c",
+        "relative",
+        "-o",
+        "o.fpk",
+    ])
+    .fails(2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// canaries and interop
+
+/// No command ever prints a secret value, and the secrets of credentials whose flag is off
+/// appear nowhere in any bundle, compressed or not.
+#[test]
+fn canary_secrets_never_printed_and_flag_off_secrets_never_bundled() {
+    let env = Env::new();
+    let pubkey = fixture("keys/signer.pub");
+    let pubkey = pubkey.to_str().unwrap();
+    let mut outs = vec![
+        env.package(&fixture("sample"), "sealed.fpk", &["--seal-to", RECIPIENT])
+            .ok(),
+        env.package(&fixture("sample"), "plain.fpk", &["--plaintext-secrets"])
+            .ok(),
+        env.package(&fixture("sample"), "refused.fpk", &[]).fails(1),
+        env.package(
+            &fixture("envs"),
+            "env.fpk",
+            &["--plaintext-secrets", "--env", "production"],
+        )
+        .ok(),
+        env.package(&fixture("envs"), "env2.fpk", &["--env", "staging"])
+            .fails(1),
+    ];
+    let credentials: Vec<String> = fs::read_dir(fixture("sample"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".credential.json"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let mut args = vec!["package-credentials".to_owned()];
+    args.extend(credentials);
+    args.extend(
+        [
+            "-k",
+            "signer.key",
+            "-c",
+            "/c",
+            "--plaintext-secrets",
+            "-o",
+            "creds.fpk",
+        ]
+        .map(String::from),
+    );
+    outs.push(env.run(&args).ok());
+    for b in ["sealed.fpk", "plain.fpk", "env.fpk", "creds.fpk"] {
+        outs.push(env.run(["inspect", b]).ok());
+        outs.push(env.run(["inspect", b, "--json"]).ok());
+        outs.push(env.run(["inspect", b, "--trust", pubkey]).ok());
+        outs.push(env.run(["verify", b, "--trust", pubkey]).ok());
+        outs.push(env.run(["verify", b, "--trust", pubkey, "--json"]).ok());
+        let (url, server) = fake_receiver(
+            "422 Unprocessable Entity",
+            r#"{"title":"x","status":422,"detail":"refused","code":"bad-record"}"#,
+        );
+        outs.push(
+            env.run_with(["deploy", b, "--server", &url], &[("FLOWPACK_TOKEN", "t")])
+                .fails(1),
+        );
+        server.join().unwrap();
+    }
+    let all_secrets: Vec<&str> = std::iter::once(ERP_PASSWORD)
+        .chain(FLAG_OFF_SECRETS)
+        .chain(ENV_SECRETS)
+        .collect();
+    for out in &outs {
+        for s in &all_secrets {
+            assert!(!out.all().contains(s), "{s} printed: {out:#?}");
+        }
+    }
+    for b in ["sealed.fpk", "plain.fpk", "creds.fpk"] {
+        let raw = fs::read(env.path(b)).unwrap();
+        let inflated = unzip(&env.path(b), None);
+        for s in FLAG_OFF_SECRETS {
+            assert!(!contains(&raw, s) && !contains(&inflated, s), "{s} in {b}");
+        }
+    }
+    // Sealed: the flag-set secret is not in the bundle in clear either.
+    assert!(!contains(
+        &unzip(&env.path("sealed.fpk"), None),
+        ERP_PASSWORD
+    ));
+    // Plaintext: it is, as asked (this proves the check above can see a secret).
+    assert!(contains(&unzip(&env.path("plain.fpk"), None), ERP_PASSWORD));
+    let env_bundle = unzip(&env.path("env.fpk"), None);
+    assert!(contains(&env_bundle, ENV_SECRETS[1]) && !contains(&env_bundle, ENV_SECRETS[0]));
+}
+
+/// A third party verifies a bundle with unzip, openssl and sha256sum alone (SPEC §4).
+#[test]
+fn bundle_verifies_with_openssl_and_sha256sum() {
+    let env = Env::new();
+    env.package(&fixture("sample"), "o.fpk", &["--seal-to", RECIPIENT])
+        .ok();
+    let bundle = env.path("o.fpk");
+    let manifest = unzip(&bundle, Some("manifest.json"));
+    fs::write(env.path("manifest.json"), &manifest).unwrap();
+    fs::write(
+        env.path("manifest.sig"),
+        unzip(&bundle, Some("manifest.sig")),
+    )
+    .unwrap();
+    let status = Command::new("openssl")
+        .args(["pkeyutl", "-verify", "-pubin", "-inkey"])
+        .arg(fixture("keys/signer.pub"))
+        .args(["-rawin", "-in", "manifest.json", "-sigfile", "manifest.sig"])
+        .current_dir(env.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    let entries = doc["entries"].as_array().unwrap();
+    assert!(entries.len() >= 7, "mapping, 2 files, 4 credentials");
+    for e in entries {
+        let path = e["path"].as_str().unwrap();
+        let mut child = Command::new("sha256sum")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&unzip(&bundle, Some(path)))
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let sum = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            sum.split_whitespace().next(),
+            e["sha256"].as_str(),
+            "{path}"
+        );
+    }
+    // The mapping's files are carried byte for byte.
+    assert_eq!(
+        unzip(
+            &bundle,
+            Some("mappings/orders-to-erp/files/schemas/order.xsd")
+        ),
+        fs::read(fixture("sample/schemas/order.xsd")).unwrap()
+    );
+}
