@@ -1,1 +1,190 @@
-//! placeholder
+#![forbid(unsafe_code)]
+#![allow(missing_debug_implementations, clippy::unwrap_used)]
+//! Harness for end-to-end tests: runs the real `flowpack` and `flowpack-receiver` binaries in a
+//! temporary directory, starts receivers on `127.0.0.1:0`, and speaks plain HTTP/1.1 to them.
+//!
+//! The binaries are found next to the test executable's `deps/` directory (`target/<profile>/`);
+//! `cargo test --workspace` / `cargo nextest run --workspace` build them first, because the
+//! packager and receiver crates have integration tests of their own.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is not built; run `cargo build --workspace --bins` (or the README's test command)", path.display());
+    path
+}
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs a command, returning its output.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command that must succeed; returns stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A receiver with its data directory, admin token and sealing recipient.
+pub struct Receiver {
+    /// Its data directory.
+    pub data: PathBuf,
+    /// The admin token from `init`.
+    pub admin_token: String,
+    /// Its `age1…` recipient.
+    pub recipient: String,
+    /// `http://127.0.0.1:PORT` once serving.
+    pub url: String,
+    child: Option<Child>,
+    /// Where its stderr (logs) goes.
+    pub log: PathBuf,
+}
+
+impl Receiver {
+    /// `init` in `dir/name`.
+    pub fn init(dir: &Path, name: &str) -> Receiver {
+        let data = dir.join(name);
+        let out = ok(Command::new(bin("flowpack-receiver")).arg("init").arg("--data-dir").arg(&data));
+        let field = |k: &str| out.lines().find_map(|l| l.strip_prefix(k)).map(str::trim).unwrap_or_else(|| panic!("init printed no {k}: {out}")).to_owned();
+        Receiver { recipient: field("sealing_recipient:"), admin_token: field("admin_token:"), data, url: String::new(), child: None, log: dir.join(format!("{name}.log")) }
+    }
+
+    /// `trust add PUB [--containers P]…`.
+    pub fn trust(&self, public_key: &Path, containers: &[&str]) {
+        let mut cmd = Command::new(bin("flowpack-receiver"));
+        cmd.args(["trust", "add"]).arg(public_key).arg("--data-dir").arg(&self.data);
+        for c in containers {
+            cmd.args(["--containers", c]);
+        }
+        ok(&mut cmd);
+    }
+
+    /// `token create NAME --grant …`; returns the token.
+    pub fn token(&self, name: &str, grants: &[&str]) -> String {
+        let mut cmd = Command::new(bin("flowpack-receiver"));
+        cmd.args(["token", "create", name]).arg("--data-dir").arg(&self.data);
+        for g in grants {
+            cmd.args(["--grant", g]);
+        }
+        ok(&mut cmd).trim().to_owned()
+    }
+
+    /// Starts `serve` on a free loopback port and waits for its `listening on` line.
+    pub fn serve(&mut self) {
+        let log = std::fs::File::create(&self.log).expect("log file");
+        let mut child = Command::new(bin("flowpack-receiver"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn receiver");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
+        self.url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+        self.child = Some(child);
+    }
+
+    /// Stops the server (SIGKILL) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// An HTTP request with a bearer token; returns (status, body).
+    pub fn request(&self, method: &str, path: &str, token: Option<&str>, content_type: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        http(&self.url, method, path, token, content_type, body)
+    }
+
+    /// GET as JSON with the admin token.
+    pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let (s, b) = self.request("GET", path, Some(&self.admin_token.clone()), "application/json", b"");
+        (s, serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null))
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A minimal HTTP/1.1 client (one request per connection) so the tests need no HTTP library.
+pub fn http(url: &str, method: &str, path: &str, token: Option<&str>, content_type: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let host = url.strip_prefix("http://").expect("plain http url");
+    let mut s = TcpStream::connect(host).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: {content_type}\r\n", body.len());
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    s.write_all(body).expect("write body");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read");
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
+    let head = String::from_utf8_lossy(&resp[..split]).into_owned();
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let mut body = resp[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { return out };
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 4 + n..];
+    }
+}
+
+/// Copies fixtures/keys/NAME into `dir` with mode 0600 (git does not keep modes).
+pub fn fixture_key(dir: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let to = dir.join(name);
+    std::fs::copy(root().join("fixtures/keys").join(name), &to).expect("copy key");
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    to
+}
+
+/// Waits until `f` returns true or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// True when `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
