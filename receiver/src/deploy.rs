@@ -185,6 +185,29 @@ fn trusted(conn: &Connection, id: &KeyId) -> Option<TrustedSigner> {
     })
 }
 
+/// For a refusal of the signer's trust, what the manifest says (for the audit trail: which
+/// key, which container). Other refusals record no bundle: its manifest was not read.
+fn trust_info(
+    e: &BundleError,
+    spooled: &tempfile::NamedTempFile,
+    limits: &flowpack_shared::zipfmt::Limits,
+) -> Option<BundleInfo> {
+    if !matches!(
+        e,
+        BundleError::UnknownSigner(_) | BundleError::SignerNotAllowed(..)
+    ) {
+        return None;
+    }
+    let file = spooled.reopen().ok()?;
+    let b = OpenBundle::open_unverified(BufReader::new(file), limits).ok()?;
+    let m = b.manifest();
+    Some(BundleInfo {
+        bundle_id: m.bundle_id.to_string(),
+        signer: m.signer_key_id.to_string(),
+        container: m.target_container.clone(),
+    })
+}
+
 /// Verifies and applies a spooled bundle. Returns the status and the deployment record.
 fn apply(
     app: &App,
@@ -199,7 +222,8 @@ fn apply(
     let mut bundle = {
         let lookup = |id: &KeyId| trusted(conn, id);
         OpenBundle::open(BufReader::new(file), &limits, &lookup)
-            .map_err(|e| (ApiError::from(e), None))?
+            .map_err(|e| (trust_info(&e, spooled, &limits), e))
+            .map_err(|(info, e)| (ApiError::from(e), info))?
     };
     let m = bundle.manifest().clone();
     let info = BundleInfo {
