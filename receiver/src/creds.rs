@@ -150,8 +150,13 @@ pub fn upsert_from_bundle(
 ) -> Result<Upserted, ApiError> {
     let path = container.object_path(&c.name);
     let public = serde_json::to_string(&c.public_json()).map_err(ApiError::internal)?;
-    let (id, created) =
-        store::upsert_credential(conn, container_id, c.name.as_str(), c.kind.as_str(), &public)?;
+    let (id, created) = store::upsert_credential(
+        conn,
+        container_id,
+        c.name.as_str(),
+        c.kind.as_str(),
+        &public,
+    )?;
     for (field, value) in &c.secrets {
         match value {
             SecretValue::Plain(secret) => {
@@ -432,10 +437,7 @@ pub fn resolve(
                     } else if !c.allows(usage) {
                         Err(problem(
                             "usage-not-allowed",
-                            format!(
-                                "credential {path} does not allow usage {}",
-                                usage.as_str()
-                            ),
+                            format!("credential {path} does not allow usage {}", usage.as_str()),
                         ))
                     } else {
                         Ok(
@@ -546,7 +548,8 @@ mod tests {
             .unwrap_or_else(|_| panic!("encrypt"));
         assert!(!ct.windows(6).any(|w| w == b"canary"));
         assert_eq!(
-            keys.decrypt("/a/erp", "password", &ct).map(|s| s.expose().to_owned()),
+            keys.decrypt("/a/erp", "password", &ct)
+                .map(|s| s.expose().to_owned()),
             Some("canary".into())
         );
         assert!(keys.decrypt("/a/crm", "password", &ct).is_none());

@@ -167,8 +167,7 @@ pub fn init(dir: &DataDir) -> anyhow::Result<Initialized> {
             );
         }
     }
-    fs::create_dir_all(dir.root())
-        .with_context(|| format!("creating {}", dir.root().display()))?;
+    fs::create_dir_all(dir.root()).with_context(|| format!("creating {}", dir.root().display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -224,10 +223,7 @@ pub fn load(dir: &DataDir) -> anyhow::Result<Loaded> {
             .with_context(|| format!("reading {}", dir.secrets_key().display()))?,
     );
     let master: [u8; 32] = master.as_slice().try_into().map_err(|_| {
-        anyhow::anyhow!(
-            "{}: expected exactly 32 bytes",
-            dir.secrets_key().display()
-        )
+        anyhow::anyhow!("{}: expected exactly 32 bytes", dir.secrets_key().display())
     })?;
     let keys = SecretKeys::derive(&SecretBytes::new(master));
     let config: Config = match fs::read(dir.config()) {

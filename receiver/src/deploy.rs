@@ -65,7 +65,13 @@ pub async fn handle(
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
     if ct.as_deref() != Some("application/zip") {
         return Err(refuse(
             &app,
@@ -125,7 +131,7 @@ pub async fn handle(
         match result {
             Ok(r) => Ok(r),
             Err((e, info)) => {
-                audit_refusal(&conn, &who, info.as_ref(), &e);
+                audit_refusal(&conn, &who, info.as_deref(), &e);
                 Err(e)
             }
         }
@@ -162,7 +168,7 @@ fn audit_refusal(conn: &Connection, who: &Principal, info: Option<&BundleInfo>, 
     crate::http::audit_alone(conn, refusal_row(who, info, e));
 }
 
-type Failed = (ApiError, Option<BundleInfo>);
+type Failed = (ApiError, Option<Box<BundleInfo>>);
 
 fn trusted(conn: &Connection, id: &KeyId) -> Option<TrustedSigner> {
     let (key, containers) = match store::signer(conn, &id.to_string()) {
@@ -191,7 +197,7 @@ fn trust_info(
     e: &BundleError,
     spooled: &tempfile::NamedTempFile,
     limits: &flowpack_shared::zipfmt::Limits,
-) -> Option<BundleInfo> {
+) -> Option<Box<BundleInfo>> {
     if !matches!(
         e,
         BundleError::UnknownSigner(_) | BundleError::SignerNotAllowed(..)
@@ -201,11 +207,11 @@ fn trust_info(
     let file = spooled.reopen().ok()?;
     let b = OpenBundle::open_unverified(BufReader::new(file), limits).ok()?;
     let m = b.manifest();
-    Some(BundleInfo {
+    Some(Box::new(BundleInfo {
         bundle_id: m.bundle_id.to_string(),
         signer: m.signer_key_id.to_string(),
         container: m.target_container.clone(),
-    })
+    }))
 }
 
 /// Verifies and applies a spooled bundle. Returns the status and the deployment record.
@@ -215,7 +221,9 @@ fn apply(
     who: &Principal,
     spooled: &tempfile::NamedTempFile,
 ) -> Result<(StatusCode, Value), Failed> {
-    let mut file = spooled.reopen().map_err(|e| (ApiError::internal(e), None))?;
+    let mut file = spooled
+        .reopen()
+        .map_err(|e| (ApiError::internal(e), None))?;
     file.seek(SeekFrom::Start(0))
         .map_err(|e| (ApiError::internal(e), None))?;
     let limits = app.config.limits.to_limits();
@@ -231,7 +239,7 @@ fn apply(
         signer: m.signer_key_id.to_string(),
         container: m.target_container.clone(),
     };
-    let fail = |e: ApiError| (e, Some(info.clone()));
+    let fail = |e: ApiError| (e, Some(Box::new(info.clone())));
     let target = &m.target_container;
     if !who.can(Perm::Write, target) {
         return Err(fail(ApiError::lacks(Perm::Write, target)));
@@ -266,8 +274,7 @@ fn apply(
         .check_times(app.now(), SKEW)
         .map_err(|e| fail(e.into()))?;
     let created_ms = m.created_at.unix_millis();
-    if let Some(newest) =
-        store::newest_created(&tx, target.as_str()).map_err(|e| fail(e.into()))?
+    if let Some(newest) = store::newest_created(&tx, target.as_str()).map_err(|e| fail(e.into()))?
         && created_ms < newest
     {
         let newest_text = flowpack_shared::timefmt::Timestamp::from_unix_millis(newest)

@@ -303,7 +303,10 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Routed {
     // Unauthenticated endpoints.
     match (method.clone(), path.as_str()) {
         (Method::GET, "/healthz") => {
-            return Ok((json_response(StatusCode::OK, &json!({"status": "ok"})), None));
+            return Ok((
+                json_response(StatusCode::OK, &json!({"status": "ok"})),
+                None,
+            ));
         }
         (Method::GET, "/v1/keys") => {
             let v = json!({"sealing_recipient": app.identity.recipient().to_string()});
@@ -344,9 +347,14 @@ async fn route_authenticated(
         }
         ("deployments", &Method::GET) if tail.is_empty() => {
             let filter = query_param(&req, "container")?
-                .map(|c| ContainerPath::parse(&c).map_err(|e| ApiError::bad_request("bad-path", e.0)))
+                .map(|c| {
+                    ContainerPath::parse(&c).map_err(|e| ApiError::bad_request("bad-path", e.0))
+                })
                 .transpose()?;
-            blocking(&app, move |_, conn| list_deployments(conn, &who, filter.as_ref())).await
+            blocking(&app, move |_, conn| {
+                list_deployments(conn, &who, filter.as_ref())
+            })
+            .await
         }
         ("deployments", _) if tail.is_empty() => Err(method_not_allowed()),
         ("audit", &Method::GET) if tail.is_empty() => {
@@ -489,8 +497,8 @@ fn load_mapping(
     let missing = || ApiError::not_found(format!("mapping {} does not exist", c.object_path(n)));
     let cid = store::container_id(conn, c)?.ok_or_else(missing)?;
     let row = store::mapping(conn, cid, n.as_str())?.ok_or_else(missing)?;
-    let m = Mapping::parse(&c.object_path(n), row.definition.as_bytes())
-        .map_err(ApiError::internal)?;
+    let m =
+        Mapping::parse(&c.object_path(n), row.definition.as_bytes()).map_err(ApiError::internal)?;
     Ok((cid, row, m))
 }
 
@@ -503,7 +511,11 @@ fn show_mapping(
     require(who, Perm::Read, c)?;
     let (cid, row, m) = load_mapping(conn, c, n)?;
     let mut params = Vec::new();
-    for p in m.parameters.iter().filter(|p| p.kind == ParamType::Credential) {
+    for p in m
+        .parameters
+        .iter()
+        .filter(|p| p.kind == ParamType::Credential)
+    {
         match &p.credential {
             Some(cred) => {
                 let stored = store::credential(conn, cid, cred.as_str())?;
@@ -534,7 +546,11 @@ fn show_mapping(
 
 /// `GET /v1/mappings/{path}/files/{file}`. The path is split at the first `/files/` whose left
 /// side names a live mapping, so containers may themselves be named `files`.
-fn mapping_file(conn: &Connection, who: &Principal, tail: &str) -> Result<Response<Body>, ApiError> {
+fn mapping_file(
+    conn: &Connection,
+    who: &Principal,
+    tail: &str,
+) -> Result<Response<Body>, ApiError> {
     let mut first_error = None;
     for (i, _) in tail.match_indices("/files/") {
         let (left, file) = (&tail[..i], &tail[i + "/files/".len()..]);

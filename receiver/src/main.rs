@@ -16,7 +16,11 @@ use flowpack_receiver::{App, auth, store::Store};
 use flowpack_shared::names::ContainerPath;
 
 #[derive(Parser, Debug)]
-#[command(name = "flowpack-receiver", version, about = "flowpack's bundle receiver")]
+#[command(
+    name = "flowpack-receiver",
+    version,
+    about = "flowpack's bundle receiver"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

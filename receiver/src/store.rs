@@ -631,8 +631,7 @@ pub fn set_deployment_record(conn: &Connection, id: i64, record: &str) -> Result
 /// Every deployment: (container, record JSON), oldest first.
 pub fn deployments(conn: &Connection) -> Result<Vec<(String, String)>> {
     let mut st = conn.prepare("SELECT container, record FROM deployments ORDER BY id")?;
-    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect()
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
 }
 
 // ---------------------------------------------------------------------------------------------

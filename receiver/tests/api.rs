@@ -92,7 +92,10 @@ async fn deploy_creates_containers_and_answers_the_record() {
     assert_eq!(r.status(), 200);
     assert_eq!(&r.bytes().await.unwrap()[..], b"<xsd/>");
     let (st, _) = s
-        .get(&s.admin, "/v1/mappings/public/orders/orders-to-erp/files/nope.txt")
+        .get(
+            &s.admin,
+            "/v1/mappings/public/orders/orders-to-erp/files/nope.txt",
+        )
         .await;
     assert_eq!(st, 404);
 
@@ -121,7 +124,12 @@ async fn permission_matrix() {
     let k = key();
     s.trust(&k, &[]);
     let p = project(None, false, b"m");
-    let b = bundle(&k, &Opts::new("/public/orders"), &p.mappings, &p.credentials);
+    let b = bundle(
+        &k,
+        &Opts::new("/public/orders"),
+        &p.mappings,
+        &p.credentials,
+    );
 
     // No token, a malformed token, a well-formed but unknown token: 401.
     let r = s
@@ -154,11 +162,21 @@ async fn permission_matrix() {
     // Signer trusted only for another prefix: 422.
     let k2 = key();
     s.trust(&k2, &["/public/billing"]);
-    let b2 = bundle(&k2, &Opts::new("/public/orders"), &p.mappings, &p.credentials);
+    let b2 = bundle(
+        &k2,
+        &Opts::new("/public/orders"),
+        &p.mappings,
+        &p.credentials,
+    );
     let (st, v) = s.deploy(&s.admin, &b2).await;
     assert_eq!((st, v["code"].as_str()), (422, Some("signer-not-allowed")));
     // Unknown signer: 422.
-    let b3 = bundle(&key(), &Opts::new("/public/orders"), &p.mappings, &p.credentials);
+    let b3 = bundle(
+        &key(),
+        &Opts::new("/public/orders"),
+        &p.mappings,
+        &p.credentials,
+    );
     let (st, v) = s.deploy(&s.admin, &b3).await;
     assert_eq!((st, v["code"].as_str()), (422, Some("unknown-signer")));
 
@@ -182,7 +200,11 @@ async fn permission_matrix() {
     // Reader cannot delete, patch or resolve.
     for (m, path, body) in [
         (Method::DELETE, "/v1/credentials/public/orders/erp", None),
-        (Method::DELETE, "/v1/mappings/public/orders/orders-to-erp", None),
+        (
+            Method::DELETE,
+            "/v1/mappings/public/orders/orders-to-erp",
+            None,
+        ),
         (
             Method::PATCH,
             "/v1/credentials/public/orders/erp",
@@ -243,13 +265,16 @@ async fn content_type_size_and_malformed_bodies_are_refused() {
     let (st, v) = s.deploy(&s.admin, &vec![0u8; 100 * 1024]).await;
     assert_eq!((st, v["code"].as_str()), (413, Some("too-large")));
     // A streamed body without Content-Length is bounded too.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..10).map(|_| Ok(vec![0u8; 10 * 1024])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..10).map(|_| Ok(vec![0u8; 10 * 1024])).collect();
     let r = s
         .client
         .post(s.url("/v1/deployments"))
         .bearer_auth(&s.admin)
         .header("content-type", "application/zip")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
         .send()
         .await;
     if let Ok(r) = r {
@@ -283,10 +308,20 @@ async fn replay_answers_the_original_record_even_after_newer_bundles() {
 
     // Apply a bundle, a newer one, then replay the first.
     let p2 = project(None, false, b"v2");
-    let b1 = bundle(&k, &Opts::new("/public/orders"), &p2.mappings, &p2.credentials);
+    let b1 = bundle(
+        &k,
+        &Opts::new("/public/orders"),
+        &p2.mappings,
+        &p2.credentials,
+    );
     let (st, rec1) = s.deploy(&s.admin, &b1).await;
     assert_eq!(st, 201, "{rec1}");
-    let b2 = bundle(&k, &Opts::new("/public/orders"), &p2.mappings, &p2.credentials);
+    let b2 = bundle(
+        &k,
+        &Opts::new("/public/orders"),
+        &p2.mappings,
+        &p2.credentials,
+    );
     assert_eq!(s.deploy(&s.admin, &b2).await.0, 201);
     let (st, again) = s.deploy(&s.admin, &b1).await;
     assert_eq!(st, 200);
@@ -350,7 +385,8 @@ async fn expired_and_future_bundles_are_refused() {
     assert_eq!((st, v["code"].as_str()), (422, Some("expired")));
     let future = bundle(
         &k,
-        &Opts::new("/a").created(Timestamp::now().plus(time::Duration::days(8) + time::Duration::minutes(10))),
+        &Opts::new("/a")
+            .created(Timestamp::now().plus(time::Duration::days(8) + time::Duration::minutes(10))),
         &p.mappings,
         &p.credentials,
     );
@@ -366,9 +402,17 @@ async fn bundle_sealed_to_another_receiver_is_refused() {
     s.trust(&k, &[]);
     let other = SealingIdentity::generate().recipient();
     let p = project(Some("pw"), true, b"m");
-    let b = bundle(&k, &Opts::new("/a").sealed(other.clone()), &p.mappings, &p.credentials);
+    let b = bundle(
+        &k,
+        &Opts::new("/a").sealed(other.clone()),
+        &p.mappings,
+        &p.credentials,
+    );
     let (st, v) = s.deploy(&s.admin, &b).await;
-    assert_eq!((st, v["code"].as_str()), (422, Some("seal-recipient-mismatch")));
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (422, Some("seal-recipient-mismatch"))
+    );
     let d = v["detail"].as_str().unwrap();
     assert!(d.contains(&other.to_string()) && d.contains(&s.recipient().to_string()));
     assert_eq!(s.get(&s.admin, "/v1/containers/a").await.0, 404);
@@ -380,7 +424,12 @@ async fn redeploy_without_secrets_keeps_them() {
     let (s, k, _) = deployed("keep-me").await;
     let (_, before) = s.get(&s.admin, "/v1/credentials/public/orders/erp").await;
     let p = project(Some("keep-me"), false, b"mfd-v2");
-    let b = bundle(&k, &Opts::new("/public/orders"), &p.mappings, &p.credentials);
+    let b = bundle(
+        &k,
+        &Opts::new("/public/orders"),
+        &p.mappings,
+        &p.credentials,
+    );
     let (st, rec) = s.deploy(&s.admin, &b).await;
     assert_eq!(st, 201, "{rec}");
     assert_eq!(
@@ -413,7 +462,10 @@ async fn redeploy_without_secrets_keeps_them() {
     );
     assert_eq!(s.deploy(&s.admin, &b).await.0, 201);
     let (_, third) = s.get(&s.admin, "/v1/credentials/public/orders/erp").await;
-    assert_ne!(third["password"]["fingerprint"], before["password"]["fingerprint"]);
+    assert_ne!(
+        third["password"]["fingerprint"],
+        before["password"]["fingerprint"]
+    );
     s.stop().await;
 }
 
@@ -423,7 +475,12 @@ async fn patch_fills_secrets_of_a_credential_that_needs_them() {
     let k = key();
     s.trust(&k, &[]);
     let p = project(None, false, b"m");
-    let b = bundle(&k, &Opts::new("/public/orders"), &p.mappings, &p.credentials);
+    let b = bundle(
+        &k,
+        &Opts::new("/public/orders"),
+        &p.mappings,
+        &p.credentials,
+    );
     let (st, rec) = s.deploy(&s.admin, &b).await;
     assert_eq!(st, 201);
     assert_eq!(rec["needs_secrets"], json!(["/public/orders/erp"]));
@@ -459,14 +516,24 @@ async fn patch_fills_secrets_of_a_credential_that_needs_them() {
     }
     // null clears.
     let (_, c) = s
-        .send(Method::PATCH, &s.admin, path, Some(json!({"password": null})))
+        .send(
+            Method::PATCH,
+            &s.admin,
+            path,
+            Some(json!({"password": null})),
+        )
         .await;
     assert_eq!(c["needs_secrets"], true);
     assert!(c.get("password").is_none());
     assert_eq!(
-        s.send(Method::PATCH, &s.admin, "/v1/credentials/public/orders/nope", Some(json!({})))
-            .await
-            .0,
+        s.send(
+            Method::PATCH,
+            &s.admin,
+            "/v1/credentials/public/orders/nope",
+            Some(json!({}))
+        )
+        .await
+        .0,
         404
     );
     s.stop().await;
@@ -476,12 +543,22 @@ async fn patch_fills_secrets_of_a_credential_that_needs_them() {
 async fn deleting_a_referenced_credential_is_refused_with_the_mappings() {
     let (s, _k, _) = deployed("pw").await;
     let (st, v) = s
-        .send(Method::DELETE, &s.admin, "/v1/credentials/public/orders/erp", None)
+        .send(
+            Method::DELETE,
+            &s.admin,
+            "/v1/credentials/public/orders/erp",
+            None,
+        )
         .await;
     assert_eq!((st, v["code"].as_str()), (409, Some("credential-in-use")));
     assert_eq!(v["mappings"], json!(["/public/orders/orders-to-erp"]));
     let (st, _) = s
-        .send(Method::DELETE, &s.admin, "/v1/mappings/public/orders/orders-to-erp", None)
+        .send(
+            Method::DELETE,
+            &s.admin,
+            "/v1/mappings/public/orders/orders-to-erp",
+            None,
+        )
         .await;
     assert_eq!(st, 204);
     assert_eq!(
@@ -491,14 +568,27 @@ async fn deleting_a_referenced_credential_is_refused_with_the_mappings() {
         404
     );
     let (st, _) = s
-        .send(Method::DELETE, &s.admin, "/v1/credentials/public/orders/erp", None)
+        .send(
+            Method::DELETE,
+            &s.admin,
+            "/v1/credentials/public/orders/erp",
+            None,
+        )
         .await;
     assert_eq!(st, 204);
-    assert_eq!(s.get(&s.admin, "/v1/credentials/public/orders/erp").await.0, 404);
     assert_eq!(
-        s.send(Method::DELETE, &s.admin, "/v1/credentials/public/orders/erp", None)
-            .await
-            .0,
+        s.get(&s.admin, "/v1/credentials/public/orders/erp").await.0,
+        404
+    );
+    assert_eq!(
+        s.send(
+            Method::DELETE,
+            &s.admin,
+            "/v1/credentials/public/orders/erp",
+            None
+        )
+        .await
+        .0,
         404
     );
     let (_, a) = s.get(&s.admin, "/v1/audit").await;
@@ -506,7 +596,13 @@ async fn deleting_a_referenced_credential_is_refused_with_the_mappings() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| format!("{}:{}", r["action"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r["action"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap()
+            )
+        })
         .collect();
     assert!(actions.contains(&"delete-credential:refused".to_owned()));
     assert!(actions.contains(&"delete-mapping:deleted".to_owned()));
@@ -518,8 +614,10 @@ async fn deleting_a_referenced_credential_is_refused_with_the_mappings() {
 async fn resolution_follows_precedence_and_rules() {
     let (s, k, _) = deployed("pw").await;
     // A shared password credential and an api_key credential on the server.
-    let shared = credential(json!({"name": "erp", "type": "password", "password": "shared-pw",
-        "include_in_deployment": true, "allow_usage_for": ["http", "ftp"]}));
+    let shared = credential(
+        json!({"name": "erp", "type": "password", "password": "shared-pw",
+        "include_in_deployment": true, "allow_usage_for": ["http", "ftp"]}),
+    );
     let apikey = credential(json!({"name": "key", "type": "api_key", "key": "k",
         "include_in_deployment": true}));
     let mut o = Opts::new("/public/shared").sealed(s.recipient());
@@ -544,24 +642,42 @@ async fn resolution_follows_precedence_and_rules() {
     let (st, v) = resolve(json!({"usage": "http", "parameters": {"erp.credentials": {"credential": "/public/shared/erp"}}})).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["parameters"]["erp.credentials"]["source"], "server");
-    assert_eq!(v["parameters"]["erp.credentials"]["credential"], "/public/shared/erp");
+    assert_eq!(
+        v["parameters"]["erp.credentials"]["credential"],
+        "/public/shared/erp"
+    );
     // Inline wins too, and never echoes the secret.
     let (st, v) = resolve(json!({"usage": "http", "parameters": {"erp.credentials": {"inline": {"type": "password", "username": "u", "password": "inline-secret"}}}})).await;
     assert_eq!(st, 200, "{v}");
-    assert_eq!(v["parameters"]["erp.credentials"], json!({"source": "inline", "type": "password"}));
+    assert_eq!(
+        v["parameters"]["erp.credentials"],
+        json!({"source": "inline", "type": "password"})
+    );
     assert!(!v.to_string().contains("inline-secret"));
     // Usage not allowed by the deployed credential (http only).
     let (st, v) = resolve(json!({"usage": "ftp"})).await;
-    assert_eq!((st, v["code"].as_str()), (422, Some("usage-not-allowed")), "{v}");
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (422, Some("usage-not-allowed")),
+        "{v}"
+    );
     assert!(v["detail"].as_str().unwrap().contains("erp.credentials"));
     // ... but allowed by the shared one.
     let (st, _) = resolve(json!({"usage": "ftp", "parameters": {"erp.credentials": {"credential": "/public/shared/erp"}}})).await;
     assert_eq!(st, 200);
     // Type mismatch.
     let (st, v) = resolve(json!({"usage": "http", "parameters": {"erp.credentials": {"credential": "/public/shared/key"}}})).await;
-    assert_eq!((st, v["code"].as_str()), (422, Some("type-mismatch")), "{v}");
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (422, Some("type-mismatch")),
+        "{v}"
+    );
     let (st, v) = resolve(json!({"usage": "http", "parameters": {"erp.credentials": {"inline": {"type": "api_key", "key": "x"}}}})).await;
-    assert_eq!((st, v["code"].as_str()), (422, Some("type-mismatch")), "{v}");
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (422, Some("type-mismatch")),
+        "{v}"
+    );
     // A server reference needs `use` on it.
     let limited = s.token("limited", &[("/public/orders", "use")]);
     let (st, _) = s
@@ -569,7 +685,10 @@ async fn resolution_follows_precedence_and_rules() {
         .await;
     assert_eq!(st, 403);
     // Unknown parameter and bad bodies.
-    let (st, v) = resolve(json!({"usage": "http", "parameters": {"nope": {"credential": "/public/shared/erp"}}})).await;
+    let (st, v) = resolve(
+        json!({"usage": "http", "parameters": {"nope": {"credential": "/public/shared/erp"}}}),
+    )
+    .await;
     assert_eq!((st, v["code"].as_str()), (422, Some("unknown-parameter")));
     assert_eq!(resolve(json!({"parameters": {}})).await.0, 422);
     let (st, _) = s
@@ -585,11 +704,20 @@ async fn resolution_follows_precedence_and_rules() {
 
     // Missing secrets: clear the deployed password.
     let (st, _) = s
-        .send(Method::PATCH, &s.admin, "/v1/credentials/public/orders/erp", Some(json!({"password": null})))
+        .send(
+            Method::PATCH,
+            &s.admin,
+            "/v1/credentials/public/orders/erp",
+            Some(json!({"password": null})),
+        )
         .await;
     assert_eq!(st, 200);
     let (st, v) = resolve(json!({"usage": "http"})).await;
-    assert_eq!((st, v["code"].as_str()), (422, Some("missing-secrets")), "{v}");
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (422, Some("missing-secrets")),
+        "{v}"
+    );
     assert!(v["detail"].as_str().unwrap().contains("erp.credentials"));
     assert_eq!(v["parameters"], json!(["erp.credentials"]));
     // A step parameter still works.
@@ -635,8 +763,10 @@ async fn refused_bundle_leaves_the_container_exactly_as_before() {
         json!({"name": "second", "files": ["big.bin"]}),
         &[("big.bin", &vec![7u8; 300_000])],
     ));
-    p.credentials.push(credential(json!({"name": "zz-last", "type": "api_key", "key": "k",
-        "include_in_deployment": true, "description": "zzzz"})));
+    p.credentials.push(credential(
+        json!({"name": "zz-last", "type": "api_key", "key": "k",
+        "include_in_deployment": true, "description": "zzzz"}),
+    ));
     let good = bundle(
         &k,
         &Opts::new("/public/orders").sealed(s.recipient()),
@@ -648,7 +778,11 @@ async fn refused_bundle_leaves_the_container_exactly_as_before() {
         *data = s.replace("zzzz", "yyyy").into_bytes();
     });
     let (st, v) = s.deploy(&s.admin, &bad).await;
-    assert_eq!((st, v["code"].as_str()), (422, Some("digest-mismatch")), "{v}");
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (422, Some("digest-mismatch")),
+        "{v}"
+    );
     let after = snapshot(&s).await;
     assert_eq!(before, after);
     let (_, a) = s.get(&s.admin, "/v1/audit").await;
@@ -667,7 +801,12 @@ async fn oauth_endpoints_are_not_implemented_yet_and_unknown_paths_are_404() {
     let (s, _k, _) = deployed("pw").await;
     for p in ["token", "authorize", "verify"] {
         let (st, v) = s
-            .send(Method::POST, &s.admin, &format!("/v1/credentials/public/orders/erp/{p}"), None)
+            .send(
+                Method::POST,
+                &s.admin,
+                &format!("/v1/credentials/public/orders/erp/{p}"),
+                None,
+            )
             .await;
         assert_eq!((st, v["code"].as_str()), (501, Some("not-implemented")));
     }

@@ -136,7 +136,10 @@ impl Server {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut r = self.client.request(method, self.url(path)).bearer_auth(token);
+        let mut r = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(token);
         if let Some(b) = body {
             r = r.json(&b);
         }
@@ -157,9 +160,8 @@ pub async fn answer(r: reqwest::Response) -> (u16, Value) {
     let v = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap_or(Value::String(
-            String::from_utf8_lossy(&bytes).into_owned(),
-        ))
+        serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
     if status >= 400 {
         assert_eq!(ct, "application/problem+json", "{status} {v}");

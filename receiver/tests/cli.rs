@@ -1,0 +1,364 @@
+//! The real binary: `init`, `trust add` and `token create` while `serve` runs, the loopback
+//! rule, SIGTERM, and a canary secret that must appear in no answer, log line or file.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use flowpack_shared::keys::SigningKey;
+use flowpack_shared::seal::SealingRecipient;
+use reqwest::Method;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_flowpack-receiver");
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn init(dir: &Path) -> (String, String) {
+    let (code, out, err) = run(&["init", "--data-dir", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let mut lines = out.lines();
+    let recipient = lines
+        .next()
+        .unwrap()
+        .strip_prefix("sealing_recipient: ")
+        .unwrap()
+        .to_owned();
+    let token = lines
+        .next()
+        .unwrap()
+        .strip_prefix("admin_token: ")
+        .unwrap()
+        .to_owned();
+    (recipient, token)
+}
+
+struct Serving {
+    child: Child,
+    base: String,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Drop for Serving {
+    /// A failed test must not leave the server running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn serve(dir: &Path) -> Serving {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let base = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line: {first:?}"))
+        .to_owned();
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    Serving {
+        child,
+        base,
+        stderr: Some(stderr),
+    }
+}
+
+impl Serving {
+    /// SIGTERM, wait for a clean exit, return the log.
+    fn stop(mut self) -> String {
+        let pid = self.child.id().to_string();
+        let ok = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status}");
+        self.stderr.take().unwrap().join().unwrap()
+    }
+}
+
+#[test]
+fn init_prints_recipient_and_token_once_and_refuses_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let (recipient, token) = init(&dir);
+    assert!(SealingRecipient::parse(&recipient).is_ok());
+    assert!(token.starts_with("fpt_"));
+    let (code, out, err) = run(&["init", "--data-dir", dir.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert!(err.contains("already initialized"), "{err}");
+    #[cfg(unix)]
+    for f in ["sealing.agekey", "secrets.key"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    assert_eq!(std::fs::read(dir.join("secrets.key")).unwrap().len(), 32);
+}
+
+#[test]
+fn serve_refuses_non_loopback_without_tls_and_usage_errors_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    init(&dir);
+    let (code, _, err) = run(&[
+        "serve",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        "0.0.0.0:0",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("without TLS"), "{err}");
+    let (code, _, _) = run(&[
+        "token",
+        "create",
+        "x",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--grant",
+        "/p=admin",
+    ]);
+    assert_eq!(code, 2);
+    let (code, _, err) = run(&[
+        "trust",
+        "add",
+        "/nonexistent.pub",
+        "--data-dir",
+        tmp.path().join("nothing").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_changes_take_effect_while_serving_and_no_secret_leaks() {
+    install_provider();
+    const CANARY: &str = "CANARY-7f3e9a1c";
+    const CANARY2: &str = "CANARY-PATCHED-51b2";
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let (recipient, admin) = init(&dir);
+    let recipient = SealingRecipient::parse(&recipient).unwrap();
+    let srv = serve(&dir);
+    let client = reqwest::Client::new();
+    let mut bodies = String::new();
+
+    let key = SigningKey::generate().unwrap();
+    let pub_file = tmp.path().join("signer.pub");
+    std::fs::write(&pub_file, key.verifying_key().to_pem()).unwrap();
+    let p = project(Some(CANARY), true, b"mfd");
+    let b = bundle(
+        &key,
+        &Opts::new("/public/orders").sealed(recipient.clone()),
+        &p.mappings,
+        &p.credentials,
+    );
+
+    let deploy = |token: String, body: Vec<u8>| {
+        let client = client.clone();
+        let url = format!("{}/v1/deployments", srv.base);
+        async move {
+            answer(
+                client
+                    .post(url)
+                    .bearer_auth(token)
+                    .header("content-type", "application/zip")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    // Not trusted yet.
+    let (st, v) = deploy(admin.clone(), b.clone()).await;
+    assert_eq!((st, v["code"].as_str()), (422, Some("unknown-signer")));
+    bodies.push_str(&v.to_string());
+    // Trusted while serving, for /public only.
+    let (code, out, err) = run(&[
+        "trust",
+        "add",
+        pub_file.to_str().unwrap(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--containers",
+        "/public",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&key.verifying_key().key_id().to_string()));
+    let (st, v) = deploy(admin.clone(), b.clone()).await;
+    assert_eq!(st, 201, "{v}");
+    bodies.push_str(&v.to_string());
+
+    // A token created while serving works at once.
+    let (code, token, err) = run(&[
+        "token",
+        "create",
+        "ci",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--grant",
+        "/public=read,use",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_owned();
+    assert!(token.starts_with("fpt_") && !token.contains('\n'));
+    let get = |t: &str, path: &str| {
+        let r = client
+            .get(format!("{}{path}", srv.base))
+            .bearer_auth(t.to_owned())
+            .send();
+        async move { answer(r.await.unwrap()).await }
+    };
+    let (st, v) = get(&token, "/v1/credentials/public/orders/erp").await;
+    assert_eq!(st, 200, "{v}");
+    bodies.push_str(&v.to_string());
+    let (st, _) = deploy(token.clone(), b.clone()).await;
+    assert_eq!(st, 403);
+
+    // Everything that could echo a secret.
+    let send = |m: Method, path: &str, body: serde_json::Value| {
+        let r = client
+            .request(m, format!("{}{path}", srv.base))
+            .bearer_auth(admin.clone())
+            .json(&body)
+            .send();
+        async move { answer(r.await.unwrap()).await }
+    };
+    for (m, path, body) in [
+        (
+            Method::POST,
+            "/v1/mappings/public/orders/orders-to-erp/resolve",
+            json!({"usage": "http"}),
+        ),
+        (
+            Method::POST,
+            "/v1/mappings/public/orders/orders-to-erp/resolve",
+            json!({"usage": "http", "parameters": {"erp.credentials": {"inline": {"type": "password", "password": CANARY}}}}),
+        ),
+        (
+            Method::POST,
+            "/v1/mappings/public/orders/orders-to-erp/resolve",
+            json!({"usage": "http", "parameters": {"erp.credentials": {"inline": {"type": "password", "password": CANARY, "bogus": CANARY}}}}),
+        ),
+        (
+            Method::POST,
+            "/v1/mappings/public/orders/orders-to-erp/resolve",
+            json!({"usage": "ftp", "parameters": {"erp.credentials": {"inline": {"type": "password", "password": {"x": CANARY}}}}}),
+        ),
+        (
+            Method::PATCH,
+            "/v1/credentials/public/orders/erp",
+            json!({"password": CANARY2}),
+        ),
+        (
+            Method::PATCH,
+            "/v1/credentials/public/orders/erp",
+            json!({"password": [CANARY2]}),
+        ),
+        (
+            Method::PATCH,
+            "/v1/credentials/public/orders/erp",
+            json!({"passwd": CANARY2}),
+        ),
+    ] {
+        let (_, v) = send(m, path, body).await;
+        bodies.push_str(&v.to_string());
+    }
+    for path in [
+        "/v1/credentials/public/orders/erp",
+        "/v1/mappings/public/orders/orders-to-erp",
+        "/v1/deployments",
+        "/v1/audit",
+        "/v1/containers/public/orders",
+    ] {
+        let (st, v) = get(&admin, path).await;
+        assert_eq!(st, 200, "{path}");
+        bodies.push_str(&v.to_string());
+    }
+    // Replay and redeploy without secrets.
+    let (st, v) = deploy(admin.clone(), b.clone()).await;
+    assert_eq!(st, 200);
+    bodies.push_str(&v.to_string());
+
+    let log = srv.stop();
+    assert!(log.contains("request"), "the log has request lines: {log}");
+    for secret in [CANARY, CANARY2] {
+        assert!(!bodies.contains(secret), "{secret} in a response");
+        assert!(!log.contains(secret), "{secret} in the log");
+        for entry in walk(&dir) {
+            let bytes = std::fs::read(&entry).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} in {}",
+                entry.display()
+            );
+        }
+    }
+    for t in [&admin, &token] {
+        let secret_part = t.rsplit('_').next().unwrap();
+        assert!(!log.contains(secret_part), "a token in the log");
+        for entry in walk(&dir) {
+            let bytes = std::fs::read(&entry).unwrap();
+            assert!(
+                !bytes
+                    .windows(secret_part.len())
+                    .any(|w| w == secret_part.as_bytes())
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.join("spool")).unwrap().count(),
+        0,
+        "spool files left"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
