@@ -590,6 +590,14 @@ fn mapping_file(
         );
         return Ok(r);
     }
+    // No split names a mapping: the whole path may be a mapping in a container named `files`.
+    if let Ok((c, n)) = object_path(tail)
+        && who.can(Perm::Read, &c)
+        && let Ok(Some(cid)) = store::container_id(conn, &c)
+        && store::mapping(conn, cid, n.as_str())?.is_some()
+    {
+        return show_mapping(conn, who, &c, &n);
+    }
     Err(first_error.unwrap_or_else(|| ApiError::not_found("no such mapping file")))
 }
 
