@@ -16,9 +16,16 @@ use std::time::{Duration, Instant};
 /// Path of a workspace binary.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is not built; run `cargo build --workspace --bins` (or the README's test command)", path.display());
+    assert!(
+        path.exists(),
+        "{} is not built; run `cargo build --workspace --bins` (or the README's test command)",
+        path.display()
+    );
     path
 }
 
@@ -29,13 +36,21 @@ pub fn root() -> PathBuf {
 
 /// Runs a command, returning its output.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// Runs a command that must succeed; returns stdout.
 pub fn ok(cmd: &mut Command) -> String {
     let out = run(cmd);
-    assert!(out.status.success(), "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -58,15 +73,34 @@ impl Receiver {
     /// `init` in `dir/name`.
     pub fn init(dir: &Path, name: &str) -> Receiver {
         let data = dir.join(name);
-        let out = ok(Command::new(bin("flowpack-receiver")).arg("init").arg("--data-dir").arg(&data));
-        let field = |k: &str| out.lines().find_map(|l| l.strip_prefix(k)).map(str::trim).unwrap_or_else(|| panic!("init printed no {k}: {out}")).to_owned();
-        Receiver { recipient: field("sealing_recipient:"), admin_token: field("admin_token:"), data, url: String::new(), child: None, log: dir.join(format!("{name}.log")) }
+        let out = ok(Command::new(bin("flowpack-receiver"))
+            .arg("init")
+            .arg("--data-dir")
+            .arg(&data));
+        let field = |k: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(str::trim)
+                .unwrap_or_else(|| panic!("init printed no {k}: {out}"))
+                .to_owned()
+        };
+        Receiver {
+            recipient: field("sealing_recipient:"),
+            admin_token: field("admin_token:"),
+            data,
+            url: String::new(),
+            child: None,
+            log: dir.join(format!("{name}.log")),
+        }
     }
 
     /// `trust add PUB [--containers P]…`.
     pub fn trust(&self, public_key: &Path, containers: &[&str]) {
         let mut cmd = Command::new(bin("flowpack-receiver"));
-        cmd.args(["trust", "add"]).arg(public_key).arg("--data-dir").arg(&self.data);
+        cmd.args(["trust", "add"])
+            .arg(public_key)
+            .arg("--data-dir")
+            .arg(&self.data);
         for c in containers {
             cmd.args(["--containers", c]);
         }
@@ -76,7 +110,9 @@ impl Receiver {
     /// `token create NAME --grant …`; returns the token.
     pub fn token(&self, name: &str, grants: &[&str]) -> String {
         let mut cmd = Command::new(bin("flowpack-receiver"));
-        cmd.args(["token", "create", name]).arg("--data-dir").arg(&self.data);
+        cmd.args(["token", "create", name])
+            .arg("--data-dir")
+            .arg(&self.data);
         for g in grants {
             cmd.args(["--grant", g]);
         }
@@ -95,8 +131,14 @@ impl Receiver {
             .spawn()
             .expect("spawn receiver");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
-        self.url = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("unexpected first line {line:?}")).to_owned();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("first line");
+        self.url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
         self.child = Some(child);
     }
 
@@ -109,14 +151,30 @@ impl Receiver {
     }
 
     /// An HTTP request with a bearer token; returns (status, body).
-    pub fn request(&self, method: &str, path: &str, token: Option<&str>, content_type: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: &[u8],
+    ) -> (u16, Vec<u8>) {
         http(&self.url, method, path, token, content_type, body)
     }
 
     /// GET as JSON with the admin token.
     pub fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
-        let (s, b) = self.request("GET", path, Some(&self.admin_token.clone()), "application/json", b"");
-        (s, serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null))
+        let (s, b) = self.request(
+            "GET",
+            path,
+            Some(&self.admin_token.clone()),
+            "application/json",
+            b"",
+        );
+        (
+            s,
+            serde_json::from_slice(&b).unwrap_or(serde_json::Value::Null),
+        )
     }
 }
 
@@ -127,11 +185,22 @@ impl Drop for Receiver {
 }
 
 /// A minimal HTTP/1.1 client (one request per connection) so the tests need no HTTP library.
-pub fn http(url: &str, method: &str, path: &str, token: Option<&str>, content_type: &str, body: &[u8]) -> (u16, Vec<u8>) {
+pub fn http(
+    url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, Vec<u8>) {
     let host = url.strip_prefix("http://").expect("plain http url");
     let mut s = TcpStream::connect(host).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: {content_type}\r\n", body.len());
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: {content_type}\r\n",
+        body.len()
+    );
     if let Some(t) = token {
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
@@ -140,11 +209,21 @@ pub fn http(url: &str, method: &str, path: &str, token: Option<&str>, content_ty
     s.write_all(body).expect("write body");
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).expect("read");
-    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("header end");
     let head = String::from_utf8_lossy(&resp[..split]).into_owned();
-    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
     let mut body = resp[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
     (status, body)
@@ -153,7 +232,9 @@ pub fn http(url: &str, method: &str, path: &str, token: Option<&str>, content_ty
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else { return out };
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
         let n = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
         if n == 0 {
             return out;
