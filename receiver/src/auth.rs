@@ -8,9 +8,9 @@
 use base64::Engine;
 use flowpack_shared::names::ContainerPath;
 use flowpack_shared::seal::random;
-use rusqlite::Connection;
+use subtle::ConstantTimeEq;
 
-use crate::store::{self, Store};
+use crate::store::{self, Db, Store};
 
 /// A permission on a container prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,13 +158,13 @@ pub fn create_token(
     let secret_text = zeroize::Zeroizing::new(
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&secret[..]),
     );
-    let mut conn = store.conn()?;
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let pid = store::ensure_principal(&tx, name)?;
+    let mut db = store.db()?;
+    let tx = db.write()?;
+    let pid = tx.ensure_principal(name)?;
     for (prefix, perms) in grants {
-        store::add_grant(&tx, pid, prefix.as_str(), &perms.to_text())?;
+        tx.add_grant(pid, prefix.as_str(), &perms.to_text())?;
     }
-    store::insert_token(&tx, &id, pid, &sha256(secret_text.as_bytes()))?;
+    tx.insert_token(&id, pid, &sha256(secret_text.as_bytes()))?;
     tx.commit()?;
     Ok(zeroize::Zeroizing::new(format!(
         "fpt_{id}_{}",
@@ -173,7 +173,7 @@ pub fn create_token(
 }
 
 /// Finds the principal a token belongs to; `None` for any token that is not valid.
-pub fn authenticate(conn: &Connection, token: &str) -> rusqlite::Result<Option<Principal>> {
+pub fn authenticate(db: &Db, token: &str) -> store::Result<Option<Principal>> {
     let Some(rest) = token.strip_prefix("fpt_") else {
         return Ok(None);
     };
@@ -184,18 +184,15 @@ pub fn authenticate(conn: &Connection, token: &str) -> rusqlite::Result<Option<P
         return Ok(None);
     }
     let presented = sha256(secret.as_bytes());
-    let Some((stored, pid, name)) = store::token(conn, id)? else {
+    let Some((stored, pid, name)) = db.token(id)? else {
         return Ok(None);
     };
-    // ring marks this deprecated (it promises less than `subtle`), but it is the constant-time
-    // comparison the house style names, and both inputs are SHA-256 digests of equal length.
-    #[allow(deprecated)]
-    let equal = ring::constant_time::verify_slices_are_equal(&stored, &presented).is_ok();
-    if !equal {
+    // Both are SHA-256 digests; a stored hash of another length compares unequal.
+    if !bool::from(stored.as_slice().ct_eq(&presented)) {
         return Ok(None);
     }
     let mut grants = Vec::new();
-    for (prefix, perms) in store::grants(conn, pid)? {
+    for (prefix, perms) in db.grants(pid)? {
         // Rows are written by this program; a row that does not parse grants nothing.
         if let (Ok(p), Ok(s)) = (ContainerPath::parse(&prefix), PermSet::parse(&perms)) {
             grants.push((p, s));

@@ -15,12 +15,11 @@ use flowpack_shared::model::credential::{
 use flowpack_shared::model::mapping::{Mapping, ParamType};
 use flowpack_shared::names::{ContainerPath, Name};
 use flowpack_shared::secret::{Secret, SecretBytes};
-use rusqlite::Connection;
 use serde_json::{Map, Value, json};
 
 use crate::auth::{Perm, Principal};
 use crate::http::ApiError;
-use crate::store::{self, CredentialRow};
+use crate::store::{CredentialRow, Db, Tx};
 
 /// Keys derived from `secrets.key`.
 pub struct SecretKeys {
@@ -106,13 +105,13 @@ fn public_credential(path: &str, row: &CredentialRow) -> Result<Credential, ApiE
 
 /// The redacted record: public fields, each set sensitive field as `{"set", "fingerprint"}`,
 /// and `needs_secrets`.
-pub fn redacted(conn: &Connection, path: &str, row: &CredentialRow) -> Result<Value, ApiError> {
+pub fn redacted(db: &Db, path: &str, row: &CredentialRow) -> Result<Value, ApiError> {
     let public: Map<String, Value> =
         serde_json::from_str(&row.public).map_err(ApiError::internal)?;
     let mut m = Map::new();
     m.insert("path".into(), Value::String(path.to_owned()));
     m.extend(public);
-    let secrets = store::secrets(conn, row.id)?;
+    let secrets = db.secrets(row.id)?;
     for s in &secrets {
         m.insert(
             s.field.clone(),
@@ -124,8 +123,8 @@ pub fn redacted(conn: &Connection, path: &str, row: &CredentialRow) -> Result<Va
 }
 
 /// True when the stored credential has no secret.
-pub fn needs_secrets(conn: &Connection, credential: i64) -> Result<bool, ApiError> {
-    Ok(store::secrets(conn, credential)?.is_empty())
+pub fn needs_secrets(db: &Db, credential: i64) -> Result<bool, ApiError> {
+    Ok(db.secrets(credential)?.is_empty())
 }
 
 /// What an upsert did.
@@ -142,7 +141,7 @@ pub struct Upserted {
 /// Upserts a credential from a bundle: public fields replaced, carried secrets set, omitted
 /// secrets kept.
 pub fn upsert_from_bundle(
-    conn: &Connection,
+    tx: &Tx<'_>,
     keys: &SecretKeys,
     container_id: i64,
     container: &ContainerPath,
@@ -150,18 +149,13 @@ pub fn upsert_from_bundle(
 ) -> Result<Upserted, ApiError> {
     let path = container.object_path(&c.name);
     let public = serde_json::to_string(&c.public_json()).map_err(ApiError::internal)?;
-    let (id, created) = store::upsert_credential(
-        conn,
-        container_id,
-        c.name.as_str(),
-        c.kind.as_str(),
-        &public,
-    )?;
+    let (id, created) =
+        tx.upsert_credential(container_id, c.name.as_str(), c.kind.as_str(), &public)?;
     for (field, value) in &c.secrets {
         match value {
             SecretValue::Plain(secret) => {
                 let ct = keys.encrypt(&path, field, secret)?;
-                store::set_secret(conn, id, field, &ct, &keys.fingerprint(secret))?;
+                tx.set_secret(id, field, &ct, &keys.fingerprint(secret))?;
             }
             // read_payload opens every sealed value when given the identity, or fails.
             SecretValue::Sealed(_) => {
@@ -172,7 +166,7 @@ pub fn upsert_from_bundle(
         }
     }
     Ok(Upserted {
-        needs_secrets: needs_secrets(conn, id)?,
+        needs_secrets: needs_secrets(tx, id)?,
         path,
         created,
     })
@@ -181,7 +175,7 @@ pub fn upsert_from_bundle(
 /// Applies a PATCH body to a stored credential: a field absent is unchanged, `null` clears it,
 /// a value sets it. The result is checked by the model rules before anything is written.
 pub fn patch(
-    conn: &Connection,
+    tx: &Tx<'_>,
     keys: &SecretKeys,
     path: &str,
     row: &CredentialRow,
@@ -246,16 +240,17 @@ pub fn patch(
         .as_ref()
         .and_then(split_object_path)
         .ok_or_else(|| ApiError::internal("stored credential path does not parse"))?;
-    let cid = store::container_id(conn, &container)?
+    let cid = tx
+        .container_id(&container)?
         .ok_or_else(|| ApiError::internal("credential's container vanished"))?;
-    store::upsert_credential(conn, cid, name.as_str(), kind.as_str(), &public)?;
+    tx.upsert_credential(cid, name.as_str(), kind.as_str(), &public)?;
     for f in cleared {
-        store::clear_secret(conn, row.id, f)?;
+        tx.clear_secret(row.id, f)?;
     }
     for (field, value) in &parsed.secrets {
         if let SecretValue::Plain(secret) = value {
             let ct = keys.encrypt(path, field, secret)?;
-            store::set_secret(conn, row.id, field, &ct, &keys.fingerprint(secret))?;
+            tx.set_secret(row.id, field, &ct, &keys.fingerprint(secret))?;
         }
     }
     Ok(())
@@ -274,7 +269,7 @@ struct Problem {
 /// wins over the credential deployed with the mapping. Every problem is collected; the answer
 /// is 422 naming each parameter at fault.
 pub fn resolve(
-    conn: &Connection,
+    db: &Db,
     who: &Principal,
     container: &ContainerPath,
     container_id: i64,
@@ -343,7 +338,7 @@ pub fn resolve(
         // The credential deployed with the mapping, when it names one and it is stored.
         let deployed_path = p.credential.as_ref().map(|c| container.object_path(c));
         let deployed = match &p.credential {
-            Some(c) => store::credential(conn, container_id, c.as_str())?,
+            Some(c) => db.credential(container_id, c.as_str())?,
             None => None,
         };
         let deployed_type = deployed
@@ -404,7 +399,7 @@ pub fn resolve(
                                 )));
                             }
                             let path = c.object_path(&n);
-                            server_credential(conn, &c, &n, &path, usage, &type_ok, deployed_type)?
+                            server_credential(db, &c, &n, &path, usage, &type_ok, deployed_type)?
                                 .map_err(|(code, d)| problem(code, d))
                         }
                     }
@@ -427,7 +422,7 @@ pub fn resolve(
                 )),
                 (Some(row), Some(path)) => {
                     let c = public_credential(path, row)?;
-                    if needs_secrets(conn, row.id)? {
+                    if needs_secrets(db, row.id)? {
                         Err(problem(
                             "missing-secrets",
                             format!(
@@ -490,7 +485,7 @@ fn step_source(v: &Value) -> Option<StepSource<'_>> {
 type Checked = Result<Value, (&'static str, String)>;
 
 fn server_credential(
-    conn: &Connection,
+    db: &Db,
     container: &ContainerPath,
     name: &Name,
     path: &str,
@@ -498,13 +493,13 @@ fn server_credential(
     type_ok: &dyn Fn(CredentialType) -> bool,
     deployed_type: Option<CredentialType>,
 ) -> Result<Checked, ApiError> {
-    let Some(cid) = store::container_id(conn, container)? else {
+    let Some(cid) = db.container_id(container)? else {
         return Ok(Err((
             "credential-not-found",
             format!("credential {path} does not exist"),
         )));
     };
-    let Some(row) = store::credential(conn, cid, name.as_str())? else {
+    let Some(row) = db.credential(cid, name.as_str())? else {
         return Ok(Err((
             "credential-not-found",
             format!("credential {path} does not exist"),
@@ -520,7 +515,7 @@ fn server_credential(
                 deployed_type.map_or("?", CredentialType::as_str)
             ),
         ))
-    } else if needs_secrets(conn, row.id)? {
+    } else if needs_secrets(db, row.id)? {
         Err((
             "missing-secrets",
             format!("credential {path} has no secrets"),

@@ -20,7 +20,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Request, Response, StatusCode};
-use rusqlite::Connection;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
@@ -28,7 +27,7 @@ use crate::App;
 use crate::auth::{Perm, Principal};
 use crate::creds;
 use crate::http::{ApiError, Body, json_response};
-use crate::store::{self, AuditRow};
+use crate::store::{AuditRow, Db};
 
 /// Clock skew allowed for `created_at` (SPEC §4).
 const SKEW: time::Duration = time::Duration::minutes(5);
@@ -55,8 +54,8 @@ pub async fn handle(
         let app = app.clone();
         // Best effort, off the async thread; the answer does not wait for it.
         tokio::task::spawn_blocking(move || {
-            if let Ok(conn) = app.store.conn() {
-                crate::http::audit_alone(&conn, row);
+            if let Ok(mut db) = app.store.db() {
+                crate::http::audit_alone(&mut db, row);
             }
         });
         e
@@ -125,13 +124,13 @@ pub async fn handle(
 
     let app2 = app.clone();
     let (status, record) = tokio::task::spawn_blocking(move || {
-        let mut conn = app2.store.conn()?;
-        let result = apply(&app2, &mut conn, &who, &tmp);
+        let mut db = app2.store.db()?;
+        let result = apply(&app2, &mut db, &who, &tmp);
         drop(tmp);
         match result {
             Ok(r) => Ok(r),
             Err((e, info)) => {
-                audit_refusal(&conn, &who, info.as_deref(), &e);
+                audit_refusal(&mut db, &who, info.as_deref(), &e);
                 Err(e)
             }
         }
@@ -164,14 +163,14 @@ fn refusal_row(who: &Principal, info: Option<&BundleInfo>, e: &ApiError) -> Audi
     }
 }
 
-fn audit_refusal(conn: &Connection, who: &Principal, info: Option<&BundleInfo>, e: &ApiError) {
-    crate::http::audit_alone(conn, refusal_row(who, info, e));
+fn audit_refusal(db: &mut Db, who: &Principal, info: Option<&BundleInfo>, e: &ApiError) {
+    crate::http::audit_alone(db, refusal_row(who, info, e));
 }
 
 type Failed = (ApiError, Option<Box<BundleInfo>>);
 
-fn trusted(conn: &Connection, id: &KeyId) -> Option<TrustedSigner> {
-    let (key, containers) = match store::signer(conn, &id.to_string()) {
+fn trusted(db: &Db, id: &KeyId) -> Option<TrustedSigner> {
+    let (key, containers) = match db.signer(&id.to_string()) {
         Ok(Some(x)) => x,
         Ok(None) => return None,
         Err(e) => {
@@ -217,7 +216,7 @@ fn trust_info(
 /// Verifies and applies a spooled bundle. Returns the status and the deployment record.
 fn apply(
     app: &App,
-    conn: &mut Connection,
+    db: &mut Db,
     who: &Principal,
     spooled: &tempfile::NamedTempFile,
 ) -> Result<(StatusCode, Value), Failed> {
@@ -228,7 +227,7 @@ fn apply(
         .map_err(|e| (ApiError::internal(e), None))?;
     let limits = app.config.limits.to_limits();
     let mut bundle = {
-        let lookup = |id: &KeyId| trusted(conn, id);
+        let lookup = |id: &KeyId| trusted(db, id);
         OpenBundle::open(BufReader::new(file), &limits, &lookup)
             .map_err(|e| (trust_info(&e, spooled, &limits), e))
             .map_err(|(info, e)| (ApiError::from(e), info))?
@@ -245,11 +244,10 @@ fn apply(
         return Err(fail(ApiError::lacks(Perm::Write, target)));
     }
 
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(|e| fail(e.into()))?;
-    if let Some(record) =
-        store::deployment_by_bundle(&tx, m.bundle_id.as_str()).map_err(|e| fail(e.into()))?
+    let tx = db.write().map_err(|e| fail(e.into()))?;
+    if let Some(record) = tx
+        .deployment_by_bundle(m.bundle_id.as_str())
+        .map_err(|e| fail(e.into()))?
     {
         let mut record: Value =
             serde_json::from_str(&record).map_err(|e| fail(ApiError::internal(e)))?;
@@ -266,7 +264,7 @@ fn apply(
             status: 200,
             ..AuditRow::default()
         };
-        store::insert_audit(&tx, &row).map_err(|e| fail(e.into()))?;
+        tx.insert_audit(&row).map_err(|e| fail(e.into()))?;
         tx.commit().map_err(|e| fail(e.into()))?;
         return Ok((StatusCode::OK, record));
     }
@@ -274,7 +272,9 @@ fn apply(
         .check_times(app.now(), SKEW)
         .map_err(|e| fail(e.into()))?;
     let created_ms = m.created_at.unix_millis();
-    if let Some(newest) = store::newest_created(&tx, target.as_str()).map_err(|e| fail(e.into()))?
+    if let Some(newest) = tx
+        .newest_created(target.as_str())
+        .map_err(|e| fail(e.into()))?
         && created_ms < newest
     {
         let newest_text = flowpack_shared::timefmt::Timestamp::from_unix_millis(newest)
@@ -288,8 +288,9 @@ fn apply(
         )));
     }
 
-    let cid = store::ensure_container(&tx, target).map_err(|e| fail(e.into()))?;
-    let did = store::insert_deployment(&tx, m.bundle_id.as_str(), target.as_str(), created_ms)
+    let cid = tx.ensure_container(target).map_err(|e| fail(e.into()))?;
+    let did = tx
+        .insert_deployment(m.bundle_id.as_str(), target.as_str(), created_ms)
         .map_err(|e| fail(e.into()))?;
     let mut versions: HashMap<Name, i64> = HashMap::new();
     let payload = {
@@ -309,13 +310,14 @@ fn apply(
             let vid = match versions.get(name) {
                 Some(v) => *v,
                 None => {
-                    let v = store::new_mapping_version(tx, cid, name, did)
+                    let v = tx
+                        .new_mapping_version(cid, name, did)
                         .map_err(std::io::Error::other)?;
                     versions.insert(name.clone(), v);
                     v
                 }
             };
-            store::write_mapping_file(tx, vid, path.as_str(), size, data)
+            tx.write_mapping_file(vid, path.as_str(), size, data)
         };
         bundle
             .read_payload(Some(&app.identity), &mut on_file)
@@ -334,11 +336,13 @@ fn apply(
     for mapping in &payload.mappings {
         let vid = match versions.get(&mapping.name) {
             Some(v) => *v,
-            None => store::new_mapping_version(&tx, cid, &mapping.name, did)
+            None => tx
+                .new_mapping_version(cid, &mapping.name, did)
                 .map_err(|e| fail(e.into()))?,
         };
         let def = serde_json::to_string(mapping).map_err(|e| fail(ApiError::internal(e)))?;
-        let replaced = store::finish_mapping_version(&tx, cid, &mapping.name, vid, &def)
+        let replaced = tx
+            .finish_mapping_version(cid, &mapping.name, vid, &def)
             .map_err(|e| fail(e.into()))?;
         let path = target.object_path(&mapping.name);
         if replaced {
@@ -367,7 +371,8 @@ fn apply(
         "needs_secrets": needs,
         "replayed": false,
     });
-    store::set_deployment_record(&tx, did, &record.to_string()).map_err(|e| fail(e.into()))?;
+    tx.set_deployment_record(did, &record.to_string())
+        .map_err(|e| fail(e.into()))?;
     let row = AuditRow {
         principal: Some(who.name.clone()),
         action: "deploy".into(),
@@ -378,7 +383,7 @@ fn apply(
         status: 201,
         ..AuditRow::default()
     };
-    store::insert_audit(&tx, &row).map_err(|e| fail(e.into()))?;
+    tx.insert_audit(&row).map_err(|e| fail(e.into()))?;
     tx.commit().map_err(|e| fail(e.into()))?;
     tracing::info!(bundle_id = %m.bundle_id, container = %target, deployment = did, "bundle applied");
     Ok((StatusCode::CREATED, record))

@@ -1,32 +1,49 @@
 //! Routing and answers: the HTTP API of SPEC §5, errors as `application/problem+json`.
 //!
-//! Everything that touches the database runs in `spawn_blocking` on its own connection. URL
+//! Everything that touches the database runs in `spawn_blocking` on its own [`Db`] handle;
+//! mapping files are streamed from there through a bounded channel. URL
 //! paths are parsed into [`ContainerPath`]/[`Name`]/[`RelPath`] before anything else looks at
 //! them and are never used to build a filesystem path. Client faults get a precise, safe
 //! `detail`; internal faults get a generic 500 and a log line.
 
 use std::convert::Infallible;
 use std::fmt::Display;
+use std::io::Read;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use flowpack_shared::bundle::{BundleError, Class};
 use flowpack_shared::model::mapping::{Mapping, ParamType};
 use flowpack_shared::names::{ContainerPath, Name, RelPath};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use crate::App;
 use crate::auth::{self, Perm, Principal};
 use crate::creds::{self, split_object_path};
-use crate::store::{self, AuditRow};
+use crate::store::{self, AuditRow, Db, MappingFile};
 
-/// The response body type.
-pub type Body = Full<Bytes>;
+/// The response body type: whole (JSON answers) or streamed (mapping files). An error while
+/// streaming aborts the connection, so a client never takes a short body for a whole one.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A whole response body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Size of the pieces a mapping file is streamed in.
+const CHUNK: usize = 64 * 1024;
+/// Pieces buffered between the reading thread and the connection.
+const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// Largest JSON request body (PATCH, resolve).
 const MAX_JSON_BODY: usize = 1 << 20;
@@ -123,9 +140,9 @@ impl ApiError {
     }
 }
 
-impl From<rusqlite::Error> for ApiError {
-    fn from(e: rusqlite::Error) -> Self {
-        ApiError::internal(format!("database: {e}"))
+impl From<store::Error> for ApiError {
+    fn from(e: store::Error) -> Self {
+        ApiError::internal(e)
     }
 }
 
@@ -142,7 +159,7 @@ impl From<BundleError> for ApiError {
 /// A JSON answer.
 pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     let body = serde_json::to_vec(v).unwrap_or_default();
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -152,7 +169,7 @@ pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
 }
 
 fn empty(status: StatusCode) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::new()));
+    let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = status;
     r
 }
@@ -182,12 +199,12 @@ type Routed = Result<(Response<Body>, Option<String>), (ApiError, Option<String>
 /// Runs `f` on a blocking thread with a fresh connection.
 pub async fn blocking<T: Send + 'static>(
     app: &Arc<App>,
-    f: impl FnOnce(&App, &mut Connection) -> Result<T, ApiError> + Send + 'static,
+    f: impl FnOnce(&App, &mut Db) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let app = app.clone();
     tokio::task::spawn_blocking(move || {
-        let mut conn = app.store.conn()?;
-        f(&app, &mut conn)
+        let mut db = app.store.db()?;
+        f(&app, &mut db)
     })
     .await
     .map_err(ApiError::internal)?
@@ -204,8 +221,8 @@ fn bearer(req: &Request<Incoming>) -> Option<String> {
 /// Authenticates the request's bearer token.
 async fn authenticate(app: &Arc<App>, req: &Request<Incoming>) -> Result<Principal, ApiError> {
     let token = zeroize::Zeroizing::new(bearer(req).ok_or_else(ApiError::unauthorized)?);
-    blocking(app, move |_, conn| {
-        auth::authenticate(conn, &token)?.ok_or_else(ApiError::unauthorized)
+    blocking(app, move |_, db| {
+        auth::authenticate(db, &token)?.ok_or_else(ApiError::unauthorized)
     })
     .await
 }
@@ -351,26 +368,25 @@ async fn route_authenticated(
                     ContainerPath::parse(&c).map_err(|e| ApiError::bad_request("bad-path", e.0))
                 })
                 .transpose()?;
-            blocking(&app, move |_, conn| {
-                list_deployments(conn, &who, filter.as_ref())
+            blocking(&app, move |_, db| {
+                list_deployments(db, &who, filter.as_ref())
             })
             .await
         }
         ("deployments", _) if tail.is_empty() => Err(method_not_allowed()),
         ("audit", &Method::GET) if tail.is_empty() => {
-            blocking(&app, move |_, conn| list_audit(conn, &who)).await
+            blocking(&app, move |_, db| list_audit(db, &who)).await
         }
         ("containers", &Method::GET) => {
             let c = container_path(tail.trim_end_matches('/'))?;
-            blocking(&app, move |_, conn| show_container(conn, &who, &c)).await
+            blocking(&app, move |_, db| show_container(db, &who, &c)).await
         }
         ("mappings", &Method::GET) => {
             if tail.contains("/files/") {
-                let tail = tail.to_owned();
-                blocking(&app, move |_, conn| mapping_file(conn, &who, &tail)).await
+                stream_mapping_file(&app, who, tail.to_owned()).await
             } else {
                 let (c, n) = object_path(tail)?;
-                blocking(&app, move |_, conn| show_mapping(conn, &who, &c, &n)).await
+                blocking(&app, move |_, db| show_mapping(db, &who, &c, &n)).await
             }
         }
         ("mappings", &Method::POST) => {
@@ -382,11 +398,11 @@ async fn route_authenticated(
                 return Err(ApiError::lacks(Perm::Use, &c));
             }
             let body = read_json(req).await?;
-            blocking(&app, move |_, conn| resolve(conn, &who, &c, &n, &body)).await
+            blocking(&app, move |_, db| resolve(db, &who, &c, &n, &body)).await
         }
         ("mappings", &Method::DELETE) => {
             let (c, n) = object_path(tail)?;
-            blocking(&app, move |_, conn| delete_mapping(conn, &who, &c, &n)).await
+            blocking(&app, move |_, db| delete_mapping(db, &who, &c, &n)).await
         }
         ("credentials", &Method::POST) => {
             for (suffix, what) in [
@@ -402,7 +418,7 @@ async fn route_authenticated(
         }
         ("credentials", &Method::GET) => {
             let (c, n) = object_path(tail)?;
-            blocking(&app, move |_, conn| show_credential(conn, &who, &c, &n)).await
+            blocking(&app, move |_, db| show_credential(db, &who, &c, &n)).await
         }
         ("credentials", &Method::PATCH) => {
             let (c, n) = object_path(tail)?;
@@ -410,14 +426,14 @@ async fn route_authenticated(
                 return Err(ApiError::lacks(Perm::Write, &c));
             }
             let body = read_json(req).await?;
-            blocking(&app, move |app, conn| {
-                patch_credential(app, conn, &who, &c, &n, &body)
+            blocking(&app, move |app, db| {
+                patch_credential(app, db, &who, &c, &n, &body)
             })
             .await
         }
         ("credentials", &Method::DELETE) => {
             let (c, n) = object_path(tail)?;
-            blocking(&app, move |_, conn| delete_credential(conn, &who, &c, &n)).await
+            blocking(&app, move |_, db| delete_credential(db, &who, &c, &n)).await
         }
         ("containers" | "mappings" | "credentials" | "audit", _) => Err(method_not_allowed()),
         _ => Err(ApiError::not_found("no such endpoint")),
@@ -432,13 +448,13 @@ fn require(who: &Principal, perm: Perm, c: &ContainerPath) -> Result<(), ApiErro
     }
 }
 
-fn existing_container(conn: &Connection, c: &ContainerPath) -> Result<i64, ApiError> {
-    store::container_id(conn, c)?
+fn existing_container(db: &Db, c: &ContainerPath) -> Result<i64, ApiError> {
+    db.container_id(c)?
         .ok_or_else(|| ApiError::not_found(format!("container {c} does not exist")))
 }
 
 fn list_deployments(
-    conn: &Connection,
+    db: &Db,
     who: &Principal,
     filter: Option<&ContainerPath>,
 ) -> Result<Response<Body>, ApiError> {
@@ -446,7 +462,7 @@ fn list_deployments(
         require(who, Perm::Read, c)?;
     }
     let mut out = Vec::new();
-    for (container, record) in store::deployments(conn)? {
+    for (container, record) in db.deployments()? {
         let Ok(cp) = ContainerPath::parse(&container) else {
             continue;
         };
@@ -458,8 +474,9 @@ fn list_deployments(
     Ok(json_response(StatusCode::OK, &json!({"deployments": out})))
 }
 
-fn list_audit(conn: &Connection, who: &Principal) -> Result<Response<Body>, ApiError> {
-    let rows: Vec<AuditRow> = store::audit(conn)?
+fn list_audit(db: &Db, who: &Principal) -> Result<Response<Body>, ApiError> {
+    let rows: Vec<AuditRow> = db
+        .audit()?
         .into_iter()
         .filter(|a| {
             let c = match &a.container {
@@ -474,14 +491,10 @@ fn list_audit(conn: &Connection, who: &Principal) -> Result<Response<Body>, ApiE
     Ok(json_response(StatusCode::OK, &json!({"audit": rows})))
 }
 
-fn show_container(
-    conn: &Connection,
-    who: &Principal,
-    c: &ContainerPath,
-) -> Result<Response<Body>, ApiError> {
+fn show_container(db: &Db, who: &Principal, c: &ContainerPath) -> Result<Response<Body>, ApiError> {
     require(who, Perm::Read, c)?;
-    let id = existing_container(conn, c)?;
-    let (containers, mappings, credentials) = store::children(conn, id)?;
+    let id = existing_container(db, c)?;
+    let (containers, mappings, credentials) = db.children(id)?;
     Ok(json_response(
         StatusCode::OK,
         &json!({"path": c.as_str(), "containers": containers, "mappings": mappings, "credentials": credentials}),
@@ -490,26 +503,26 @@ fn show_container(
 
 /// A live mapping and its parsed definition.
 fn load_mapping(
-    conn: &Connection,
+    db: &Db,
     c: &ContainerPath,
     n: &Name,
 ) -> Result<(i64, store::MappingRow, Mapping), ApiError> {
     let missing = || ApiError::not_found(format!("mapping {} does not exist", c.object_path(n)));
-    let cid = store::container_id(conn, c)?.ok_or_else(missing)?;
-    let row = store::mapping(conn, cid, n.as_str())?.ok_or_else(missing)?;
+    let cid = db.container_id(c)?.ok_or_else(missing)?;
+    let row = db.mapping(cid, n.as_str())?.ok_or_else(missing)?;
     let m =
         Mapping::parse(&c.object_path(n), row.definition.as_bytes()).map_err(ApiError::internal)?;
     Ok((cid, row, m))
 }
 
 fn show_mapping(
-    conn: &Connection,
+    db: &Db,
     who: &Principal,
     c: &ContainerPath,
     n: &Name,
 ) -> Result<Response<Body>, ApiError> {
     require(who, Perm::Read, c)?;
-    let (cid, row, m) = load_mapping(conn, c, n)?;
+    let (cid, row, m) = load_mapping(db, c, n)?;
     let mut params = Vec::new();
     for p in m
         .parameters
@@ -518,9 +531,9 @@ fn show_mapping(
     {
         match &p.credential {
             Some(cred) => {
-                let stored = store::credential(conn, cid, cred.as_str())?;
+                let stored = db.credential(cid, cred.as_str())?;
                 let has_secrets = match &stored {
-                    Some(r) => !creds::needs_secrets(conn, r.id)?,
+                    Some(r) => !creds::needs_secrets(db, r.id)?,
                     None => false,
                 };
                 params.push(json!({
@@ -544,13 +557,142 @@ fn show_mapping(
     Ok(json_response(StatusCode::OK, &v))
 }
 
-/// `GET /v1/mappings/{path}/files/{file}`. The path is split at the first `/files/` whose left
+/// What `GET /v1/mappings/{path}/files/{file}` names.
+enum FileAnswer<'db> {
+    /// A mapping file, to stream.
+    File(MappingFile<'db>),
+    /// A whole answer: the path named a mapping in a container called `files`.
+    Whole(Response<Body>),
+}
+
+/// `GET /v1/mappings/{path}/files/{file}`: the file is read from the store in pieces of
+/// [`CHUNK`] bytes on a blocking thread and sent through a bounded channel, so neither a large
+/// file nor a slow client makes the receiver hold the file in memory.
+async fn stream_mapping_file(
+    app: &Arc<App>,
+    who: Principal,
+    tail: String,
+) -> Result<Response<Body>, ApiError> {
+    let (answer, answered) = tokio::sync::oneshot::channel::<Result<Response<Body>, ApiError>>();
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || {
+        let db = match app.store.db() {
+            Ok(db) => db,
+            Err(e) => {
+                let _ = answer.send(Err(e.into()));
+                return;
+            }
+        };
+        let mut file = match mapping_file(&db, &who, &tail) {
+            Ok(FileAnswer::File(f)) => f,
+            Ok(FileAnswer::Whole(r)) => {
+                let _ = answer.send(Ok(r));
+                return;
+            }
+            Err(e) => {
+                let _ = answer.send(Err(e));
+                return;
+            }
+        };
+        let (pieces, body) = ChannelBody::new(file.len());
+        let mut r = Response::new(body.boxed());
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        r.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(file.len()));
+        if answer.send(Ok(r)).is_ok() {
+            pump(&mut file, &pieces);
+        }
+    });
+    // The sender is dropped unanswered only if the thread panicked.
+    answered
+        .await
+        .map_err(|_| ApiError::internal("the mapping file reader stopped"))?
+}
+
+/// Sends `file` down `pieces`; stops at the end, at a read error (sent on, so the connection is
+/// aborted) or when the client has gone away (the body, and with it the receiver, dropped).
+fn pump(file: &mut MappingFile<'_>, pieces: &tokio::sync::mpsc::Sender<std::io::Result<Bytes>>) {
+    loop {
+        let mut buf = vec![0u8; CHUNK];
+        let piece = match file.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(Bytes::from(buf))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "reading a mapping file from the store failed");
+                Err(e)
+            }
+        };
+        let failed = piece.is_err();
+        if pieces.blocking_send(piece).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// A response body fed by a blocking thread through a bounded channel.
+#[derive(Debug)]
+struct ChannelBody {
+    pieces: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    remaining: u64,
+}
+
+impl ChannelBody {
+    /// A body of exactly `len` bytes and the sender that feeds it.
+    fn new(
+        len: u64,
+    ) -> (
+        tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+        ChannelBody,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_IN_FLIGHT);
+        (
+            tx,
+            ChannelBody {
+                pieces: rx,
+                remaining: len,
+            },
+        )
+    }
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let next = std::task::ready!(self.pieces.poll_recv(cx));
+        if let Some(Ok(piece)) = &next {
+            self.remaining = self.remaining.saturating_sub(piece.len() as u64);
+        }
+        Poll::Ready(next.map(|r| r.map(Frame::data)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// Finds what a `…/files/…` path names. The path is split at the first `/files/` whose left
 /// side names a live mapping, so containers may themselves be named `files`.
-fn mapping_file(
-    conn: &Connection,
+fn mapping_file<'db>(
+    db: &'db Db,
     who: &Principal,
     tail: &str,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<FileAnswer<'db>, ApiError> {
     let mut first_error = None;
     for (i, _) in tail.match_indices("/files/") {
         let (left, file) = (&tail[..i], &tail[i + "/files/".len()..]);
@@ -561,7 +703,7 @@ fn mapping_file(
             first_error.get_or_insert(ApiError::lacks(Perm::Read, &c));
             continue;
         }
-        let (_, row, m) = match load_mapping(conn, &c, &n) {
+        let (_, row, m) = match load_mapping(db, &c, &n) {
             Ok(x) => x,
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -581,42 +723,32 @@ fn mapping_file(
                 c.object_path(&n)
             )));
         }
-        let data = store::mapping_file(conn, row.version_id, rel.as_str())?
+        let file = db
+            .mapping_file(row.version_id, rel.as_str())?
             .ok_or_else(|| ApiError::internal("a listed mapping file has no blob"))?;
-        let mut r = Response::new(Full::new(Bytes::from(data)));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        return Ok(r);
+        return Ok(FileAnswer::File(file));
     }
     // No split names a mapping: the whole path may be a mapping in a container named `files`.
     if let Ok((c, n)) = object_path(tail)
         && who.can(Perm::Read, &c)
-        && let Ok(Some(cid)) = store::container_id(conn, &c)
-        && store::mapping(conn, cid, n.as_str())?.is_some()
+        && let Ok(Some(cid)) = db.container_id(&c)
+        && db.mapping(cid, n.as_str())?.is_some()
     {
-        return show_mapping(conn, who, &c, &n);
+        return show_mapping(db, who, &c, &n).map(FileAnswer::Whole);
     }
     Err(first_error.unwrap_or_else(|| ApiError::not_found("no such mapping file")))
 }
 
 fn resolve(
-    conn: &Connection,
+    db: &Db,
     who: &Principal,
     c: &ContainerPath,
     n: &Name,
     body: &Value,
 ) -> Result<Response<Body>, ApiError> {
-    let (cid, _, m) = load_mapping(conn, c, n)?;
-    let v = creds::resolve(conn, who, c, cid, &m, body)?;
+    let (cid, _, m) = load_mapping(db, c, n)?;
+    let v = creds::resolve(db, who, c, cid, &m, body)?;
     Ok(json_response(StatusCode::OK, &v))
-}
-
-fn audit(conn: &Connection, row: AuditRow) {
-    if let Err(e) = store::insert_audit(conn, &row) {
-        tracing::error!(error = %e, "writing an audit row failed");
-    }
 }
 
 fn audit_row(who: &Principal, action: &str, c: &ContainerPath, target: String) -> AuditRow {
@@ -630,41 +762,41 @@ fn audit_row(who: &Principal, action: &str, c: &ContainerPath, target: String) -
 }
 
 fn delete_mapping(
-    conn: &mut Connection,
+    db: &mut Db,
     who: &Principal,
     c: &ContainerPath,
     n: &Name,
 ) -> Result<Response<Body>, ApiError> {
     require(who, Perm::Write, c)?;
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let tx = db.write()?;
     let missing = || ApiError::not_found(format!("mapping {} does not exist", c.object_path(n)));
-    let cid = store::container_id(&tx, c)?.ok_or_else(missing)?;
-    if !store::delete_mapping(&tx, cid, n.as_str())? {
+    let cid = tx.container_id(c)?.ok_or_else(missing)?;
+    if !tx.delete_mapping(cid, n.as_str())? {
         return Err(missing());
     }
     let mut row = audit_row(who, "delete-mapping", c, c.object_path(n));
     row.outcome = "deleted".into();
     row.status = 204;
-    store::insert_audit(&tx, &row)?;
+    tx.insert_audit(&row)?;
     tx.commit()?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
 fn delete_credential(
-    conn: &mut Connection,
+    db: &mut Db,
     who: &Principal,
     c: &ContainerPath,
     n: &Name,
 ) -> Result<Response<Body>, ApiError> {
     require(who, Perm::Write, c)?;
     let path = c.object_path(n);
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let tx = db.write()?;
     let missing = || ApiError::not_found(format!("credential {path} does not exist"));
-    let cid = store::container_id(&tx, c)?.ok_or_else(missing)?;
-    let cred = store::credential(&tx, cid, n.as_str())?.ok_or_else(missing)?;
+    let cid = tx.container_id(c)?.ok_or_else(missing)?;
+    let cred = tx.credential(cid, n.as_str())?.ok_or_else(missing)?;
     // A mapping references credentials of its own container (SPEC §2: of the same project).
     let mut refs = Vec::new();
-    for (mname, def) in store::mappings_in(&tx, cid)? {
+    for (mname, def) in tx.mappings_in(cid)? {
         let m = Mapping::parse(&mname, def.as_bytes()).map_err(ApiError::internal)?;
         if m.credential_refs().any(|(_, cred)| cred == n) {
             refs.push(Name::parse(&mname).map_or(mname.clone(), |mn| c.object_path(&mn)));
@@ -685,20 +817,20 @@ fn delete_credential(
         row.status = 409;
         row.code = Some(e.code.clone());
         row.detail = Some(e.detail.clone());
-        audit(conn, row);
+        audit_alone(db, row);
         return Err(e);
     }
-    store::delete_credential(&tx, cred.id)?;
+    tx.delete_credential(cred.id)?;
     let mut row = audit_row(who, "delete-credential", c, path);
     row.outcome = "deleted".into();
     row.status = 204;
-    store::insert_audit(&tx, &row)?;
+    tx.insert_audit(&row)?;
     tx.commit()?;
     Ok(empty(StatusCode::NO_CONTENT))
 }
 
 fn show_credential(
-    conn: &Connection,
+    db: &Db,
     who: &Principal,
     c: &ContainerPath,
     n: &Name,
@@ -706,17 +838,17 @@ fn show_credential(
     require(who, Perm::Read, c)?;
     let path = c.object_path(n);
     let missing = || ApiError::not_found(format!("credential {path} does not exist"));
-    let cid = store::container_id(conn, c)?.ok_or_else(missing)?;
-    let row = store::credential(conn, cid, n.as_str())?.ok_or_else(missing)?;
+    let cid = db.container_id(c)?.ok_or_else(missing)?;
+    let row = db.credential(cid, n.as_str())?.ok_or_else(missing)?;
     Ok(json_response(
         StatusCode::OK,
-        &creds::redacted(conn, &path, &row)?,
+        &creds::redacted(db, &path, &row)?,
     ))
 }
 
 fn patch_credential(
     app: &App,
-    conn: &mut Connection,
+    db: &mut Db,
     who: &Principal,
     c: &ContainerPath,
     n: &Name,
@@ -724,22 +856,28 @@ fn patch_credential(
 ) -> Result<Response<Body>, ApiError> {
     require(who, Perm::Write, c)?;
     let path = c.object_path(n);
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let tx = db.write()?;
     let missing = || ApiError::not_found(format!("credential {path} does not exist"));
-    let cid = store::container_id(&tx, c)?.ok_or_else(missing)?;
-    let row = store::credential(&tx, cid, n.as_str())?.ok_or_else(missing)?;
+    let cid = tx.container_id(c)?.ok_or_else(missing)?;
+    let row = tx.credential(cid, n.as_str())?.ok_or_else(missing)?;
     creds::patch(&tx, &app.keys, &path, &row, body)?;
-    let row = store::credential(&tx, cid, n.as_str())?.ok_or_else(missing)?;
+    let row = tx.credential(cid, n.as_str())?.ok_or_else(missing)?;
     let answer = creds::redacted(&tx, &path, &row)?;
     let mut a = audit_row(who, "patch-credential", c, path.clone());
     a.outcome = "updated".into();
     a.status = 200;
-    store::insert_audit(&tx, &a)?;
+    tx.insert_audit(&a)?;
     tx.commit()?;
     Ok(json_response(StatusCode::OK, &answer))
 }
 
 /// Writes an audit row in its own transaction, logging (not failing) when it cannot.
-pub fn audit_alone(conn: &Connection, row: AuditRow) {
-    audit(conn, row);
+pub fn audit_alone(db: &mut Db, row: AuditRow) {
+    let written = db.write().and_then(|tx| {
+        tx.insert_audit(&row)?;
+        tx.commit()
+    });
+    if let Err(e) = written {
+        tracing::error!(error = %e, "writing an audit row failed");
+    }
 }

@@ -97,8 +97,10 @@ pub fn trust_signer(
         prefixes.to_vec()
     };
     let id = key.key_id().to_string();
-    let conn = store.conn()?;
-    store::upsert_signer(&conn, &id, key.as_bytes(), &prefixes)?;
+    let mut db = store.db()?;
+    let tx = db.write()?;
+    tx.upsert_signer(&id, key.as_bytes(), &prefixes)?;
+    tx.commit()?;
     Ok(id)
 }
 

@@ -1,11 +1,26 @@
-//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`, so a committed
-//! transaction survives a crash the moment after (SPEC §5). All SQL lives here.
+//! The storage interface, and its one engine: SQLite. This is the only module that names the
+//! database library; the rest of the receiver sees [`Store`], [`Db`], [`Tx`], [`MappingFile`],
+//! [`Error`] and typed rows, and every SQL statement lives here.
 //!
-//! Each request opens its own connection ([`Store::conn`]): readers never wait for a deploy,
-//! and deploys serialize on `BEGIN IMMEDIATE`. Mappings are versioned: `mapping_versions` keeps
+//! What another engine would have to provide to replace this module:
+//! - **Handles per request** ([`Store::db`]), used from a blocking thread; readers must not wait
+//!   for a deploy in progress and must see only committed data.
+//! - **Write transactions** ([`Db::write`]) that are serialized from their first read (a deploy
+//!   reads the replay and staleness facts it then relies on), atomic (a [`Tx`] dropped without
+//!   [`Tx::commit`], or cut short by a crash, leaves nothing behind) and durable when `commit`
+//!   returns: the HTTP layer answers 2xx only after that, so whatever a 2xx reported must survive
+//!   a crash or power loss the moment after (SPEC §5).
+//! - **Blob streaming for mapping files**: a file is written from a reader of declared size
+//!   inside the deploy's transaction ([`Tx::write_mapping_file`]) and read back as a reader of
+//!   known length ([`Db::mapping_file`]), never whole in memory, from a snapshot that a
+//!   concurrent commit does not change.
+//!
+//! SQLite gives all of that with one file in WAL mode and `synchronous=FULL`, one connection per
+//! request and `BEGIN IMMEDIATE` for writers. Mappings are versioned: `mapping_versions` keeps
 //! every version with its files, `mappings` points at the live one. Secrets are stored only as
 //! ciphertext (`credential_secrets`); see `creds.rs`.
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -115,8 +130,19 @@ pub struct Store {
     path: PathBuf,
 }
 
-/// Store errors are internal faults: the HTTP layer answers 500 and logs them.
-pub type Result<T> = rusqlite::Result<T>;
+/// A storage fault. Every one is internal: callers answer 500 and log it.
+#[derive(Debug, thiserror::Error)]
+#[error("database: {0}")]
+pub struct Error(rusqlite::Error);
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error(e)
+    }
+}
+
+/// The result of a storage operation.
+pub type Result<T> = std::result::Result<T, Error>;
 
 fn now() -> String {
     flowpack_shared::timefmt::Timestamp::now().to_string()
@@ -128,12 +154,14 @@ impl Store {
         let store = Store {
             path: path.to_owned(),
         };
-        let mut conn = store.conn()?;
-        let tx = conn.transaction()?;
-        tx.execute_batch(SCHEMA)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let mut db = store.db()?;
+        let tx = db.write()?;
+        tx.conn().execute_batch(SCHEMA).map_err(Error)?;
+        tx.conn()
+            .pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(Error)?;
         // The root always exists, even before the first deploy.
-        ensure_root(&tx)?;
+        tx.ensure_root()?;
         tx.commit()?;
         Ok(store)
     }
@@ -143,8 +171,11 @@ impl Store {
         let store = Store {
             path: path.to_owned(),
         };
-        let conn = store.conn()?;
-        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let db = store.db()?;
+        let v: i64 = db
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(Error)?;
         if v != SCHEMA_VERSION {
             anyhow::bail!(
                 "{}: schema version {v}, this receiver needs {SCHEMA_VERSION}",
@@ -154,8 +185,9 @@ impl Store {
         Ok(store)
     }
 
-    /// A new connection: WAL, `synchronous=FULL`, foreign keys on, waiting for a busy writer.
-    pub fn conn(&self) -> Result<Connection> {
+    /// A new handle: its own connection in WAL mode with `synchronous=FULL` and foreign keys
+    /// on, waiting up to 30 s for a busy writer.
+    pub fn db(&self) -> Result<Db> {
         let conn = Connection::open(&self.path)?;
         conn.busy_timeout(Duration::from_secs(30))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -163,171 +195,275 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", true)?;
         // Freed pages are overwritten, so a cleared secret's ciphertext does not linger.
         conn.pragma_update(None, "secure_delete", true)?;
-        Ok(conn)
+        Ok(Db { conn })
+    }
+}
+
+/// A handle on the database for one request: reads see committed data only. Writes go through
+/// [`Db::write`].
+#[derive(Debug)]
+pub struct Db {
+    conn: Connection,
+}
+
+impl Db {
+    /// Starts a write transaction (`BEGIN IMMEDIATE`): it takes the single writer lock before
+    /// its first read, so what it reads stays true until it commits, and concurrent deploys
+    /// serialize here.
+    pub fn write(&mut self) -> Result<Tx<'_>> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(Tx { db: self })
+    }
+}
+
+/// A write transaction. [`Tx::commit`] makes it durable (`synchronous=FULL`: the WAL is synced
+/// before `commit` returns); dropped without it, it rolls back. Reads inside it go through
+/// [`Deref`] to [`Db`] and see its own writes.
+#[derive(Debug)]
+pub struct Tx<'db> {
+    db: &'db mut Db,
+}
+
+impl Tx<'_> {
+    /// Commits. On failure the transaction rolls back when `self` drops.
+    pub fn commit(self) -> Result<()> {
+        self.db.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    fn conn(&self) -> &Connection {
+        &self.db.conn
+    }
+}
+
+impl Deref for Tx<'_> {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        self.db
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        // After a successful COMMIT the connection is back in autocommit mode.
+        if !self.db.conn.is_autocommit()
+            && let Err(e) = self.db.conn.execute_batch("ROLLBACK")
+        {
+            tracing::error!(error = %e, "rolling back a transaction failed");
+        }
+    }
+}
+
+/// A stored mapping file being read: an [`std::io::Read`] of known length over the blob, from
+/// the snapshot taken when it was opened.
+pub struct MappingFile<'db> {
+    blob: rusqlite::blob::Blob<'db>,
+    len: u64,
+}
+
+impl std::fmt::Debug for MappingFile<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappingFile")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MappingFile<'_> {
+    /// The file's size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for an empty file.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::io::Read for MappingFile<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.blob.read(buf)
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Principals, tokens, trust
 
-/// The id of principal `name`, created if missing.
-pub fn ensure_principal(conn: &Connection, name: &str) -> Result<i64> {
-    if let Some(id) = conn
-        .query_row(
-            "SELECT id FROM principals WHERE name = ?1",
-            params![name],
-            |r| r.get(0),
-        )
-        .optional()?
-    {
-        return Ok(id);
+impl Tx<'_> {
+    /// The id of principal `name`, created if missing.
+    pub fn ensure_principal(&self, name: &str) -> Result<i64> {
+        let conn = self.conn();
+        if let Some(id) = conn
+            .query_row(
+                "SELECT id FROM principals WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?
+        {
+            return Ok(id);
+        }
+        conn.execute(
+            "INSERT INTO principals (name, created_at) VALUES (?1, ?2)",
+            params![name, now()],
+        )?;
+        Ok(conn.last_insert_rowid())
     }
-    conn.execute(
-        "INSERT INTO principals (name, created_at) VALUES (?1, ?2)",
-        params![name, now()],
-    )?;
-    Ok(conn.last_insert_rowid())
+
+    /// Adds permissions on `prefix` to a principal (union with what it has).
+    pub fn add_grant(&self, principal: i64, prefix: &str, perms: &str) -> Result<()> {
+        let conn = self.conn();
+        let old: Option<String> = conn
+            .query_row(
+                "SELECT perms FROM grants WHERE principal_id = ?1 AND prefix = ?2",
+                params![principal, prefix],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let mut all: Vec<&str> = old
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .chain(perms.split(','))
+            .filter(|p| !p.is_empty())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        conn.execute(
+            "INSERT INTO grants (principal_id, prefix, perms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (principal_id, prefix) DO UPDATE SET perms = excluded.perms",
+            params![principal, prefix, all.join(",")],
+        )?;
+        Ok(())
+    }
+
+    /// Stores a token's id and the SHA-256 of its secret.
+    pub fn insert_token(&self, id: &str, principal: i64, sha256: &[u8]) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO tokens (id, principal_id, secret_sha256, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![id, principal, sha256, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Trusts a signer key for the given prefixes (replacing earlier prefixes).
+    pub fn upsert_signer(
+        &self,
+        key_id: &str,
+        public_key: &[u8],
+        containers: &[ContainerPath],
+    ) -> Result<()> {
+        let list: Vec<&str> = containers.iter().map(ContainerPath::as_str).collect();
+        let json = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
+        self.conn().execute(
+            "INSERT INTO trusted_signers (key_id, public_key, containers, added_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (key_id) DO UPDATE SET public_key = excluded.public_key, containers = excluded.containers",
+            params![key_id, public_key, json, now()],
+        )?;
+        Ok(())
+    }
 }
 
-/// Adds permissions on `prefix` to a principal (union with what it has).
-pub fn add_grant(conn: &Connection, principal: i64, prefix: &str, perms: &str) -> Result<()> {
-    let old: Option<String> = conn
-        .query_row(
-            "SELECT perms FROM grants WHERE principal_id = ?1 AND prefix = ?2",
-            params![principal, prefix],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let mut all: Vec<&str> = old
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .chain(perms.split(','))
-        .filter(|p| !p.is_empty())
-        .collect();
-    all.sort_unstable();
-    all.dedup();
-    conn.execute(
-        "INSERT INTO grants (principal_id, prefix, perms) VALUES (?1, ?2, ?3)
-         ON CONFLICT (principal_id, prefix) DO UPDATE SET perms = excluded.perms",
-        params![principal, prefix, all.join(",")],
-    )?;
-    Ok(())
-}
+impl Db {
+    /// A token's stored hash, its principal's id and name.
+    pub fn token(&self, id: &str) -> Result<Option<(Vec<u8>, i64, String)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT t.secret_sha256, p.id, p.name FROM tokens t JOIN principals p ON p.id = t.principal_id
+                 WHERE t.id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?)
+    }
 
-/// Stores a token's id and the SHA-256 of its secret.
-pub fn insert_token(conn: &Connection, id: &str, principal: i64, sha256: &[u8]) -> Result<()> {
-    conn.execute(
-        "INSERT INTO tokens (id, principal_id, secret_sha256, created_at) VALUES (?1, ?2, ?3, ?4)",
-        params![id, principal, sha256, now()],
-    )?;
-    Ok(())
-}
+    /// A principal's grants: (prefix, comma-separated permissions).
+    pub fn grants(&self, principal: i64) -> Result<Vec<(String, String)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT prefix, perms FROM grants WHERE principal_id = ?1")?;
+        let rows = st.query_map(params![principal], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
 
-/// A token's stored hash, its principal's id and name.
-pub fn token(conn: &Connection, id: &str) -> Result<Option<(Vec<u8>, i64, String)>> {
-    conn.query_row(
-        "SELECT t.secret_sha256, p.id, p.name FROM tokens t JOIN principals p ON p.id = t.principal_id
-         WHERE t.id = ?1",
-        params![id],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )
-    .optional()
-}
-
-/// A principal's grants: (prefix, comma-separated permissions).
-pub fn grants(conn: &Connection, principal: i64) -> Result<Vec<(String, String)>> {
-    let mut st = conn.prepare("SELECT prefix, perms FROM grants WHERE principal_id = ?1")?;
-    st.query_map(params![principal], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect()
-}
-
-/// Trusts a signer key for the given prefixes (replacing earlier prefixes).
-pub fn upsert_signer(
-    conn: &Connection,
-    key_id: &str,
-    public_key: &[u8],
-    containers: &[ContainerPath],
-) -> Result<()> {
-    let list: Vec<&str> = containers.iter().map(ContainerPath::as_str).collect();
-    let json = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
-    conn.execute(
-        "INSERT INTO trusted_signers (key_id, public_key, containers, added_at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (key_id) DO UPDATE SET public_key = excluded.public_key, containers = excluded.containers",
-        params![key_id, public_key, json, now()],
-    )?;
-    Ok(())
-}
-
-/// A trusted signer: the raw public key and its allowed prefixes (JSON array of paths).
-pub fn signer(conn: &Connection, key_id: &str) -> Result<Option<(Vec<u8>, String)>> {
-    conn.query_row(
-        "SELECT public_key, containers FROM trusted_signers WHERE key_id = ?1",
-        params![key_id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .optional()
+    /// A trusted signer: the raw public key and its allowed prefixes (JSON array of paths).
+    pub fn signer(&self, key_id: &str) -> Result<Option<(Vec<u8>, String)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT public_key, containers FROM trusted_signers WHERE key_id = ?1",
+                params![key_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Containers
 
-/// The id of a container, if it exists.
-pub fn container_id(conn: &Connection, path: &ContainerPath) -> Result<Option<i64>> {
-    conn.query_row(
-        "SELECT id FROM containers WHERE path = ?1",
-        params![path.as_str()],
-        |r| r.get(0),
-    )
-    .optional()
-}
-
-fn ensure_root(conn: &Connection) -> Result<i64> {
-    conn.execute(
-        "INSERT OR IGNORE INTO containers (path, parent_id, name, created_at) VALUES ('/', NULL, NULL, ?1)",
-        params![now()],
-    )?;
-    conn.query_row("SELECT id FROM containers WHERE path = '/'", [], |r| {
-        r.get(0)
-    })
-}
-
-/// The id of a container, creating it and its missing ancestors.
-pub fn ensure_container(conn: &Connection, path: &ContainerPath) -> Result<i64> {
-    let mut parent = ensure_root(conn)?;
-    for p in path.lineage().into_iter().skip(1) {
-        let existing: Option<i64> = conn
+impl Db {
+    /// The id of a container, if it exists.
+    pub fn container_id(&self, path: &ContainerPath) -> Result<Option<i64>> {
+        Ok(self
+            .conn
             .query_row(
                 "SELECT id FROM containers WHERE path = ?1",
-                params![p.as_str()],
+                params![path.as_str()],
                 |r| r.get(0),
             )
-            .optional()?;
-        parent = match existing {
-            Some(id) => id,
-            None => {
-                conn.execute(
-                    "INSERT INTO containers (path, parent_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![p.as_str(), parent, p.last_segment(), now()],
-                )?;
-                conn.last_insert_rowid()
-            }
-        };
+            .optional()?)
     }
-    Ok(parent)
+
+    /// What a container holds: child container names, mapping names, credential names (sorted).
+    pub fn children(&self, id: i64) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
+        let list = |sql: &str| -> Result<Vec<String>> {
+            let mut st = self.conn.prepare(sql)?;
+            let rows = st.query_map(params![id], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        };
+        Ok((
+            list("SELECT name FROM containers WHERE parent_id = ?1 ORDER BY name")?,
+            list("SELECT name FROM mappings WHERE container_id = ?1 ORDER BY name")?,
+            list("SELECT name FROM credentials WHERE container_id = ?1 ORDER BY name")?,
+        ))
+    }
 }
 
-/// What a container holds: child container names, mapping names, credential names (sorted).
-pub fn children(conn: &Connection, id: i64) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
-    let list = |sql: &str| -> Result<Vec<String>> {
-        let mut st = conn.prepare(sql)?;
-        st.query_map(params![id], |r| r.get(0))?.collect()
-    };
-    Ok((
-        list("SELECT name FROM containers WHERE parent_id = ?1 ORDER BY name")?,
-        list("SELECT name FROM mappings WHERE container_id = ?1 ORDER BY name")?,
-        list("SELECT name FROM credentials WHERE container_id = ?1 ORDER BY name")?,
-    ))
+impl Tx<'_> {
+    fn ensure_root(&self) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT OR IGNORE INTO containers (path, parent_id, name, created_at) VALUES ('/', NULL, NULL, ?1)",
+            params![now()],
+        )?;
+        Ok(
+            conn.query_row("SELECT id FROM containers WHERE path = '/'", [], |r| {
+                r.get(0)
+            })?,
+        )
+    }
+
+    /// The id of a container, creating it and its missing ancestors.
+    pub fn ensure_container(&self, path: &ContainerPath) -> Result<i64> {
+        let conn = self.conn();
+        let mut parent = self.ensure_root()?;
+        for p in path.lineage().into_iter().skip(1) {
+            parent = match self.container_id(&p)? {
+                Some(id) => id,
+                None => {
+                    conn.execute(
+                        "INSERT INTO containers (path, parent_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+                        params![p.as_str(), parent, p.last_segment(), now()],
+                    )?;
+                    conn.last_insert_rowid()
+                }
+            };
+        }
+        Ok(parent)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -344,123 +480,138 @@ pub struct MappingRow {
     pub definition: String,
 }
 
-/// The live version of mapping `name` in a container.
-pub fn mapping(conn: &Connection, container: i64, name: &str) -> Result<Option<MappingRow>> {
-    conn.query_row(
-        "SELECT v.id, v.version, v.definition FROM mappings m JOIN mapping_versions v ON v.id = m.version_id
-         WHERE m.container_id = ?1 AND m.name = ?2",
-        params![container, name],
-        |r| {
-            Ok(MappingRow {
-                version_id: r.get(0)?,
-                version: r.get(1)?,
-                definition: r.get(2)?,
-            })
-        },
-    )
-    .optional()
-}
+impl Db {
+    /// The live version of mapping `name` in a container.
+    pub fn mapping(&self, container: i64, name: &str) -> Result<Option<MappingRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT v.id, v.version, v.definition FROM mappings m JOIN mapping_versions v ON v.id = m.version_id
+                 WHERE m.container_id = ?1 AND m.name = ?2",
+                params![container, name],
+                |r| {
+                    Ok(MappingRow {
+                        version_id: r.get(0)?,
+                        version: r.get(1)?,
+                        definition: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
 
-/// Every live mapping of a container: (name, definition).
-pub fn mappings_in(conn: &Connection, container: i64) -> Result<Vec<(String, String)>> {
-    let mut st = conn.prepare(
-        "SELECT m.name, v.definition FROM mappings m JOIN mapping_versions v ON v.id = m.version_id
-         WHERE m.container_id = ?1 ORDER BY m.name",
-    )?;
-    st.query_map(params![container], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect()
-}
-
-/// Starts a new version of a mapping (the next number after every earlier one) and returns its
-/// row id. Its definition is filled in by [`finish_mapping_version`].
-pub fn new_mapping_version(
-    conn: &Connection,
-    container: i64,
-    name: &Name,
-    deployment: i64,
-) -> Result<i64> {
-    let version: i64 = conn.query_row(
-        "SELECT COALESCE(MAX(version), 0) + 1 FROM mapping_versions WHERE container_id = ?1 AND name = ?2",
-        params![container, name.as_str()],
-        |r| r.get(0),
-    )?;
-    conn.execute(
-        "INSERT INTO mapping_versions (container_id, name, version, definition, deployment_id, created_at)
-         VALUES (?1, ?2, ?3, '', ?4, ?5)",
-        params![container, name.as_str(), version, deployment, now()],
-    )?;
-    Ok(conn.last_insert_rowid())
-}
-
-/// Sets a version's definition and makes it the live one. Returns true when it replaced one.
-pub fn finish_mapping_version(
-    conn: &Connection,
-    container: i64,
-    name: &Name,
-    version_id: i64,
-    definition: &str,
-) -> Result<bool> {
-    conn.execute(
-        "UPDATE mapping_versions SET definition = ?1 WHERE id = ?2",
-        params![definition, version_id],
-    )?;
-    let replaced = conn.execute(
-        "UPDATE mappings SET version_id = ?1 WHERE container_id = ?2 AND name = ?3",
-        params![version_id, container, name.as_str()],
-    )? > 0;
-    if !replaced {
-        conn.execute(
-            "INSERT INTO mappings (container_id, name, version_id) VALUES (?1, ?2, ?3)",
-            params![container, name.as_str(), version_id],
+    /// Every live mapping of a container: (name, definition).
+    pub fn mappings_in(&self, container: i64) -> Result<Vec<(String, String)>> {
+        let mut st = self.conn.prepare(
+            "SELECT m.name, v.definition FROM mappings m JOIN mapping_versions v ON v.id = m.version_id
+             WHERE m.container_id = ?1 ORDER BY m.name",
         )?;
+        let rows = st.query_map(params![container], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
-    Ok(replaced)
+
+    /// A file of a mapping version, opened for streaming. Files are never changed or deleted
+    /// once committed (versions are kept), so the lookup and the open see the same bytes.
+    pub fn mapping_file(&self, version_id: i64, path: &str) -> Result<Option<MappingFile<'_>>> {
+        let row: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT rowid FROM mapping_files WHERE version_id = ?1 AND path = ?2",
+                params![version_id, path],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let blob = self
+            .conn
+            .blob_open(rusqlite::MAIN_DB, "mapping_files", "data", row, true)?;
+        let len = blob.len() as u64;
+        Ok(Some(MappingFile { blob, len }))
+    }
 }
 
-/// Streams one file of a mapping version into the database as a blob.
-pub fn write_mapping_file(
-    conn: &Connection,
-    version_id: i64,
-    path: &str,
-    size: u64,
-    data: &mut dyn std::io::Read,
-) -> std::io::Result<()> {
-    fn io(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
-        std::io::Error::other(e)
+impl Tx<'_> {
+    /// Starts a new version of a mapping (the next number after every earlier one) and returns
+    /// its row id. Its definition is filled in by [`Tx::finish_mapping_version`].
+    pub fn new_mapping_version(&self, container: i64, name: &Name, deployment: i64) -> Result<i64> {
+        let conn = self.conn();
+        let version: i64 = conn.query_row(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM mapping_versions WHERE container_id = ?1 AND name = ?2",
+            params![container, name.as_str()],
+            |r| r.get(0),
+        )?;
+        conn.execute(
+            "INSERT INTO mapping_versions (container_id, name, version, definition, deployment_id, created_at)
+             VALUES (?1, ?2, ?3, '', ?4, ?5)",
+            params![container, name.as_str(), version, deployment, now()],
+        )?;
+        Ok(conn.last_insert_rowid())
     }
-    let len = i64::try_from(size).map_err(io)?;
-    conn.execute(
-        "INSERT INTO mapping_files (version_id, path, data) VALUES (?1, ?2, zeroblob(?3))",
-        params![version_id, path, len],
-    )
-    .map_err(io)?;
-    let row = conn.last_insert_rowid();
-    let mut blob = conn
-        .blob_open(rusqlite::MAIN_DB, "mapping_files", "data", row, false)
+
+    /// Sets a version's definition and makes it the live one. Returns true when it replaced one.
+    pub fn finish_mapping_version(
+        &self,
+        container: i64,
+        name: &Name,
+        version_id: i64,
+        definition: &str,
+    ) -> Result<bool> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE mapping_versions SET definition = ?1 WHERE id = ?2",
+            params![definition, version_id],
+        )?;
+        let replaced = conn.execute(
+            "UPDATE mappings SET version_id = ?1 WHERE container_id = ?2 AND name = ?3",
+            params![version_id, container, name.as_str()],
+        )? > 0;
+        if !replaced {
+            conn.execute(
+                "INSERT INTO mappings (container_id, name, version_id) VALUES (?1, ?2, ?3)",
+                params![container, name.as_str(), version_id],
+            )?;
+        }
+        Ok(replaced)
+    }
+
+    /// Streams one file of a mapping version into the database as a blob of `size` bytes.
+    pub fn write_mapping_file(
+        &self,
+        version_id: i64,
+        path: &str,
+        size: u64,
+        data: &mut dyn std::io::Read,
+    ) -> std::io::Result<()> {
+        fn io(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
+            std::io::Error::other(e)
+        }
+        let conn = self.conn();
+        let len = i64::try_from(size).map_err(io)?;
+        conn.execute(
+            "INSERT INTO mapping_files (version_id, path, data) VALUES (?1, ?2, zeroblob(?3))",
+            params![version_id, path, len],
+        )
         .map_err(io)?;
-    // The entry reader stops at the declared size and checks it; a shorter entry is caught by
-    // the reader's size check and the transaction rolls back.
-    std::io::copy(data, &mut blob)?;
-    blob.close().map_err(io)?;
-    Ok(())
-}
+        let row = conn.last_insert_rowid();
+        let mut blob = conn
+            .blob_open(rusqlite::MAIN_DB, "mapping_files", "data", row, false)
+            .map_err(io)?;
+        // The entry reader stops at the declared size and checks it; a shorter entry is caught
+        // by the reader's size check and the transaction rolls back.
+        std::io::copy(data, &mut blob)?;
+        blob.close().map_err(io)?;
+        Ok(())
+    }
 
-/// A file of a mapping version, whole.
-pub fn mapping_file(conn: &Connection, version_id: i64, path: &str) -> Result<Option<Vec<u8>>> {
-    conn.query_row(
-        "SELECT data FROM mapping_files WHERE version_id = ?1 AND path = ?2",
-        params![version_id, path],
-        |r| r.get(0),
-    )
-    .optional()
-}
-
-/// Removes a live mapping (its versions stay in the history). True when it existed.
-pub fn delete_mapping(conn: &Connection, container: i64, name: &str) -> Result<bool> {
-    Ok(conn.execute(
-        "DELETE FROM mappings WHERE container_id = ?1 AND name = ?2",
-        params![container, name],
-    )? > 0)
+    /// Removes a live mapping (its versions stay in the history). True when it existed.
+    pub fn delete_mapping(&self, container: i64, name: &str) -> Result<bool> {
+        Ok(self.conn().execute(
+            "DELETE FROM mappings WHERE container_id = ?1 AND name = ?2",
+            params![container, name],
+        )? > 0)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -488,150 +639,168 @@ pub struct SecretRow {
     pub fingerprint: String,
 }
 
-/// Credential `name` in a container.
-pub fn credential(conn: &Connection, container: i64, name: &str) -> Result<Option<CredentialRow>> {
-    conn.query_row(
-        "SELECT id, type, public FROM credentials WHERE container_id = ?1 AND name = ?2",
-        params![container, name],
-        |r| {
-            Ok(CredentialRow {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                public: r.get(2)?,
-            })
-        },
-    )
-    .optional()
-}
-
-/// The stored sensitive fields of a credential.
-pub fn secrets(conn: &Connection, credential: i64) -> Result<Vec<SecretRow>> {
-    let mut st = conn.prepare(
-        "SELECT field, ciphertext, fingerprint FROM credential_secrets WHERE credential_id = ?1 ORDER BY field",
-    )?;
-    st.query_map(params![credential], |r| {
-        Ok(SecretRow {
-            field: r.get(0)?,
-            ciphertext: r.get(1)?,
-            fingerprint: r.get(2)?,
-        })
-    })?
-    .collect()
-}
-
-/// Inserts or replaces a credential's non-sensitive part; returns (row id, created).
-pub fn upsert_credential(
-    conn: &Connection,
-    container: i64,
-    name: &str,
-    kind: &str,
-    public: &str,
-) -> Result<(i64, bool)> {
-    if let Some(row) = credential(conn, container, name)? {
-        conn.execute(
-            "UPDATE credentials SET type = ?1, public = ?2, updated_at = ?3 WHERE id = ?4",
-            params![kind, public, now(), row.id],
-        )?;
-        if row.kind != kind {
-            // A changed type makes the old secrets meaningless.
-            conn.execute(
-                "DELETE FROM credential_secrets WHERE credential_id = ?1",
-                params![row.id],
-            )?;
-        }
-        return Ok((row.id, false));
+impl Db {
+    /// Credential `name` in a container.
+    pub fn credential(&self, container: i64, name: &str) -> Result<Option<CredentialRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, type, public FROM credentials WHERE container_id = ?1 AND name = ?2",
+                params![container, name],
+                |r| {
+                    Ok(CredentialRow {
+                        id: r.get(0)?,
+                        kind: r.get(1)?,
+                        public: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
     }
-    conn.execute(
-        "INSERT INTO credentials (container_id, name, type, public, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![container, name, kind, public, now()],
-    )?;
-    Ok((conn.last_insert_rowid(), true))
+
+    /// The stored sensitive fields of a credential.
+    pub fn secrets(&self, credential: i64) -> Result<Vec<SecretRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT field, ciphertext, fingerprint FROM credential_secrets WHERE credential_id = ?1 ORDER BY field",
+        )?;
+        let rows = st.query_map(params![credential], |r| {
+            Ok(SecretRow {
+                field: r.get(0)?,
+                ciphertext: r.get(1)?,
+                fingerprint: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
 }
 
-/// Sets one sensitive field.
-pub fn set_secret(
-    conn: &Connection,
-    credential: i64,
-    field: &str,
-    ciphertext: &[u8],
-    fingerprint: &str,
-) -> Result<()> {
-    conn.execute(
-        "INSERT INTO credential_secrets (credential_id, field, ciphertext, fingerprint) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (credential_id, field) DO UPDATE SET ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint",
-        params![credential, field, ciphertext, fingerprint],
-    )?;
-    Ok(())
-}
+impl Tx<'_> {
+    /// Inserts or replaces a credential's non-sensitive part; returns (row id, created).
+    pub fn upsert_credential(
+        &self,
+        container: i64,
+        name: &str,
+        kind: &str,
+        public: &str,
+    ) -> Result<(i64, bool)> {
+        let conn = self.conn();
+        if let Some(row) = self.credential(container, name)? {
+            conn.execute(
+                "UPDATE credentials SET type = ?1, public = ?2, updated_at = ?3 WHERE id = ?4",
+                params![kind, public, now(), row.id],
+            )?;
+            if row.kind != kind {
+                // A changed type makes the old secrets meaningless.
+                conn.execute(
+                    "DELETE FROM credential_secrets WHERE credential_id = ?1",
+                    params![row.id],
+                )?;
+            }
+            return Ok((row.id, false));
+        }
+        conn.execute(
+            "INSERT INTO credentials (container_id, name, type, public, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![container, name, kind, public, now()],
+        )?;
+        Ok((conn.last_insert_rowid(), true))
+    }
 
-/// Clears one sensitive field.
-pub fn clear_secret(conn: &Connection, credential: i64, field: &str) -> Result<()> {
-    conn.execute(
-        "DELETE FROM credential_secrets WHERE credential_id = ?1 AND field = ?2",
-        params![credential, field],
-    )?;
-    Ok(())
-}
+    /// Sets one sensitive field.
+    pub fn set_secret(
+        &self,
+        credential: i64,
+        field: &str,
+        ciphertext: &[u8],
+        fingerprint: &str,
+    ) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO credential_secrets (credential_id, field, ciphertext, fingerprint) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (credential_id, field) DO UPDATE SET ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint",
+            params![credential, field, ciphertext, fingerprint],
+        )?;
+        Ok(())
+    }
 
-/// Deletes a credential and its secrets.
-pub fn delete_credential(conn: &Connection, credential: i64) -> Result<()> {
-    conn.execute(
-        "DELETE FROM credential_secrets WHERE credential_id = ?1",
-        params![credential],
-    )?;
-    conn.execute("DELETE FROM credentials WHERE id = ?1", params![credential])?;
-    Ok(())
+    /// Clears one sensitive field.
+    pub fn clear_secret(&self, credential: i64, field: &str) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM credential_secrets WHERE credential_id = ?1 AND field = ?2",
+            params![credential, field],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes a credential and its secrets.
+    pub fn delete_credential(&self, credential: i64) -> Result<()> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM credential_secrets WHERE credential_id = ?1",
+            params![credential],
+        )?;
+        conn.execute("DELETE FROM credentials WHERE id = ?1", params![credential])?;
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Deployments
 
-/// The stored record of bundle `bundle_id`, if it was applied.
-pub fn deployment_by_bundle(conn: &Connection, bundle_id: &str) -> Result<Option<String>> {
-    conn.query_row(
-        "SELECT record FROM deployments WHERE bundle_id = ?1",
-        params![bundle_id],
-        |r| r.get(0),
-    )
-    .optional()
+impl Db {
+    /// The stored record of bundle `bundle_id`, if it was applied.
+    pub fn deployment_by_bundle(&self, bundle_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT record FROM deployments WHERE bundle_id = ?1",
+                params![bundle_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The `created_at` (Unix milliseconds) of the newest bundle applied to a container.
+    pub fn newest_created(&self, container: &str) -> Result<Option<i64>> {
+        Ok(self.conn.query_row(
+            "SELECT MAX(created_at_ms) FROM deployments WHERE container = ?1",
+            params![container],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Every deployment: (container, record JSON), oldest first.
+    pub fn deployments(&self) -> Result<Vec<(String, String)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT container, record FROM deployments ORDER BY id")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
 }
 
-/// The `created_at` (Unix milliseconds) of the newest bundle applied to a container.
-pub fn newest_created(conn: &Connection, container: &str) -> Result<Option<i64>> {
-    conn.query_row(
-        "SELECT MAX(created_at_ms) FROM deployments WHERE container = ?1",
-        params![container],
-        |r| r.get(0),
-    )
-}
+impl Tx<'_> {
+    /// Inserts a deployment with a placeholder record; returns its id.
+    pub fn insert_deployment(
+        &self,
+        bundle_id: &str,
+        container: &str,
+        created_at_ms: i64,
+    ) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO deployments (bundle_id, container, created_at_ms, applied_at, record) VALUES (?1, ?2, ?3, ?4, '{}')",
+            params![bundle_id, container, created_at_ms, now()],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
 
-/// Inserts a deployment with a placeholder record; returns its id.
-pub fn insert_deployment(
-    conn: &Connection,
-    bundle_id: &str,
-    container: &str,
-    created_at_ms: i64,
-) -> Result<i64> {
-    conn.execute(
-        "INSERT INTO deployments (bundle_id, container, created_at_ms, applied_at, record) VALUES (?1, ?2, ?3, ?4, '{}')",
-        params![bundle_id, container, created_at_ms, now()],
-    )?;
-    Ok(conn.last_insert_rowid())
-}
-
-/// Sets a deployment's record.
-pub fn set_deployment_record(conn: &Connection, id: i64, record: &str) -> Result<()> {
-    conn.execute(
-        "UPDATE deployments SET record = ?1 WHERE id = ?2",
-        params![record, id],
-    )?;
-    Ok(())
-}
-
-/// Every deployment: (container, record JSON), oldest first.
-pub fn deployments(conn: &Connection) -> Result<Vec<(String, String)>> {
-    let mut st = conn.prepare("SELECT container, record FROM deployments ORDER BY id")?;
-    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+    /// Sets a deployment's record.
+    pub fn set_deployment_record(&self, id: i64, record: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE deployments SET record = ?1 WHERE id = ?2",
+            params![record, id],
+        )?;
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -666,49 +835,53 @@ pub struct AuditRow {
     pub detail: Option<String>,
 }
 
-/// Appends an audit row.
-pub fn insert_audit(conn: &Connection, a: &AuditRow) -> Result<()> {
-    conn.execute(
-        "INSERT INTO audit (at, principal, action, container, target, bundle_id, signer_key_id, outcome, status, code, detail)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
-            now(),
-            a.principal,
-            a.action,
-            a.container,
-            a.target,
-            a.bundle_id,
-            a.signer_key_id,
-            a.outcome,
-            a.status,
-            a.code,
-            a.detail
-        ],
-    )?;
-    Ok(())
+impl Tx<'_> {
+    /// Appends an audit row.
+    pub fn insert_audit(&self, a: &AuditRow) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO audit (at, principal, action, container, target, bundle_id, signer_key_id, outcome, status, code, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                now(),
+                a.principal,
+                a.action,
+                a.container,
+                a.target,
+                a.bundle_id,
+                a.signer_key_id,
+                a.outcome,
+                a.status,
+                a.code,
+                a.detail
+            ],
+        )?;
+        Ok(())
+    }
 }
 
-/// The audit trail, oldest first.
-pub fn audit(conn: &Connection) -> Result<Vec<AuditRow>> {
-    let mut st = conn.prepare(
-        "SELECT id, at, principal, action, container, target, bundle_id, signer_key_id, outcome, status, code, detail
-         FROM audit ORDER BY id",
-    )?;
-    st.query_map([], |r| {
-        Ok(AuditRow {
-            id: r.get(0)?,
-            at: r.get(1)?,
-            principal: r.get(2)?,
-            action: r.get(3)?,
-            container: r.get(4)?,
-            target: r.get(5)?,
-            bundle_id: r.get(6)?,
-            signer_key_id: r.get(7)?,
-            outcome: r.get(8)?,
-            status: r.get(9)?,
-            code: r.get(10)?,
-            detail: r.get(11)?,
-        })
-    })?
-    .collect()
+impl Db {
+    /// The audit trail, oldest first.
+    pub fn audit(&self) -> Result<Vec<AuditRow>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, at, principal, action, container, target, bundle_id, signer_key_id, outcome, status, code, detail
+             FROM audit ORDER BY id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(AuditRow {
+                id: r.get(0)?,
+                at: r.get(1)?,
+                principal: r.get(2)?,
+                action: r.get(3)?,
+                container: r.get(4)?,
+                target: r.get(5)?,
+                bundle_id: r.get(6)?,
+                signer_key_id: r.get(7)?,
+                outcome: r.get(8)?,
+                status: r.get(9)?,
+                code: r.get(10)?,
+                detail: r.get(11)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
 }
