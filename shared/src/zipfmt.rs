@@ -207,6 +207,35 @@ impl<W: Write + Seek> ZipWriter<W> {
         })
     }
 
+    /// Appends an entry compressed ahead by [`compress`].
+    pub fn add_compressed(&mut self, name: &str, c: &mut Compressed) -> io::Result<()> {
+        if c.size >= u64::from(u32::MAX) || c.compressed >= u64::from(u32::MAX) {
+            return Err(io::Error::other(format!(
+                "entry {name} is 4 GiB or larger, which bundles do not support"
+            )));
+        }
+        let offset = self.pos;
+        self.write_local(name, c.method, c.crc, c.compressed as u32, c.size as u32)?;
+        let size = c.size;
+        let (method, crc, compressed) = (c.method, c.crc, c.compressed);
+        let n = io::copy(&mut c.data.reader()?.take(compressed), &mut self.w)?;
+        if n != compressed {
+            return Err(io::Error::other(format!(
+                "entry {name}: compressed data ended early"
+            )));
+        }
+        self.pos += n;
+        self.records.push(CentralRecord {
+            name: name.to_owned(),
+            method,
+            crc,
+            csize: compressed,
+            usize: size,
+            offset,
+        });
+        Ok(())
+    }
+
     fn write_local(
         &mut self,
         name: &str,
@@ -312,6 +341,149 @@ impl<W: Write + Seek> ZipWriter<W> {
         self.w.flush()?;
         Ok(self.w)
     }
+}
+
+/// An entry compressed ahead of writing, so that entries can be compressed on all cores.
+#[derive(Debug)]
+pub struct Compressed {
+    /// Stored when deflating did not make it smaller.
+    pub method: Method,
+    /// CRC-32 of the uncompressed data.
+    pub crc: u32,
+    /// Uncompressed size.
+    pub size: u64,
+    /// Compressed size.
+    pub compressed: u64,
+    /// SHA-256 of the uncompressed data.
+    pub sha256: [u8; 32],
+    /// The compressed bytes.
+    pub data: Spool,
+}
+
+/// Bytes kept in memory up to a threshold, then in an anonymous temporary file, so that memory
+/// stays flat however large an entry is.
+#[derive(Debug)]
+pub enum Spool {
+    /// Small data.
+    Memory(Vec<u8>),
+    /// Large data, rewound to its start.
+    File(std::fs::File),
+}
+
+impl Spool {
+    /// A reader over the spooled bytes, from the start.
+    pub fn reader(&mut self) -> io::Result<Box<dyn Read + '_>> {
+        match self {
+            Spool::Memory(v) => Ok(Box::new(&v[..])),
+            Spool::File(f) => {
+                f.seek(SeekFrom::Start(0))?;
+                Ok(Box::new(BufReader::with_capacity(256 * 1024, f)))
+            }
+        }
+    }
+}
+
+/// Spools up to `threshold` bytes in memory, the rest in a temporary file.
+struct SpoolWriter {
+    mem: Vec<u8>,
+    file: Option<io::BufWriter<std::fs::File>>,
+    threshold: usize,
+}
+
+impl Write for SpoolWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.file.is_none() && self.mem.len() + buf.len() > self.threshold {
+            let mut f = io::BufWriter::with_capacity(256 * 1024, tempfile::tempfile()?);
+            f.write_all(&self.mem)?;
+            self.mem = Vec::new();
+            self.file = Some(f);
+        }
+        match &mut self.file {
+            Some(f) => f.write_all(buf)?,
+            None => self.mem.extend_from_slice(buf),
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SpoolWriter {
+    fn finish(self) -> io::Result<Spool> {
+        match self.file {
+            Some(f) => Ok(Spool::File(
+                f.into_inner().map_err(io::IntoInnerError::into_error)?,
+            )),
+            None => Ok(Spool::Memory(self.mem)),
+        }
+    }
+}
+
+/// Deflates `data` at `level`, hashing while reading; keeps it Stored when deflate does not
+/// shrink it. Compressed data over `spool_threshold` bytes goes to a temporary file.
+pub fn compress(
+    data: &mut dyn Read,
+    level: u32,
+    spool_threshold: usize,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<Compressed> {
+    let mut hashing = HashingReader::new(data);
+    let out = SpoolWriter {
+        mem: Vec::new(),
+        file: None,
+        threshold: spool_threshold,
+    };
+    let mut enc = flate2::write::DeflateEncoder::new(out, flate2::Compression::new(level));
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut stored = SpoolWriter {
+        mem: Vec::new(),
+        file: None,
+        threshold: spool_threshold,
+    };
+    // Keep a stored copy only while it is small: a large incompressible entry is rare, and is
+    // then written deflated (never larger than stored by more than a few bytes per 16 KiB).
+    let mut keep_stored = true;
+    loop {
+        let n = hashing.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        enc.write_all(&buf[..n])?;
+        if keep_stored {
+            if stored.mem.len() + n > spool_threshold {
+                keep_stored = false;
+                stored.mem = Vec::new();
+            } else {
+                stored.mem.extend_from_slice(&buf[..n]);
+            }
+        }
+        progress(n as u64);
+    }
+    let deflated = enc.finish()?;
+    let (size, crc, sha256) = hashing.finish();
+    let compressed_len = deflated
+        .file
+        .as_ref()
+        .map_or(deflated.mem.len() as u64, |_| u64::MAX);
+    let (method, data, compressed) = if keep_stored && compressed_len >= size {
+        (Method::Stored, stored.finish()?, size)
+    } else {
+        let data = deflated.finish()?;
+        let len = match &data {
+            Spool::Memory(v) => v.len() as u64,
+            Spool::File(f) => f.metadata()?.len(),
+        };
+        (Method::Deflate, data, len)
+    };
+    Ok(Compressed {
+        method,
+        crc,
+        size,
+        compressed,
+        sha256,
+        data,
+    })
 }
 
 struct CountingWriter<'a, W: Write> {

@@ -19,7 +19,7 @@ use crate::model::mapping::Mapping;
 use crate::names::ContainerPath;
 use crate::seal::{DataKey, SealContext, SealError, SealingRecipient};
 use crate::timefmt::Timestamp;
-use crate::zipfmt::{Method, ZipWriter};
+use crate::zipfmt::{Compressed, Method, Spool, ZipWriter, compress};
 
 /// Why a bundle could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -247,36 +247,136 @@ pub fn write_bundle<W: Write + Seek>(
         &mut &signature[..],
         &mut none,
     )?;
-    for (e, source) in &mut payload {
-        let mut tick = |n: u64| {
-            done += n;
-            progress(done, total);
-        };
-        let written = match source {
-            Source::Bytes(b) => {
-                let w = zip.add(&e.path, Method::Deflate, opts.level, &mut &b[..], &mut tick)?;
-                zeroize::Zeroize::zeroize(b);
-                w
-            }
-            Source::File(p) => {
-                let mut f = File::open(&*p).map_err(|source| WriteError::ReadFile {
-                    path: p.clone(),
-                    source,
-                })?;
-                zip.add(&e.path, Method::Deflate, opts.level, &mut f, &mut tick)?
-            }
-        };
-        if written.size != e.size || written.sha256 != e.sha256.0 {
-            let path = match source {
-                Source::File(p) => p.clone(),
-                Source::Bytes(_) => PathBuf::from(&e.path),
-            };
-            return Err(WriteError::FileChanged(path));
+    let result = write_payload(&mut zip, &payload, opts.level, &mut |n| {
+        done += n;
+        progress(done, total);
+    });
+    for (_, source) in &mut payload {
+        if let Source::Bytes(b) = source {
+            zeroize::Zeroize::zeroize(b);
         }
     }
+    result?;
     let mut out = zip.finish()?;
     let bytes = out.stream_position()?;
     Ok(Written { manifest, bytes })
+}
+
+/// Compressed data above this size is spooled to a temporary file instead of memory.
+const SPOOL_THRESHOLD: usize = 4 << 20;
+
+/// Compresses the payload on all cores and appends it in manifest order.
+///
+/// Workers take entries in order and compress each into a [`Compressed`] (memory or a temporary
+/// file), hashing as they read; the calling thread appends them in order and checks each digest
+/// against pass 1. At most `window` entries are compressed ahead of the writer, so memory and
+/// temporary disk stay bounded.
+fn write_payload<W: Write + Seek>(
+    zip: &mut ZipWriter<W>,
+    payload: &[(ManifestEntry, Source)],
+    level: u32,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), WriteError> {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Condvar, Mutex, mpsc};
+
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, payload.len().max(1));
+    let window = threads * 4;
+    let next = AtomicUsize::new(0);
+    let abort = AtomicBool::new(false);
+    // How many entries the writer has appended; workers wait while they are `window` ahead.
+    let written = (Mutex::new(0usize), Condvar::new());
+    let (tx, rx) = mpsc::channel::<(usize, Result<Compressed, WriteError>)>();
+
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            let tx = tx.clone();
+            let (next, abort, written) = (&next, &abort, &written);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some((_, source)) = payload.get(i) else {
+                        return;
+                    };
+                    {
+                        let (lock, cvar) = written;
+                        let mut w = lock
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        while i >= *w + window && !abort.load(Ordering::SeqCst) {
+                            w = cvar
+                                .wait(w)
+                                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        }
+                    }
+                    if abort.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let result = compress_source(source, level);
+                    if tx.send((i, result)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let outcome = (|| {
+            let mut pending = BTreeMap::new();
+            for (i, (e, source)) in payload.iter().enumerate() {
+                let mut c = loop {
+                    if let Some(c) = pending.remove(&i) {
+                        break c;
+                    }
+                    let (j, c) = rx
+                        .recv()
+                        .map_err(|_| io::Error::other("a compression worker stopped"))?;
+                    pending.insert(j, c);
+                }?;
+                if c.size != e.size || c.sha256 != e.sha256.0 {
+                    return Err(WriteError::FileChanged(match source {
+                        Source::File(p) => p.clone(),
+                        Source::Bytes(_) => PathBuf::from(&e.path),
+                    }));
+                }
+                zip.add_compressed(&e.path, &mut c)?;
+                if let (Source::Bytes(_), Spool::Memory(v)) = (source, &mut c.data) {
+                    // A credential record's compressed bytes may hold plaintext secrets.
+                    zeroize::Zeroize::zeroize(v);
+                }
+                progress(e.size);
+                let (lock, cvar) = &written;
+                *lock
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = i + 1;
+                cvar.notify_all();
+            }
+            Ok(())
+        })();
+        if outcome.is_err() {
+            abort.store(true, Ordering::SeqCst);
+            written.1.notify_all();
+        }
+        drop(rx);
+        outcome
+    })
+}
+
+fn compress_source(source: &Source, level: u32) -> Result<Compressed, WriteError> {
+    let mut none = |_: u64| {};
+    match source {
+        Source::Bytes(b) => Ok(compress(&mut &b[..], level, SPOOL_THRESHOLD, &mut none)?),
+        Source::File(p) => {
+            let read_err = |source| WriteError::ReadFile {
+                path: p.clone(),
+                source,
+            };
+            let mut f = File::open(p).map_err(read_err)?;
+            compress(&mut f, level, SPOOL_THRESHOLD, &mut none).map_err(read_err)
+        }
+    }
 }
 
 fn entry(path: String, kind: EntryKind, bytes: &[u8]) -> ManifestEntry {
