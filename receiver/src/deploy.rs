@@ -51,10 +51,10 @@ pub async fn handle(
 ) -> Result<Response<Body>, ApiError> {
     let refuse = |app: &Arc<App>, who: &Principal, e: ApiError| {
         let row = refusal_row(who, None, &e);
-        let app = app.clone();
+        let worker = app.clone();
         // Best effort, off the async thread; the answer does not wait for it.
-        tokio::task::spawn_blocking(move || {
-            if let Ok(mut db) = app.store.db() {
+        app.spawn_blocking(move || {
+            if let Ok(mut db) = worker.store.db() {
                 crate::http::audit_alone(&mut db, row);
             }
         });
@@ -100,7 +100,8 @@ pub async fn handle(
     }
 
     let spool = app.dir.spool();
-    let tmp = tokio::task::spawn_blocking(move || tempfile::NamedTempFile::new_in(spool))
+    let tmp = app
+        .spawn_blocking(move || tempfile::NamedTempFile::new_in(spool))
         .await
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::internal(format!("creating a spool file: {e}")))?;
@@ -123,20 +124,21 @@ pub async fn handle(
     drop(file);
 
     let app2 = app.clone();
-    let (status, record) = tokio::task::spawn_blocking(move || {
-        let mut db = app2.store.db()?;
-        let result = apply(&app2, &mut db, &who, &tmp);
-        drop(tmp);
-        match result {
-            Ok(r) => Ok(r),
-            Err((e, info)) => {
-                audit_refusal(&mut db, &who, info.as_deref(), &e);
-                Err(e)
+    let (status, record) = app
+        .spawn_blocking(move || {
+            let mut db = app2.store.db()?;
+            let result = apply(&app2, &mut db, &who, &tmp);
+            drop(tmp);
+            match result {
+                Ok(r) => Ok(r),
+                Err((e, info)) => {
+                    audit_refusal(&mut db, &who, info.as_deref(), &e);
+                    Err(e)
+                }
             }
-        }
-    })
-    .await
-    .map_err(ApiError::internal)??;
+        })
+        .await
+        .map_err(ApiError::internal)??;
     Ok(json_response(status, &record))
 }
 

@@ -1,10 +1,10 @@
 //! Routing and answers: the HTTP API of SPEC §5, errors as `application/problem+json`.
 //!
-//! Everything that touches the database runs in `spawn_blocking` on its own [`Db`] handle;
-//! mapping files are streamed from there through a bounded channel. URL
-//! paths are parsed into [`ContainerPath`]/[`Name`]/[`RelPath`] before anything else looks at
-//! them and are never used to build a filesystem path. Client faults get a precise, safe
-//! `detail`; internal faults get a generic 500 and a log line.
+//! Everything that touches the database runs on a blocking thread (`App::spawn_blocking`, which
+//! shutdown waits for) with its own [`Db`] handle; mapping files are streamed from there through
+//! a bounded channel. URL paths are parsed into [`ContainerPath`]/[`Name`]/[`RelPath`] before
+//! anything else looks at them and are never used to build a filesystem path. Client faults get
+//! a precise, safe `detail`; internal faults get a generic 500 and a log line.
 
 use std::convert::Infallible;
 use std::fmt::Display;
@@ -201,8 +201,9 @@ pub async fn blocking<T: Send + 'static>(
     app: &Arc<App>,
     f: impl FnOnce(&App, &mut Db) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let app = app.clone();
-    tokio::task::spawn_blocking(move || {
+    let worker = app.clone();
+    app.spawn_blocking(move || {
+        let app = worker;
         let mut db = app.store.db()?;
         f(&app, &mut db)
     })
@@ -574,8 +575,9 @@ async fn stream_mapping_file(
     tail: String,
 ) -> Result<Response<Body>, ApiError> {
     let (answer, answered) = tokio::sync::oneshot::channel::<Result<Response<Body>, ApiError>>();
-    let app = app.clone();
-    tokio::task::spawn_blocking(move || {
+    let worker = app.clone();
+    app.spawn_blocking(move || {
+        let app = worker;
         let db = match app.store.db() {
             Ok(db) => db,
             Err(e) => {

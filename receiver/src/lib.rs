@@ -7,6 +7,7 @@
 //! - TLS from PEM files: [`tls_acceptor`].
 //! - Administration while serving: [`auth::create_token`], [`trust_signer`]; both write to
 //!   the database, which `serve` reads on every request.
+//! - Storage: only through [`store`], the one module that knows the database engine.
 
 #![forbid(unsafe_code)]
 
@@ -31,7 +32,9 @@ use flowpack_shared::timefmt::Timestamp;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 pub use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
 
 use crate::creds::SecretKeys;
 use crate::datadir::{Config, DataDir};
@@ -54,6 +57,10 @@ pub struct App {
     pub config: Config,
     /// Current time.
     pub clock: Clock,
+    /// How long shutdown waits for in-flight requests before closing their connections.
+    pub shutdown_grace: Duration,
+    /// Work on blocking threads (everything that touches the store): shutdown waits for it.
+    work: TaskTracker,
 }
 
 impl std::fmt::Debug for App {
@@ -74,12 +81,22 @@ impl App {
             keys: loaded.keys,
             config: loaded.config,
             clock: Arc::new(Timestamp::now),
+            shutdown_grace: SHUTDOWN_GRACE,
+            work: TaskTracker::new(),
         })
     }
 
     /// The current time, from [`App::clock`].
     pub fn now(&self) -> Timestamp {
         (self.clock)()
+    }
+
+    /// Runs `f` on a blocking thread, tracked so that [`run`] returns only after it is done.
+    pub(crate) fn spawn_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
+        self.work.spawn_blocking(f)
     }
 }
 
@@ -131,11 +148,14 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long shutdown waits for in-flight requests.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+/// How long shutdown waits for in-flight requests, by default.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 
 /// Serves HTTP (or HTTPS with `tls`) on `listener` until `shutdown` completes, then stops
-/// accepting and waits for in-flight requests (deploys finish or roll back) before returning.
+/// accepting and waits up to [`App::shutdown_grace`] for in-flight requests to be answered.
+/// Connections still open after that are closed mid-request (an upload is dropped with its spool
+/// file); a deploy already being applied on a blocking thread cannot be interrupted and commits or
+/// rolls back. `run` returns when no connection is served and nothing touches the store.
 pub async fn run(
     listener: TcpListener,
     app: Arc<App>,
@@ -145,6 +165,8 @@ pub async fn run(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Bounds concurrent connections: each holds a permit until it closes.
     let permits = Arc::new(Semaphore::new(app.config.max_connections.max(1)));
+    // Every connection's task, so that those left after the grace period can be closed.
+    let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -166,7 +188,8 @@ pub async fn run(
         let app = app.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        while connections.try_join_next().is_some() {}
+        connections.spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |req| http::handle(app.clone(), req));
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -206,9 +229,15 @@ pub async fn run(
     tracing::info!("shutting down: waiting for in-flight requests");
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+        () = tokio::time::sleep(app.shutdown_grace) => {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
     }
+    // Connections are left only when the grace period ran out: closed mid-request.
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    // Blocking work cannot be cancelled: a deploy being applied commits or rolls back.
+    app.work.close();
+    app.work.wait().await;
     Ok(())
 }

@@ -46,6 +46,17 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let init = datadir::init(&datadir::DataDir::new(&data)).unwrap();
+        Server::serve_in(dir, init.admin_token.to_string(), tweak).await
+    }
+
+    /// Serves the data directory `dir/data` (already initialized; `admin` is its admin token).
+    pub async fn serve_in(
+        dir: tempfile::TempDir,
+        admin: String,
+        tweak: impl FnOnce(&mut App),
+    ) -> Server {
+        install_provider();
+        let data = dir.path().join("data");
         let mut app = App::load(&data).unwrap();
         tweak(&mut app);
         let app = Arc::new(app);
@@ -59,7 +70,7 @@ impl Server {
             dir,
             app,
             base,
-            admin: init.admin_token.to_string(),
+            admin,
             client: reqwest::Client::new(),
             stop: Some(tx),
             task: Some(task),
@@ -70,13 +81,37 @@ impl Server {
         self.dir.path().join("data")
     }
 
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
+    pub async fn stop(self) {
+        self.stop_keeping_data().await;
+    }
+
+    /// Stops the server; returns its directory and admin token, to serve them again.
+    pub async fn stop_keeping_data(mut self) -> (tempfile::TempDir, String) {
+        self.signal_stop();
         if let Some(t) = self.task.take() {
             t.await.unwrap().unwrap();
         }
+        (self.dir, self.admin)
+    }
+
+    /// Sends the shutdown signal without waiting for the server to stop.
+    pub fn signal_stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// A sender of the shutdown signal, for a hook to fire from elsewhere.
+    pub fn take_stop(&mut self) -> tokio::sync::oneshot::Sender<()> {
+        self.stop.take().unwrap()
+    }
+
+    /// Waits for the server to return from `run` (after its shutdown signal).
+    pub async fn stopped(mut self) -> (tempfile::TempDir, String) {
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+        (self.dir, self.admin)
     }
 
     pub fn recipient(&self) -> SealingRecipient {
