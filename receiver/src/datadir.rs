@@ -7,6 +7,7 @@
 //!                    fingerprint keys are derived from it with HKDF
 //! D/config.json      limits and extra CA files
 //! D/spool/           uploaded bundles while they are verified (temporary files only)
+//! D/serve.lock       locked (flock) by the one `serve` using the directory
 //! ```
 //!
 //! A copy of `store.db` alone reveals no secret: every sensitive value in it is encrypted under a
@@ -61,6 +62,81 @@ impl DataDir {
     pub fn spool(&self) -> PathBuf {
         self.root.join("spool")
     }
+    /// The file `serve` holds an exclusive lock on.
+    pub fn serve_lock(&self) -> PathBuf {
+        self.root.join("serve.lock")
+    }
+}
+
+/// An exclusive lock on a data directory, held while `serve` runs; released when dropped (or
+/// by the kernel when the process dies, even by SIGKILL).
+#[derive(Debug)]
+pub struct ServeLock {
+    _file: fs::File,
+}
+
+/// Takes the data directory's serve lock, then removes what a previous server left in
+/// `spool/` (a crash, SIGKILL or power loss skips the temporary files' own cleanup).
+///
+/// Only files under `spool/` are removed, and only once the lock is held: no other server can
+/// be spooling there, and nothing else writes to it. Fails, naming the directory, when another
+/// process holds the lock.
+pub fn lock_for_serving(dir: &DataDir) -> anyhow::Result<ServeLock> {
+    if !dir.store().exists() {
+        bail!(
+            "{} is not an initialized data directory (run `flowpack-receiver init --data-dir {}`)",
+            dir.root().display(),
+            dir.root().display()
+        );
+    }
+    let path = dir.serve_lock();
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => bail!(
+            "{} is in use by another flowpack-receiver serve (it holds {}); stop that one first",
+            dir.root().display(),
+            path.display()
+        ),
+        Err(fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    let removed = clear_spool(dir)?;
+    if removed > 0 {
+        tracing::info!(
+            files = removed,
+            "removed spool files left by an earlier server"
+        );
+    }
+    Ok(ServeLock { _file: file })
+}
+
+/// Removes the regular files directly in `spool/`; returns how many. Anything else there
+/// (a directory, a symlink) is left alone: the receiver never creates one.
+fn clear_spool(dir: &DataDir) -> anyhow::Result<usize> {
+    let spool = dir.spool();
+    let entries = match fs::read_dir(&spool) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", spool.display())),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", spool.display()))?;
+        // `file_type` does not follow symlinks.
+        if entry.file_type()?.is_file() {
+            fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Limits on bundles, as `config.json` holds them.

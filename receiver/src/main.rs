@@ -200,6 +200,8 @@ fn serve(
             "refusing to listen on {listen} without TLS: give --tls-cert and --tls-key, or listen on a loopback address"
         );
     }
+    // Held until `serve` returns: a second server on the same directory exits here.
+    let _lock = datadir::lock_for_serving(&DataDir::new(&data_dir))?;
     let app = Arc::new(App::load(&data_dir)?);
     let acceptor = match &tls {
         Some((cert, key)) => Some(flowpack_receiver::tls_acceptor(cert, key)?),

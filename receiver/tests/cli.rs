@@ -362,3 +362,48 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn one_server_per_data_dir_and_spool_leftovers_are_cleared_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    init(&dir);
+    let spool = dir.join("spool");
+    // What a server killed mid-upload leaves behind.
+    std::fs::write(spool.join(".tmpLeft1"), b"half a bundle").unwrap();
+    std::fs::create_dir(spool.join("not-ours")).unwrap();
+    let mut first = serve(&dir);
+    assert!(!spool.join(".tmpLeft1").exists());
+    assert!(
+        spool.join("not-ours").is_dir(),
+        "only regular files are removed"
+    );
+
+    // A second server on the same directory exits 1 with a clear reason, touching nothing.
+    std::fs::write(spool.join(".tmpInFlight"), b"the first server's upload").unwrap();
+    let (code, out, err) = run(&[
+        "serve",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("in use by another flowpack-receiver serve") && err.contains("serve.lock"),
+        "{err}"
+    );
+    assert!(spool.join(".tmpInFlight").exists());
+
+    // SIGKILL: the kernel releases the lock; the next server starts and clears the spool.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let second = serve(&dir);
+    assert!(!spool.join(".tmpInFlight").exists());
+    let log = second.stop();
+    assert!(
+        log.contains("removed spool files left by an earlier server"),
+        "{log}"
+    );
+}
