@@ -119,9 +119,14 @@ impl Receiver {
         ok(&mut cmd).trim().to_owned()
     }
 
-    /// Starts `serve` on a free loopback port and waits for its `listening on` line.
+    /// Starts `serve` on a free loopback port and waits for its `listening on` line. The log
+    /// is appended to, so a restarted receiver keeps the logs of its earlier runs.
     pub fn serve(&mut self) {
-        let log = std::fs::File::create(&self.log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let mut child = Command::new(bin("flowpack-receiver"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data)
@@ -140,6 +145,11 @@ impl Receiver {
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
         self.child = Some(child);
+    }
+
+    /// The process id of the running server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Stops the server (SIGKILL) and waits for it.
@@ -193,10 +203,24 @@ pub fn http(
     content_type: &str,
     body: &[u8],
 ) -> (u16, Vec<u8>) {
+    try_http(url, method, path, token, content_type, body)
+        .unwrap_or_else(|e| panic!("{method} {url}{path}: {e}"))
+}
+
+/// Like [`http`], but a failed connection, a reset, or a response cut short (a server killed
+/// mid-request) is an error instead of a panic.
+pub fn try_http(
+    url: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what.to_owned());
     let host = url.strip_prefix("http://").expect("plain http url");
-    let mut s = TcpStream::connect(host).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
+    let mut s = TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: {content_type}\r\n",
         body.len()
@@ -205,42 +229,57 @@ pub fn http(
         req.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).expect("write");
-    s.write_all(body).expect("write body");
+    s.write_all(req.as_bytes())?;
+    // A server may answer (413, 401…) and close before reading the whole body: keep what it
+    // says rather than failing on the write.
+    let wrote = s.write_all(body);
     let mut resp = Vec::new();
-    s.read_to_end(&mut resp).expect("read");
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("header end");
+    let read = s.read_to_end(&mut resp);
+    let Some(split) = resp.windows(4).position(|w| w == b"\r\n\r\n") else {
+        wrote?;
+        read?;
+        return Err(bad("the response ended before its header"));
+    };
     let head = String::from_utf8_lossy(&resp[..split]).into_owned();
     let status: u16 = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("status");
-    let mut body = resp[split + 4..].to_vec();
-    if head
+        .ok_or_else(|| bad("no status in the response"))?;
+    let body = &resp[split + 4..];
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
+    let complete = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        body = dechunk(&body);
-    }
-    (status, body)
+        dechunk(body)
+    } else if let Some(n) = length {
+        (body.len() >= n).then(|| body[..n].to_vec())
+    } else {
+        // Delimited by the end of the connection: complete only if it ended cleanly.
+        read.is_ok().then(|| body.to_vec())
+    };
+    complete
+        .map(|b| (status, b))
+        .ok_or_else(|| bad("the response body was cut short"))
 }
 
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
+/// The body of a chunked response; `None` when it is cut short.
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        let eol = b.windows(2).position(|w| w == b"\r\n")?;
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).ok()?;
         if n == 0 {
-            return out;
+            return Some(out);
         }
-        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
-        b = &b[eol + 4 + n..];
+        out.extend_from_slice(b.get(eol + 2..eol + 2 + n)?);
+        b = b.get(eol + 4 + n..)?;
     }
 }
 
