@@ -177,6 +177,32 @@ impl DataKey {
         Ok(B64.encode(out))
     }
 
+    /// Checks what anyone can check of `wrapped_key` without the receiver's identity: standard
+    /// base64 of a binary age file whose header parses, with an X25519 stanza, and whose payload
+    /// is exactly one STREAM chunk holding 32 bytes (16-byte nonce, 32 bytes, 16-byte tag).
+    pub fn check_wrapped(wrapped: &str) -> Result<(), SealError> {
+        if wrapped.len() > 4096 {
+            return Err(SealError::Unwrap);
+        }
+        let bytes = B64.decode(wrapped).map_err(|_| SealError::Unwrap)?;
+        age::Decryptor::new_buffered(&bytes[..]).map_err(|_| SealError::Unwrap)?;
+        let text_end = bytes
+            .windows(5)
+            .position(|w| w == b"\n--- ")
+            .ok_or(SealError::Unwrap)?;
+        let header_end = bytes[text_end + 1..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or(SealError::Unwrap)?
+            + text_end
+            + 2;
+        let has_x25519 = bytes[..text_end].windows(11).any(|w| w == b"\n-> X25519 ");
+        if !has_x25519 || bytes.len() - header_end != 16 + 32 + 16 {
+            return Err(SealError::Unwrap);
+        }
+        Ok(())
+    }
+
     /// Opens `wrapped_key` with the receiver's identity.
     pub fn unwrap(wrapped: &str, identity: &SealingIdentity) -> Result<DataKey, SealError> {
         // A wrapped 32-byte key is a few hundred bytes; refuse anything large before decoding.
@@ -315,6 +341,18 @@ mod tests {
             ..ctx("password")
         };
         assert!(matches!(key.open(&moved, &sealed), Err(SealError::Open)));
+        Ok(())
+    }
+
+    #[test]
+    fn wrapped_key_shape_is_checked_without_the_identity() -> Result<(), SealError> {
+        let key = DataKey::generate()?;
+        let wrapped = key.wrap(&SealingIdentity::generate().recipient())?;
+        DataKey::check_wrapped(&wrapped)?;
+        assert!(DataKey::check_wrapped(&B64.encode([7u8; 200])).is_err());
+        let mut bytes = B64.decode(&wrapped).unwrap_or_default();
+        bytes.truncate(bytes.len() - 16);
+        assert!(DataKey::check_wrapped(&B64.encode(bytes)).is_err());
         Ok(())
     }
 

@@ -45,23 +45,6 @@ const NEEDS_IDENTITY: &[(&str, &str)] = &[
     ),
 ];
 
-/// Hostile cases `flowpack verify` does not refuse today although it could without the
-/// identity: `sealing.wrapped_key` is never looked at unless it is unwrapped. An age file's
-/// header and the length of its payload are public (a 32-byte key is a 64-byte payload: 16-byte
-/// nonce, 32 bytes, 16-byte tag), so both could be refused as `seal-open-failed` by a
-/// structural check. Reported in the issue note; when `verify` gains that check this test
-/// fails and the case moves to the refused ones.
-const NOT_CHECKED_YET: &[(&str, &str)] = &[
-    (
-        "bad-wrapped-key",
-        "wrapped_key is 200 random bytes, not an age file: its header does not parse",
-    ),
-    (
-        "wrapped-key-wrong-length",
-        "wrapped_key is an age file whose payload is a 16-byte key: the payload length shows it",
-    ),
-];
-
 /// Hostile cases refused only by a per-container prefix check. `verify --trust` trusts keys for
 /// every container, so with other.pub trusted these pass; with signer.pub alone they are
 /// refused as `unknown-signer`.
@@ -102,11 +85,7 @@ fn verify(bundle: &Path, trust: &[&str]) -> (Option<i32>, String) {
 }
 
 fn listed(name: &str) -> bool {
-    NEEDS_IDENTITY
-        .iter()
-        .chain(NOT_CHECKED_YET)
-        .any(|(n, _)| *n == name)
-        || PREFIX_ONLY.contains(&name)
+    NEEDS_IDENTITY.iter().any(|(n, _)| *n == name) || PREFIX_ONLY.contains(&name)
 }
 
 #[test]
@@ -167,7 +146,7 @@ fn verify_accepts_every_valid_bundle() {
 #[test]
 fn cases_verify_cannot_refuse_are_listed_and_pass_it() {
     let cases = corpus();
-    for (name, why) in NEEDS_IDENTITY.iter().chain(NOT_CHECKED_YET) {
+    for (name, why) in NEEDS_IDENTITY {
         let (_, path, code) = cases
             .iter()
             .find(|(n, _, _)| n == name)

@@ -456,6 +456,10 @@ fn parse_manifest(bytes: &[u8]) -> Result<Manifest, BundleError> {
     if let Some(s) = &manifest.sealing {
         crate::seal::SealingRecipient::parse(&s.recipient)
             .map_err(|e| BundleError::BadManifest(format!("field `sealing.recipient`: {e}")))?;
+        // What can be checked without the receiver's identity is checked here, so that
+        // `flowpack verify` refuses a malformed wrapped key too.
+        DataKey::check_wrapped(&s.wrapped_key)
+            .map_err(|e| BundleError::SealOpenFailed(format!("sealing.wrapped_key: {e}")))?;
     }
     Ok(manifest)
 }
