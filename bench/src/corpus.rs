@@ -48,8 +48,22 @@ const SYLLABLES: &[&str] = &[
 ];
 
 const ELEMENTS: &[&str] = &[
-    "component", "entry", "datapoint", "connection", "vertex", "edge", "property", "function",
-    "input", "output", "constant", "filter", "sort", "group", "join", "lookup",
+    "component",
+    "entry",
+    "datapoint",
+    "connection",
+    "vertex",
+    "edge",
+    "property",
+    "function",
+    "input",
+    "output",
+    "constant",
+    "filter",
+    "sort",
+    "group",
+    "join",
+    "lookup",
 ];
 
 fn vocabulary() -> Vec<String> {
@@ -101,11 +115,7 @@ pub fn xml(seed: u64, index: u64, size: usize, words: &[String], out: &mut Strin
                 out,
                 "<edge vertexkey=\"{k1}\"><edges><edge vertexkey=\"{k2}\"/></edges></edge>"
             ),
-            4 => writeln!(
-                out,
-                "<datapoint pos=\"{}\" key=\"{k1}\"/>",
-                rng.below(64)
-            ),
+            4 => writeln!(out, "<datapoint pos=\"{}\" key=\"{k1}\"/>", rng.below(64)),
             5 => writeln!(
                 out,
                 "<text>{} {} {} {}</text>",
@@ -124,7 +134,11 @@ pub fn xml(seed: u64, index: u64, size: usize, words: &[String], out: &mut Strin
                 depth -= 1;
                 writeln!(out, "</component>")
             }
-            _ => writeln!(out, "<property name=\"{}\" value=\"{k1}\"/>", word(&mut rng)),
+            _ => writeln!(
+                out,
+                "<property name=\"{}\" value=\"{k1}\"/>",
+                word(&mut rng)
+            ),
         };
     }
     out.truncate(size);
@@ -190,9 +204,10 @@ fn write_xml_files(seed: u64, jobs: &[(PathBuf, u64, usize)]) -> Result<(), Stri
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .try_for_each(|h| h.join().map_err(|_| "a writer thread panicked".to_owned())?)
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .map_err(|_| "a writer thread panicked".to_owned())?
+        })
     })
 }
 

@@ -40,7 +40,10 @@ fn post(
             .get_mut()
             .write_all(head.as_bytes())
             .and_then(|()| c.get_mut().write_all(body));
-        match sent.map_err(|e| e.to_string()).and_then(|()| read_answer(c)) {
+        match sent
+            .map_err(|e| e.to_string())
+            .and_then(|()| read_answer(c))
+        {
             Ok((status, close)) => {
                 if close {
                     *conn = None;
