@@ -142,6 +142,11 @@ pub struct DeployArgs {
     /// Trust this CA certificate (PEM) for the receiver's TLS certificate.
     #[arg(long = "ca-cert", value_name = "PEM")]
     pub ca_cert: Option<PathBuf>,
+    /// Have the receiver verify every credential that carries secrets (a token request, a
+    /// request to its verify_url, a connection to its database) and refuse the whole bundle
+    /// if one fails.
+    #[arg(long)]
+    pub verify: bool,
     /// Print the deployment record as JSON.
     #[arg(long)]
     pub json: bool,

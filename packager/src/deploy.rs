@@ -21,12 +21,16 @@ const MAX_ANSWER: usize = 1 << 20;
 /// Longest `detail` shown from a problem answer.
 const MAX_DETAIL: usize = 2000;
 
-/// `flowpack deploy BUNDLE --server URL [--token-file F] [--ca-cert PEM] [--json]`.
+/// `flowpack deploy BUNDLE --server URL [--token-file F] [--ca-cert PEM] [--verify] [--json]`.
 pub fn deploy(a: &DeployArgs) -> anyhow::Result<()> {
     let size = std::fs::metadata(&a.bundle)
         .with_context(|| format!("bundle {}", a.bundle.display()))?
         .len();
-    let url = endpoint(&a.server)?;
+    let mut url = endpoint(&a.server)?;
+    if a.verify {
+        // The receiver verifies the bundle's credentials before applying it (receiver docs/OAUTH.md).
+        url.set_query(Some("verify=true"));
+    }
     let token = read_token(a.token_file.as_deref())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

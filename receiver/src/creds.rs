@@ -104,7 +104,7 @@ fn public_credential(path: &str, row: &CredentialRow) -> Result<Credential, ApiE
 }
 
 /// The redacted record: public fields, each set sensitive field as `{"set", "fingerprint"}`,
-/// and `needs_secrets`.
+/// `needs_secrets`, and for oauth2 `needs_authorization` (its refresh token was refused).
 pub fn redacted(db: &Db, path: &str, row: &CredentialRow) -> Result<Value, ApiError> {
     let public: Map<String, Value> =
         serde_json::from_str(&row.public).map_err(ApiError::internal)?;
@@ -119,7 +119,18 @@ pub fn redacted(db: &Db, path: &str, row: &CredentialRow) -> Result<Value, ApiEr
         );
     }
     m.insert("needs_secrets".into(), Value::Bool(secrets.is_empty()));
+    if row.kind == CredentialType::Oauth2.as_str() {
+        m.insert(
+            "needs_authorization".into(),
+            Value::Bool(row.needs_authorization),
+        );
+    }
     Ok(Value::Object(m))
+}
+
+/// A field whose new value gives a credential that needed authorization a fresh start.
+fn is_token_field(field: &str) -> bool {
+    field == "refresh_token" || field == "access_token"
 }
 
 /// True when the stored credential has no secret.
@@ -156,6 +167,9 @@ pub fn upsert_from_bundle(
             SecretValue::Plain(secret) => {
                 let ct = keys.encrypt(&path, field, secret)?;
                 tx.set_secret(id, field, &ct, &keys.fingerprint(secret))?;
+                if is_token_field(field) {
+                    tx.set_needs_authorization(id, false)?;
+                }
             }
             // read_payload opens every sealed value when given the identity, or fails.
             SecretValue::Sealed(_) => {
@@ -203,7 +217,7 @@ pub fn patch(
                     ));
                 }
             }
-            "path" | "needs_secrets" => {
+            "path" | "needs_secrets" | "needs_authorization" => {
                 return Err(ApiError::unprocessable(
                     "read-only-field",
                     format!("field `{k}` is computed by the receiver and cannot be set"),
@@ -251,6 +265,9 @@ pub fn patch(
         if let SecretValue::Plain(secret) = value {
             let ct = keys.encrypt(path, field, secret)?;
             tx.set_secret(row.id, field, &ct, &keys.fingerprint(secret))?;
+            if is_token_field(field) {
+                tx.set_needs_authorization(row.id, false)?;
+            }
         }
     }
     Ok(())

@@ -7,8 +7,14 @@
 //! the replay and staleness checks) replay, expiry and staleness; then the payload is streamed
 //! straight into the transaction. Any failure rolls the whole transaction back and is audited
 //! in a transaction of its own.
+//!
+//! With `?verify=true` (`flowpack deploy --verify`), every credential that carries secrets is
+//! verified first ([`crate::verify`]) as it will be after the apply (the bundle's fields over
+//! the stored secrets); one failure refuses the whole bundle (422
+//! `credential-verification-failed`) before anything is written. Verification runs outside the
+//! write transaction, so slow endpoints never hold the database's writer lock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Seek, SeekFrom};
 use std::sync::Arc;
 
@@ -27,6 +33,7 @@ use crate::App;
 use crate::auth::{Perm, Principal};
 use crate::creds;
 use crate::http::{ApiError, Body, json_response};
+use crate::oauth::{Material, Tokens};
 use crate::store::{AuditRow, Db};
 
 /// Clock skew allowed for `created_at` (SPEC §4).
@@ -71,6 +78,17 @@ pub async fn handle(
                 .trim()
                 .to_ascii_lowercase()
         });
+    let verify = match crate::http::query_param(&req, "verify")?.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(refuse(
+                &app,
+                &who,
+                ApiError::bad_request("bad-query", "`verify` is `true` or `false`"),
+            ));
+        }
+    };
     if ct.as_deref() != Some("application/zip") {
         return Err(refuse(
             &app,
@@ -123,11 +141,18 @@ pub async fn handle(
     file.flush().await.map_err(ApiError::internal)?;
     drop(file);
 
+    let obtained = if verify {
+        let file = tmp.reopen().map_err(ApiError::internal)?;
+        verify_bundle(&app, &who, file).await?
+    } else {
+        HashMap::new()
+    };
+
     let app2 = app.clone();
     let (status, record) = app
         .spawn_blocking(move || {
             let mut db = app2.store.db()?;
-            let result = apply(&app2, &mut db, &who, &tmp);
+            let result = apply(&app2, &mut db, &who, &tmp, &obtained);
             drop(tmp);
             match result {
                 Ok(r) => Ok(r),
@@ -215,12 +240,165 @@ fn trust_info(
     }))
 }
 
+/// Verifies the credentials of a spooled bundle (`?verify=true`). Returns the tokens that
+/// refreshes obtained, by credential name, to store with the apply; refuses the bundle when a
+/// verification fails. A bundle that will be refused anyway (unreadable, untrusted, not
+/// allowed, or a replay) is left to [`apply`] to answer.
+async fn verify_bundle(
+    app: &Arc<App>,
+    who: &Principal,
+    file: std::fs::File,
+) -> Result<HashMap<String, Tokens>, ApiError> {
+    let worker = app.clone();
+    let caller = who.clone();
+    let found = app
+        .spawn_blocking(move || -> Result<_, ApiError> {
+            let db = worker.store.db()?;
+            candidates(&worker, &db, &caller, file)
+        })
+        .await
+        .map_err(ApiError::internal)??;
+    let Some((info, materials)) = found else {
+        return Ok(HashMap::new());
+    };
+    let now = app.now();
+    let results = futures_util::future::join_all(
+        materials
+            .iter()
+            .map(|m| crate::verify::check(&app.outbound, m, now)),
+    )
+    .await;
+    let report: Vec<Value> = materials
+        .iter()
+        .zip(&results)
+        .map(|(m, v)| {
+            let mut j = v.to_json();
+            if let Value::Object(o) = &mut j {
+                o.insert("credential".into(), Value::String(m.path.clone()));
+            }
+            j
+        })
+        .collect();
+    let failures: Vec<String> = materials
+        .iter()
+        .zip(&results)
+        .filter(|(_, v)| !v.ok)
+        .map(|(m, v)| {
+            format!(
+                "credential {}: tried {}: {}",
+                m.path,
+                v.tried,
+                v.error.as_deref().unwrap_or("failed")
+            )
+        })
+        .collect();
+    if !failures.is_empty() {
+        let e = ApiError::unprocessable(
+            "credential-verification-failed",
+            format!(
+                "the bundle is refused, nothing was applied: {}",
+                failures.join("; ")
+            ),
+        )
+        .with("verifications", Value::Array(report));
+        let row = refusal_row(who, Some(&info), &e);
+        let worker = app.clone();
+        let _ = app
+            .spawn_blocking(move || {
+                if let Ok(mut db) = worker.store.db() {
+                    crate::http::audit_alone(&mut db, row);
+                }
+            })
+            .await;
+        return Err(e);
+    }
+    Ok(materials
+        .iter()
+        .zip(results)
+        .filter_map(|(m, v)| Some((m.cred.name.to_string(), v.obtained?)))
+        .collect())
+}
+
+/// The credentials of a bundle that carry secrets, as they will be after the apply: the
+/// bundle's fields and secrets over the secrets stored for a credential of the same name and
+/// type. `None` when the bundle will be refused anyway.
+fn candidates(
+    app: &App,
+    db: &Db,
+    who: &Principal,
+    file: std::fs::File,
+) -> Result<Option<(BundleInfo, Vec<Material>)>, ApiError> {
+    let limits = app.config.limits.to_limits();
+    let lookup = |id: &KeyId| trusted(db, id);
+    let Ok(mut bundle) = OpenBundle::open(BufReader::new(file), &limits, &lookup) else {
+        return Ok(None);
+    };
+    let m = bundle.manifest().clone();
+    let target = &m.target_container;
+    if !who.can(Perm::Write, target) || db.deployment_by_bundle(m.bundle_id.as_str())?.is_some() {
+        return Ok(None);
+    }
+    let mut drain =
+        |_: &Name,
+         _: &flowpack_shared::names::RelPath,
+         _: u64,
+         data: &mut dyn std::io::Read|
+         -> std::io::Result<()> { std::io::copy(data, &mut std::io::sink()).map(|_| ()) };
+    let Ok(payload) = bundle.read_payload(Some(&app.identity), &mut drain) else {
+        return Ok(None);
+    };
+    let cid = db.container_id(target)?;
+    let mut out = Vec::new();
+    for c in payload.credentials.iter().filter(|c| !c.needs_secrets()) {
+        let path = target.object_path(&c.name);
+        let stored = match cid {
+            Some(cid) => db
+                .credential(cid, c.name.as_str())?
+                .filter(|r| r.kind == c.kind.as_str()),
+            None => None,
+        };
+        let mut secrets = BTreeMap::new();
+        if let Some(row) = &stored {
+            for s in db.secrets(row.id)? {
+                if let Some(v) = app.keys.decrypt(&path, &s.field, &s.ciphertext) {
+                    secrets.insert(s.field, v);
+                }
+            }
+        }
+        for (field, value) in &c.secrets {
+            if let flowpack_shared::model::credential::SecretValue::Plain(v) = value {
+                secrets.insert((*field).to_owned(), v.clone());
+            }
+        }
+        let mut public_only = c.clone();
+        public_only.secrets.clear();
+        out.push(Material {
+            id: stored.as_ref().map(|r| r.id),
+            version: stored.as_ref().map_or(0, |r| r.token_version),
+            container: target.clone(),
+            path,
+            public: c.public_json(),
+            cred: public_only,
+            secrets,
+            needs_authorization: false,
+        });
+    }
+    let info = BundleInfo {
+        bundle_id: m.bundle_id.to_string(),
+        signer: m.signer_key_id.to_string(),
+        container: target.clone(),
+    };
+    Ok(Some((info, out)))
+}
+
 /// Verifies and applies a spooled bundle. Returns the status and the deployment record.
+/// `obtained`: tokens a verification's refresh obtained, stored over the bundle's.
 fn apply(
     app: &App,
     db: &mut Db,
     who: &Principal,
     spooled: &tempfile::NamedTempFile,
+    obtained: &HashMap<String, Tokens>,
 ) -> Result<(StatusCode, Value), Failed> {
     let mut file = spooled
         .reopen()
@@ -355,6 +533,16 @@ fn apply(
     }
     for c in &payload.credentials {
         let up = creds::upsert_from_bundle(&tx, &app.keys, cid, target, c).map_err(fail)?;
+        if let Some(tokens) = obtained.get(c.name.as_str()) {
+            let row = tx
+                .credential(cid, c.name.as_str())
+                .map_err(|e| fail(e.into()))?
+                .ok_or_else(|| fail(ApiError::internal("an upserted credential vanished")))?;
+            let public =
+                serde_json::from_str(&row.public).map_err(|e| fail(ApiError::internal(e)))?;
+            crate::oauth::write_tokens(&tx, &app.keys, row.id, &up.path, &public, tokens)
+                .map_err(fail)?;
+        }
         if up.needs_secrets {
             needs.push(up.path.clone());
         }

@@ -284,7 +284,7 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn query_param(req: &Request<Incoming>, key: &str) -> Result<Option<String>, ApiError> {
+pub(crate) fn query_param(req: &Request<Incoming>, key: &str) -> Result<Option<String>, ApiError> {
     let Some(q) = req.uri().query() else {
         return Ok(None);
     };
@@ -304,14 +304,6 @@ fn method_not_allowed() -> ApiError {
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",
         "this method is not allowed on this path",
-    )
-}
-
-fn not_implemented(what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not-implemented",
-        format!("{what} is not implemented yet"),
     )
 }
 
@@ -337,7 +329,15 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Routed {
         return Err((ApiError::not_found("no such endpoint"), None));
     }
     if path == "/v1/oauth/callback" {
-        return Err((not_implemented("the OAuth callback"), None));
+        if method != Method::GET {
+            return Err((method_not_allowed(), None));
+        }
+        // No bearer token: the browser comes back from the authorization server with the
+        // state, which authenticates the callback.
+        return match crate::oauth::callback(app, req).await {
+            Ok(r) => Ok((r, None)),
+            Err(e) => Err((e, None)),
+        };
     }
     let who = match authenticate(&app, &req).await {
         Ok(p) => p,
@@ -406,16 +406,18 @@ async fn route_authenticated(
             blocking(&app, move |_, db| delete_mapping(db, &who, &c, &n)).await
         }
         ("credentials", &Method::POST) => {
-            for (suffix, what) in [
-                ("/token", "obtaining an OAuth access token"),
-                ("/authorize", "the OAuth authorization-code flow"),
-                ("/verify", "verifying a credential"),
-            ] {
-                if tail.ends_with(suffix) {
-                    return Err(not_implemented(what));
-                }
+            if let Some(p) = tail.strip_suffix("/token") {
+                let (c, n) = object_path(p)?;
+                crate::oauth::token(app, who, c, n).await
+            } else if let Some(p) = tail.strip_suffix("/authorize") {
+                let (c, n) = object_path(p)?;
+                crate::oauth::authorize(app, who, c, n).await
+            } else if let Some(p) = tail.strip_suffix("/verify") {
+                let (c, n) = object_path(p)?;
+                crate::verify::handle(app, who, c, n).await
+            } else {
+                Err(method_not_allowed())
             }
-            Err(method_not_allowed())
         }
         ("credentials", &Method::GET) => {
             let (c, n) = object_path(tail)?;

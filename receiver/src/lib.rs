@@ -16,7 +16,9 @@ pub mod creds;
 pub mod datadir;
 pub mod deploy;
 pub mod http;
+pub mod oauth;
 pub mod store;
+pub mod verify;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,6 +59,8 @@ pub struct App {
     pub config: Config,
     /// Current time.
     pub clock: Clock,
+    /// Outbound HTTP (OAuth token endpoints, verification) and the single-flight locks.
+    pub outbound: oauth::Outbound,
     /// How long shutdown waits for in-flight requests before closing their connections.
     pub shutdown_grace: Duration,
     /// Work on blocking threads (everything that touches the store): shutdown waits for it.
@@ -74,7 +78,9 @@ impl App {
     pub fn load(dir: &Path) -> anyhow::Result<App> {
         let dir = DataDir::new(dir);
         let loaded = datadir::load(&dir)?;
+        let outbound = oauth::Outbound::new(&loaded.config.extra_ca_files)?;
         Ok(App {
+            outbound,
             dir,
             store: loaded.store,
             identity: loaded.identity,

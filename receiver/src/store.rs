@@ -28,7 +28,22 @@ use flowpack_shared::names::{ContainerPath, Name};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Schema version in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// From version 1 to 2 (OAuth, issue 7): the token version a refresh compares and swaps, the
+/// `needs_authorization` mark, and the pending authorization-code flows.
+const MIGRATE_1_TO_2: &str = r#"
+ALTER TABLE credentials ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE credentials ADD COLUMN needs_authorization INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE oauth_states (
+  state_sha256 BLOB PRIMARY KEY,
+  credential_id INTEGER NOT NULL REFERENCES credentials(id) ON DELETE CASCADE,
+  path TEXT NOT NULL,
+  verifier BLOB NOT NULL,
+  principal TEXT NOT NULL,
+  expires_at_ms INTEGER NOT NULL
+);
+"#;
 
 const SCHEMA: &str = r#"
 CREATE TABLE principals (
@@ -157,6 +172,7 @@ impl Store {
         let mut db = store.db()?;
         let tx = db.write()?;
         tx.conn().execute_batch(SCHEMA).map_err(Error)?;
+        tx.conn().execute_batch(MIGRATE_1_TO_2).map_err(Error)?;
         tx.conn()
             .pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(Error)?;
@@ -166,16 +182,30 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens an existing database and checks its schema version.
+    /// Opens an existing database, upgrading an older schema in one transaction, and checks
+    /// its schema version.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
         let store = Store {
             path: path.to_owned(),
         };
-        let db = store.db()?;
-        let v: i64 = db
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(Error)?;
+        let mut db = store.db()?;
+        let version = |db: &Db| -> Result<i64> {
+            Ok(db
+                .conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))?)
+        };
+        if version(&db)? == 1 {
+            let tx = db.write()?;
+            // Read again under the writer lock: another process may have upgraded meanwhile.
+            if version(&tx)? == 1 {
+                tx.conn().execute_batch(MIGRATE_1_TO_2).map_err(Error)?;
+                tx.conn()
+                    .pragma_update(None, "user_version", 2)
+                    .map_err(Error)?;
+            }
+            tx.commit()?;
+        }
+        let v = version(&db)?;
         if v != SCHEMA_VERSION {
             anyhow::bail!(
                 "{}: schema version {v}, this receiver needs {SCHEMA_VERSION}",
@@ -626,6 +656,27 @@ pub struct CredentialRow {
     pub kind: String,
     /// The non-sensitive record as JSON (name, type, description, public fields).
     pub public: String,
+    /// Changes whenever the record or its secrets change; a token refresh stores its result
+    /// only if this is still the value it started from ([`Tx::claim_token_version`]).
+    pub token_version: i64,
+    /// Its refresh token was refused: it must be authorized again (oauth2).
+    pub needs_authorization: bool,
+}
+
+const CREDENTIAL_COLUMNS: &str = "id, type, public, token_version, needs_authorization";
+
+fn credential_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CredentialRow> {
+    credential_row_at(r, 0)
+}
+
+fn credential_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<CredentialRow> {
+    Ok(CredentialRow {
+        id: r.get(at)?,
+        kind: r.get(at + 1)?,
+        public: r.get(at + 2)?,
+        token_version: r.get(at + 3)?,
+        needs_authorization: r.get(at + 4)?,
+    })
 }
 
 /// A stored sensitive field: ciphertext and fingerprint.
@@ -645,15 +696,22 @@ impl Db {
         Ok(self
             .conn
             .query_row(
-                "SELECT id, type, public FROM credentials WHERE container_id = ?1 AND name = ?2",
+                &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE container_id = ?1 AND name = ?2"),
                 params![container, name],
-                |r| {
-                    Ok(CredentialRow {
-                        id: r.get(0)?,
-                        kind: r.get(1)?,
-                        public: r.get(2)?,
-                    })
-                },
+                credential_row,
+            )
+            .optional()?)
+    }
+
+    /// A credential by row id, with its path (container path and name).
+    pub fn credential_by_id(&self, id: i64) -> Result<Option<(String, String, CredentialRow)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT c.path, x.name, x.id, x.type, x.public, x.token_version, x.needs_authorization
+                 FROM credentials x JOIN containers c ON c.id = x.container_id WHERE x.id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, credential_row_at(r, 2)?)),
             )
             .optional()?)
     }
@@ -686,7 +744,8 @@ impl Tx<'_> {
         let conn = self.conn();
         if let Some(row) = self.credential(container, name)? {
             conn.execute(
-                "UPDATE credentials SET type = ?1, public = ?2, updated_at = ?3 WHERE id = ?4",
+                "UPDATE credentials SET type = ?1, public = ?2, updated_at = ?3,
+                 token_version = token_version + 1 WHERE id = ?4",
                 params![kind, public, now(), row.id],
             )?;
             if row.kind != kind {
@@ -718,7 +777,7 @@ impl Tx<'_> {
              ON CONFLICT (credential_id, field) DO UPDATE SET ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint",
             params![credential, field, ciphertext, fingerprint],
         )?;
-        Ok(())
+        self.bump_token_version(credential)
     }
 
     /// Clears one sensitive field.
@@ -726,6 +785,43 @@ impl Tx<'_> {
         self.conn().execute(
             "DELETE FROM credential_secrets WHERE credential_id = ?1 AND field = ?2",
             params![credential, field],
+        )?;
+        self.bump_token_version(credential)
+    }
+
+    fn bump_token_version(&self, credential: i64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE credentials SET token_version = token_version + 1 WHERE id = ?1",
+            params![credential],
+        )?;
+        Ok(())
+    }
+
+    /// Compare and swap: advances the credential's token version if it still is `expected`.
+    /// False when something changed the credential since `expected` was read (a deploy, a
+    /// PATCH, another refresh): the caller must then not store what it obtained.
+    pub fn claim_token_version(&self, credential: i64, expected: i64) -> Result<bool> {
+        Ok(self.conn().execute(
+            "UPDATE credentials SET token_version = token_version + 1
+             WHERE id = ?1 AND token_version = ?2",
+            params![credential, expected],
+        )? == 1)
+    }
+
+    /// Replaces a credential's non-sensitive record (its name and type unchanged).
+    pub fn set_credential_public(&self, credential: i64, public: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE credentials SET public = ?1, updated_at = ?2 WHERE id = ?3",
+            params![public, now(), credential],
+        )?;
+        Ok(())
+    }
+
+    /// Sets or clears the `needs_authorization` mark.
+    pub fn set_needs_authorization(&self, credential: i64, on: bool) -> Result<()> {
+        self.conn().execute(
+            "UPDATE credentials SET needs_authorization = ?1 WHERE id = ?2",
+            params![on, credential],
         )?;
         Ok(())
     }
@@ -739,6 +835,73 @@ impl Tx<'_> {
         )?;
         conn.execute("DELETE FROM credentials WHERE id = ?1", params![credential])?;
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pending authorization-code flows
+
+/// A pending authorization-code flow, found by the SHA-256 of its `state`.
+#[derive(Debug, Clone)]
+pub struct OAuthState {
+    /// The credential it authorizes.
+    pub credential_id: i64,
+    /// The credential's path when the flow started.
+    pub path: String,
+    /// The PKCE code verifier, encrypted at rest.
+    pub verifier: Vec<u8>,
+    /// Who started it.
+    pub principal: String,
+    /// When it expires (Unix milliseconds).
+    pub expires_at_ms: i64,
+}
+
+impl Tx<'_> {
+    /// Records a pending flow, and forgets those that expired before `now_ms`.
+    pub fn insert_oauth_state(
+        &self,
+        state_sha256: &[u8],
+        s: &OAuthState,
+        now_ms: i64,
+    ) -> Result<()> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM oauth_states WHERE expires_at_ms < ?1",
+            params![now_ms],
+        )?;
+        conn.execute(
+            "INSERT INTO oauth_states (state_sha256, credential_id, path, verifier, principal, expires_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![state_sha256, s.credential_id, s.path, s.verifier, s.principal, s.expires_at_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Takes a pending flow: returns it and deletes it, so a state is used at most once.
+    pub fn take_oauth_state(&self, state_sha256: &[u8]) -> Result<Option<OAuthState>> {
+        let conn = self.conn();
+        let found = conn
+            .query_row(
+                "SELECT credential_id, path, verifier, principal, expires_at_ms FROM oauth_states WHERE state_sha256 = ?1",
+                params![state_sha256],
+                |r| {
+                    Ok(OAuthState {
+                        credential_id: r.get(0)?,
+                        path: r.get(1)?,
+                        verifier: r.get(2)?,
+                        principal: r.get(3)?,
+                        expires_at_ms: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?;
+        if found.is_some() {
+            conn.execute(
+                "DELETE FROM oauth_states WHERE state_sha256 = ?1",
+                params![state_sha256],
+            )?;
+        }
+        Ok(found)
     }
 }
 
@@ -815,7 +978,8 @@ pub struct AuditRow {
     pub at: String,
     /// Who (principal name), when known.
     pub principal: Option<String>,
-    /// `deploy`, `delete-mapping`, `delete-credential`, `patch-credential`.
+    /// `deploy`, `delete-mapping`, `delete-credential`, `patch-credential`, `oauth-token`,
+    /// `oauth-authorize`, `oauth-callback`, `verify-credential`.
     pub action: String,
     /// The container concerned, when known.
     pub container: Option<String>,
@@ -825,7 +989,8 @@ pub struct AuditRow {
     pub bundle_id: Option<String>,
     /// The signer key id, when the manifest could be read.
     pub signer_key_id: Option<String>,
-    /// `applied`, `replayed`, `deleted`, `updated` or `refused`.
+    /// `applied`, `replayed`, `deleted`, `updated`, `refused`; for OAuth `obtained`,
+    /// `refreshed`, `started`, `authorized`, `failed`; for verification `ok` or `failed`.
     pub outcome: String,
     /// The HTTP status answered.
     pub status: u16,

@@ -802,9 +802,9 @@ async fn refused_bundle_leaves_the_container_exactly_as_before() {
 }
 
 #[tokio::test]
-async fn oauth_endpoints_are_not_implemented_yet_and_unknown_paths_are_404() {
+async fn oauth_endpoints_on_a_password_credential_and_unknown_paths() {
     let (s, _k, _) = deployed("pw").await;
-    for p in ["token", "authorize", "verify"] {
+    for p in ["token", "authorize"] {
         let (st, v) = s
             .send(
                 Method::POST,
@@ -813,9 +813,22 @@ async fn oauth_endpoints_are_not_implemented_yet_and_unknown_paths_are_404() {
                 None,
             )
             .await;
-        assert_eq!((st, v["code"].as_str()), (501, Some("not-implemented")));
+        assert_eq!((st, v["code"].as_str()), (422, Some("not-oauth2")), "{v}");
     }
-    let (st, _) = answer(
+    // No verify_url on the record: a 200 that says what is missing.
+    let (st, v) = s
+        .send(
+            Method::POST,
+            &s.admin,
+            "/v1/credentials/public/orders/erp/verify",
+            None,
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(v["ok"], false);
+    assert!(v["error"].as_str().unwrap().contains("verify_url"), "{v}");
+    assert!(!v.to_string().contains("\"pw\""));
+    let (st, v) = answer(
         s.client
             .get(s.url("/v1/oauth/callback?code=a&state=b"))
             .send()
@@ -823,7 +836,7 @@ async fn oauth_endpoints_are_not_implemented_yet_and_unknown_paths_are_404() {
             .unwrap(),
     )
     .await;
-    assert_eq!(st, 501);
+    assert_eq!((st, v["code"].as_str()), (400, Some("invalid-state")));
     assert_eq!(s.get(&s.admin, "/v1/nothing").await.0, 404);
     assert_eq!(s.get(&s.admin, "/v1/credentials/public/a%20b").await.0, 400);
     s.stop().await;

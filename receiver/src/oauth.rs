@@ -1,0 +1,1200 @@
+//! Outbound OAuth 2.0 (SPEC §5 "Outbound OAuth"; docs/OAUTH.md): the receiver is the one place
+//! that obtains and refreshes the access tokens of `oauth2` credentials.
+//!
+//! - [`Outbound`] is the HTTP client (reqwest over rustls with ring; the platform's roots plus
+//!   `config.json`'s `extra_ca_files`; redirects never followed) and the per-credential
+//!   single-flight locks.
+//! - [`request_token`] speaks RFC 6749 §4–§6 to a token endpoint: `client_credentials`,
+//!   `password`, `refresh_token`, `authorization_code` with PKCE; client authentication by HTTP
+//!   Basic (form-encoded id and secret, §2.3.1) or in the body.
+//! - [`token`] (`POST …/token`): a valid access token, refreshed ahead of expiry. Callers of
+//!   one credential queue on its lock, so however many arrive on an expired token, the first
+//!   refreshes and the others read what it stored. What a refresh obtained is stored only if
+//!   the credential's token version is still the one it read (compare and swap), so a refresh
+//!   never overwrites a newer deploy, PATCH or refresh.
+//! - [`authorize`] and [`callback`]: the authorization-code flow with PKCE (S256) and a random,
+//!   single-use, expiring `state` that the database holds only as a SHA-256.
+//!
+//! No token value leaves through a log line, an audit row or any answer but `…/token`'s:
+//! provider texts are scrubbed of the credential's secrets before they are shown.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use flowpack_shared::model::credential::{
+    Credential, CredentialType, PublicValue, RecordForm, Usage,
+};
+use flowpack_shared::names::{ContainerPath, Name};
+use flowpack_shared::secret::Secret;
+use flowpack_shared::timefmt::Timestamp;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Map, Value, json};
+
+use crate::App;
+use crate::auth::{Perm, Principal};
+use crate::creds::SecretKeys;
+use crate::http::{ApiError, Body, blocking, json_response};
+use crate::store::{AuditRow, CredentialRow, Db, OAuthState, Tx};
+
+/// A token is refreshed when it expires within this margin.
+pub const REFRESH_SKEW: time::Duration = time::Duration::seconds(60);
+/// How long an authorization-code flow may take from `…/authorize` to the callback.
+pub const STATE_LIFETIME: time::Duration = time::Duration::minutes(10);
+/// Largest answer read from a token endpoint or a verify URL.
+const MAX_ANSWER: usize = 256 * 1024;
+/// Longest provider text (an `error_description`) shown in a problem.
+const MAX_PROVIDER_TEXT: usize = 300;
+
+/// The outbound HTTP client and the single-flight locks.
+pub struct Outbound {
+    client: reqwest::Client,
+    /// One lock per credential row id; entries are kept (one small mutex per oauth2
+    /// credential), so two callers never hold different locks for the same credential.
+    flights: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbound").finish_non_exhaustive()
+    }
+}
+
+impl Outbound {
+    /// A client trusting the platform's roots plus the PEM files named (each may hold several
+    /// certificates). Installs ring as the process's rustls provider if none is installed.
+    pub fn new(extra_ca_files: &[PathBuf]) -> anyhow::Result<Outbound> {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            // Fails only if another thread installed one meanwhile, which is as good.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let mut certs = Vec::new();
+        for f in extra_ca_files {
+            let pem = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            let found = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{}: not PEM certificates", f.display()))?;
+            if found.is_empty() {
+                anyhow::bail!("{}: no certificate found", f.display());
+            }
+            certs.extend(found);
+        }
+        let client = reqwest::Client::builder()
+            .tls_certs_merge(certs)
+            // A redirect would carry credentials somewhere the record does not name.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("flowpack-receiver/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("building the outbound HTTP client")?;
+        Ok(Outbound {
+            client,
+            flights: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The HTTP client.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// The single-flight lock of credential `id`.
+    pub fn flight(&self, id: i64) -> Arc<tokio::sync::Mutex<()>> {
+        // A poisoned map only means another thread panicked while inserting; the map is
+        // still a valid map.
+        let mut map = self
+            .flights
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(id).or_default().clone()
+    }
+}
+
+/// Checks an outbound URL: `https://`, or any scheme of `http`/`https` on a loopback host
+/// (127.0.0.0/8, ::1, `localhost`). The error names the field and the rule.
+pub fn check_endpoint(field: &str, text: &str) -> Result<reqwest::Url, String> {
+    let url =
+        reqwest::Url::parse(text).map_err(|e| format!("field `{field}` is not a URL ({e})"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        scheme => Err(format!(
+            "field `{field}` is {scheme}:// on {}: outbound OAuth and verification requests must use https:// except on loopback addresses (127.0.0.0/8, ::1, localhost)",
+            url.host_str().unwrap_or("no host")
+        )),
+    }
+}
+
+/// A URL as shown in answers: without its query (where an API key may be) or user info.
+pub fn shown(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.set_fragment(None);
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
+/// A credential with its secrets opened: what an outbound request is made from.
+pub struct Material {
+    /// The stored row, or `None` for a credential of a bundle not applied yet.
+    pub id: Option<i64>,
+    /// The token version read with it.
+    pub version: i64,
+    /// Its container.
+    pub container: ContainerPath,
+    /// Its path.
+    pub path: String,
+    /// Its non-sensitive fields (no secrets).
+    pub cred: Credential,
+    /// Its non-sensitive record as stored.
+    pub public: Map<String, Value>,
+    /// Its sensitive fields, opened.
+    pub secrets: BTreeMap<String, Secret>,
+    /// Marked after a refused refresh token.
+    pub needs_authorization: bool,
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Material {
+    /// A non-sensitive text field.
+    pub fn text(&self, field: &str) -> Option<&str> {
+        match self.cred.public.get(field) {
+            Some(PublicValue::Text(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A sensitive field.
+    pub fn secret(&self, field: &str) -> Option<&Secret> {
+        self.secrets.get(field)
+    }
+
+    /// `text` with every secret of the credential (of 4 characters or more) replaced, control
+    /// characters dropped and the length bounded: safe to show.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for s in self.secrets.values() {
+            if s.expose().len() >= 4 {
+                out = out.replace(s.expose(), "[redacted]");
+            }
+        }
+        let mut out: String = out.chars().filter(|c| !c.is_control()).collect();
+        if out.len() > MAX_PROVIDER_TEXT {
+            let mut cut = MAX_PROVIDER_TEXT;
+            while !out.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.truncate(cut);
+            out.push('…');
+        }
+        out
+    }
+
+    /// Builds material from a stored row (secrets decrypted with `keys`).
+    pub fn from_row(
+        db: &Db,
+        keys: &SecretKeys,
+        container: ContainerPath,
+        path: String,
+        row: &CredentialRow,
+    ) -> Result<Material, ApiError> {
+        let public: Map<String, Value> =
+            serde_json::from_str(&row.public).map_err(ApiError::internal)?;
+        let cred =
+            Credential::from_map(&path, &public, RecordForm::Admin).map_err(ApiError::internal)?;
+        let mut secrets = BTreeMap::new();
+        for s in db.secrets(row.id)? {
+            let v = keys
+                .decrypt(&path, &s.field, &s.ciphertext)
+                .ok_or_else(|| ApiError::internal(format!("{path}: {} does not open", s.field)))?;
+            secrets.insert(s.field, v);
+        }
+        Ok(Material {
+            id: Some(row.id),
+            version: row.token_version,
+            container,
+            path,
+            cred,
+            public,
+            secrets,
+            needs_authorization: row.needs_authorization,
+        })
+    }
+
+    fn row_id(&self) -> Result<i64, ApiError> {
+        self.id
+            .ok_or_else(|| ApiError::internal("a bundle credential used as a stored one"))
+    }
+}
+
+/// Loads a stored credential with its secrets; 404 when it does not exist.
+pub fn load(db: &Db, keys: &SecretKeys, c: &ContainerPath, n: &Name) -> Result<Material, ApiError> {
+    let path = c.object_path(n);
+    let missing = || ApiError::not_found(format!("credential {path} does not exist"));
+    let cid = db.container_id(c)?.ok_or_else(missing)?;
+    let row = db.credential(cid, n.as_str())?.ok_or_else(missing)?;
+    Material::from_row(db, keys, c.clone(), path.clone(), &row)
+}
+
+/// Loads a stored credential by row id; 404 when it was deleted.
+pub fn load_by_id(db: &Db, keys: &SecretKeys, id: i64) -> Result<Material, ApiError> {
+    let (container, name, row) = db
+        .credential_by_id(id)?
+        .ok_or_else(|| ApiError::not_found("the credential was deleted"))?;
+    let c = ContainerPath::parse(&container).map_err(|e| ApiError::internal(e.0))?;
+    let n = Name::parse(&name).map_err(|e| ApiError::internal(e.0))?;
+    let path = c.object_path(&n);
+    Material::from_row(db, keys, c, path, &row)
+}
+
+/// A grant to request at the token endpoint.
+#[derive(Debug, Clone, Copy)]
+pub enum Grant<'a> {
+    /// RFC 6749 §4.4.
+    ClientCredentials,
+    /// RFC 6749 §4.3, with the record's `username` and `password`.
+    Password,
+    /// RFC 6749 §6.
+    Refresh(&'a Secret),
+    /// RFC 6749 §4.1.3 with the PKCE verifier (RFC 7636 §4.5).
+    Code {
+        /// The authorization code.
+        code: &'a str,
+        /// The PKCE code verifier.
+        verifier: &'a Secret,
+        /// The `redirect_uri` sent with the authorization request.
+        redirect_uri: &'a str,
+    },
+}
+
+impl Grant<'_> {
+    /// The `grant_type` value.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Grant::ClientCredentials => "client_credentials",
+            Grant::Password => "password",
+            Grant::Refresh(_) => "refresh_token",
+            Grant::Code { .. } => "authorization_code",
+        }
+    }
+}
+
+/// What a token endpoint issued.
+pub struct Tokens {
+    /// The access token.
+    pub access_token: Secret,
+    /// A new refresh token, if it issued one.
+    pub refresh_token: Option<Secret>,
+    /// When the access token expires, if it said.
+    pub expires_at: Option<Timestamp>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a token request failed. Every text is safe to show.
+#[derive(Debug)]
+pub enum TokenError {
+    /// The credential lacks what the request needs, or names an endpoint that is refused.
+    Credential {
+        /// Problem code.
+        code: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The endpoint answered an OAuth error (RFC 6749 §5.2).
+    Provider {
+        /// `error`, e.g. `invalid_grant`.
+        error: String,
+        /// `error_description`, scrubbed.
+        description: Option<String>,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// No usable answer: connection, TLS, timeout, or an answer that is not a token.
+    Transport(String),
+}
+
+impl TokenError {
+    /// One line: what went wrong.
+    pub fn message(&self) -> String {
+        match self {
+            TokenError::Credential { detail, .. } => detail.clone(),
+            TokenError::Provider {
+                error,
+                description,
+                status,
+            } => match description {
+                Some(d) => format!("HTTP {status}, error {error}: {d}"),
+                None => format!("HTTP {status}, error {error}"),
+            },
+            TokenError::Transport(t) => t.clone(),
+        }
+    }
+
+    /// The problem answered for a failed request of credential `path`.
+    pub fn into_api(self, path: &str, tried: &str) -> ApiError {
+        match &self {
+            TokenError::Credential { code, detail } => {
+                ApiError::unprocessable(code, format!("credential {path}: {detail}"))
+            }
+            TokenError::Provider { error, .. } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "token-endpoint-error",
+                format!(
+                    "credential {path}: the token endpoint refused the request ({tried}): {}",
+                    self.message()
+                ),
+            )
+            .with("oauth_error", Value::String(error.clone())),
+            TokenError::Transport(_) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "token-endpoint-unreachable",
+                format!(
+                    "credential {path}: no token from the token endpoint ({tried}): {}",
+                    self.message()
+                ),
+            ),
+        }
+    }
+
+    fn is(&self, code: &str) -> bool {
+        matches!(self, TokenError::Provider { error, .. } if error == code)
+    }
+}
+
+fn misconfigured(detail: impl Into<String>) -> TokenError {
+    TokenError::Credential {
+        code: "oauth-misconfigured",
+        detail: detail.into(),
+    }
+}
+
+/// What a request to the token endpoint will be, in words (no secret).
+pub fn describe(m: &Material, grant: Grant<'_>) -> String {
+    let endpoint = m.text("token_endpoint").map_or_else(
+        || "(no token_endpoint)".to_owned(),
+        |t| reqwest::Url::parse(t).map_or_else(|_| t.to_owned(), |u| shown(&u)),
+    );
+    let auth = match (m.text("client_id"), m.secret("client_secret")) {
+        (Some(_), Some(_)) => m.text("token_endpoint_auth").unwrap_or("header"),
+        (Some(_), None) => "client_id only",
+        (None, _) => "none",
+    };
+    format!(
+        "POST {endpoint} (grant_type={}, client authentication: {auth})",
+        grant.name()
+    )
+}
+
+/// A reqwest error as one safe line: never the URL (it may carry an API key).
+pub fn transport_error(m: &Material, e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        "could not connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    m.scrub(&text)
+}
+
+/// Reads at most [`MAX_ANSWER`] bytes of an answer.
+pub async fn bounded_body(mut r: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = r.chunk().await? {
+        let room = MAX_ANSWER.saturating_sub(out.len());
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if room < chunk.len() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The `Authorization: Basic` value of RFC 6749 §2.3.1: id and secret form-urlencoded, then
+/// joined by `:` and base64-encoded.
+fn basic_auth(id: &str, secret: &Secret) -> zeroize::Zeroizing<String> {
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let pair = zeroize::Zeroizing::new(format!("{}:{}", enc(id), enc(secret.expose())));
+    zeroize::Zeroizing::new(format!("Basic {}", STANDARD.encode(pair.as_bytes())))
+}
+
+/// The form body of a token request and its `Authorization` header, if the client
+/// authenticates by header. (Not `async`: the form serializer is not `Send`.)
+fn token_form(
+    m: &Material,
+    grant: Grant<'_>,
+) -> Result<
+    (
+        zeroize::Zeroizing<String>,
+        Option<reqwest::header::HeaderValue>,
+    ),
+    TokenError,
+> {
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", grant.name());
+    match grant {
+        Grant::ClientCredentials => {
+            if let Some(s) = m.text("scope") {
+                form.append_pair("scope", s);
+            }
+        }
+        Grant::Password => {
+            let user = m
+                .text("username")
+                .ok_or_else(|| misconfigured("the password grant needs `username`"))?;
+            let pw = m
+                .secret("password")
+                .ok_or_else(|| misconfigured("the password grant needs `password`"))?;
+            form.append_pair("username", user);
+            form.append_pair("password", pw.expose());
+            if let Some(s) = m.text("scope") {
+                form.append_pair("scope", s);
+            }
+        }
+        Grant::Refresh(rt) => {
+            form.append_pair("refresh_token", rt.expose());
+        }
+        Grant::Code {
+            code,
+            verifier,
+            redirect_uri,
+        } => {
+            form.append_pair("code", code);
+            form.append_pair("redirect_uri", redirect_uri);
+            form.append_pair("code_verifier", verifier.expose());
+        }
+    }
+    let mut authorization = None;
+    let method = m.text("token_endpoint_auth").unwrap_or("header");
+    match (m.text("client_id"), m.secret("client_secret")) {
+        (Some(id), Some(secret)) if method == "header" => {
+            let value = basic_auth(id, secret);
+            let mut v = reqwest::header::HeaderValue::from_str(&value)
+                .map_err(|_| misconfigured("`client_id` cannot be sent in a header"))?;
+            v.set_sensitive(true);
+            authorization = Some(v);
+        }
+        (Some(id), secret) => {
+            form.append_pair("client_id", id);
+            if let Some(s) = secret {
+                form.append_pair("client_secret", s.expose());
+            }
+        }
+        (None, Some(_)) => {
+            return Err(misconfigured("it has a `client_secret` but no `client_id`"));
+        }
+        (None, None) => {}
+    }
+    Ok((zeroize::Zeroizing::new(form.finish()), authorization))
+}
+
+/// Sends one token request for credential `m` and parses the answer.
+pub async fn request_token(
+    out: &Outbound,
+    m: &Material,
+    grant: Grant<'_>,
+    now: Timestamp,
+) -> Result<Tokens, TokenError> {
+    let text = m
+        .text("token_endpoint")
+        .ok_or_else(|| misconfigured("it has no `token_endpoint`"))?;
+    let url = check_endpoint("token_endpoint", text).map_err(|detail| TokenError::Credential {
+        code: "insecure-endpoint",
+        detail,
+    })?;
+    let (body, authorization) = token_form(m, grant)?;
+    let mut req = out
+        .client
+        .post(url)
+        .header(reqwest::header::ACCEPT, "application/json");
+    if let Some(v) = authorization {
+        req = req.header(reqwest::header::AUTHORIZATION, v);
+    }
+    let resp = req
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(body.as_bytes().to_vec())
+        .send()
+        .await
+        .map_err(|e| TokenError::Transport(transport_error(m, &e)))?;
+    let status = resp.status();
+    let bytes = bounded_body(resp)
+        .await
+        .map_err(|e| TokenError::Transport(transport_error(m, &e)))?;
+    let bytes = zeroize::Zeroizing::new(bytes);
+    let json: Option<Map<String, Value>> = serde_json::from_slice(&bytes).ok();
+    if !status.is_success() {
+        if let Some(err) = json.as_ref().and_then(|j| j.get("error")?.as_str()) {
+            // RFC 6749 §5.2: ASCII without quotes and backslashes; keep it a plain word.
+            let error: String = err
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || "_-.".contains(*c))
+                .take(64)
+                .collect();
+            let description = json
+                .as_ref()
+                .and_then(|j| j.get("error_description")?.as_str())
+                .map(|d| m.scrub(d));
+            return Err(TokenError::Provider {
+                error,
+                description,
+                status: status.as_u16(),
+            });
+        }
+        return Err(TokenError::Transport(format!(
+            "HTTP {status} without an OAuth error"
+        )));
+    }
+    let Some(json) = json else {
+        return Err(TokenError::Transport(format!(
+            "HTTP {status}, but the answer is not a JSON object"
+        )));
+    };
+    let access = json
+        .get("access_token")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            TokenError::Transport(format!("HTTP {status}, but the answer has no access_token"))
+        })?;
+    let expires_in = match json.get("expires_in") {
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) => s.parse::<u64>().ok(),
+        _ => None,
+    };
+    let expires_at = expires_in
+        .and_then(|s| i64::try_from(s).ok())
+        .map(|s| now.plus(time::Duration::seconds(s.min(10 * 365 * 86_400))));
+    Ok(Tokens {
+        access_token: Secret::new(access.to_owned()),
+        refresh_token: json
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(|s| Secret::new(s.to_owned())),
+        expires_at,
+    })
+}
+
+/// Writes tokens onto a stored credential: the access token, a new refresh token if one was
+/// issued (else the old one stays), `expires_at` (removed when unknown), and clears
+/// `needs_authorization`. No version check: see [`store_tokens`].
+pub fn write_tokens(
+    tx: &Tx<'_>,
+    keys: &SecretKeys,
+    id: i64,
+    path: &str,
+    public: &Map<String, Value>,
+    tokens: &Tokens,
+) -> Result<(), ApiError> {
+    let mut public = public.clone();
+    match tokens.expires_at {
+        Some(t) => public.insert("expires_at".into(), Value::String(t.to_string())),
+        None => public.remove("expires_at"),
+    };
+    let text = serde_json::to_string(&public).map_err(ApiError::internal)?;
+    tx.set_credential_public(id, &text)?;
+    let ct = keys.encrypt(path, "access_token", &tokens.access_token)?;
+    tx.set_secret(
+        id,
+        "access_token",
+        &ct,
+        &keys.fingerprint(&tokens.access_token),
+    )?;
+    if let Some(rt) = &tokens.refresh_token {
+        let ct = keys.encrypt(path, "refresh_token", rt)?;
+        tx.set_secret(id, "refresh_token", &ct, &keys.fingerprint(rt))?;
+    }
+    tx.set_needs_authorization(id, false)?;
+    Ok(())
+}
+
+/// Stores tokens on credential `id` if it is unchanged since it was read (its
+/// token version `version`). Returns false, writing nothing, when something newer is stored.
+pub fn store_tokens(
+    tx: &Tx<'_>,
+    keys: &SecretKeys,
+    id: i64,
+    version: i64,
+    path: &str,
+    public: &Map<String, Value>,
+    tokens: &Tokens,
+) -> Result<bool, ApiError> {
+    if !tx.claim_token_version(id, version)? {
+        return Ok(false);
+    }
+    write_tokens(tx, keys, id, path, public, tokens)?;
+    Ok(true)
+}
+
+fn oauth_audit(
+    principal: &str,
+    action: &str,
+    m: &Material,
+    outcome: &str,
+    status: u16,
+    detail: String,
+) -> AuditRow {
+    AuditRow {
+        principal: Some(principal.to_owned()),
+        action: action.into(),
+        container: Some(m.container.to_string()),
+        target: Some(m.path.clone()),
+        outcome: outcome.into(),
+        status,
+        detail: Some(detail),
+        ..AuditRow::default()
+    }
+}
+
+fn audit_error(principal: &str, action: &str, m: &Material, e: &ApiError) -> AuditRow {
+    let mut row = oauth_audit(
+        principal,
+        action,
+        m,
+        "failed",
+        e.status.as_u16(),
+        e.detail.clone(),
+    );
+    row.code = Some(e.code.clone());
+    row
+}
+
+async fn audit(app: &Arc<App>, row: AuditRow) {
+    let _ = blocking(app, move |_, db| {
+        crate::http::audit_alone(db, row);
+        Ok(())
+    })
+    .await;
+}
+
+/// The `…/token` answer when `m`'s stored access token is still valid.
+fn fresh(m: &Material, now: Timestamp) -> Option<Value> {
+    let token = m.secret("access_token")?;
+    let expires = match m.text("expires_at") {
+        Some(t) => Some(Timestamp::parse(t)?),
+        None => None,
+    };
+    if expires.is_some_and(|e| e.unix_millis() <= now.plus(REFRESH_SKEW).unix_millis()) {
+        return None;
+    }
+    Some(json!({
+        "access_token": token.expose(),
+        "token_type": "Bearer",
+        "expires_at": expires.map(|e| e.to_string()),
+    }))
+}
+
+fn tokens_answer(t: &Tokens) -> Value {
+    json!({
+        "access_token": t.access_token.expose(),
+        "token_type": "Bearer",
+        "expires_at": t.expires_at.map(|e| e.to_string()),
+    })
+}
+
+/// Refuses a credential that is not `oauth2` or does not allow `http`.
+fn usable(m: &Material) -> Result<(), ApiError> {
+    if m.cred.kind != CredentialType::Oauth2 {
+        return Err(ApiError::unprocessable(
+            "not-oauth2",
+            format!(
+                "credential {} is of type {}; tokens are obtained for oauth2 credentials only",
+                m.path,
+                m.cred.kind.as_str()
+            ),
+        ));
+    }
+    if !m.cred.allows(Usage::Http) {
+        let list = match m.cred.public.get("allow_usage_for") {
+            Some(v) => v.to_json().to_string(),
+            None => "[]".into(),
+        };
+        return Err(ApiError::unprocessable(
+            "usage-not-allowed",
+            format!(
+                "credential {} does not allow usage http (allow_usage_for: {list}); an access token is for HTTP requests",
+                m.path
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The message that refuses the implicit grant.
+pub const IMPLICIT_REFUSED: &str = "the implicit grant is deprecated by the OAuth 2.0 Security Best Current Practice (RFC 9700 §2.1.2: access tokens in redirect URLs leak, and cannot be sender-constrained or refreshed); change the credential's grant_type to authorization_code, which this receiver runs with PKCE";
+
+fn needs_authorization(m: &Material, why: &str) -> ApiError {
+    ApiError::conflict(
+        "needs-authorization",
+        format!(
+            "credential {}: {why}; authorize it again: POST /v1/credentials{}/authorize",
+            m.path, m.path
+        ),
+    )
+}
+
+/// `POST /v1/credentials/{path}/token`.
+pub async fn token(
+    app: Arc<App>,
+    who: Principal,
+    c: ContainerPath,
+    n: Name,
+) -> Result<Response<Body>, ApiError> {
+    if !who.can(Perm::Use, &c) {
+        return Err(ApiError::lacks(Perm::Use, &c));
+    }
+    let m = blocking(&app, move |app, db| load(db, &app.keys, &c, &n)).await?;
+    usable(&m)?;
+    if let Some(v) = fresh(&m, app.now()) {
+        return Ok(json_response(StatusCode::OK, &v));
+    }
+    let id = m.row_id()?;
+    let flight = app.outbound.flight(id);
+    let _in_flight = flight.lock().await;
+    // Whoever held the lock before may have refreshed: read again.
+    let m = blocking(&app, move |app, db| load_by_id(db, &app.keys, id)).await?;
+    usable(&m)?;
+    if let Some(v) = fresh(&m, app.now()) {
+        return Ok(json_response(StatusCode::OK, &v));
+    }
+    let tokens = obtain(&app, &who.name, &m).await?;
+    Ok(json_response(StatusCode::OK, &tokens_answer(&tokens)))
+}
+
+/// Obtains a new access token for stored credential `m` (its flight lock held): refresh when
+/// there is a refresh token, else the credential's own grant. Stores and audits the result.
+async fn obtain(app: &Arc<App>, principal: &str, m: &Material) -> Result<Tokens, ApiError> {
+    let grant_type = m.text("grant_type");
+    if grant_type == Some("implicit") {
+        return Err(ApiError::conflict(
+            "implicit-grant",
+            format!(
+                "credential {}: its access token is missing or expired, and the receiver does not obtain tokens by the implicit grant: {IMPLICIT_REFUSED}",
+                m.path
+            ),
+        ));
+    }
+    let user_flow = matches!(grant_type, Some("authorization_code") | None);
+    if let Some(rt) = m.secret("refresh_token") {
+        if m.needs_authorization && user_flow {
+            return Err(needs_authorization(
+                m,
+                "its refresh token was refused by the token endpoint",
+            ));
+        }
+        let grant = Grant::Refresh(rt);
+        let tried = describe(m, grant);
+        match request_token(&app.outbound, m, grant, app.now()).await {
+            Ok(t) => return keep(app, principal, m, t, "refreshed").await,
+            Err(e) if e.is("invalid_grant") && user_flow => {
+                let why = format!(
+                    "the token endpoint refused its refresh token ({})",
+                    e.message()
+                );
+                let err = needs_authorization(m, &why);
+                let row = audit_error(principal, "oauth-token", m, &err);
+                let id = m.row_id()?;
+                blocking(app, move |_, db| {
+                    let tx = db.write()?;
+                    tx.set_needs_authorization(id, true)?;
+                    tx.insert_audit(&row)?;
+                    tx.commit()?;
+                    Ok(())
+                })
+                .await?;
+                tracing::warn!(credential = %m.path, "refresh token refused; marked needs_authorization");
+                return Err(err);
+            }
+            // client_credentials and password can start over without a user.
+            Err(e) if e.is("invalid_grant") => {}
+            Err(e) => {
+                let err = e.into_api(&m.path, &tried);
+                audit(app, audit_error(principal, "oauth-token", m, &err)).await;
+                return Err(err);
+            }
+        }
+    }
+    let grant = match grant_type {
+        Some("client_credentials") => Grant::ClientCredentials,
+        Some("password") => Grant::Password,
+        Some("authorization_code") => {
+            return Err(needs_authorization(
+                m,
+                "it has no refresh token and no valid access token",
+            ));
+        }
+        _ => {
+            return Err(ApiError::unprocessable(
+                "oauth-misconfigured",
+                format!(
+                    "credential {}: it has no `grant_type` and no refresh token",
+                    m.path
+                ),
+            ));
+        }
+    };
+    let tried = describe(m, grant);
+    match request_token(&app.outbound, m, grant, app.now()).await {
+        Ok(t) => keep(app, principal, m, t, "obtained").await,
+        Err(e) => {
+            let err = e.into_api(&m.path, &tried);
+            audit(app, audit_error(principal, "oauth-token", m, &err)).await;
+            Err(err)
+        }
+    }
+}
+
+/// Stores obtained tokens (compare and swap) with their audit row; returns them either way:
+/// a token that lost the race is still valid, it is only not kept.
+async fn keep(
+    app: &Arc<App>,
+    principal: &str,
+    m: &Material,
+    tokens: Tokens,
+    outcome: &'static str,
+) -> Result<Tokens, ApiError> {
+    let detail = match tokens.expires_at {
+        Some(t) => format!("access token {outcome}; expires at {t}"),
+        None => format!("access token {outcome}; no expiry given"),
+    };
+    let row = oauth_audit(principal, "oauth-token", m, outcome, 200, detail);
+    let (id, version, path, public) = (m.row_id()?, m.version, m.path.clone(), m.public.clone());
+    let (kept, tokens) = blocking(app, move |app, db| {
+        let tx = db.write()?;
+        let kept = store_tokens(&tx, &app.keys, id, version, &path, &public, &tokens)?;
+        if kept {
+            tx.insert_audit(&row)?;
+        }
+        tx.commit()?;
+        Ok((kept, tokens))
+    })
+    .await?;
+    if !kept {
+        tracing::info!(credential = %m.path, "a newer token was stored meanwhile; this one is not kept");
+    }
+    Ok(tokens)
+}
+
+/// `POST /v1/credentials/{path}/authorize`.
+pub async fn authorize(
+    app: Arc<App>,
+    who: Principal,
+    c: ContainerPath,
+    n: Name,
+) -> Result<Response<Body>, ApiError> {
+    if !who.can(Perm::Write, &c) {
+        return Err(ApiError::lacks(Perm::Write, &c));
+    }
+    let m = blocking(&app, move |app, db| load(db, &app.keys, &c, &n)).await?;
+    if m.cred.kind != CredentialType::Oauth2 {
+        return Err(ApiError::unprocessable(
+            "not-oauth2",
+            format!(
+                "credential {} is of type {}; only oauth2 credentials are authorized",
+                m.path,
+                m.cred.kind.as_str()
+            ),
+        ));
+    }
+    let bad = |d: String| ApiError::unprocessable("oauth-misconfigured", d);
+    match m.text("grant_type") {
+        Some("authorization_code") => {}
+        Some("implicit") => {
+            return Err(ApiError::unprocessable(
+                "implicit-grant-refused",
+                format!(
+                    "credential {}: no new authorization by the implicit grant: {IMPLICIT_REFUSED}",
+                    m.path
+                ),
+            ));
+        }
+        other => {
+            return Err(bad(format!(
+                "credential {}: grant_type is {}; the authorization-code flow is for grant_type authorization_code",
+                m.path,
+                other.unwrap_or("not set")
+            )));
+        }
+    }
+    let field = |f: &str| {
+        m.text(f)
+            .ok_or_else(|| bad(format!("credential {}: field `{f}` is required", m.path)))
+    };
+    let insecure = |d: String| {
+        ApiError::unprocessable("insecure-endpoint", format!("credential {}: {d}", m.path))
+    };
+    let mut url = check_endpoint("authorization_endpoint", field("authorization_endpoint")?)
+        .map_err(insecure)?;
+    check_endpoint("token_endpoint", field("token_endpoint")?).map_err(insecure)?;
+    let client_id = field("client_id")?.to_owned();
+    let redirect_uri = field("redirect_uri")?.to_owned();
+
+    let random = || {
+        flowpack_shared::seal::random::<32>()
+            .map(|b| URL_SAFE_NO_PAD.encode(b))
+            .map_err(ApiError::internal)
+    };
+    let state = zeroize::Zeroizing::new(random()?);
+    let verifier = Secret::new(random()?);
+    let challenge = URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        verifier.expose().as_bytes(),
+    ));
+    let now = app.now();
+    let expires = now.plus(STATE_LIFETIME);
+    let state_hash = ring::digest::digest(&ring::digest::SHA256, state.as_bytes())
+        .as_ref()
+        .to_vec();
+    let id = m.row_id()?;
+    let pending = OAuthState {
+        credential_id: id,
+        path: m.path.clone(),
+        verifier: app.keys.encrypt(&m.path, "pkce_code_verifier", &verifier)?,
+        principal: who.name.clone(),
+        expires_at_ms: expires.unix_millis(),
+    };
+    let row = oauth_audit(
+        &who.name,
+        "oauth-authorize",
+        &m,
+        "started",
+        200,
+        format!("authorization-code flow started; state expires at {expires}"),
+    );
+    blocking(&app, move |_, db| {
+        let tx = db.write()?;
+        tx.insert_oauth_state(&state_hash, &pending, now.unix_millis())?;
+        tx.insert_audit(&row)?;
+        tx.commit()?;
+        Ok(())
+    })
+    .await?;
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("response_type", "code")
+            .append_pair("client_id", &client_id)
+            .append_pair("redirect_uri", &redirect_uri);
+        if let Some(scope) = m.text("scope") {
+            q.append_pair("scope", scope);
+        }
+        q.append_pair("state", &state)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"authorize_url": url.as_str(), "expires_at": expires.to_string()}),
+    ))
+}
+
+fn bad_state(detail: &str) -> ApiError {
+    ApiError::bad_request("invalid-state", detail)
+}
+
+/// `GET /v1/oauth/callback?code=…&state=…`: no bearer token; the state authenticates it.
+pub async fn callback(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let q = |k: &str| crate::http::query_param(&req, k);
+    let state = zeroize::Zeroizing::new(q("state")?.ok_or_else(|| {
+        bad_state("the callback has no `state`: it must come from a flow started with POST /v1/credentials/{path}/authorize")
+    })?);
+    let code = zeroize::Zeroizing::new(q("code")?);
+    let error = q("error")?;
+    let error_description = q("error_description")?;
+    let state_hash = ring::digest::digest(&ring::digest::SHA256, state.as_bytes())
+        .as_ref()
+        .to_vec();
+    let pending = blocking(&app, move |_, db| {
+        let tx = db.write()?;
+        let found = tx.take_oauth_state(&state_hash)?;
+        tx.commit()?;
+        Ok(found)
+    })
+    .await?
+    .ok_or_else(|| {
+        bad_state("unknown state: it was never issued, was already used, or has expired; start again with POST /v1/credentials/{path}/authorize")
+    })?;
+    let now = app.now();
+    if pending.expires_at_ms < now.unix_millis() {
+        return Err(ApiError::bad_request(
+            "state-expired",
+            format!(
+                "the authorization of {} took longer than {} minutes; start again with POST /v1/credentials{}/authorize",
+                pending.path,
+                STATE_LIFETIME.whole_minutes(),
+                pending.path
+            ),
+        ));
+    }
+    let id = pending.credential_id;
+    let flight = app.outbound.flight(id);
+    let _in_flight = flight.lock().await;
+    let m = blocking(&app, move |app, db| load_by_id(db, &app.keys, id)).await?;
+    let principal = pending.principal.clone();
+    if let Some(err) = error {
+        let e = ApiError::bad_request(
+            "authorization-denied",
+            format!(
+                "the authorization server answered {} for credential {}{}",
+                m.scrub(&err),
+                m.path,
+                error_description
+                    .map(|d| format!(": {}", m.scrub(&d)))
+                    .unwrap_or_default()
+            ),
+        );
+        audit(&app, audit_error(&principal, "oauth-callback", &m, &e)).await;
+        return Err(e);
+    }
+    let code = code
+        .as_ref()
+        .ok_or_else(|| ApiError::bad_request("bad-callback", "the callback has no `code`"))?;
+    if m.path != pending.path || m.cred.kind != CredentialType::Oauth2 {
+        return Err(ApiError::conflict(
+            "credential-changed",
+            format!(
+                "credential {} changed during its authorization; start again",
+                pending.path
+            ),
+        ));
+    }
+    let verifier = app
+        .keys
+        .decrypt(&m.path, "pkce_code_verifier", &pending.verifier)
+        .ok_or_else(|| ApiError::internal("a stored PKCE verifier does not open"))?;
+    let redirect_uri = m.text("redirect_uri").unwrap_or_default().to_owned();
+    let grant = Grant::Code {
+        code,
+        verifier: &verifier,
+        redirect_uri: &redirect_uri,
+    };
+    let tried = describe(&m, grant);
+    let tokens = match request_token(&app.outbound, &m, grant, now).await {
+        Ok(t) => t,
+        Err(e) => {
+            let err = e.into_api(&m.path, &tried);
+            audit(&app, audit_error(&principal, "oauth-callback", &m, &err)).await;
+            return Err(err);
+        }
+    };
+    let expires = tokens.expires_at;
+    let row = oauth_audit(
+        &principal,
+        "oauth-callback",
+        &m,
+        "authorized",
+        200,
+        format!(
+            "authorization code exchanged; access token {}",
+            expires.map_or_else(|| "without expiry".into(), |t| format!("expires at {t}"))
+        ),
+    );
+    let path = m.path.clone();
+    let kept = blocking(&app, move |app, db| {
+        let tx = db.write()?;
+        let id = m.row_id()?;
+        let kept = store_tokens(&tx, &app.keys, id, m.version, &m.path, &m.public, &tokens)?;
+        if kept {
+            tx.insert_audit(&row)?;
+        }
+        tx.commit()?;
+        Ok(kept)
+    })
+    .await?;
+    if !kept {
+        return Err(ApiError::conflict(
+            "credential-changed",
+            format!("credential {path} changed during its authorization; start again"),
+        ));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "authorized": path,
+            "expires_at": expires.map(|t| t.to_string()),
+            "message": "authorized: the receiver holds the tokens; you may close this page",
+        }),
+    ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_must_be_https_except_on_loopback() {
+        for ok in [
+            "https://idp.example.com/token",
+            "https://10.0.0.1/token",
+            "http://127.0.0.1:8080/token",
+            "http://127.9.9.9/token",
+            "http://localhost:1/token",
+            "http://LOCALHOST/token",
+            "http://[::1]:9/token",
+        ] {
+            assert!(check_endpoint("token_endpoint", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://idp.example.com/token",
+            "http://10.0.0.1/token",
+            "http://localhost.example.com/token",
+            "http://[::2]/token",
+            "ftp://127.0.0.1/token",
+            "not a url",
+        ] {
+            let e = check_endpoint("token_endpoint", bad).unwrap_err();
+            assert!(e.contains("token_endpoint"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn basic_auth_form_encodes_id_and_secret() {
+        let v = basic_auth("a b", &Secret::new("s:+&".into()));
+        let b64 = v.strip_prefix("Basic ").unwrap_or_default();
+        let raw = STANDARD.decode(b64).unwrap_or_default();
+        assert_eq!(raw, b"a+b:s%3A%2B%26");
+    }
+
+    #[test]
+    fn shown_urls_drop_query_and_user_info() {
+        let u =
+            reqwest::Url::parse("https://u:p@h.example/x?api_key=k#f").unwrap_or_else(|_| panic!());
+        assert_eq!(shown(&u), "https://h.example/x");
+    }
+}

@@ -1,0 +1,313 @@
+//! Dry verification of a credential (`POST /v1/credentials/{path}/verify`, `deploy --verify`):
+//! one request that shows whether the credential works, answered as `{"ok", "tried", "error"}`
+//! without a secret in it.
+//!
+//! - `oauth2`: a token request by the credential's grant. A `client_credentials` or `password`
+//!   token is discarded (nothing changes); an `authorization_code` credential is checked by a
+//!   refresh, and since providers may rotate refresh tokens, what that refresh obtained is kept
+//!   like any refresh (compare and swap). `implicit` has nothing to request: not ok.
+//! - `password`: `GET verify_url` with HTTP Basic authentication; ok on 2xx.
+//! - `api_key`: `GET verify_url` with the key in the header or query parameter the record names
+//!   (`placement`, `parameter_name`; defaults `header` and `X-API-Key`, or `api_key` in the
+//!   query); ok on 2xx.
+//! - `database`: a TCP connection to `host`:`port` (the driver's usual port when none is
+//!   given) within 5 seconds.
+//!
+//! `verify_url` follows the rule of OAuth endpoints: `https://` except on loopback addresses,
+//! since the request carries the secret.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flowpack_shared::model::credential::{CredentialType, PublicValue};
+use flowpack_shared::names::{ContainerPath, Name};
+use flowpack_shared::timefmt::Timestamp;
+use hyper::{Response, StatusCode};
+use serde_json::json;
+
+use crate::App;
+use crate::auth::{Perm, Principal};
+use crate::http::{ApiError, Body, blocking, json_response};
+use crate::oauth::{self, Grant, Material, Outbound, Tokens};
+use crate::store::AuditRow;
+
+/// How long a database connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The outcome of one dry verification.
+#[derive(Debug)]
+pub struct Verification {
+    /// The credential worked.
+    pub ok: bool,
+    /// What was tried, in words (no secret).
+    pub tried: String,
+    /// What failed (no secret).
+    pub error: Option<String>,
+    /// Tokens a refresh obtained, which must be kept (the old refresh token may be spent).
+    pub obtained: Option<Tokens>,
+}
+
+impl Verification {
+    fn failed(tried: impl Into<String>, error: impl Into<String>) -> Verification {
+        Verification {
+            ok: false,
+            tried: tried.into(),
+            error: Some(error.into()),
+            obtained: None,
+        }
+    }
+
+    fn passed(tried: impl Into<String>) -> Verification {
+        Verification {
+            ok: true,
+            tried: tried.into(),
+            error: None,
+            obtained: None,
+        }
+    }
+
+    /// The answer's JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({"ok": self.ok, "tried": self.tried, "error": self.error})
+    }
+}
+
+/// Verifies credential `m`.
+pub async fn check(out: &Outbound, m: &Material, now: Timestamp) -> Verification {
+    if m.secrets.is_empty() {
+        return Verification::failed(
+            "nothing",
+            format!("credential {} has no secrets to verify", m.path),
+        );
+    }
+    match m.cred.kind {
+        CredentialType::Oauth2 => check_oauth2(out, m, now).await,
+        CredentialType::Password => {
+            let Some(pw) = m.secret("password") else {
+                return Verification::failed("nothing", "the credential has no `password`");
+            };
+            let user = m.text("username").unwrap_or("");
+            let how = format!("with HTTP Basic authentication as {user:?}");
+            http_check(out, m, how, |r| r.basic_auth(user, Some(pw.expose()))).await
+        }
+        CredentialType::ApiKey => {
+            let Some(key) = m.secret("key") else {
+                return Verification::failed("nothing", "the credential has no `key`");
+            };
+            if m.text("placement") == Some("query") {
+                let name = m.text("parameter_name").unwrap_or("api_key").to_owned();
+                let how = format!("with the key in query parameter {name:?}");
+                http_check(out, m, how, |r| r.query(&[(name.as_str(), key.expose())])).await
+            } else {
+                let name = m.text("parameter_name").unwrap_or("X-API-Key").to_owned();
+                let value = match reqwest::header::HeaderValue::from_str(key.expose()) {
+                    Ok(mut v) => {
+                        v.set_sensitive(true);
+                        v
+                    }
+                    Err(_) => {
+                        return Verification::failed(
+                            "nothing",
+                            "the key cannot be sent in a header (it has control characters)",
+                        );
+                    }
+                };
+                let Ok(header) = reqwest::header::HeaderName::from_bytes(name.as_bytes()) else {
+                    return Verification::failed(
+                        "nothing",
+                        format!("parameter_name {name:?} is not a valid header name"),
+                    );
+                };
+                let how = format!("with the key in header {name}");
+                http_check(out, m, how, |r| r.header(header, value)).await
+            }
+        }
+        CredentialType::Database => check_database(m).await,
+    }
+}
+
+async fn check_oauth2(out: &Outbound, m: &Material, now: Timestamp) -> Verification {
+    let grant_type = m.text("grant_type");
+    let grant = match (grant_type, m.secret("refresh_token")) {
+        (Some("implicit"), _) => {
+            return Verification::failed(
+                "nothing",
+                format!("no token request is possible: {}", oauth::IMPLICIT_REFUSED),
+            );
+        }
+        (Some("client_credentials"), _) => Grant::ClientCredentials,
+        (Some("password"), _) => Grant::Password,
+        (_, Some(rt)) => Grant::Refresh(rt),
+        (Some("authorization_code"), None) => {
+            return Verification::failed(
+                "nothing",
+                "the credential has no refresh token: authorize it first (POST …/authorize)",
+            );
+        }
+        _ => {
+            return Verification::failed(
+                "nothing",
+                "the credential has no `grant_type` and no refresh token",
+            );
+        }
+    };
+    let tried = oauth::describe(m, grant);
+    match oauth::request_token(out, m, grant, now).await {
+        Ok(tokens) => {
+            let mut v = Verification::passed(tried);
+            if matches!(grant, Grant::Refresh(_)) {
+                v.obtained = Some(tokens);
+            }
+            v
+        }
+        Err(e) => Verification::failed(tried, e.message()),
+    }
+}
+
+async fn http_check(
+    out: &Outbound,
+    m: &Material,
+    how: String,
+    add_secret: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> Verification {
+    let Some(text) = m.text("verify_url") else {
+        return Verification::failed(
+            "nothing",
+            format!(
+                "the credential has no `verify_url`: set one to verify {} credentials",
+                m.cred.kind.as_str()
+            ),
+        );
+    };
+    let url = match oauth::check_endpoint("verify_url", text) {
+        Ok(u) => u,
+        Err(e) => return Verification::failed("nothing", e),
+    };
+    let tried = format!("GET {} {how}", oauth::shown(&url));
+    let req = add_secret(out.client().get(url));
+    match req.send().await {
+        Ok(r) if r.status().is_success() => Verification::passed(tried),
+        Ok(r) => {
+            let status = r.status();
+            Verification::failed(tried, format!("the server answered HTTP {status}"))
+        }
+        Err(e) => {
+            let err = oauth::transport_error(m, &e);
+            Verification::failed(tried, err)
+        }
+    }
+}
+
+/// The usual port of a database driver.
+fn default_port(driver: &str) -> Option<u16> {
+    let d = driver.to_ascii_lowercase();
+    Some(match d.as_str() {
+        "postgres" | "postgresql" | "pg" => 5432,
+        "mysql" | "mariadb" => 3306,
+        "sqlserver" | "mssql" => 1433,
+        "oracle" => 1521,
+        "db2" => 50000,
+        "mongodb" => 27017,
+        _ => return None,
+    })
+}
+
+async fn check_database(m: &Material) -> Verification {
+    let Some(host) = m.text("host") else {
+        return Verification::failed("nothing", "the credential has no `host`");
+    };
+    let port = match m.cred.public.get("port") {
+        Some(PublicValue::Port(p)) => Some(*p),
+        _ => m.text("driver").and_then(default_port),
+    };
+    let Some(port) = port else {
+        return Verification::failed(
+            "nothing",
+            "the credential has no `port`, and its driver has no usual port",
+        );
+    };
+    let tried = format!("TCP connection to {host}:{port}");
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Verification::passed(tried),
+        Ok(Err(e)) => Verification::failed(tried, m.scrub(&e.to_string())),
+        Err(_) => Verification::failed(
+            tried,
+            format!("timed out after {} s", CONNECT_TIMEOUT.as_secs()),
+        ),
+    }
+}
+
+/// `POST /v1/credentials/{path}/verify`.
+pub async fn handle(
+    app: Arc<App>,
+    who: Principal,
+    c: ContainerPath,
+    n: Name,
+) -> Result<Response<Body>, ApiError> {
+    if !who.can(Perm::Use, &c) {
+        return Err(ApiError::lacks(Perm::Use, &c));
+    }
+    let m = blocking(&app, move |app, db| oauth::load(db, &app.keys, &c, &n)).await?;
+    // An oauth2 refresh during verification is a refresh: one at a time per credential.
+    let (m, _in_flight) = match (m.cred.kind, m.id) {
+        (CredentialType::Oauth2, Some(id)) => {
+            let guard = app.outbound.flight(id).lock_owned().await;
+            let m = blocking(&app, move |app, db| oauth::load_by_id(db, &app.keys, id)).await?;
+            (m, Some(guard))
+        }
+        _ => (m, None),
+    };
+    let mut v = check(&app.outbound, &m, app.now()).await;
+    let obtained = v.obtained.take();
+    let mut rows = vec![AuditRow {
+        principal: Some(who.name.clone()),
+        action: "verify-credential".into(),
+        container: Some(m.container.to_string()),
+        target: Some(m.path.clone()),
+        outcome: if v.ok { "ok" } else { "failed" }.into(),
+        status: 200,
+        detail: Some(match &v.error {
+            Some(e) => format!("tried {}: {e}", v.tried),
+            None => format!("tried {}", v.tried),
+        }),
+        ..AuditRow::default()
+    }];
+    if let (Some(tokens), Some(id)) = (obtained, m.id) {
+        rows.push(AuditRow {
+            action: "oauth-token".into(),
+            outcome: "refreshed".into(),
+            detail: Some("access token refreshed by a verification".into()),
+            ..rows[0].clone()
+        });
+        let (version, path, public) = (m.version, m.path.clone(), m.public.clone());
+        blocking(&app, move |app, db| {
+            let tx = db.write()?;
+            let kept = oauth::store_tokens(&tx, &app.keys, id, version, &path, &public, &tokens)?;
+            if !kept {
+                rows.pop();
+            }
+            for r in &rows {
+                tx.insert_audit(r)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+    } else {
+        blocking(&app, move |_, db| {
+            let tx = db.write()?;
+            for r in &rows {
+                tx.insert_audit(r)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+    }
+    Ok(json_response(StatusCode::OK, &v.to_json()))
+}
