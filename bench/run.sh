@@ -128,7 +128,7 @@ start_load=$(cat /proc/loadavg)
   echo "- machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) memory, kernel $(uname -r)"
   echo "- disk: $(findmnt -no SOURCE,FSTYPE -T "$out" | tr -s ' ' | sed 's/ / (/; s/$/)/'), $(df -h --output=size,avail "$out" | tail -n1 | awk '{ print $1 " size, " $2 " free" }')"
   echo "- peers: $(zip -v | sed -n 2p | awk '{ print "zip " $4 }'), $(unzip -v | head -n1 | awk '{ print "unzip " $2 }'), $(openssl version | awk '{ print "OpenSSL " $2 }'), $(nginx -v 2>&1 | sed 's/.*version: //'), $(wrk -v 2>&1 | head -n1 | awk '{ print $1 " " $2 }'), $(curl -V | head -n1 | awk '{ print "curl " $2 }')"
-  echo "- flowpack: commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- shared packager receiver Cargo.lock 2> /dev/null || echo ' with local changes in shared/packager/receiver')"
+  echo "- flowpack: commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- shared packager receiver Cargo.lock 2> /dev/null || echo ' with local changes in shared/packager/receiver')$([ "${FLOWPACK_BENCH_SKIP_BUILD:-0}" = 1 ] && echo "; binaries not rebuilt by this run (built $(date -u -r "$fr" '+%H:%M UTC'))")"
 } > "$run/machine.md"
 
 # ---------------------------------------------------------------- corpora
@@ -322,7 +322,7 @@ done
 
 # ---------------------------------------------------------------- growth: package time per MiB
 log "growth: package $((G_SMALL_BYTES / MiB)) MiB and $((G_BIG_BYTES / MiB)) MiB, $GROW_REPS × each"
-cat "$GS"/*/*.json > /dev/null
+find "$GS" "$GB" -type f -print0 | xargs -0 cat > /dev/null
 for rep in $(seq "$GROW_REPS"); do
   a() {
     local s e; s=$(date +%s%N)
@@ -394,3 +394,4 @@ if [ "$mode" = full ]; then
   log "appended to docs/PERFORMANCE.md"
 fi
 cat "$run/report.md"
+log "done in $((SECONDS / 60)) min $((SECONDS % 60)) s"
