@@ -16,8 +16,10 @@ use zeroize::Zeroizing;
 
 use crate::cli::DeployArgs;
 
-/// Largest answer read from the receiver; a deployment record or a problem is far smaller.
-const MAX_ANSWER: usize = 1 << 20;
+/// Largest answer read from the receiver. A deployment record lists every path a bundle created
+/// or updated: a bundle at the entry limit (100,000) yields a few MiB, so this leaves room while
+/// still bounding what a hostile server can make us hold.
+const MAX_ANSWER: usize = 64 << 20;
 /// Longest `detail` shown from a problem answer.
 const MAX_DETAIL: usize = 2000;
 

@@ -839,6 +839,38 @@ fn deploy_streams_the_bundle_with_token_and_prints_the_record() {
 }
 
 #[test]
+fn deploy_reads_a_record_of_a_large_bundle() {
+    // A bundle of many credentials yields a record listing every path: several MiB.
+    let env = Env::new();
+    env.package(&fixture("sample"), "o.fpk", &["--seal-to", RECIPIENT])
+        .ok();
+    let paths: Vec<String> = (0..60_000)
+        .map(|i| format!("\"/public/bulk/credential-{i:06}\""))
+        .collect();
+    let record = format!(
+        r#"{{"id":7,"bundle_id":"b2","container":"/public/bulk","created":[{}],"updated":[],"needs_secrets":[],"replayed":false}}"#,
+        paths.join(",")
+    );
+    assert!(record.len() > 1 << 20, "over the old 1 MiB answer limit");
+    let (url, server) = fake_receiver("201 Created", &record);
+    fs::write(env.path("token"), "tok-123\n").unwrap();
+    let out = env
+        .run([
+            "deploy",
+            "o.fpk",
+            "--server",
+            &url,
+            "--token-file",
+            "token",
+            "--json",
+        ])
+        .ok();
+    server.join().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["created"].as_array().map(Vec::len), Some(60_000));
+}
+
+#[test]
 fn deploy_shows_the_problem_detail_not_the_raw_body() {
     let env = Env::new();
     env.package(&fixture("sample"), "o.fpk", &["--seal-to", RECIPIENT])
