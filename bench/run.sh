@@ -384,6 +384,7 @@ end_load=$(cat /proc/loadavg)
   echo "- load average (1, 5, 15 min) at the start: $(echo "$start_load" | cut -d' ' -f1-3); at the end: $(echo "$end_load" | cut -d' ' -f1-3)$(awk -v l="${start_load%% *}" 'BEGIN { if (l > 1.5) print " — **the machine was not quiet when the run started**" }')"
   echo "- corpora (seed $SEED): L = $L_FILES XML-like files, $((L_BYTES / MiB)) MiB, in $L_MAPPINGS mappings, + $L_CREDS credentials; S = $S_FILES files × $S_SIZE bytes in $S_MAPPINGS mappings; growth $((G_SMALL_BYTES / MiB)) MiB / $((G_BIG_BYTES / MiB)) MiB; $MANY vs $FEW credentials in one container"
   echo "- repetitions: $REPS (send, receive), $WRK_REPS × ${WRK_SECS}s (wrk), $LOAD_REPS × $((LOAD_CLIENTS * LOAD_PER)) deploys, $GROW_REPS (growth)"
+  [ "$mode" = full ] || echo "- **smoke run**: tiny corpora and one short repetition; fixed costs dominate, so these figures say nothing about the targets"
 } >> "$run/machine.md"
 title="$(date -u '+%Y-%m-%d %H:%M UTC') — bench/run.sh${1:+ $1}"
 "$tool" report --results "$results" --machine "$run/machine.md" --title "$title" > "$run/report.md"
