@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # flowpack against what users would do instead (issue 6), side by side, in one run.
 #
-#   bench/run.sh           the full benchmark (about 10 minutes on 2 cores once built); appends a
-#                          dated section to docs/PERFORMANCE.md
+#   bench/run.sh           the full benchmark (about 6½ minutes on 2 cores once built, 12 from a
+#                          fresh clone); appends a dated section to docs/PERFORMANCE.md
 #   bench/run.sh --quick   tiny corpora, one repetition (under a minute): a smoke run; the report
 #                          goes to bench/out/run-quick/report.md only
 #
