@@ -339,6 +339,9 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Routed {
             Err(e) => Err((e, None)),
         };
     }
+    if let Some(read) = ReadRequest::route(&req, &method, &path) {
+        return read_in_one_hop(&app, &req, read).await;
+    }
     let who = match authenticate(&app, &req).await {
         Ok(p) => p,
         Err(e) => return Err((e, None)),
@@ -348,6 +351,87 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Routed {
         Ok(r) => Ok((r, name)),
         Err(e) => Err((e, name)),
     }
+}
+
+/// A read that runs in one blocking task on one connection, authentication included: a GET
+/// of deployments, the audit log, a container, a mapping or a credential. Its arguments are
+/// parsed before the task; a parse error is answered only after authentication, so an
+/// unauthenticated caller gets 401 whatever the path.
+enum ReadRequest {
+    Deployments(Result<Option<ContainerPath>, ApiError>),
+    Audit,
+    Container(Result<ContainerPath, ApiError>),
+    Mapping(Result<(ContainerPath, Name), ApiError>),
+    Credential(Result<(ContainerPath, Name), ApiError>),
+}
+
+impl ReadRequest {
+    /// The read `path` asks for, or `None` when it is not one (other methods and paths, and
+    /// mapping files, which are streamed: see [`stream_mapping_file`]).
+    fn route(req: &Request<Incoming>, method: &Method, path: &str) -> Option<ReadRequest> {
+        if method != Method::GET {
+            return None;
+        }
+        let rest = path.strip_prefix("/v1/")?;
+        let (head, tail) = rest.split_once('/').unwrap_or((rest, ""));
+        Some(match head {
+            "deployments" if tail.is_empty() => {
+                ReadRequest::Deployments(query_param(req, "container").and_then(|c| {
+                    c.map(|c| {
+                        ContainerPath::parse(&c).map_err(|e| ApiError::bad_request("bad-path", e.0))
+                    })
+                    .transpose()
+                }))
+            }
+            "audit" if tail.is_empty() => ReadRequest::Audit,
+            "containers" => ReadRequest::Container(container_path(tail.trim_end_matches('/'))),
+            "mappings" if !tail.contains("/files/") => ReadRequest::Mapping(object_path(tail)),
+            "credentials" => ReadRequest::Credential(object_path(tail)),
+            _ => return None,
+        })
+    }
+
+    fn answer(self, db: &Db, who: &Principal) -> Result<Response<Body>, ApiError> {
+        match self {
+            ReadRequest::Deployments(filter) => list_deployments(db, who, filter?.as_ref()),
+            ReadRequest::Audit => list_audit(db, who),
+            ReadRequest::Container(c) => show_container(db, who, &c?),
+            ReadRequest::Mapping(p) => {
+                let (c, n) = p?;
+                show_mapping(db, who, &c, &n)
+            }
+            ReadRequest::Credential(p) => {
+                let (c, n) = p?;
+                show_credential(db, who, &c, &n)
+            }
+        }
+    }
+}
+
+/// Authenticates and answers `read` in one blocking task on one connection. The token and its
+/// grants are read from the database each time, so `token create` by another process takes
+/// effect at once.
+async fn read_in_one_hop(app: &Arc<App>, req: &Request<Incoming>, read: ReadRequest) -> Routed {
+    let Some(token) = bearer(req).map(zeroize::Zeroizing::new) else {
+        return Err((ApiError::unauthorized(), None));
+    };
+    let worker = app.clone();
+    let done = app
+        .spawn_blocking(move || {
+            let db = worker.store.db().map_err(|e| (e.into(), None))?;
+            let who = match auth::authenticate(&db, &token) {
+                Ok(Some(who)) => who,
+                Ok(None) => return Err((ApiError::unauthorized(), None)),
+                Err(e) => return Err((e.into(), None)),
+            };
+            let name = Some(who.name.clone());
+            match read.answer(&db, &who) {
+                Ok(r) => Ok((r, name)),
+                Err(e) => Err((e, name)),
+            }
+        })
+        .await;
+    done.unwrap_or_else(|e| Err((ApiError::internal(e), None)))
 }
 
 async fn route_authenticated(
@@ -363,32 +447,9 @@ async fn route_authenticated(
         ("deployments", &Method::POST) if tail.is_empty() => {
             crate::deploy::handle(app, who, req).await
         }
-        ("deployments", &Method::GET) if tail.is_empty() => {
-            let filter = query_param(&req, "container")?
-                .map(|c| {
-                    ContainerPath::parse(&c).map_err(|e| ApiError::bad_request("bad-path", e.0))
-                })
-                .transpose()?;
-            blocking(&app, move |_, db| {
-                list_deployments(db, &who, filter.as_ref())
-            })
-            .await
-        }
         ("deployments", _) if tail.is_empty() => Err(method_not_allowed()),
-        ("audit", &Method::GET) if tail.is_empty() => {
-            blocking(&app, move |_, db| list_audit(db, &who)).await
-        }
-        ("containers", &Method::GET) => {
-            let c = container_path(tail.trim_end_matches('/'))?;
-            blocking(&app, move |_, db| show_container(db, &who, &c)).await
-        }
-        ("mappings", &Method::GET) => {
-            if tail.contains("/files/") {
-                stream_mapping_file(&app, who, tail.to_owned()).await
-            } else {
-                let (c, n) = object_path(tail)?;
-                blocking(&app, move |_, db| show_mapping(db, &who, &c, &n)).await
-            }
+        ("mappings", &Method::GET) if tail.contains("/files/") => {
+            stream_mapping_file(&app, who, tail.to_owned()).await
         }
         ("mappings", &Method::POST) => {
             let Some(m) = tail.strip_suffix("/resolve") else {
@@ -418,10 +479,6 @@ async fn route_authenticated(
             } else {
                 Err(method_not_allowed())
             }
-        }
-        ("credentials", &Method::GET) => {
-            let (c, n) = object_path(tail)?;
-            blocking(&app, move |_, db| show_credential(db, &who, &c, &n)).await
         }
         ("credentials", &Method::PATCH) => {
             let (c, n) = object_path(tail)?;

@@ -4,7 +4,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,6 +14,9 @@ use clap::{Parser, Subcommand};
 use flowpack_receiver::datadir::{self, DataDir};
 use flowpack_receiver::{App, auth, store::Store};
 use flowpack_shared::names::ContainerPath;
+
+/// The most blocking threads the runtime starts (tokio's default is 512); see `serve`.
+const BLOCKING_THREADS: usize = 32;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -190,6 +193,8 @@ fn serve(
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for a person watching, not in a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOWPACK_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -209,6 +214,11 @@ fn serve(
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Requests touch the store on blocking threads. Most hold one for well under a
+        // millisecond; without a cap a burst of connections grows hundreds of threads that
+        // contend on SQLite's global mutexes. Enough remain for slow work (a deploy being
+        // applied, a mapping file streamed to a slow client) beside the short reads.
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)

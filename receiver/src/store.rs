@@ -16,12 +16,14 @@
 //!   concurrent commit does not change.
 //!
 //! SQLite gives all of that with one file in WAL mode and `synchronous=FULL`, one connection per
-//! request and `BEGIN IMMEDIATE` for writers. Mappings are versioned: `mapping_versions` keeps
+//! request at a time (long-lived ones, kept configured between requests, with their prepared
+//! statements) and `BEGIN IMMEDIATE` for writers. Mappings are versioned: `mapping_versions` keeps
 //! every version with its files, `mappings` points at the live one. Secrets are stored only as
 //! ciphertext (`credential_secrets`); see `creds.rs`.
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use flowpack_shared::names::{ContainerPath, Name};
@@ -139,11 +141,28 @@ CREATE TABLE audit (
 );
 "#;
 
-/// The database file.
-#[derive(Debug, Clone)]
+/// The database file, and the idle connections to it ([`Store::db`] takes one from there and
+/// its [`Db`] gives it back). Clones share the pool.
+#[derive(Clone)]
 pub struct Store {
     path: PathBuf,
+    idle: Arc<Mutex<Vec<Connection>>>,
 }
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// At most this many idle connections are kept; one returned beyond that is closed. About the
+/// number of blocking threads that run requests at once (see `main.rs`).
+const MAX_IDLE: usize = 32;
+
+/// Prepared statements kept per connection ([`Connection::prepare_cached`]).
+const STATEMENT_CACHE: usize = 64;
 
 /// A storage fault. Every one is internal: callers answer 500 and log it.
 #[derive(Debug, thiserror::Error)]
@@ -166,9 +185,7 @@ fn now() -> String {
 impl Store {
     /// Creates a new database with the schema.
     pub fn create(path: &Path) -> anyhow::Result<Store> {
-        let store = Store {
-            path: path.to_owned(),
-        };
+        let store = Store::at(path);
         let mut db = store.db()?;
         let tx = db.write()?;
         tx.conn().execute_batch(SCHEMA).map_err(Error)?;
@@ -185,9 +202,7 @@ impl Store {
     /// Opens an existing database, upgrading an older schema in one transaction, and checks
     /// its schema version.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
-        let store = Store {
-            path: path.to_owned(),
-        };
+        let store = Store::at(path);
         let mut db = store.db()?;
         let version = |db: &Db| -> Result<i64> {
             Ok(db
@@ -215,9 +230,36 @@ impl Store {
         Ok(store)
     }
 
-    /// A new handle: its own connection in WAL mode with `synchronous=FULL` and foreign keys
-    /// on, waiting up to 30 s for a busy writer.
+    fn at(path: &Path) -> Store {
+        Store {
+            path: path.to_owned(),
+            idle: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// A handle for one request. Its connection is taken from the idle ones, or opened when
+    /// there is none: in WAL mode with `synchronous=FULL` and foreign keys on, waiting up to
+    /// 30 s for a busy writer. Opening and configuring costs about a millisecond (SQLite parses
+    /// the schema), so connections are kept: the handle gives its connection back when dropped.
     pub fn db(&self) -> Result<Db> {
+        let reused = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match reused {
+            Some(conn) => conn,
+            None => self.connect()?,
+        };
+        Ok(Db {
+            conn: Pooled {
+                conn: Some(conn),
+                idle: Arc::downgrade(&self.idle),
+            },
+        })
+    }
+
+    fn connect(&self) -> Result<Connection> {
         let conn = Connection::open(&self.path)?;
         conn.busy_timeout(Duration::from_secs(30))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -225,15 +267,61 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", true)?;
         // Freed pages are overwritten, so a cleared secret's ciphertext does not linger.
         conn.pragma_update(None, "secure_delete", true)?;
-        Ok(Db { conn })
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        Ok(conn)
+    }
+}
+
+/// A connection on loan from a [`Store`]'s idle list, given back on drop: only outside a
+/// transaction (one left open is rolled back first, and the connection closed if that fails),
+/// so the next request never inherits another's transaction or snapshot.
+struct Pooled {
+    /// `Some` until dropped.
+    conn: Option<Connection>,
+    idle: Weak<Mutex<Vec<Connection>>>,
+}
+
+impl Deref for Pooled {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        // Invariant: `conn` is `None` only inside `drop`.
+        self.conn
+            .as_ref()
+            .expect("a pooled connection is present until dropped")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if !conn.is_autocommit()
+            && let Err(e) = conn.execute_batch("ROLLBACK")
+        {
+            tracing::error!(error = %e, "rolling back a returned connection failed; closing it");
+            return;
+        }
+        let Some(idle) = self.idle.upgrade() else {
+            return;
+        };
+        let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
     }
 }
 
 /// A handle on the database for one request: reads see committed data only. Writes go through
 /// [`Db::write`].
-#[derive(Debug)]
 pub struct Db {
-    conn: Connection,
+    conn: Pooled,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").finish_non_exhaustive()
+    }
 }
 
 impl Db {
@@ -400,9 +488,11 @@ impl Db {
     pub fn token(&self, id: &str) -> Result<Option<(Vec<u8>, i64, String)>> {
         Ok(self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT t.secret_sha256, p.id, p.name FROM tokens t JOIN principals p ON p.id = t.principal_id
                  WHERE t.id = ?1",
+            )?
+            .query_row(
                 params![id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
@@ -413,7 +503,7 @@ impl Db {
     pub fn grants(&self, principal: i64) -> Result<Vec<(String, String)>> {
         let mut st = self
             .conn
-            .prepare("SELECT prefix, perms FROM grants WHERE principal_id = ?1")?;
+            .prepare_cached("SELECT prefix, perms FROM grants WHERE principal_id = ?1")?;
         let rows = st.query_map(params![principal], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -439,18 +529,15 @@ impl Db {
     pub fn container_id(&self, path: &ContainerPath) -> Result<Option<i64>> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT id FROM containers WHERE path = ?1",
-                params![path.as_str()],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT id FROM containers WHERE path = ?1")?
+            .query_row(params![path.as_str()], |r| r.get(0))
             .optional()?)
     }
 
     /// What a container holds: child container names, mapping names, credential names (sorted).
     pub fn children(&self, id: i64) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
         let list = |sql: &str| -> Result<Vec<String>> {
-            let mut st = self.conn.prepare(sql)?;
+            let mut st = self.conn.prepare_cached(sql)?;
             let rows = st.query_map(params![id], |r| r.get(0))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         };
@@ -532,7 +619,7 @@ impl Db {
 
     /// Every live mapping of a container: (name, definition).
     pub fn mappings_in(&self, container: i64) -> Result<Vec<(String, String)>> {
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare_cached(
             "SELECT m.name, v.definition FROM mappings m JOIN mapping_versions v ON v.id = m.version_id
              WHERE m.container_id = ?1 ORDER BY m.name",
         )?;
@@ -695,11 +782,10 @@ impl Db {
     pub fn credential(&self, container: i64, name: &str) -> Result<Option<CredentialRow>> {
         Ok(self
             .conn
-            .query_row(
-                &format!("SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE container_id = ?1 AND name = ?2"),
-                params![container, name],
-                credential_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {CREDENTIAL_COLUMNS} FROM credentials WHERE container_id = ?1 AND name = ?2"
+            ))?
+            .query_row(params![container, name], credential_row)
             .optional()?)
     }
 
@@ -718,7 +804,7 @@ impl Db {
 
     /// The stored sensitive fields of a credential.
     pub fn secrets(&self, credential: i64) -> Result<Vec<SecretRow>> {
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare_cached(
             "SELECT field, ciphertext, fingerprint FROM credential_secrets WHERE credential_id = ?1 ORDER BY field",
         )?;
         let rows = st.query_map(params![credential], |r| {
@@ -934,7 +1020,7 @@ impl Db {
     pub fn deployments(&self) -> Result<Vec<(String, String)>> {
         let mut st = self
             .conn
-            .prepare("SELECT container, record FROM deployments ORDER BY id")?;
+            .prepare_cached("SELECT container, record FROM deployments ORDER BY id")?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -1027,7 +1113,7 @@ impl Tx<'_> {
 impl Db {
     /// The audit trail, oldest first.
     pub fn audit(&self) -> Result<Vec<AuditRow>> {
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare_cached(
             "SELECT id, at, principal, action, container, target, bundle_id, signer_key_id, outcome, status, code, detail
              FROM audit ORDER BY id",
         )?;
@@ -1048,5 +1134,51 @@ impl Db {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principals(db: &Db) -> i64 {
+        db.conn
+            .query_row("SELECT count(*) FROM principals", [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn connection_returned_mid_transaction_is_rolled_back_before_reuse() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::create(&tmp.path().join("store.db")).unwrap_or_else(|e| panic!("{e}"));
+        {
+            let db = store.db().unwrap_or_else(|e| panic!("{e}"));
+            db.conn
+                .execute_batch(
+                    "BEGIN IMMEDIATE; INSERT INTO principals (name, created_at) VALUES ('x', 'now')",
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut db = store.db().unwrap_or_else(|e| panic!("{e}"));
+        assert!(db.conn.is_autocommit());
+        assert_eq!(principals(&db), 0);
+        // The writer lock was released with it.
+        let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
+        drop(tx);
+    }
+
+    #[test]
+    fn reused_connection_sees_a_commit_from_another_process() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = tmp.path().join("store.db");
+        let store = Store::create(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(principals(&store.db().unwrap_or_else(|e| panic!("{e}"))), 0);
+        // `token create` opens its own store, as another process does.
+        let other = Store::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut db = other.db().unwrap_or_else(|e| panic!("{e}"));
+        let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
+        tx.ensure_principal("ci").unwrap_or_else(|e| panic!("{e}"));
+        tx.commit().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(principals(&store.db().unwrap_or_else(|e| panic!("{e}"))), 1);
     }
 }
