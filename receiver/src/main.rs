@@ -225,32 +225,26 @@ fn serve(
             .await
             .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr()?;
+        let shutdown = shutdown_signal()?;
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         print_line(&format!("listening on {scheme}://{addr}"))?;
-        flowpack_receiver::run(listener, app, acceptor, shutdown_signal()).await?;
+        flowpack_receiver::run(listener, app, acceptor, shutdown).await?;
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// Registers the SIGTERM and SIGINT handlers now, and returns a future that completes on
+/// either. Registering before `listening on` is printed matters: a signal sent the moment a
+/// supervisor (or a test) sees that line must shut down gracefully, not hit the default action.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("shutdown signal received");
+        tracing::info!("shutdown signal received");
+    })
 }

@@ -409,3 +409,16 @@ fn one_server_per_data_dir_and_spool_leftovers_are_cleared_at_start() {
         "{log}"
     );
 }
+
+#[test]
+fn sigterm_right_after_the_listening_line_shuts_down_gracefully() {
+    // The handlers are installed before the line is printed: a supervisor may signal as soon
+    // as it reads it. Repeated, since the window it guards against is short.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    init(&dir);
+    for _ in 0..20 {
+        let log = serve(&dir).stop();
+        assert!(log.contains("shutdown signal received"), "{log}");
+    }
+}
