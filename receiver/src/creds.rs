@@ -547,6 +547,14 @@ fn server_credential(
     })
 }
 
+/// The stored credential `n` of container `c` and its container's id; 404 when either is missing.
+pub fn find(db: &Db, c: &ContainerPath, n: &Name) -> Result<(i64, CredentialRow), ApiError> {
+    let missing = || ApiError::not_found(format!("credential {} does not exist", c.object_path(n)));
+    let cid = db.container_id(c)?.ok_or_else(missing)?;
+    let row = db.credential(cid, n.as_str())?.ok_or_else(missing)?;
+    Ok((cid, row))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -434,16 +434,7 @@ fn apply(
         if let Value::Object(o) = &mut record {
             o.insert("replayed".into(), Value::Bool(true));
         }
-        let row = AuditRow {
-            principal: Some(who.name.clone()),
-            action: "deploy".into(),
-            container: Some(target.to_string()),
-            bundle_id: Some(info.bundle_id.clone()),
-            signer_key_id: Some(info.signer.clone()),
-            outcome: "replayed".into(),
-            status: 200,
-            ..AuditRow::default()
-        };
+        let row = deploy_audit(who, target, &info, "replayed", 200);
         tx.insert_audit(&row).map_err(|e| fail(e.into()))?;
         tx.commit().map_err(|e| fail(e.into()))?;
         return Ok((StatusCode::OK, record));
@@ -563,18 +554,29 @@ fn apply(
     });
     tx.set_deployment_record(did, &record.to_string())
         .map_err(|e| fail(e.into()))?;
-    let row = AuditRow {
+    let row = deploy_audit(who, target, &info, "applied", 201);
+    tx.insert_audit(&row).map_err(|e| fail(e.into()))?;
+    tx.commit().map_err(|e| fail(e.into()))?;
+    tracing::info!(bundle_id = %m.bundle_id, container = %target, deployment = did, "bundle applied");
+    Ok((StatusCode::CREATED, record))
+}
+
+/// The audit row of a deploy that got past verification.
+fn deploy_audit(
+    who: &Principal,
+    target: &ContainerPath,
+    info: &BundleInfo,
+    outcome: &str,
+    status: u16,
+) -> AuditRow {
+    AuditRow {
         principal: Some(who.name.clone()),
         action: "deploy".into(),
         container: Some(target.to_string()),
         bundle_id: Some(info.bundle_id.clone()),
         signer_key_id: Some(info.signer.clone()),
-        outcome: "applied".into(),
-        status: 201,
+        outcome: outcome.into(),
+        status,
         ..AuditRow::default()
-    };
-    tx.insert_audit(&row).map_err(|e| fail(e.into()))?;
-    tx.commit().map_err(|e| fail(e.into()))?;
-    tracing::info!(bundle_id = %m.bundle_id, container = %target, deployment = did, "bundle applied");
-    Ok((StatusCode::CREATED, record))
+    }
 }

@@ -852,9 +852,7 @@ fn delete_credential(
     require(who, Perm::Write, c)?;
     let path = c.object_path(n);
     let tx = db.write()?;
-    let missing = || ApiError::not_found(format!("credential {path} does not exist"));
-    let cid = tx.container_id(c)?.ok_or_else(missing)?;
-    let cred = tx.credential(cid, n.as_str())?.ok_or_else(missing)?;
+    let (cid, cred) = creds::find(&tx, c, n)?;
     // A mapping references credentials of its own container (SPEC §2: of the same project).
     let mut refs = Vec::new();
     for (mname, def) in tx.mappings_in(cid)? {
@@ -898,9 +896,7 @@ fn show_credential(
 ) -> Result<Response<Body>, ApiError> {
     require(who, Perm::Read, c)?;
     let path = c.object_path(n);
-    let missing = || ApiError::not_found(format!("credential {path} does not exist"));
-    let cid = db.container_id(c)?.ok_or_else(missing)?;
-    let row = db.credential(cid, n.as_str())?.ok_or_else(missing)?;
+    let (_, row) = creds::find(db, c, n)?;
     Ok(json_response(
         StatusCode::OK,
         &creds::redacted(db, &path, &row)?,
@@ -918,11 +914,9 @@ fn patch_credential(
     require(who, Perm::Write, c)?;
     let path = c.object_path(n);
     let tx = db.write()?;
-    let missing = || ApiError::not_found(format!("credential {path} does not exist"));
-    let cid = tx.container_id(c)?.ok_or_else(missing)?;
-    let row = tx.credential(cid, n.as_str())?.ok_or_else(missing)?;
+    let (_, row) = creds::find(&tx, c, n)?;
     creds::patch(&tx, &app.keys, &path, &row, body)?;
-    let row = tx.credential(cid, n.as_str())?.ok_or_else(missing)?;
+    let (_, row) = creds::find(&tx, c, n)?;
     let answer = creds::redacted(&tx, &path, &row)?;
     let mut a = audit_row(who, "patch-credential", c, path.clone());
     a.outcome = "updated".into();

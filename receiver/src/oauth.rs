@@ -249,11 +249,8 @@ impl Material {
 
 /// Loads a stored credential with its secrets; 404 when it does not exist.
 pub fn load(db: &Db, keys: &SecretKeys, c: &ContainerPath, n: &Name) -> Result<Material, ApiError> {
-    let path = c.object_path(n);
-    let missing = || ApiError::not_found(format!("credential {path} does not exist"));
-    let cid = db.container_id(c)?.ok_or_else(missing)?;
-    let row = db.credential(cid, n.as_str())?.ok_or_else(missing)?;
-    Material::from_row(db, keys, c.clone(), path.clone(), &row)
+    let (_, row) = crate::creds::find(db, c, n)?;
+    Material::from_row(db, keys, c.clone(), c.object_path(n), &row)
 }
 
 /// Loads a stored credential by row id; 404 when it was deleted.
