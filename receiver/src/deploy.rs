@@ -1,12 +1,15 @@
 //! `POST /v1/deployments`: verify → decide → apply, in one transaction.
 //!
 //! The body is spooled to a temporary file in the data directory (never held in memory),
-//! bounded by the configured bundle size. Then, on a blocking thread: the bundle's structure,
-//! signature and signer trust are checked with trust read from the database; the caller's
-//! `write` grant on the target; inside `BEGIN IMMEDIATE` (so concurrent deploys cannot race
-//! the replay and staleness checks) replay, expiry and staleness; then the payload is streamed
-//! straight into the transaction. Any failure rolls the whole transaction back and is audited
-//! in a transaction of its own.
+//! bounded by the configured bundle size. Then, on the blocking pool ([`prepare`]): the
+//! bundle's structure, signature and signer trust are checked with trust read from the
+//! database, and the caller's `write` grant on the target; a standalone credential bundle's
+//! payload is read and its sealed values opened. Then, as a job of the store's group committer
+//! ([`crate::store::Store::write_grouped`], which serializes it with every other deploy, so
+//! none can race the replay and staleness checks): replay, expiry and staleness, then the
+//! payload is written (a mapping bundle's files streamed straight from the spool file), all in
+//! one savepoint. A refusal undoes that savepoint and records its audit row in the same
+//! transaction; the answer waits for the transaction to be durable.
 //!
 //! With `?verify=true` (`flowpack deploy --verify`), every credential that carries secrets is
 //! verified first ([`crate::verify`]) as it will be after the apply (the bundle's fields over
@@ -18,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Seek, SeekFrom};
 use std::sync::Arc;
 
-use flowpack_shared::bundle::read::{OpenBundle, TrustedSigner};
+use flowpack_shared::bundle::read::{OpenBundle, Payload, TrustedSigner};
 use flowpack_shared::bundle::{BundleError, BundleKind};
 use flowpack_shared::keys::{KeyId, VerifyingKey};
 use flowpack_shared::names::{ContainerPath, Name};
@@ -34,7 +37,7 @@ use crate::auth::{Perm, Principal};
 use crate::creds;
 use crate::http::{ApiError, Body, json_response};
 use crate::oauth::{Material, Tokens};
-use crate::store::{AuditRow, Db};
+use crate::store::{AuditRow, Db, Tx};
 
 /// Clock skew allowed for `created_at` (SPEC §4).
 const SKEW: time::Duration = time::Duration::minutes(5);
@@ -57,14 +60,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let refuse = |app: &Arc<App>, who: &Principal, e: ApiError| {
-        let row = refusal_row(who, None, &e);
-        let worker = app.clone();
-        // Best effort, off the async thread; the answer does not wait for it.
-        app.spawn_blocking(move || {
-            if let Ok(mut db) = worker.store.db() {
-                crate::http::audit_alone(&mut db, row);
-            }
-        });
+        audit_later(app, refusal_row(who, None, &e));
         e
     };
     let ct = req
@@ -148,22 +144,31 @@ pub async fn handle(
         HashMap::new()
     };
 
-    let app2 = app.clone();
-    let (status, record) = app
-        .spawn_blocking(move || {
-            let mut db = app2.store.db()?;
-            let result = apply(&app2, &mut db, &who, &tmp, &obtained);
-            drop(tmp);
-            match result {
-                Ok(r) => Ok(r),
-                Err((e, info)) => {
-                    audit_refusal(&mut db, &who, info.as_deref(), &e);
-                    Err(e)
-                }
-            }
-        })
+    // Verification, and a credential bundle's payload, on the blocking pool (in parallel);
+    // then the decisions and the writes in the group committer's next transaction.
+    let worker = app.clone();
+    let caller = who.clone();
+    let prepared = app
+        .spawn_blocking(move || prepare(&worker, &caller, tmp))
         .await
-        .map_err(ApiError::internal)??;
+        .map_err(ApiError::internal)?;
+    let worker = app.clone();
+    let (status, record) = app
+        .store
+        .write_grouped(app.work_token(), move |tx| {
+            let result = match prepared {
+                Ok(p) => tx.savepoint(|tx| apply(&worker, tx, &who, p, &obtained))?,
+                Err(failed) => Err(failed),
+            };
+            result.map_err(|(e, info)| {
+                // Kept: only `apply`'s savepoint was undone.
+                if let Err(ae) = tx.insert_audit(&refusal_row(&who, info.as_deref(), &e)) {
+                    tracing::error!(error = %ae, "writing an audit row failed");
+                }
+                e
+            })
+        })
+        .await?;
     Ok(json_response(status, &record))
 }
 
@@ -190,8 +195,15 @@ fn refusal_row(who: &Principal, info: Option<&BundleInfo>, e: &ApiError) -> Audi
     }
 }
 
-fn audit_refusal(db: &mut Db, who: &Principal, info: Option<&BundleInfo>, e: &ApiError) {
-    crate::http::audit_alone(db, refusal_row(who, info, e));
+/// Queues an audit row for the group committer's next transaction; the answer does not wait
+/// for it (a failure is logged).
+fn audit_later(app: &App, row: AuditRow) {
+    let queued = app.store.write_grouped(app.work_token(), move |tx| {
+        tx.insert_audit(&row)
+            .inspect_err(|e| tracing::error!(error = %e, "writing an audit row failed"))
+    });
+    // The job is queued when `write_grouped` returns; its answer is not needed.
+    drop(queued);
 }
 
 type Failed = (ApiError, Option<Box<BundleInfo>>);
@@ -302,12 +314,11 @@ async fn verify_bundle(
         )
         .with("verifications", Value::Array(report));
         let row = refusal_row(who, Some(&info), &e);
-        let worker = app.clone();
-        let _ = app
-            .spawn_blocking(move || {
-                if let Ok(mut db) = worker.store.db() {
-                    crate::http::audit_alone(&mut db, row);
-                }
+        // Awaited: the audit trail shows the refusal by the time it is answered.
+        let _: Result<(), ApiError> = app
+            .store
+            .write_grouped(app.work_token(), move |tx| {
+                tx.insert_audit(&row).map_err(ApiError::from)
             })
             .await;
         return Err(e);
@@ -391,15 +402,27 @@ fn candidates(
     Ok(Some((info, out)))
 }
 
-/// Verifies and applies a spooled bundle. Returns the status and the deployment record.
-/// `obtained`: tokens a verification's refresh obtained, stored over the bundle's.
-fn apply(
+/// A bundle verified outside the writer's transaction, waiting to be applied.
+struct Prepared {
+    bundle: OpenBundle<BufReader<std::fs::File>>,
+    info: BundleInfo,
+    /// A standalone credential bundle's payload, read (sealed values opened) before joining the
+    /// writer's queue; its error is reported only after the replay and staleness checks, as
+    /// when it is read in the transaction. `None` for a mapping bundle: its files are streamed
+    /// into the transaction.
+    payload: Option<Result<Payload, BundleError>>,
+    /// The spool file, removed once the bundle is applied or refused.
+    _spooled: tempfile::NamedTempFile,
+}
+
+/// Checks a spooled bundle's structure, signature and signer trust, and the caller's `write`
+/// grant on its target; reads a standalone credential bundle's payload.
+fn prepare(
     app: &App,
-    db: &mut Db,
     who: &Principal,
-    spooled: &tempfile::NamedTempFile,
-    obtained: &HashMap<String, Tokens>,
-) -> Result<(StatusCode, Value), Failed> {
+    spooled: tempfile::NamedTempFile,
+) -> Result<Prepared, Failed> {
+    let db = app.store.db().map_err(|e| (e.into(), None))?;
     let mut file = spooled
         .reopen()
         .map_err(|e| (ApiError::internal(e), None))?;
@@ -407,24 +430,60 @@ fn apply(
         .map_err(|e| (ApiError::internal(e), None))?;
     let limits = app.config.limits.to_limits();
     let mut bundle = {
-        let lookup = |id: &KeyId| trusted(db, id);
+        let lookup = |id: &KeyId| trusted(&db, id);
         OpenBundle::open(BufReader::new(file), &limits, &lookup)
-            .map_err(|e| (trust_info(&e, spooled, &limits), e))
+            .map_err(|e| (trust_info(&e, &spooled, &limits), e))
             .map_err(|(info, e)| (ApiError::from(e), info))?
     };
-    let m = bundle.manifest().clone();
+    drop(db);
+    let m = bundle.manifest();
     let info = BundleInfo {
         bundle_id: m.bundle_id.to_string(),
         signer: m.signer_key_id.to_string(),
         container: m.target_container.clone(),
     };
+    if !who.can(Perm::Write, &m.target_container) {
+        let e = ApiError::lacks(Perm::Write, &m.target_container);
+        return Err((e, Some(Box::new(info))));
+    }
+    let payload = (m.kind == BundleKind::Credentials).then(|| {
+        // A credential bundle with mapping files is refused once read (`bad-record`).
+        let mut drain = |_: &Name,
+                         _: &flowpack_shared::names::RelPath,
+                         _: u64,
+                         data: &mut dyn std::io::Read|
+         -> std::io::Result<()> {
+            std::io::copy(data, &mut std::io::sink()).map(|_| ())
+        };
+        bundle.read_payload(Some(&app.identity), &mut drain)
+    });
+    Ok(Prepared {
+        bundle,
+        info,
+        payload,
+        _spooled: spooled,
+    })
+}
+
+/// Applies a prepared bundle in the writer's transaction: replay, expiry and staleness, then
+/// the payload. Returns the status and the deployment record.
+/// `obtained`: tokens a verification's refresh obtained, stored over the bundle's.
+fn apply(
+    app: &App,
+    tx: &Tx<'_>,
+    who: &Principal,
+    prepared: Prepared,
+    obtained: &HashMap<String, Tokens>,
+) -> Result<(StatusCode, Value), Failed> {
+    let Prepared {
+        mut bundle,
+        info,
+        payload,
+        _spooled,
+    } = prepared;
+    let m = bundle.manifest().clone();
     let fail = |e: ApiError| (e, Some(Box::new(info.clone())));
     let target = &m.target_container;
-    if !who.can(Perm::Write, target) {
-        return Err(fail(ApiError::lacks(Perm::Write, target)));
-    }
-
-    let tx = db.write().map_err(|e| fail(e.into()))?;
     if let Some(record) = tx
         .deployment_by_bundle(m.bundle_id.as_str())
         .map_err(|e| fail(e.into()))?
@@ -436,7 +495,6 @@ fn apply(
         }
         let row = deploy_audit(who, target, &info, "replayed", 200);
         tx.insert_audit(&row).map_err(|e| fail(e.into()))?;
-        tx.commit().map_err(|e| fail(e.into()))?;
         return Ok((StatusCode::OK, record));
     }
     bundle
@@ -464,8 +522,9 @@ fn apply(
         .insert_deployment(m.bundle_id.as_str(), target.as_str(), created_ms)
         .map_err(|e| fail(e.into()))?;
     let mut versions: HashMap<Name, i64> = HashMap::new();
-    let payload = {
-        let tx = &tx;
+    let payload = if let Some(read) = payload {
+        read.map_err(|e| fail(e.into()))?
+    } else {
         let versions = &mut versions;
         let mut on_file = |name: &Name,
                            path: &flowpack_shared::names::RelPath,
@@ -523,7 +582,7 @@ fn apply(
         }
     }
     for c in &payload.credentials {
-        let up = creds::upsert_from_bundle(&tx, &app.keys, cid, target, c).map_err(fail)?;
+        let up = creds::upsert_from_bundle(tx, &app.keys, cid, target, c).map_err(fail)?;
         if let Some(tokens) = obtained.get(c.name.as_str()) {
             let row = tx
                 .credential(cid, c.name.as_str())
@@ -531,7 +590,7 @@ fn apply(
                 .ok_or_else(|| fail(ApiError::internal("an upserted credential vanished")))?;
             let public =
                 serde_json::from_str(&row.public).map_err(|e| fail(ApiError::internal(e)))?;
-            crate::oauth::write_tokens(&tx, &app.keys, row.id, &up.path, &public, tokens)
+            crate::oauth::write_tokens(tx, &app.keys, row.id, &up.path, &public, tokens)
                 .map_err(fail)?;
         }
         if up.needs_secrets {
@@ -556,7 +615,6 @@ fn apply(
         .map_err(|e| fail(e.into()))?;
     let row = deploy_audit(who, target, &info, "applied", 201);
     tx.insert_audit(&row).map_err(|e| fail(e.into()))?;
-    tx.commit().map_err(|e| fail(e.into()))?;
     tracing::info!(bundle_id = %m.bundle_id, container = %target, deployment = did, "bundle applied");
     Ok((StatusCode::CREATED, record))
 }

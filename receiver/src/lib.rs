@@ -104,6 +104,12 @@ impl App {
     ) -> tokio::task::JoinHandle<T> {
         self.work.spawn_blocking(f)
     }
+
+    /// Counts as tracked work until dropped: [`run`] returns only after it is (given to the
+    /// group committer with each job, see [`store::Store::write_grouped`]).
+    pub(crate) fn work_token(&self) -> tokio_util::task::task_tracker::TaskTrackerToken {
+        self.work.token()
+    }
 }
 
 /// Trusts a signer's public key (PEM) for container prefixes (`/` when none are given).

@@ -15,15 +15,21 @@
 //!   known length ([`Db::mapping_file`]), never whole in memory, from a snapshot that a
 //!   concurrent commit does not change.
 //!
+//! - **Group commit** ([`Store::write_grouped`]): many requests' writes, each atomic on its own,
+//!   made durable by one commit, so that concurrent deploys do not each wait for a disk sync.
+//!
 //! SQLite gives all of that with one file in WAL mode and `synchronous=FULL`, one connection per
 //! request at a time (long-lived ones, kept configured between requests, with their prepared
-//! statements) and `BEGIN IMMEDIATE` for writers. Mappings are versioned: `mapping_versions` keeps
+//! statements) and `BEGIN IMMEDIATE` for writers. Deploys are written by one thread that owns
+//! a connection and commits queued jobs in batches, each job in a savepoint; a second thread
+//! checkpoints the WAL in the background. Mappings are versioned: `mapping_versions` keeps
 //! every version with its files, `mappings` points at the live one. Secrets are stored only as
 //! ciphertext (`credential_secrets`); see `creds.rs`.
 
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak, mpsc};
 use std::time::Duration;
 
 use flowpack_shared::names::{ContainerPath, Name};
@@ -141,18 +147,30 @@ CREATE TABLE audit (
 );
 "#;
 
-/// The database file, and the idle connections to it ([`Store::db`] takes one from there and
-/// its [`Db`] gives it back). Clones share the pool.
+/// The database file, its idle connections ([`Store::db`] takes one from there and its [`Db`]
+/// gives it back), and the two threads started on first use: the group committer
+/// ([`Store::write_grouped`]) and the checkpointer. Clones share all of it; the threads end
+/// when the last clone is dropped.
 #[derive(Clone)]
 pub struct Store {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     path: PathBuf,
-    idle: Arc<Mutex<Vec<Connection>>>,
+    idle: Mutex<Vec<Connection>>,
+    /// The group committer's queue.
+    writer: OnceLock<mpsc::Sender<Job>>,
+    /// Wakes the checkpointer; a full queue means a checkpoint is already due.
+    checkpoints: OnceLock<mpsc::SyncSender<()>>,
+    /// Transactions the group committer has committed.
+    batches: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("path", &self.path)
+            .field("path", &self.shared.path)
             .finish_non_exhaustive()
     }
 }
@@ -164,15 +182,25 @@ const MAX_IDLE: usize = 32;
 /// Prepared statements kept per connection ([`Connection::prepare_cached`]).
 const STATEMENT_CACHE: usize = 64;
 
+/// The most jobs the group committer puts in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// The checkpointer's pause after a checkpoint: commits in the meantime wait for the next one.
+/// Bounds the checkpoints (each syncs the database file) to a few per second under load.
+const CHECKPOINT_PAUSE: Duration = Duration::from_millis(250);
+
 /// A storage fault. Every one is internal: callers answer 500 and log it.
 #[derive(Debug, thiserror::Error)]
-#[error("database: {0}")]
-pub struct Error(rusqlite::Error);
-
-impl From<rusqlite::Error> for Error {
-    fn from(e: rusqlite::Error) -> Self {
-        Error(e)
-    }
+pub enum Error {
+    /// From the database engine.
+    #[error("database: {0}")]
+    Engine(#[from] rusqlite::Error),
+    /// The group commit a job was part of failed (the job's own writes were fine).
+    #[error("database: the group commit failed: {0}")]
+    Batch(String),
+    /// The group committer's thread is gone (it panicked); nothing more can be written.
+    #[error("database: the writer thread is gone")]
+    WriterGone,
 }
 
 /// The result of a storage operation.
@@ -188,11 +216,10 @@ impl Store {
         let store = Store::at(path);
         let mut db = store.db()?;
         let tx = db.write()?;
-        tx.conn().execute_batch(SCHEMA).map_err(Error)?;
-        tx.conn().execute_batch(MIGRATE_1_TO_2).map_err(Error)?;
+        tx.conn().execute_batch(SCHEMA)?;
+        tx.conn().execute_batch(MIGRATE_1_TO_2)?;
         tx.conn()
-            .pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(Error)?;
+            .pragma_update(None, "user_version", SCHEMA_VERSION)?;
         // The root always exists, even before the first deploy.
         tx.ensure_root()?;
         tx.commit()?;
@@ -213,10 +240,8 @@ impl Store {
             let tx = db.write()?;
             // Read again under the writer lock: another process may have upgraded meanwhile.
             if version(&tx)? == 1 {
-                tx.conn().execute_batch(MIGRATE_1_TO_2).map_err(Error)?;
-                tx.conn()
-                    .pragma_update(None, "user_version", 2)
-                    .map_err(Error)?;
+                tx.conn().execute_batch(MIGRATE_1_TO_2)?;
+                tx.conn().pragma_update(None, "user_version", 2)?;
             }
             tx.commit()?;
         }
@@ -232,43 +257,267 @@ impl Store {
 
     fn at(path: &Path) -> Store {
         Store {
-            path: path.to_owned(),
-            idle: Arc::new(Mutex::new(Vec::new())),
+            shared: Arc::new(Shared {
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+                writer: OnceLock::new(),
+                checkpoints: OnceLock::new(),
+                batches: AtomicU64::new(0),
+            }),
         }
     }
 
     /// A handle for one request. Its connection is taken from the idle ones, or opened when
-    /// there is none: in WAL mode with `synchronous=FULL` and foreign keys on, waiting up to
-    /// 30 s for a busy writer. Opening and configuring costs about a millisecond (SQLite parses
-    /// the schema), so connections are kept: the handle gives its connection back when dropped.
+    /// there is none (see [`connect`]). Opening and configuring costs about a millisecond
+    /// (SQLite parses the schema), so connections are kept: the handle gives its connection
+    /// back when dropped.
     pub fn db(&self) -> Result<Db> {
         let reused = self
+            .shared
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
         let conn = match reused {
             Some(conn) => conn,
-            None => self.connect()?,
+            None => connect(&self.shared.path)?,
         };
         Ok(Db {
             conn: Pooled {
                 conn: Some(conn),
-                idle: Arc::downgrade(&self.idle),
+                home: Arc::downgrade(&self.shared),
             },
         })
     }
 
-    fn connect(&self) -> Result<Connection> {
-        let conn = Connection::open(&self.path)?;
-        conn.busy_timeout(Duration::from_secs(30))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", true)?;
-        // Freed pages are overwritten, so a cleared secret's ciphertext does not linger.
-        conn.pragma_update(None, "secure_delete", true)?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        Ok(conn)
+    /// Runs `job` inside the group committer's next transaction and resolves, with what `job`
+    /// returned, once that transaction is durable (or with [`Error::Batch`] if its commit
+    /// failed, which undoes every job in it).
+    ///
+    /// Group commit: one thread owns a connection and takes the queued jobs in batches, each
+    /// job in its own savepoint, then commits once: one WAL sync for the whole batch instead
+    /// of one per request, and no request waits in SQLite's busy handler. What `job` writes is
+    /// kept even when it returns `Err`: a job that must be all-or-nothing uses
+    /// [`Tx::savepoint`] (a deploy keeps its refusal's audit row but not its partial apply). A
+    /// job that panics is rolled back alone. Every job holds the writer for its whole run, so
+    /// do the work that needs no lock (verification, parsing) before calling this.
+    ///
+    /// `keep` is dropped once the job's transaction has committed or rolled back (the server
+    /// passes its shutdown tracker's token, so that it waits for queued jobs).
+    pub fn write_grouped<T, E, K>(
+        &self,
+        keep: K,
+        job: impl FnOnce(&Tx<'_>) -> std::result::Result<T, E> + Send + 'static,
+    ) -> impl std::future::Future<Output = std::result::Result<T, E>> + Send + 'static
+    where
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+        K: Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |tx: std::result::Result<&Tx<'_>, &Error>| -> Finish {
+            let outcome = match tx {
+                Ok(tx) => job(tx),
+                Err(e) => Err(E::from(Error::Batch(e.to_string()))),
+            };
+            Box::new(move |committed: std::result::Result<(), &Error>| {
+                let outcome = match (outcome, committed) {
+                    (Ok(_), Err(e)) => Err(E::from(Error::Batch(e.to_string()))),
+                    (outcome, _) => outcome,
+                };
+                drop(keep);
+                // The caller may have gone (its connection closed): the job is done anyway.
+                let _ = reply.send(outcome);
+            })
+        });
+        let sent = self.writer().send(job).is_ok();
+        async move {
+            if !sent {
+                return Err(E::from(Error::WriterGone));
+            }
+            answer.await.unwrap_or(Err(E::from(Error::WriterGone)))
+        }
+    }
+
+    /// How many transactions the group committer has committed.
+    pub fn batches_committed(&self) -> u64 {
+        self.shared.batches.load(Ordering::Relaxed)
+    }
+
+    /// The group committer's queue, starting its thread on first use.
+    fn writer(&self) -> &mpsc::Sender<Job> {
+        self.shared.writer.get_or_init(|| {
+            let (send, jobs) = mpsc::channel();
+            let home = Arc::downgrade(&self.shared);
+            let path = self.shared.path.clone();
+            let spawned = std::thread::Builder::new()
+                .name("store-writer".into())
+                .spawn(move || group_commit(&path, &home, &jobs));
+            if let Err(e) = spawned {
+                // The queue's receiver is dropped with the closure: every send fails, and
+                // callers get `WriterGone`.
+                tracing::error!(error = %e, "starting the writer thread failed");
+            }
+            send
+        })
+    }
+}
+
+/// Opens a connection: WAL mode with `synchronous=FULL` and foreign keys on, waiting up to
+/// 30 s for a busy writer, and no automatic checkpoints (the checkpointer runs them, off
+/// the committing request's path).
+fn connect(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // Once a checkpoint resets the log, a log grown past this by a large deploy is truncated.
+    conn.pragma_update(None, "journal_size_limit", 256 * 1024 * 1024)?;
+    // Freed pages are overwritten, so a cleared secret's ciphertext does not linger.
+    conn.pragma_update(None, "secure_delete", true)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+impl Shared {
+    /// Called after every commit: wakes the checkpointer (starting it on first use).
+    fn committed(self: &Arc<Self>) {
+        let wake = self.checkpoints.get_or_init(|| {
+            let (wake, woken) = mpsc::sync_channel(1);
+            let path = self.path.clone();
+            let spawned = std::thread::Builder::new()
+                .name("store-checkpoint".into())
+                .spawn(move || checkpointer(&path, &woken));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "starting the checkpoint thread failed");
+            }
+            wake
+        });
+        // Full: a checkpoint is already due. Disconnected: logged when it happened.
+        let _ = wake.try_send(());
+    }
+}
+
+/// The checkpointer: copies committed pages from the WAL into the database file, in the
+/// background (`PASSIVE`: it never blocks readers or the writer), at most once per
+/// [`CHECKPOINT_PAUSE`]. Without it the committing request would do it (SQLite's automatic
+/// checkpoint), which doubled a large deploy's time.
+fn checkpointer(path: &Path, woken: &mpsc::Receiver<()>) {
+    let mut conn = None;
+    while woken.recv().is_ok() {
+        if conn.is_none() {
+            conn = connect(path)
+                .inspect_err(|e| tracing::error!(error = %e, "the checkpointer cannot connect"))
+                .ok();
+        }
+        if let Some(c) = &conn
+            && let Err(e) = c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            tracing::warn!(error = %e, "a background checkpoint failed");
+            conn = None;
+        }
+        std::thread::sleep(CHECKPOINT_PAUSE);
+    }
+}
+
+/// A queued job: given the batch's transaction (or why none could be started), runs and
+/// returns what to do once the batch has committed or failed.
+type Job = Box<dyn FnOnce(std::result::Result<&Tx<'_>, &Error>) -> Finish + Send>;
+type Finish = Box<dyn FnOnce(std::result::Result<(), &Error>) + Send>;
+
+/// The group committer's thread: until every [`Store`] is gone, takes the queued jobs (up to
+/// [`MAX_BATCH`]), runs each in its own savepoint inside one transaction, commits once, then
+/// answers them all.
+fn group_commit(path: &Path, home: &Weak<Shared>, jobs: &mpsc::Receiver<Job>) {
+    let mut db: Option<Db> = None;
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if db.is_none() {
+            match connect(path) {
+                Ok(conn) => {
+                    db = Some(Db {
+                        conn: Pooled {
+                            conn: Some(conn),
+                            // Not given back to the pool: it dies with this thread.
+                            home: Weak::new(),
+                        },
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the writer cannot connect");
+                    for job in batch {
+                        job(Err(&e))(Err(&e));
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(db) = db.as_mut() else { continue };
+        let tx = match db.write() {
+            Ok(tx) => tx,
+            Err(e) => {
+                for job in batch {
+                    job(Err(&e))(Err(&e));
+                }
+                continue;
+            }
+        };
+        let mut finishes = Vec::with_capacity(batch.len());
+        for job in batch {
+            finishes.push(run_job(&tx, job));
+        }
+        let committed = tx.commit_quietly();
+        // A failed commit rolls back here, before anyone is answered.
+        drop(tx);
+        if let Some(home) = home.upgrade() {
+            if committed.is_ok() {
+                home.batches.fetch_add(1, Ordering::Relaxed);
+            }
+            home.committed();
+        }
+        for (finish, own) in finishes {
+            match (&own, &committed) {
+                (Err(e), _) | (Ok(()), Err(e)) => finish(Err(e)),
+                (Ok(()), Ok(())) => finish(Ok(())),
+            }
+        }
+    }
+}
+
+/// Runs one job of a batch inside its own savepoint. A job that panics is rolled back to the
+/// savepoint (its caller sees [`Error::WriterGone`]); the error is that of the savepoint's
+/// statements.
+fn run_job(tx: &Tx<'_>, job: Job) -> (Finish, Result<()>) {
+    if let Err(e) = tx.conn().execute_batch("SAVEPOINT grouped") {
+        let e = Error::from(e);
+        return (job(Err(&e)), Err(e));
+    }
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Ok(tx))));
+    match ran {
+        Ok(finish) => {
+            let released = tx
+                .conn()
+                .execute_batch("RELEASE grouped")
+                .map_err(Error::from);
+            (finish, released)
+        }
+        Err(_) => {
+            tracing::error!("a write job panicked; rolled back");
+            let undone = tx
+                .conn()
+                .execute_batch("ROLLBACK TO grouped; RELEASE grouped")
+                .map_err(Error::from);
+            // The panicking job's reply went with it; nothing left to answer.
+            (Box::new(|_| {}), undone)
+        }
     }
 }
 
@@ -278,7 +527,8 @@ impl Store {
 struct Pooled {
     /// `Some` until dropped.
     conn: Option<Connection>,
-    idle: Weak<Mutex<Vec<Connection>>>,
+    /// The store it goes back to; also told of commits.
+    home: Weak<Shared>,
 }
 
 impl Deref for Pooled {
@@ -302,10 +552,10 @@ impl Drop for Pooled {
             tracing::error!(error = %e, "rolling back a returned connection failed; closing it");
             return;
         }
-        let Some(idle) = self.idle.upgrade() else {
+        let Some(home) = self.home.upgrade() else {
             return;
         };
-        let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = home.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE {
             idle.push(conn);
         }
@@ -313,7 +563,7 @@ impl Drop for Pooled {
 }
 
 /// A handle on the database for one request: reads see committed data only. Writes go through
-/// [`Db::write`].
+/// [`Db::write`] or [`Store::write_grouped`].
 pub struct Db {
     conn: Pooled,
 }
@@ -326,7 +576,7 @@ impl std::fmt::Debug for Db {
 
 impl Db {
     /// Starts a write transaction (`BEGIN IMMEDIATE`): it takes the single writer lock before
-    /// its first read, so what it reads stays true until it commits, and concurrent deploys
+    /// its first read, so what it reads stays true until it commits, and concurrent writers
     /// serialize here.
     pub fn write(&mut self) -> Result<Tx<'_>> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -345,8 +595,34 @@ pub struct Tx<'db> {
 impl Tx<'_> {
     /// Commits. On failure the transaction rolls back when `self` drops.
     pub fn commit(self) -> Result<()> {
+        self.commit_quietly()?;
+        if let Some(home) = self.db.conn.home.upgrade() {
+            home.committed();
+        }
+        Ok(())
+    }
+
+    /// Commits without waking the checkpointer.
+    fn commit_quietly(&self) -> Result<()> {
         self.db.conn.execute_batch("COMMIT")?;
         Ok(())
+    }
+
+    /// Runs `f` in a savepoint: kept if it returns `Ok`, undone (and only it) if it returns
+    /// `Err`. The outer error is the savepoint's own statements failing.
+    pub fn savepoint<T, E>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> std::result::Result<T, E>,
+    ) -> Result<std::result::Result<T, E>> {
+        self.conn().execute_batch("SAVEPOINT part")?;
+        let out = f(self);
+        match &out {
+            Ok(_) => self.conn().execute_batch("RELEASE part")?,
+            Err(_) => self
+                .conn()
+                .execute_batch("ROLLBACK TO part; RELEASE part")?,
+        }
+        Ok(out)
     }
 
     fn conn(&self) -> &Connection {
@@ -1180,5 +1456,75 @@ mod tests {
         tx.ensure_principal("ci").unwrap_or_else(|e| panic!("{e}"));
         tx.commit().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(principals(&store.db().unwrap_or_else(|e| panic!("{e}"))), 1);
+    }
+
+    fn names(db: &Db) -> Vec<String> {
+        let mut st = db
+            .conn
+            .prepare("SELECT name FROM principals ORDER BY name")
+            .unwrap_or_else(|e| panic!("{e}"));
+        st.query_map([], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn queued_jobs_commit_together_and_a_panicking_job_is_rolled_back_alone() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::create(&tmp.path().join("store.db")).unwrap_or_else(|e| panic!("{e}"));
+        let (started, running) = mpsc::channel();
+        let (release, gate) = mpsc::channel::<()>();
+        // The first job holds the writer until released, so the next two queue behind it and
+        // are taken as one batch.
+        let first = store.write_grouped((), move |tx| {
+            let _ = started.send(());
+            let _ = gate.recv();
+            tx.ensure_principal("first")
+        });
+        running.recv().unwrap_or_else(|e| panic!("{e}"));
+        let doomed = store.write_grouped((), |tx| -> Result<i64> {
+            tx.ensure_principal("doomed")?;
+            panic!("a job panics after writing");
+        });
+        let keep = Arc::new(());
+        let third = store.write_grouped(keep.clone(), |tx| tx.ensure_principal("third"));
+        release.send(()).unwrap_or_else(|e| panic!("{e}"));
+
+        first.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(doomed.await, Err(Error::WriterGone)));
+        third.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            Arc::strong_count(&keep),
+            1,
+            "`keep` is dropped before the answer"
+        );
+        assert_eq!(store.batches_committed(), 2);
+        let db = store.db().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(names(&db), ["first", "third"]);
+    }
+
+    #[tokio::test]
+    async fn a_job_keeps_what_it_wrote_outside_a_failed_savepoint() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::create(&tmp.path().join("store.db")).unwrap_or_else(|e| panic!("{e}"));
+        let refused: Result<()> = store
+            .write_grouped((), |tx| {
+                let inner = tx.savepoint(|tx| {
+                    tx.ensure_principal("undone")?;
+                    Err(Error::Batch("refused".into()))
+                })?;
+                tx.ensure_principal("audit")?;
+                inner
+            })
+            .await;
+        assert!(matches!(refused, Err(Error::Batch(_))));
+        let db = store.db().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(names(&db), ["audit"]);
+        // The failed job did not stop the writer.
+        store
+            .write_grouped((), |tx| tx.ensure_principal("later"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(names(&db), ["audit", "later"]);
     }
 }
