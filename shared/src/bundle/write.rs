@@ -19,7 +19,7 @@ use crate::model::mapping::Mapping;
 use crate::names::ContainerPath;
 use crate::seal::{DataKey, SealContext, SealError, SealingRecipient};
 use crate::timefmt::Timestamp;
-use crate::zipfmt::{Compressed, Method, Spool, ZipWriter, compress};
+use crate::zipfmt::{Compressed, Compressor, Method, Spool, ZipWriter};
 
 /// Why a bundle could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -296,6 +296,7 @@ fn write_payload<W: Write + Seek>(
             let tx = tx.clone();
             let (next, abort, written) = (&next, &abort, &written);
             scope.spawn(move || {
+                let mut compressor = Compressor::new(level);
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     let Some((_, source)) = payload.get(i) else {
@@ -315,7 +316,7 @@ fn write_payload<W: Write + Seek>(
                     if abort.load(Ordering::SeqCst) {
                         return;
                     }
-                    let result = compress_source(source, level);
+                    let result = compress_source(&mut compressor, source);
                     if tx.send((i, result)).is_err() {
                         return;
                     }
@@ -364,17 +365,18 @@ fn write_payload<W: Write + Seek>(
     })
 }
 
-fn compress_source(source: &Source, level: u32) -> Result<Compressed, WriteError> {
+fn compress_source(c: &mut Compressor, source: &Source) -> Result<Compressed, WriteError> {
     let mut none = |_: u64| {};
     match source {
-        Source::Bytes(b) => Ok(compress(&mut &b[..], level, SPOOL_THRESHOLD, &mut none)?),
+        Source::Bytes(b) => Ok(c.compress(&mut &b[..], SPOOL_THRESHOLD, &mut none)?),
         Source::File(p) => {
             let read_err = |source| WriteError::ReadFile {
                 path: p.clone(),
                 source,
             };
             let mut f = File::open(p).map_err(read_err)?;
-            compress(&mut f, level, SPOOL_THRESHOLD, &mut none).map_err(read_err)
+            c.compress(&mut f, SPOOL_THRESHOLD, &mut none)
+                .map_err(read_err)
         }
     }
 }
