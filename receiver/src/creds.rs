@@ -105,27 +105,57 @@ fn public_credential(path: &str, row: &CredentialRow) -> Result<Credential, ApiE
 
 /// The redacted record: public fields, each set sensitive field as `{"set", "fingerprint"}`,
 /// `needs_secrets`, and for oauth2 `needs_authorization` (its refresh token was refused).
-pub fn redacted(db: &Db, path: &str, row: &CredentialRow) -> Result<Value, ApiError> {
+/// Returns the JSON text: members in key order, as a JSON object of them prints.
+pub fn redacted(db: &Db, path: &str, row: &CredentialRow) -> Result<Vec<u8>, ApiError> {
     let public: Map<String, Value> =
         serde_json::from_str(&row.public).map_err(ApiError::internal)?;
-    let mut m = Map::new();
-    m.insert("path".into(), Value::String(path.to_owned()));
-    m.extend(public);
     let secrets = db.secrets(row.id)?;
+    // Members borrow from the row and the secrets instead of being copied into a `Value`; a
+    // later insert replaces an earlier one of the same name, so the precedence is the order
+    // below (a stored field cannot pass itself off as `needs_secrets`).
+    let mut m: BTreeMap<&str, Member<'_>> = BTreeMap::new();
+    m.insert("path", Member::Text(path));
+    for (k, v) in &public {
+        m.insert(k, Member::Public(v));
+    }
     for s in &secrets {
-        m.insert(
-            s.field.clone(),
-            json!({"set": true, "fingerprint": s.fingerprint}),
-        );
+        m.insert(&s.field, Member::Set(&s.fingerprint));
     }
-    m.insert("needs_secrets".into(), Value::Bool(secrets.is_empty()));
+    m.insert("needs_secrets", Member::Flag(secrets.is_empty()));
     if row.kind == CredentialType::Oauth2.as_str() {
-        m.insert(
-            "needs_authorization".into(),
-            Value::Bool(row.needs_authorization),
-        );
+        m.insert("needs_authorization", Member::Flag(row.needs_authorization));
     }
-    Ok(Value::Object(m))
+    serde_json::to_vec(&m).map_err(ApiError::internal)
+}
+
+/// A member of the redacted record.
+enum Member<'a> {
+    /// A stored non-sensitive field.
+    Public(&'a Value),
+    /// Text computed by the receiver (the path).
+    Text(&'a str),
+    /// A set sensitive field, by its fingerprint: `{"fingerprint": …, "set": true}`.
+    Set(&'a str),
+    /// A flag computed by the receiver.
+    Flag(bool),
+}
+
+impl serde::Serialize for Member<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            Member::Public(v) => v.serialize(s),
+            Member::Text(t) => s.serialize_str(t),
+            Member::Flag(b) => s.serialize_bool(*b),
+            Member::Set(fingerprint) => {
+                // Key order, as a JSON object of the two prints.
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("fingerprint", fingerprint)?;
+                m.serialize_entry("set", &true)?;
+                m.end()
+            }
+        }
+    }
 }
 
 /// A field whose new value gives a credential that needed authorization a fresh start.

@@ -157,8 +157,12 @@ impl From<BundleError> for ApiError {
 }
 
 /// A JSON answer.
-pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
-    let body = serde_json::to_vec(v).unwrap_or_default();
+pub fn json_response(status: StatusCode, v: &(impl serde::Serialize + ?Sized)) -> Response<Body> {
+    json_bytes_response(status, serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// A JSON answer whose text is already made.
+fn json_bytes_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -897,9 +901,9 @@ fn show_credential(
     require(who, Perm::Read, c)?;
     let path = c.object_path(n);
     let (_, row) = creds::find(db, c, n)?;
-    Ok(json_response(
+    Ok(json_bytes_response(
         StatusCode::OK,
-        &creds::redacted(db, &path, &row)?,
+        creds::redacted(db, &path, &row)?,
     ))
 }
 
@@ -923,7 +927,7 @@ fn patch_credential(
     a.status = 200;
     tx.insert_audit(&a)?;
     tx.commit()?;
-    Ok(json_response(StatusCode::OK, &answer))
+    Ok(json_bytes_response(StatusCode::OK, answer))
 }
 
 /// Writes an audit row in its own transaction, logging (not failing) when it cannot.
