@@ -1,11 +1,13 @@
 //! Writing a signed bundle, streaming: memory stays flat however large the mapping files are.
 //!
-//! Files are read twice: once to hash them for the manifest (which comes first in the archive
-//! and is signed), once to compress them into the archive while hashing again; a file that
-//! changed between the two reads is an error, never a bundle that fails verification later.
+//! Files are read twice, each time on all cores: once to hash them for the manifest (which comes
+//! first in the archive and is signed), once to compress them into the archive while hashing
+//! again; a file that changed between the two reads is an error, never a bundle that fails
+//! verification later. Workers may finish out of order; entries always go in manifest order, so
+//! the bundle's bytes do not depend on the number of cores or on scheduling.
 
 use std::fs::File;
-use std::io::{self, Seek, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use crate::bundle::manifest::{
@@ -173,27 +175,28 @@ pub fn write_bundle<W: Write + Seek>(
         _ => None,
     };
 
-    // Pass 1: every payload entry, its source, size and digest.
-    let mut payload: Vec<(ManifestEntry, Source)> = Vec::new();
+    // Pass 1: every payload entry, its source, size and digest, in manifest order. Mapping files
+    // are hashed on all cores once all are listed.
+    let mut entries: Vec<ManifestEntry> = Vec::new();
+    let mut sources: Vec<Source> = Vec::new();
     for m in mappings {
         let json = serde_json::to_vec_pretty(&m.mapping).map_err(io::Error::other)?;
         let path = EntryPath::Mapping(m.mapping.name.clone()).to_path();
-        payload.push((entry(path, EntryKind::Mapping, &json), Source::Bytes(json)));
+        entries.push(entry(path, EntryKind::Mapping, &json));
+        sources.push(Source::Bytes(json));
         for f in &m.mapping.files {
-            let on_disk = m.dir.join(f.as_str());
-            let (size, sha) = hash_file(&on_disk)?;
             let path = EntryPath::MappingFile(m.mapping.name.clone(), f.clone()).to_path();
-            payload.push((
-                ManifestEntry {
-                    path,
-                    size,
-                    sha256: Sha256(sha),
-                    kind: EntryKind::MappingFile,
-                },
-                Source::File(on_disk),
-            ));
+            entries.push(ManifestEntry {
+                path,
+                // Filled in by `hash_files`.
+                size: 0,
+                sha256: Sha256([0; 32]),
+                kind: EntryKind::MappingFile,
+            });
+            sources.push(Source::File(m.dir.join(f.as_str())));
         }
     }
+    hash_files(&mut entries, &sources)?;
     let mut summaries = Vec::new();
     for c in credentials {
         let (record, secrets) = bundle_credential(c, opts, &bundle_id, data_key.as_ref())?;
@@ -201,10 +204,8 @@ pub fn write_bundle<W: Write + Seek>(
             serde_json::to_vec_pretty(&record.bundle_json()).map_err(io::Error::other)?,
         );
         let path = EntryPath::Credential(c.name.clone()).to_path();
-        payload.push((
-            entry(path, EntryKind::Credential, &json),
-            Source::Bytes(json.to_vec()),
-        ));
+        entries.push(entry(path, EntryKind::Credential, &json));
+        sources.push(Source::Bytes(json.to_vec()));
         summaries.push(CredentialSummary {
             name: c.name.clone(),
             kind: c.kind,
@@ -222,14 +223,14 @@ pub fn write_bundle<W: Write + Seek>(
         expires_at: opts.expires_at,
         signer_key_id: key.verifying_key().key_id(),
         sealing,
-        entries: payload.iter().map(|(e, _)| e.clone()).collect(),
+        entries,
         credentials: summaries,
     };
     let manifest_bytes = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
     let signature = key.sign(&manifest_bytes);
 
     // Pass 2: the archive.
-    let total: u64 = payload.iter().map(|(e, _)| e.size).sum();
+    let total: u64 = manifest.entries.iter().map(|e| e.size).sum();
     let mut done = 0u64;
     let mut zip = ZipWriter::new(out);
     let mut none = |_: u64| {};
@@ -247,11 +248,17 @@ pub fn write_bundle<W: Write + Seek>(
         &mut &signature[..],
         &mut none,
     )?;
-    let result = write_payload(&mut zip, &payload, opts.level, &mut |n| {
-        done += n;
-        progress(done, total);
-    });
-    for (_, source) in &mut payload {
+    let result = write_payload(
+        &mut zip,
+        &manifest.entries,
+        &sources,
+        opts.level,
+        &mut |n| {
+            done += n;
+            progress(done, total);
+        },
+    );
+    for source in &mut sources {
         if let Source::Bytes(b) = source {
             zeroize::Zeroize::zeroize(b);
         }
@@ -273,7 +280,8 @@ const SPOOL_THRESHOLD: usize = 4 << 20;
 /// temporary disk stay bounded.
 fn write_payload<W: Write + Seek>(
     zip: &mut ZipWriter<W>,
-    payload: &[(ManifestEntry, Source)],
+    entries: &[ManifestEntry],
+    sources: &[Source],
     level: u32,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), WriteError> {
@@ -281,9 +289,7 @@ fn write_payload<W: Write + Seek>(
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::{Condvar, Mutex, mpsc};
 
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, payload.len().max(1));
+    let threads = workers(sources.len());
     let window = threads * 4;
     let next = AtomicUsize::new(0);
     let abort = AtomicBool::new(false);
@@ -299,7 +305,7 @@ fn write_payload<W: Write + Seek>(
                 let mut compressor = Compressor::new(level);
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some((_, source)) = payload.get(i) else {
+                    let Some(source) = sources.get(i) else {
                         return;
                     };
                     {
@@ -326,7 +332,7 @@ fn write_payload<W: Write + Seek>(
         drop(tx);
         let outcome = (|| {
             let mut pending = BTreeMap::new();
-            for (i, (e, source)) in payload.iter().enumerate() {
+            for (i, (e, source)) in entries.iter().zip(sources).enumerate() {
                 let mut c = loop {
                     if let Some(c) = pending.remove(&i) {
                         break c;
@@ -393,7 +399,106 @@ fn entry(path: String, kind: EntryKind, bytes: &[u8]) -> ManifestEntry {
     }
 }
 
-fn hash_file(path: &Path) -> Result<(u64, [u8; 32]), WriteError> {
+/// Worker threads for `jobs` jobs: one per core, at least one, no more than there are jobs.
+fn workers(jobs: usize) -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, jobs.max(1))
+}
+
+/// Sets the size and digest of every entry whose source is a file, hashing on all cores.
+///
+/// Workers take runs of [`HASH_RUN`] entries in order and send back each file's size and digest,
+/// which the calling thread writes into its entry; runs keep the threads from waking each other
+/// for every small file. When a file cannot be read, workers take no entry after it, and the
+/// error returned is that of the first such file in order, as a serial pass would report.
+fn hash_files(entries: &mut [ManifestEntry], sources: &[Source]) -> Result<(), WriteError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    type Hashed = (usize, Result<(u64, [u8; 32]), WriteError>);
+    let files = sources
+        .iter()
+        .filter(|s| matches!(s, Source::File(_)))
+        .count();
+    if files == 0 {
+        return Ok(());
+    }
+    let next = AtomicUsize::new(0);
+    // Index of the first file in order that could not be read, or `usize::MAX`.
+    let failed = AtomicUsize::new(usize::MAX);
+    let (tx, rx) = mpsc::channel::<Vec<Hashed>>();
+    std::thread::scope(|scope| {
+        for _ in 0..workers(files.div_ceil(HASH_RUN)) {
+            let tx = tx.clone();
+            let (next, failed) = (&next, &failed);
+            scope.spawn(move || {
+                let mut buf = vec![0u8; HASH_BUF];
+                loop {
+                    let start = next.fetch_add(HASH_RUN, Ordering::SeqCst);
+                    let end = sources.len().min(start.saturating_add(HASH_RUN));
+                    let Some(taken) = sources.get(start..end).filter(|t| !t.is_empty()) else {
+                        return;
+                    };
+                    let mut run = Vec::with_capacity(HASH_RUN);
+                    let mut past_failure = false;
+                    for (i, source) in (start..).zip(taken) {
+                        if i > failed.load(Ordering::SeqCst) {
+                            past_failure = true;
+                            break;
+                        }
+                        let Source::File(path) = source else {
+                            continue;
+                        };
+                        let result = hash_file(path, &mut buf);
+                        if result.is_err() {
+                            failed.fetch_min(i, Ordering::SeqCst);
+                        }
+                        run.push((i, result));
+                    }
+                    if (!run.is_empty() && tx.send(run).is_err()) || past_failure {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        // Every file up to the first failure in order is hashed, whichever worker took it and
+        // whatever failed elsewhere (workers stop only past a failure), so that one is seen.
+        let mut first_error: Option<(usize, WriteError)> = None;
+        let mut hashed = 0usize;
+        for (i, result) in rx.into_iter().flatten() {
+            match result {
+                Ok((size, sha)) => {
+                    entries[i].size = size;
+                    entries[i].sha256 = Sha256(sha);
+                    hashed += 1;
+                }
+                Err(e) => {
+                    if first_error.as_ref().is_none_or(|(j, _)| i < *j) {
+                        first_error = Some((i, e));
+                    }
+                }
+            }
+        }
+        match first_error {
+            Some((_, e)) => Err(e),
+            None if hashed != files => {
+                Err(io::Error::other("a hashing worker stopped early").into())
+            }
+            None => Ok(()),
+        }
+    })
+}
+
+/// Entries a pass-1 worker takes at a time.
+const HASH_RUN: usize = 16;
+
+/// Read buffer of a pass-1 worker.
+const HASH_BUF: usize = 64 * 1024;
+
+/// Size and SHA-256 of a regular file, read through `buf`.
+fn hash_file(path: &Path, buf: &mut [u8]) -> Result<(u64, [u8; 32]), WriteError> {
     let read_err = |source| WriteError::ReadFile {
         path: path.to_owned(),
         source,
@@ -407,9 +512,108 @@ fn hash_file(path: &Path) -> Result<(u64, [u8; 32]), WriteError> {
             ),
         });
     }
-    let f = File::open(path).map_err(read_err)?;
-    let mut h = crate::zipfmt::HashingReader::new(f);
-    io::copy(&mut h, &mut io::sink()).map_err(read_err)?;
-    let (n, _, sha) = h.finish();
-    Ok((n, sha))
+    let mut f = File::open(path).map_err(read_err)?;
+    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut size = 0u64;
+    loop {
+        let n = match f.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e)),
+        };
+        sha.update(&buf[..n]);
+        size += n as u64;
+    }
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(sha.finish().as_ref());
+    Ok((size, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A project of `n` files `f0000.xml`… of different sizes and contents, in one mapping.
+    fn project(dir: &Path, n: usize) -> MappingInput {
+        let names: Vec<String> = (0..n).map(|i| format!("f{i:04}.xml")).collect();
+        for (i, name) in names.iter().enumerate() {
+            let body = format!("<row id=\"{i}\">{}</row>\n", "x".repeat(i % 97)).repeat(i % 13);
+            std::fs::write(dir.join(name), body).unwrap();
+        }
+        let json = serde_json::json!({ "name": "m", "files": names });
+        MappingInput {
+            mapping: Mapping::parse("m", json.to_string().as_bytes()).unwrap(),
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn opts() -> BundleOptions {
+        let now = Timestamp::now();
+        BundleOptions {
+            kind: BundleKind::Deployment,
+            target_container: ContainerPath::parse("/p").unwrap(),
+            environment: None,
+            created_at: now,
+            expires_at: now.plus(time::Duration::days(1)),
+            seal_to: None,
+            allow_plaintext: false,
+            level: 6,
+        }
+    }
+
+    fn write(m: &MappingInput) -> Result<Written, WriteError> {
+        let key = SigningKey::generate().unwrap();
+        let out = io::Cursor::new(Vec::new());
+        write_bundle(
+            out,
+            &key,
+            &opts(),
+            std::slice::from_ref(m),
+            &[],
+            &mut |_, _| {},
+        )
+    }
+
+    #[test]
+    fn manifest_lists_every_file_in_order_with_its_size_and_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = project(dir.path(), 300);
+        let w = write(&m).unwrap();
+        let files: Vec<&ManifestEntry> = w.manifest.entries[1..].iter().collect();
+        assert_eq!(files.len(), 300);
+        for (i, e) in files.iter().enumerate() {
+            let bytes = std::fs::read(dir.path().join(format!("f{i:04}.xml"))).unwrap();
+            let expected = entry(
+                format!("mappings/m/files/f{i:04}.xml"),
+                EntryKind::MappingFile,
+                &bytes,
+            );
+            assert_eq!(**e, expected, "entry {i}");
+        }
+    }
+
+    #[test]
+    fn reports_the_first_unreadable_file_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = project(dir.path(), 400);
+        std::fs::remove_file(dir.path().join("f0377.xml")).unwrap();
+        std::fs::remove_file(dir.path().join("f0213.xml")).unwrap();
+        std::fs::remove_file(dir.path().join("f0121.xml")).unwrap();
+        std::fs::create_dir(dir.path().join("f0121.xml")).unwrap();
+        // Workers race; the answer must not depend on which one gets where first.
+        for _ in 0..20 {
+            match write(&m) {
+                Err(WriteError::ReadFile { path, source }) => {
+                    assert_eq!(path, dir.path().join("f0121.xml"));
+                    assert!(
+                        source.to_string().contains("not a regular file"),
+                        "{source}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 }
