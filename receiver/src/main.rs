@@ -192,6 +192,7 @@ fn serve(
     tls: Option<(PathBuf, PathBuf)>,
 ) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        .with_timer(LogTime)
         .with_writer(std::io::stderr)
         // Colour codes only for a person watching, not in a log file.
         .with_ansi(std::io::stderr().is_terminal())
@@ -233,6 +234,46 @@ fn serve(
     })
 }
 
+/// The log's timestamps: the text of tracing-subscriber's default timer
+/// (`2026-11-22T14:50:00.123456Z`: UTC, microseconds), made with one write instead of seven
+/// formatting calls, which were a fifth of the cost of the line logged for every request.
+#[derive(Debug, Clone, Copy)]
+struct LogTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for LogTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        match utc_micros(time::OffsetDateTime::now_utc()) {
+            Some(text) => w.write_str(std::str::from_utf8(&text).map_err(|_| std::fmt::Error)?),
+            // Years of five digits or before year 0: the default timer's own form.
+            None => tracing_subscriber::fmt::time::SystemTime.format_time(w),
+        }
+    }
+}
+
+/// `t` as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC), or `None` outside the years 0 to 9999.
+fn utc_micros(t: time::OffsetDateTime) -> Option<[u8; 27]> {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+    let mut text = *b"0000-00-00T00:00:00.000000Z";
+    for (range, value) in [
+        (0..4, year),
+        (5..7, u32::from(u8::from(t.month()))),
+        (8..10, u32::from(t.day())),
+        (11..13, u32::from(t.hour())),
+        (14..16, u32::from(t.minute())),
+        (17..19, u32::from(t.second())),
+        (20..26, t.microsecond()),
+    ] {
+        let mut v = value;
+        for digit in text[range].iter_mut().rev() {
+            // `v % 10` is a digit.
+            *digit = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    Some(text)
+}
+
 /// Registers the SIGTERM and SIGINT handlers now, and returns a future that completes on
 /// either. Registering before `listening on` is printed matters: a signal sent the moment a
 /// supervisor (or a test) sees that line must shut down gracefully, not hit the default action.
@@ -247,4 +288,39 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
         }
         tracing::info!("shutdown signal received");
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_timestamps_have_the_default_timers_form() {
+        let form = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+        );
+        for (secs, nanos) in [
+            (0, 0),
+            (951_782_400, 1_000),           // 2000-02-29
+            (1_700_000_000, 123_456_789),   // sub-microseconds are cut, not rounded
+            (1_795_351_800, 999_999_999),   // 2026-11-22T14:50:00.999999Z
+            (253_402_300_799, 999_999_000), // 9999-12-31T23:59:59.999999Z
+            (-62_167_219_200, 0),           // 0000-01-01T00:00:00.000000Z
+        ] {
+            let t = time::OffsetDateTime::from_unix_timestamp(secs)
+                .unwrap_or_else(|e| panic!("{e}"))
+                + time::Duration::nanoseconds(nanos);
+            let ours = utc_micros(t).unwrap_or_else(|| panic!("{t} has a four-digit year"));
+            let expected = t.format(&form).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                std::str::from_utf8(&ours).ok(),
+                Some(expected.as_str()),
+                "{t}"
+            );
+        }
+        // The day before year 0 (`time` holds no five-digit years).
+        let year_minus_1 = time::OffsetDateTime::from_unix_timestamp(-62_167_219_201)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(utc_micros(year_minus_1), None);
+    }
 }
