@@ -272,12 +272,37 @@ pub fn write_bundle<W: Write + Seek>(
 /// Compressed data above this size is spooled to a temporary file instead of memory.
 const SPOOL_THRESHOLD: usize = 4 << 20;
 
+/// Most entries in one run of pass 2.
+const RUN_ENTRIES: usize = 16;
+/// A run of pass 2 takes another entry only while its uncompressed size stays within this.
+const RUN_BYTES: u64 = 1 << 20;
+
+/// Splits the payload into runs of consecutive entries for pass 2: at most [`RUN_ENTRIES`]
+/// entries and [`RUN_BYTES`] (by pass 1's sizes) each, or a single entry larger than that.
+fn runs(entries: &[ManifestEntry]) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::with_capacity(entries.len().div_ceil(RUN_ENTRIES));
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, e) in entries.iter().enumerate() {
+        if i > start && (i - start == RUN_ENTRIES || bytes.saturating_add(e.size) > RUN_BYTES) {
+            runs.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes = bytes.saturating_add(e.size);
+    }
+    if start < entries.len() {
+        runs.push(start..entries.len());
+    }
+    runs
+}
+
 /// Compresses the payload on all cores and appends it in manifest order.
 ///
-/// Workers take entries in order and compress each into a [`Compressed`] (memory or a temporary
-/// file), hashing as they read; the calling thread appends them in order and checks each digest
-/// against pass 1. At most `window` entries are compressed ahead of the writer, so memory and
-/// temporary disk stay bounded.
+/// Workers take [`runs`] in order and compress each entry of a run into a [`Compressed`]
+/// (memory or a temporary file), hashing as they read, then hand the run over at once: threads
+/// wake each other once per run, not once per small file. The calling thread appends entries in
+/// order and checks each digest against pass 1. At most `window` runs are compressed ahead of
+/// the writer, so memory and temporary disk stay bounded: a run holds one entry, or small
+/// entries of at most [`RUN_BYTES`] together.
 fn write_payload<W: Write + Seek>(
     zip: &mut ZipWriter<W>,
     entries: &[ManifestEntry],
@@ -289,23 +314,25 @@ fn write_payload<W: Write + Seek>(
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::{Condvar, Mutex, mpsc};
 
-    let threads = workers(sources.len());
+    let runs = runs(entries);
+    let threads = workers(runs.len());
     let window = threads * 4;
     let next = AtomicUsize::new(0);
     let abort = AtomicBool::new(false);
-    // How many entries the writer has appended; workers wait while they are `window` ahead.
+    // How many runs the writer has appended; workers wait while they are `window` ahead.
     let written = (Mutex::new(0usize), Condvar::new());
-    let (tx, rx) = mpsc::channel::<(usize, Result<Compressed, WriteError>)>();
+    // A run's results in order, up to and including its first failure.
+    let (tx, rx) = mpsc::channel::<(usize, Vec<Result<Compressed, WriteError>>)>();
 
     std::thread::scope(|scope| {
         for _ in 0..threads {
             let tx = tx.clone();
-            let (next, abort, written) = (&next, &abort, &written);
+            let (runs, next, abort, written) = (&runs, &next, &abort, &written);
             scope.spawn(move || {
                 let mut compressor = Compressor::new(level);
                 loop {
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(source) = sources.get(i) else {
+                    let r = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(run) = runs.get(r) else {
                         return;
                     };
                     {
@@ -313,17 +340,25 @@ fn write_payload<W: Write + Seek>(
                         let mut w = lock
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        while i >= *w + window && !abort.load(Ordering::SeqCst) {
+                        while r >= *w + window && !abort.load(Ordering::SeqCst) {
                             w = cvar
                                 .wait(w)
                                 .unwrap_or_else(std::sync::PoisonError::into_inner);
                         }
                     }
-                    if abort.load(Ordering::SeqCst) {
-                        return;
+                    let mut results = Vec::with_capacity(run.len());
+                    for source in &sources[run.clone()] {
+                        if abort.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let result = compress_source(&mut compressor, source);
+                        let failed = result.is_err();
+                        results.push(result);
+                        if failed {
+                            break;
+                        }
                     }
-                    let result = compress_source(&mut compressor, source);
-                    if tx.send((i, result)).is_err() {
+                    if tx.send((r, results)).is_err() {
                         return;
                     }
                 }
@@ -331,33 +366,37 @@ fn write_payload<W: Write + Seek>(
         }
         drop(tx);
         let outcome = (|| {
+            let stopped = || io::Error::other("a compression worker stopped");
             let mut pending = BTreeMap::new();
-            for (i, (e, source)) in entries.iter().zip(sources).enumerate() {
-                let mut c = loop {
-                    if let Some(c) = pending.remove(&i) {
-                        break c;
+            for (r, run) in runs.iter().enumerate() {
+                let results = loop {
+                    if let Some(results) = pending.remove(&r) {
+                        break results;
                     }
-                    let (j, c) = rx
-                        .recv()
-                        .map_err(|_| io::Error::other("a compression worker stopped"))?;
-                    pending.insert(j, c);
-                }?;
-                if c.size != e.size || c.sha256 != e.sha256.0 {
-                    return Err(WriteError::FileChanged(match source {
-                        Source::File(p) => p.clone(),
-                        Source::Bytes(_) => PathBuf::from(&e.path),
-                    }));
+                    let (j, results) = rx.recv().map_err(|_| stopped())?;
+                    pending.insert(j, results);
+                };
+                let mut results = results.into_iter();
+                for i in run.clone() {
+                    let (e, source) = (&entries[i], &sources[i]);
+                    let mut c = results.next().ok_or_else(stopped)??;
+                    if c.size != e.size || c.sha256 != e.sha256.0 {
+                        return Err(WriteError::FileChanged(match source {
+                            Source::File(p) => p.clone(),
+                            Source::Bytes(_) => PathBuf::from(&e.path),
+                        }));
+                    }
+                    zip.add_compressed(&e.path, &mut c)?;
+                    if let (Source::Bytes(_), Spool::Memory(v)) = (source, &mut c.data) {
+                        // A credential record's compressed bytes may hold plaintext secrets.
+                        zeroize::Zeroize::zeroize(v);
+                    }
+                    progress(e.size);
                 }
-                zip.add_compressed(&e.path, &mut c)?;
-                if let (Source::Bytes(_), Spool::Memory(v)) = (source, &mut c.data) {
-                    // A credential record's compressed bytes may hold plaintext secrets.
-                    zeroize::Zeroize::zeroize(v);
-                }
-                progress(e.size);
                 let (lock, cvar) = &written;
                 *lock
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = i + 1;
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = r + 1;
                 cvar.notify_all();
             }
             Ok(())
@@ -611,6 +650,64 @@ mod tests {
                         source.to_string().contains("not a regular file"),
                         "{source}"
                     );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn runs_hold_up_to_16_small_entries_or_one_large_one() {
+        let sized = |sizes: &[u64]| -> Vec<ManifestEntry> {
+            sizes
+                .iter()
+                .map(|&size| ManifestEntry {
+                    path: String::new(),
+                    size,
+                    sha256: Sha256([0; 32]),
+                    kind: EntryKind::MappingFile,
+                })
+                .collect()
+        };
+        assert_eq!(runs(&[]), Vec::<std::ops::Range<usize>>::new());
+        assert_eq!(runs(&sized(&[4096; 40])), vec![0..16, 16..32, 32..40]);
+        let mib = 1 << 20;
+        assert_eq!(
+            runs(&sized(&[10, 3 * mib, 10, mib - 10, 10, mib, 0])),
+            vec![0..1, 1..2, 2..4, 4..5, 5..7]
+        );
+    }
+
+    /// Pass 2 over `n` in-memory entries whose pass-1 digests are those of `data`, except the
+    /// entries in `changed`.
+    fn pass_two(n: usize, changed: &[usize]) -> Result<Vec<u8>, WriteError> {
+        let data: Vec<Vec<u8>> = (0..n)
+            .map(|i| format!("entry {i}\n").repeat(i).into_bytes())
+            .collect();
+        let entries: Vec<ManifestEntry> = data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let mut e = entry(format!("credentials/c{i}.json"), EntryKind::Credential, d);
+                if changed.contains(&i) {
+                    e.sha256.0[0] ^= 1;
+                }
+                e
+            })
+            .collect();
+        let sources: Vec<Source> = data.into_iter().map(Source::Bytes).collect();
+        let mut zip = ZipWriter::new(io::Cursor::new(Vec::new()));
+        write_payload(&mut zip, &entries, &sources, 6, &mut |_| {})?;
+        Ok(zip.finish()?.into_inner())
+    }
+
+    #[test]
+    fn pass_two_reports_the_first_changed_entry_in_order() {
+        assert!(pass_two(100, &[]).is_ok());
+        for _ in 0..20 {
+            match pass_two(100, &[70, 37, 38]) {
+                Err(WriteError::FileChanged(p)) => {
+                    assert_eq!(p, PathBuf::from("credentials/c37.json"));
                 }
                 other => panic!("{other:?}"),
             }
