@@ -141,10 +141,8 @@ impl Principal {
 /// A new token's text: never stored, shown once.
 pub type TokenText = zeroize::Zeroizing<String>;
 
-fn sha256(b: &[u8]) -> Vec<u8> {
+fn sha256(b: &[u8]) -> ring::digest::Digest {
     ring::digest::digest(&ring::digest::SHA256, b)
-        .as_ref()
-        .to_vec()
 }
 
 /// Creates principal `name` if needed, adds the grants, and issues a new token for it.
@@ -164,7 +162,7 @@ pub fn create_token(
     for (prefix, perms) in grants {
         tx.add_grant(pid, prefix.as_str(), &perms.to_text())?;
     }
-    tx.insert_token(&id, pid, &sha256(secret_text.as_bytes()))?;
+    tx.insert_token(&id, pid, sha256(secret_text.as_bytes()).as_ref())?;
     tx.commit()?;
     Ok(zeroize::Zeroizing::new(format!(
         "fpt_{id}_{}",
@@ -188,7 +186,7 @@ pub fn authenticate(db: &Db, token: &str) -> store::Result<Option<Principal>> {
         return Ok(None);
     };
     // Both are SHA-256 digests; a stored hash of another length compares unequal.
-    if !bool::from(stored.as_slice().ct_eq(&presented)) {
+    if !bool::from(stored.as_slice().ct_eq(presented.as_ref())) {
         return Ok(None);
     }
     let mut grants = Vec::new();

@@ -186,7 +186,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let started = std::time::Instant::now();
-    let (resp, who) = match route(app, req).await {
+    let (resp, who) = match route(app, req, &method, &path).await {
         Ok((r, who)) => (r, who),
         Err((e, who)) => (e.into_response(), who),
     };
@@ -314,18 +314,17 @@ fn method_not_allowed() -> ApiError {
     )
 }
 
-async fn route(app: Arc<App>, req: Request<Incoming>) -> Routed {
-    let path = req.uri().path().to_owned();
-    let method = req.method().clone();
+/// Answers `req`, whose method and path `handle` has already taken (for its log line).
+async fn route(app: Arc<App>, req: Request<Incoming>, method: &Method, path: &str) -> Routed {
     // Unauthenticated endpoints.
-    match (method.clone(), path.as_str()) {
-        (Method::GET, "/healthz") => {
+    match (method, path) {
+        (&Method::GET, "/healthz") => {
             return Ok((
                 json_response(StatusCode::OK, &json!({"status": "ok"})),
                 None,
             ));
         }
-        (Method::GET, "/v1/keys") => {
+        (&Method::GET, "/v1/keys") => {
             let v = json!({"sealing_recipient": app.identity.recipient().to_string()});
             return Ok((json_response(StatusCode::OK, &v), None));
         }
@@ -336,7 +335,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Routed {
         return Err((ApiError::not_found("no such endpoint"), None));
     }
     if path == "/v1/oauth/callback" {
-        if method != Method::GET {
+        if *method != Method::GET {
             return Err((method_not_allowed(), None));
         }
         // No bearer token: the browser comes back from the authorization server with the
@@ -346,7 +345,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Routed {
             Err(e) => Err((e, None)),
         };
     }
-    if let Some(read) = ReadRequest::route(&req, &method, &path) {
+    if let Some(read) = ReadRequest::route(&req, method, path) {
         return read_in_one_hop(&app, &req, read).await;
     }
     let who = match authenticate(&app, &req).await {
@@ -354,7 +353,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Routed {
         Err(e) => return Err((e, None)),
     };
     let name = Some(who.name.clone());
-    match route_authenticated(app, who, req, &method, &path).await {
+    match route_authenticated(app, who, req, method, path).await {
         Ok(r) => Ok((r, name)),
         Err(e) => Err((e, name)),
     }
