@@ -107,37 +107,55 @@ fn public_credential(path: &str, row: &CredentialRow) -> Result<Credential, ApiE
 /// `needs_secrets`, and for oauth2 `needs_authorization` (its refresh token was refused).
 /// Returns the JSON text: members in key order, as a JSON object of them prints.
 pub fn redacted(db: &Db, path: &str, row: &CredentialRow) -> Result<Vec<u8>, ApiError> {
-    let public: Map<String, Value> =
-        serde_json::from_str(&row.public).map_err(ApiError::internal)?;
     let secrets = db.secrets(row.id)?;
-    // Members borrow from the row and the secrets instead of being copied into a `Value`; a
-    // later insert replaces an earlier one of the same name, so the precedence is the order
-    // below (a stored field cannot pass itself off as `needs_secrets`).
-    let mut m: BTreeMap<&str, Member<'_>> = BTreeMap::new();
-    m.insert("path", Member::Text(path));
-    for (k, v) in &public {
-        m.insert(k, Member::Public(v));
-    }
+    // The stored fields go straight into the answer's members, their names borrowed from the
+    // stored text; the receiver's members follow. A later insert replaces an earlier one of
+    // the same name, and a stored `path` would have replaced the receiver's (so `path` only
+    // fills a gap): the precedence the answer always had.
+    let mut m: BTreeMap<Key<'_>, Member<'_>> =
+        serde_json::from_str(&row.public).map_err(ApiError::internal)?;
+    m.entry(Key::from("path")).or_insert(Member::Text(path));
     for s in &secrets {
-        m.insert(&s.field, Member::Set(&s.fingerprint));
+        m.insert(Key::from(s.field.as_str()), Member::Set(&s.fingerprint));
     }
-    m.insert("needs_secrets", Member::Flag(secrets.is_empty()));
+    m.insert(Key::from("needs_secrets"), Member::Flag(secrets.is_empty()));
     if row.kind == CredentialType::Oauth2.as_str() {
-        m.insert("needs_authorization", Member::Flag(row.needs_authorization));
+        m.insert(
+            Key::from("needs_authorization"),
+            Member::Flag(row.needs_authorization),
+        );
     }
     serde_json::to_vec(&m).map_err(ApiError::internal)
+}
+
+/// A member name of the redacted record: borrowed from the stored text unless it had to be
+/// unescaped. Ordered as its text, like the keys of a JSON object.
+#[derive(PartialEq, Eq, PartialOrd, Ord, serde::Deserialize, serde::Serialize)]
+struct Key<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
+
+impl<'a> From<&'a str> for Key<'a> {
+    fn from(s: &'a str) -> Self {
+        Key(std::borrow::Cow::Borrowed(s))
+    }
 }
 
 /// A member of the redacted record.
 enum Member<'a> {
     /// A stored non-sensitive field.
-    Public(&'a Value),
+    Public(Value),
     /// Text computed by the receiver (the path).
     Text(&'a str),
     /// A set sensitive field, by its fingerprint: `{"fingerprint": …, "set": true}`.
     Set(&'a str),
     /// A flag computed by the receiver.
     Flag(bool),
+}
+
+/// A stored field's value.
+impl<'de> serde::Deserialize<'de> for Member<'_> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Value::deserialize(d).map(Member::Public)
+    }
 }
 
 impl serde::Serialize for Member<'_> {
