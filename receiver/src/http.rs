@@ -1,10 +1,12 @@
 //! Routing and answers: the HTTP API of SPEC §5, errors as `application/problem+json`.
 //!
-//! Everything that touches the database runs on a blocking thread (`App::spawn_blocking`, which
-//! shutdown waits for) with its own [`Db`] handle; mapping files are streamed from there through
-//! a bounded channel. URL paths are parsed into [`ContainerPath`]/[`Name`]/[`RelPath`] before
-//! anything else looks at them and are never used to build a filesystem path. Client faults get
-//! a precise, safe `detail`; internal faults get a generic 500 and a log line.
+//! Everything that touches the database runs on a blocking thread with its own [`Db`] handle,
+//! tracked so that shutdown waits for it: through `App::spawn_blocking`, or for a credential
+//! read, through the queue that at most one blocking thread per core drains (`Reads`). Mapping
+//! files are streamed from a blocking thread through a bounded channel. URL paths are parsed
+//! into [`ContainerPath`]/[`Name`]/[`RelPath`] before anything else looks at them and are never
+//! used to build a filesystem path. Client faults get a precise, safe `detail`; internal faults
+//! get a generic 500 and a log line.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
