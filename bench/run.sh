@@ -121,6 +121,19 @@ free_port() {
   die "no free port from $1"
 }
 load1() { cut -d' ' -f1 /proc/loadavg; }
+# settle PID: waits until PID has used no CPU for half a second (its background work, such as
+# the receiver's WAL checkpoint, is done), then prints when it last used CPU (ns since epoch).
+settle() {
+  local pid=$1 quiet=0 prev now t
+  t=$(date +%s%N)
+  prev=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+  while [ "$quiet" -lt 5 ]; do
+    sleep 0.1
+    now=$(awk '{ print $14 + $15 }' "/proc/$pid/stat")
+    if [ "$now" = "$prev" ]; then quiet=$((quiet + 1)); else quiet=0 prev=$now t=$(date +%s%N); fi
+  done
+  echo "$t"
+}
 
 # ---------------------------------------------------------------- the machine
 start_load=$(cat /proc/loadavg)
@@ -244,7 +257,15 @@ manual_recv() { # ZIP REP
 mkdir -p "$scratch/recv"
 log "receive L: $REPS repetitions"
 for rep in $(seq "$REPS"); do
-  a() { sync; timed recv_L flowpack "$rep" flowpack_recv "$scratch/send/L-$rep.fpk"; }
+  a() {
+    local s e
+    sync; s=$(date +%s%N); flowpack_recv "$scratch/send/L-$rep.fpk"; e=$(date +%s%N)
+    record recv_L flowpack "$rep" "$(secs "$s" "$e")"
+    # The answer comes once the deploy is durable; the receiver then checkpoints its WAL in the
+    # background. Wait for that, so it does not slow the next measurement, and record it.
+    e=$(settle "$receiver_pid")
+    record recv_L flowpack_settled "$rep" "$(secs "$s" "$e")"
+  }
   b() {
     local s e
     sync; s=$(date +%s%N); manual_recv "$scratch/send/L-$rep.zip" "$rep"; e=$(date +%s%N)
