@@ -182,7 +182,7 @@ pub fn authenticate(db: &Db, token: &str) -> store::Result<Option<Principal>> {
         return Ok(None);
     }
     let presented = sha256(secret.as_bytes());
-    let Some((stored, pid, name)) = db.token(id)? else {
+    let Some((stored, name, rows)) = db.principal_by_token(id)? else {
         return Ok(None);
     };
     // Both are SHA-256 digests; a stored hash of another length compares unequal.
@@ -190,7 +190,7 @@ pub fn authenticate(db: &Db, token: &str) -> store::Result<Option<Principal>> {
         return Ok(None);
     }
     let mut grants = Vec::new();
-    for (prefix, perms) in db.grants(pid)? {
+    for (prefix, perms) in rows {
         // Rows are written by this program; a row that does not parse grants nothing.
         if let (Ok(p), Ok(s)) = (ContainerPath::parse(&prefix), PermSet::parse(&perms)) {
             grants.push((p, s));

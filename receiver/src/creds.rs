@@ -108,6 +108,35 @@ fn public_credential(path: &str, row: &CredentialRow) -> Result<Credential, ApiE
 /// Returns the JSON text: members in key order, as a JSON object of them prints.
 pub fn redacted(db: &Db, path: &str, row: &CredentialRow) -> Result<Vec<u8>, ApiError> {
     let secrets = db.secrets(row.id)?;
+    redact(
+        path,
+        row,
+        secrets
+            .iter()
+            .map(|s| (s.field.as_str(), s.fingerprint.as_str())),
+    )
+}
+
+/// The redacted record of credential `n` in container `c` ([`redacted`]), read with its
+/// secrets' fingerprints in one statement; 404 as [`find`] when either is missing.
+pub fn show(db: &Db, c: &ContainerPath, n: &Name) -> Result<Vec<u8>, ApiError> {
+    let path = c.object_path(n);
+    let Some((row, secrets)) = db.credential_at(c, n.as_str())? else {
+        return Err(not_found(&path));
+    };
+    redact(
+        &path,
+        &row,
+        secrets.iter().map(|(f, fp)| (f.as_str(), fp.as_str())),
+    )
+}
+
+/// [`redacted`] from the stored secrets' (field, fingerprint).
+fn redact<'a>(
+    path: &'a str,
+    row: &'a CredentialRow,
+    secrets: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Result<Vec<u8>, ApiError> {
     // The stored fields go straight into the answer's members, their names borrowed from the
     // stored text; the receiver's members follow. A later insert replaces an earlier one of
     // the same name, and a stored `path` would have replaced the receiver's (so `path` only
@@ -115,10 +144,12 @@ pub fn redacted(db: &Db, path: &str, row: &CredentialRow) -> Result<Vec<u8>, Api
     let mut m: BTreeMap<Key<'_>, Member<'_>> =
         serde_json::from_str(&row.public).map_err(ApiError::internal)?;
     m.entry(Key::from("path")).or_insert(Member::Text(path));
-    for s in &secrets {
-        m.insert(Key::from(s.field.as_str()), Member::Set(&s.fingerprint));
+    let mut none = true;
+    for (field, fingerprint) in secrets {
+        m.insert(Key::from(field), Member::Set(fingerprint));
+        none = false;
     }
-    m.insert(Key::from("needs_secrets"), Member::Flag(secrets.is_empty()));
+    m.insert(Key::from("needs_secrets"), Member::Flag(none));
     if row.kind == CredentialType::Oauth2.as_str() {
         m.insert(
             Key::from("needs_authorization"),
@@ -595,9 +626,14 @@ fn server_credential(
     })
 }
 
+/// The 404 for a credential (or its container) that does not exist.
+fn not_found(path: &str) -> ApiError {
+    ApiError::not_found(format!("credential {path} does not exist"))
+}
+
 /// The stored credential `n` of container `c` and its container's id; 404 when either is missing.
 pub fn find(db: &Db, c: &ContainerPath, n: &Name) -> Result<(i64, CredentialRow), ApiError> {
-    let missing = || ApiError::not_found(format!("credential {} does not exist", c.object_path(n)));
+    let missing = || not_found(&c.object_path(n));
     let cid = db.container_id(c)?.ok_or_else(missing)?;
     let row = db.credential(cid, n.as_str())?.ok_or_else(missing)?;
     Ok((cid, row))

@@ -1024,12 +1024,7 @@ fn show_credential(
     n: &Name,
 ) -> Result<Response<Body>, ApiError> {
     require(who, Perm::Read, c)?;
-    let path = c.object_path(n);
-    let (_, row) = creds::find(db, c, n)?;
-    Ok(json_bytes_response(
-        StatusCode::OK,
-        creds::redacted(db, &path, &row)?,
-    ))
+    Ok(json_bytes_response(StatusCode::OK, creds::show(db, c, n)?))
 }
 
 fn patch_credential(

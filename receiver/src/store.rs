@@ -759,29 +759,31 @@ impl Tx<'_> {
     }
 }
 
-impl Db {
-    /// A token's stored hash, its principal's id and name.
-    pub fn token(&self, id: &str) -> Result<Option<(Vec<u8>, i64, String)>> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT t.secret_sha256, p.id, p.name FROM tokens t JOIN principals p ON p.id = t.principal_id
-                 WHERE t.id = ?1",
-            )?
-            .query_row(
-                params![id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?)
-    }
+/// A principal's grants as stored: (prefix, comma-separated permissions).
+pub type GrantRows = Vec<(String, String)>;
 
-    /// A principal's grants: (prefix, comma-separated permissions).
-    pub fn grants(&self, principal: i64) -> Result<Vec<(String, String)>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT prefix, perms FROM grants WHERE principal_id = ?1")?;
-        let rows = st.query_map(params![principal], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+impl Db {
+    /// A token's stored hash, its principal's name and the principal's grants (prefix,
+    /// comma-separated permissions), in one statement: the grants come as a left join, one row
+    /// per grant, or one row with no grant.
+    pub fn principal_by_token(&self, id: &str) -> Result<Option<(Vec<u8>, String, GrantRows)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT t.secret_sha256, p.name, g.prefix, g.perms FROM tokens t
+             JOIN principals p ON p.id = t.principal_id
+             LEFT JOIN grants g ON g.principal_id = p.id WHERE t.id = ?1",
+        )?;
+        let mut rows = st.query(params![id])?;
+        let mut found: Option<(Vec<u8>, String, GrantRows)> = None;
+        while let Some(r) = rows.next()? {
+            let (_, _, grants) = match &mut found {
+                Some(f) => f,
+                None => found.insert((r.get(0)?, r.get(1)?, Vec::new())),
+            };
+            if let (Some(prefix), Some(perms)) = (r.get(2)?, r.get(3)?) {
+                grants.push((prefix, perms));
+            }
+        }
+        Ok(found)
     }
 
     /// A trusted signer: the raw public key and its allowed prefixes (JSON array of paths).
@@ -1053,6 +1055,9 @@ pub struct SecretRow {
     pub fingerprint: String,
 }
 
+/// A credential's stored secrets without their ciphertext: (field, fingerprint), by field.
+pub type SecretFingerprints = Vec<(String, String)>;
+
 impl Db {
     /// Credential `name` in a container.
     pub fn credential(&self, container: i64, name: &str) -> Result<Option<CredentialRow>> {
@@ -1063,6 +1068,34 @@ impl Db {
             ))?
             .query_row(params![container, name], credential_row)
             .optional()?)
+    }
+
+    /// Credential `name` in container `container`, with the (field, fingerprint) of each
+    /// stored secret (sorted by field, no ciphertext), in one statement: the secrets come as a
+    /// left join, one row per secret, or one row with none.
+    pub fn credential_at(
+        &self,
+        container: &ContainerPath,
+        name: &str,
+    ) -> Result<Option<(CredentialRow, SecretFingerprints)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT x.id, x.type, x.public, x.token_version, x.needs_authorization, s.field, s.fingerprint
+             FROM containers c JOIN credentials x ON x.container_id = c.id
+             LEFT JOIN credential_secrets s ON s.credential_id = x.id
+             WHERE c.path = ?1 AND x.name = ?2 ORDER BY s.field",
+        )?;
+        let mut rows = st.query(params![container.as_str(), name])?;
+        let mut found: Option<(CredentialRow, SecretFingerprints)> = None;
+        while let Some(r) = rows.next()? {
+            let (_, secrets) = match &mut found {
+                Some(f) => f,
+                None => found.insert((credential_row(r)?, Vec::new())),
+            };
+            if let (Some(field), Some(fingerprint)) = (r.get(5)?, r.get(6)?) {
+                secrets.push((field, fingerprint));
+            }
+        }
+        Ok(found)
     }
 
     /// A credential by row id, with its path (container path and name).
@@ -1526,5 +1559,111 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(names(&db), ["audit", "later"]);
+    }
+
+    fn path(s: &str) -> ContainerPath {
+        ContainerPath::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Stored (name, value) pairs as a test writes them: grants or secrets' fingerprints.
+    type Pairs<'a> = &'a [(&'a str, &'a str)];
+
+    fn rows(r: Pairs<'_>) -> Vec<(String, String)> {
+        r.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect()
+    }
+
+    #[test]
+    fn principal_by_token_gives_hash_name_and_every_grant() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::create(&tmp.path().join("store.db")).unwrap_or_else(|e| panic!("{e}"));
+        let mut db = store.db().unwrap_or_else(|e| panic!("{e}"));
+        let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
+        let principals: [(&str, &str, Pairs<'_>); 3] = [
+            ("0000000000000000", "none", &[]),
+            ("0000000000000001", "one", &[("/a", "read")]),
+            (
+                "0000000000000002",
+                "two",
+                &[("/a", "read,use"), ("/b/c", "write")],
+            ),
+        ];
+        for (id, name, grants) in principals {
+            let pid = tx.ensure_principal(name).unwrap_or_else(|e| panic!("{e}"));
+            for (prefix, perms) in grants {
+                tx.add_grant(pid, prefix, perms)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            tx.insert_token(id, pid, name.as_bytes())
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        tx.commit().unwrap_or_else(|e| panic!("{e}"));
+
+        for (id, name, grants) in principals {
+            let (hash, got_name, mut got) = db
+                .principal_by_token(id)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|| panic!("token {id} not found"));
+            got.sort();
+            assert_eq!(hash, name.as_bytes());
+            assert_eq!(got_name, name);
+            assert_eq!(got, rows(grants), "grants of {name}");
+        }
+        assert!(
+            db.principal_by_token("00000000000000ff")
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn credential_at_gives_row_and_fingerprints_by_field() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::create(&tmp.path().join("store.db")).unwrap_or_else(|e| panic!("{e}"));
+        let mut db = store.db().unwrap_or_else(|e| panic!("{e}"));
+        let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
+        let cid = tx
+            .ensure_container(&path("/a/b"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (bare, _) = tx
+            .upsert_credential(cid, "bare", "basic", r#"{"name":"bare"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (sealed, _) = tx
+            .upsert_credential(cid, "sealed", "oauth2", r#"{"name":"sealed"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Written out of order: they come back sorted by field.
+        tx.set_secret(sealed, "refresh_token", b"ct1", "00000000000000aa")
+            .unwrap_or_else(|e| panic!("{e}"));
+        tx.set_secret(sealed, "client_secret", b"ct2", "00000000000000bb")
+            .unwrap_or_else(|e| panic!("{e}"));
+        tx.commit().unwrap_or_else(|e| panic!("{e}"));
+
+        let at = |c: &str, n: &str| {
+            db.credential_at(&path(c), n)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (row, secrets) = at("/a/b", "bare").unwrap_or_else(|| panic!("bare not found"));
+        assert_eq!(
+            (row.id, row.kind.as_str(), row.public.as_str()),
+            (bare, "basic", r#"{"name":"bare"}"#)
+        );
+        assert!(!row.needs_authorization);
+        assert!(secrets.is_empty());
+        let (row, secrets) = at("/a/b", "sealed").unwrap_or_else(|| panic!("sealed not found"));
+        let stored = db
+            .credential(cid, "sealed")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("sealed not found"));
+        assert_eq!((row.id, row.token_version), (sealed, stored.token_version));
+        assert_eq!(row.kind, "oauth2");
+        assert_eq!(
+            secrets,
+            rows(&[
+                ("client_secret", "00000000000000bb"),
+                ("refresh_token", "00000000000000aa")
+            ])
+        );
+        assert!(at("/a/b", "nope").is_none());
+        assert!(at("/a", "bare").is_none());
+        assert!(at("/x/b", "bare").is_none());
     }
 }
