@@ -16,24 +16,6 @@ fn key() -> SigningKey {
     SigningKey::generate().unwrap()
 }
 
-/// A server with a signer trusted for `/`, and the standard project deployed to `/public/orders`
-/// with its password sealed.
-async fn deployed(secret: &str) -> (Server, SigningKey, Value) {
-    let s = Server::start().await;
-    let k = key();
-    s.trust(&k, &[]);
-    let p = project(Some(secret), true, b"mfd-v1");
-    let b = bundle(
-        &k,
-        &Opts::new("/public/orders").sealed(s.recipient()),
-        &p.mappings,
-        &p.credentials,
-    );
-    let (st, rec) = s.deploy(&s.admin, &b).await;
-    assert_eq!(st, 201, "{rec}");
-    (s, k, rec)
-}
-
 #[tokio::test]
 async fn health_and_keys_need_no_token() {
     let s = Server::start().await;

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::*;
 use flowpack_shared::bundle::BundleKind;
-use flowpack_shared::keys::SigningKey;
 use serde_json::Value;
 
 const SECRET: &str = "canary-concurrent-reads-5d1e";
@@ -25,18 +24,7 @@ enum Case {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_credential_reads_each_get_their_own_answer() {
-    let s = Server::start().await;
-    let k = SigningKey::generate().unwrap();
-    s.trust(&k, &[]);
-    let p = project(Some(SECRET), true, b"mfd-v1");
-    let b = bundle(
-        &k,
-        &Opts::new("/public/orders").sealed(s.recipient()),
-        &p.mappings,
-        &p.credentials,
-    );
-    let (st, rec) = s.deploy(&s.admin, &b).await;
-    assert_eq!(st, 201, "{rec}");
+    let (s, _, _) = deployed(SECRET).await;
     let outsider = s.token("outsider", &[("/other", "read,write,use")]);
     let (st, reference) = s.get(&s.admin, "/v1/credentials/public/orders/erp").await;
     assert_eq!(st, 200, "{reference}");
@@ -116,17 +104,7 @@ async fn concurrent_credential_reads_each_get_their_own_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credential_reads_answer_while_listings_and_deploys_run() {
-    let s = Server::start().await;
-    let k = SigningKey::generate().unwrap();
-    s.trust(&k, &[]);
-    let p = project(Some(SECRET), true, b"mfd-v1");
-    let b = bundle(
-        &k,
-        &Opts::new("/public/orders").sealed(s.recipient()),
-        &p.mappings,
-        &p.credentials,
-    );
-    assert_eq!(s.deploy(&s.admin, &b).await.0, 201);
+    let (s, k, _) = deployed(SECRET).await;
     // Other kinds of work keep their own blocking threads beside the queued reads.
     let mut others = tokio::task::JoinSet::new();
     for i in 0..8 {

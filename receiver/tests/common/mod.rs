@@ -337,3 +337,21 @@ pub fn tamper_last_entry(b: &[u8], edit: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
 pub fn ts_minus(minutes: i64) -> Timestamp {
     Timestamp::now().plus(time::Duration::minutes(-minutes))
 }
+
+/// A server with a signer trusted for `/`, and the standard project deployed to `/public/orders`
+/// with its password sealed.
+pub async fn deployed(secret: &str) -> (Server, SigningKey, Value) {
+    let s = Server::start().await;
+    let k = SigningKey::generate().unwrap();
+    s.trust(&k, &[]);
+    let p = project(Some(secret), true, b"mfd-v1");
+    let b = bundle(
+        &k,
+        &Opts::new("/public/orders").sealed(s.recipient()),
+        &p.mappings,
+        &p.credentials,
+    );
+    let (st, rec) = s.deploy(&s.admin, &b).await;
+    assert_eq!(st, 201, "{rec}");
+    (s, k, rec)
+}
