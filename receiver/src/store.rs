@@ -160,9 +160,9 @@ struct Shared {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
     /// The group committer's queue.
-    writer: OnceLock<mpsc::Sender<Job>>,
+    writer: OnceLock<Background<mpsc::Sender<Job>>>,
     /// Wakes the checkpointer; a full queue means a checkpoint is already due.
-    checkpoints: OnceLock<mpsc::SyncSender<()>>,
+    checkpoints: OnceLock<Background<mpsc::SyncSender<()>>>,
     /// Transactions the group committer has committed.
     batches: AtomicU64,
 }
@@ -346,20 +346,59 @@ impl Store {
 
     /// The group committer's queue, starting its thread on first use.
     fn writer(&self) -> &mpsc::Sender<Job> {
-        self.shared.writer.get_or_init(|| {
-            let (send, jobs) = mpsc::channel();
-            let home = Arc::downgrade(&self.shared);
-            let path = self.shared.path.clone();
-            let spawned = std::thread::Builder::new()
-                .name("store-writer".into())
-                .spawn(move || group_commit(&path, &home, &jobs));
-            if let Err(e) = spawned {
-                // The queue's receiver is dropped with the closure: every send fails, and
-                // callers get `WriterGone`.
-                tracing::error!(error = %e, "starting the writer thread failed");
-            }
-            send
-        })
+        self.shared
+            .writer
+            .get_or_init(|| {
+                let (send, jobs) = mpsc::channel();
+                let home = Arc::downgrade(&self.shared);
+                let path = self.shared.path.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("store-writer".into())
+                    .spawn(move || group_commit(&path, &home, &jobs))
+                    // The queue's receiver is dropped with the closure: every send fails, and
+                    // callers get `WriterGone`.
+                    .inspect_err(
+                        |e| tracing::error!(error = %e, "starting the writer thread failed"),
+                    )
+                    .ok();
+                Background {
+                    send: Some(send),
+                    thread: spawned,
+                }
+            })
+            .sender()
+    }
+}
+
+/// A background thread of the store and the channel that feeds it.
+struct Background<S> {
+    /// `Some` until dropped.
+    send: Option<S>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<S> Background<S> {
+    fn sender(&self) -> &S {
+        // Invariant: `send` is `None` only inside `drop`.
+        self.send
+            .as_ref()
+            .expect("a background sender is present until dropped")
+    }
+}
+
+impl<S> Drop for Background<S> {
+    /// Closes the channel and waits for the thread to finish what it holds (queued jobs, a
+    /// checkpoint under way) and close its connection, so that once the last [`Store`] is
+    /// gone nothing touches the database files (the last connection to close removes the
+    /// WAL). Not when the thread itself drops the last [`Store`].
+    fn drop(&mut self) {
+        drop(self.send.take());
+        if let Some(t) = self.thread.take()
+            && t.thread().id() != std::thread::current().id()
+            && t.join().is_err()
+        {
+            tracing::error!("a store thread panicked");
+        }
     }
 }
 
@@ -389,14 +428,18 @@ impl Shared {
             let path = self.path.clone();
             let spawned = std::thread::Builder::new()
                 .name("store-checkpoint".into())
-                .spawn(move || checkpointer(&path, &woken));
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "starting the checkpoint thread failed");
+                .spawn(move || checkpointer(&path, &woken))
+                .inspect_err(
+                    |e| tracing::error!(error = %e, "starting the checkpoint thread failed"),
+                )
+                .ok();
+            Background {
+                send: Some(wake),
+                thread: spawned,
             }
-            wake
         });
         // Full: a checkpoint is already due. Disconnected: logged when it happened.
-        let _ = wake.try_send(());
+        let _ = wake.sender().try_send(());
     }
 }
 
@@ -406,7 +449,9 @@ impl Shared {
 /// checkpoint), which doubled a large deploy's time.
 fn checkpointer(path: &Path, woken: &mpsc::Receiver<()>) {
     let mut conn = None;
-    while woken.recv().is_ok() {
+    // A commit came during the pause: checkpoint again without waiting for another.
+    let mut due = false;
+    while due || woken.recv().is_ok() {
         if conn.is_none() {
             conn = connect(path)
                 .inspect_err(|e| tracing::error!(error = %e, "the checkpointer cannot connect"))
@@ -418,7 +463,17 @@ fn checkpointer(path: &Path, woken: &mpsc::Receiver<()>) {
             tracing::warn!(error = %e, "a background checkpoint failed");
             conn = None;
         }
-        std::thread::sleep(CHECKPOINT_PAUSE);
+        // The pause ends early when the store is dropped (the channel is closed).
+        due = false;
+        let until = std::time::Instant::now() + CHECKPOINT_PAUSE;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match woken.recv_timeout(left) {
+                Ok(()) => due = true,
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        }
     }
 }
 
