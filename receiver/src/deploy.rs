@@ -60,7 +60,8 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let refuse = |app: &Arc<App>, who: &Principal, e: ApiError| {
-        audit_later(app, refusal_row(who, None, &e));
+        // The answer does not wait for the row: the job is queued once `audit` returns.
+        drop(audit(app, refusal_row(who, None, &e)));
         e
     };
     let ct = req
@@ -195,15 +196,16 @@ fn refusal_row(who: &Principal, info: Option<&BundleInfo>, e: &ApiError) -> Audi
     }
 }
 
-/// Queues an audit row for the group committer's next transaction; the answer does not wait
-/// for it (a failure is logged).
-fn audit_later(app: &App, row: AuditRow) {
-    let queued = app.store.write_grouped(app.work_token(), move |tx| {
+/// Queues an audit row for the group committer's next transaction (a failure is logged). The
+/// row is queued when this returns; the future resolves once it is durable.
+fn audit(app: &App, row: AuditRow) -> impl Future<Output = ()> + use<> {
+    let written = app.store.write_grouped(app.work_token(), move |tx| {
         tx.insert_audit(&row)
             .inspect_err(|e| tracing::error!(error = %e, "writing an audit row failed"))
     });
-    // The job is queued when `write_grouped` returns; its answer is not needed.
-    drop(queued);
+    async move {
+        let _ = written.await;
+    }
 }
 
 type Failed = (ApiError, Option<Box<BundleInfo>>);
@@ -313,14 +315,8 @@ async fn verify_bundle(
             ),
         )
         .with("verifications", Value::Array(report));
-        let row = refusal_row(who, Some(&info), &e);
         // Awaited: the audit trail shows the refusal by the time it is answered.
-        let _: Result<(), ApiError> = app
-            .store
-            .write_grouped(app.work_token(), move |tx| {
-                tx.insert_audit(&row).map_err(ApiError::from)
-            })
-            .await;
+        audit(app, refusal_row(who, Some(&info), &e)).await;
         return Err(e);
     }
     Ok(materials

@@ -500,7 +500,7 @@ impl Reads {
     /// Queues `read` for a blocking thread, starting a drainer when fewer than
     /// [`drainers_max`] run.
     fn submit(&'static self, app: &App, read: impl FnOnce() + Send + 'static) {
-        let tracked = app.work.token();
+        let tracked = app.work_token();
         let start = {
             let mut state = self.lock();
             state.waiting.push_back(Box::new(move || {

@@ -304,15 +304,16 @@ impl Store {
     ///
     /// `keep` is dropped once the job's transaction has committed or rolled back (the server
     /// passes its shutdown tracker's token, so that it waits for queued jobs).
-    pub fn write_grouped<T, E, K>(
+    pub fn write_grouped<T, E, K, F>(
         &self,
         keep: K,
-        job: impl FnOnce(&Tx<'_>) -> std::result::Result<T, E> + Send + 'static,
-    ) -> impl std::future::Future<Output = std::result::Result<T, E>> + Send + 'static
+        job: F,
+    ) -> impl std::future::Future<Output = std::result::Result<T, E>> + Send + 'static + use<T, E, K, F>
     where
         T: Send + 'static,
         E: From<Error> + Send + 'static,
         K: Send + 'static,
+        F: FnOnce(&Tx<'_>) -> std::result::Result<T, E> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |tx: std::result::Result<&Tx<'_>, &Error>| -> Finish {
@@ -508,9 +509,7 @@ fn group_commit(path: &Path, home: &Weak<Shared>, jobs: &mpsc::Receiver<Job>) {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "the writer cannot connect");
-                    for job in batch {
-                        job(Err(&e))(Err(&e));
-                    }
+                    refuse_all(batch, &e);
                     continue;
                 }
             }
@@ -519,9 +518,7 @@ fn group_commit(path: &Path, home: &Weak<Shared>, jobs: &mpsc::Receiver<Job>) {
         let tx = match db.write() {
             Ok(tx) => tx,
             Err(e) => {
-                for job in batch {
-                    job(Err(&e))(Err(&e));
-                }
+                refuse_all(batch, &e);
                 continue;
             }
         };
@@ -544,6 +541,13 @@ fn group_commit(path: &Path, home: &Weak<Shared>, jobs: &mpsc::Receiver<Job>) {
                 (Ok(()), Ok(())) => finish(Ok(())),
             }
         }
+    }
+}
+
+/// Answers every job of a batch that could not start with `e`, without running it.
+fn refuse_all(batch: Vec<Job>, e: &Error) {
+    for job in batch {
+        job(Err(e))(Err(e));
     }
 }
 
