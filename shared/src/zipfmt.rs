@@ -442,6 +442,15 @@ impl std::fmt::Debug for Compressor {
     }
 }
 
+impl Drop for Compressor {
+    /// Wipes the buffers: a credential record written with plaintext secrets passed through
+    /// them. (Deflate's own window is out of reach.)
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.buf[..]);
+        zeroize::Zeroize::zeroize(&mut self.out);
+    }
+}
+
 impl Compressor {
     /// A compressor that deflates at `level` (0–9).
     pub fn new(level: u32) -> Compressor {
