@@ -128,7 +128,24 @@ enum Source {
     File(PathBuf),
 }
 
-/// Writes a bundle of `mappings` and `credentials` to `out`, signed with `key`.
+/// Opens a mapping file for reading, refusing anything but a regular file. Called from several
+/// threads, twice per file (pass 1 and pass 2).
+pub type OpenFile = dyn Fn(&Path) -> io::Result<File> + Sync;
+
+/// The default [`OpenFile`]: refuses a path whose last component is a symlink, a directory or a
+/// special file. Directories on the way to it are followed; a caller that must not follow them
+/// either (the packager) passes its own opener to [`write_bundle_with`].
+pub fn open_regular_file(path: &Path) -> io::Result<File> {
+    if !std::fs::symlink_metadata(path)?.is_file() {
+        return Err(io::Error::other(
+            "not a regular file (symlinks and directories are not packaged)",
+        ));
+    }
+    File::open(path)
+}
+
+/// Writes a bundle of `mappings` and `credentials` to `out`, signed with `key`, reading mapping
+/// files with [`open_regular_file`].
 ///
 /// `progress(done, total)` is called with uncompressed bytes as they are written.
 pub fn write_bundle<W: Write + Seek>(
@@ -137,6 +154,27 @@ pub fn write_bundle<W: Write + Seek>(
     opts: &BundleOptions,
     mappings: &[MappingInput],
     credentials: &[Credential],
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Written, WriteError> {
+    write_bundle_with(
+        out,
+        key,
+        opts,
+        mappings,
+        credentials,
+        &open_regular_file,
+        progress,
+    )
+}
+
+/// [`write_bundle`], reading every mapping file through `open`.
+pub fn write_bundle_with<W: Write + Seek>(
+    out: W,
+    key: &SigningKey,
+    opts: &BundleOptions,
+    mappings: &[MappingInput],
+    credentials: &[Credential],
+    open: &OpenFile,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Written, WriteError> {
     let origin = "project";
@@ -196,7 +234,7 @@ pub fn write_bundle<W: Write + Seek>(
             sources.push(Source::File(m.dir.join(f.as_str())));
         }
     }
-    hash_files(&mut entries, &sources)?;
+    hash_files(&mut entries, &sources, open)?;
     let mut summaries = Vec::new();
     for c in credentials {
         let (record, secrets) = bundle_credential(c, opts, &bundle_id, data_key.as_ref())?;
@@ -252,6 +290,7 @@ pub fn write_bundle<W: Write + Seek>(
         &mut zip,
         &manifest.entries,
         &sources,
+        open,
         opts.level,
         &mut |n| {
             done += n;
@@ -307,6 +346,7 @@ fn write_payload<W: Write + Seek>(
     zip: &mut ZipWriter<W>,
     entries: &[ManifestEntry],
     sources: &[Source],
+    open: &OpenFile,
     level: u32,
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), WriteError> {
@@ -351,7 +391,7 @@ fn write_payload<W: Write + Seek>(
                         if abort.load(Ordering::SeqCst) {
                             return;
                         }
-                        let result = compress_source(&mut compressor, source);
+                        let result = compress_source(&mut compressor, source, open);
                         let failed = result.is_err();
                         results.push(result);
                         if failed {
@@ -410,7 +450,11 @@ fn write_payload<W: Write + Seek>(
     })
 }
 
-fn compress_source(c: &mut Compressor, source: &Source) -> Result<Compressed, WriteError> {
+fn compress_source(
+    c: &mut Compressor,
+    source: &Source,
+    open: &OpenFile,
+) -> Result<Compressed, WriteError> {
     let mut none = |_: u64| {};
     match source {
         Source::Bytes(b) => Ok(c.compress(&mut &b[..], SPOOL_THRESHOLD, &mut none)?),
@@ -419,7 +463,7 @@ fn compress_source(c: &mut Compressor, source: &Source) -> Result<Compressed, Wr
                 path: p.clone(),
                 source,
             };
-            let mut f = File::open(p).map_err(read_err)?;
+            let mut f = open(p).map_err(read_err)?;
             c.compress(&mut f, SPOOL_THRESHOLD, &mut none)
                 .map_err(read_err)
         }
@@ -451,7 +495,11 @@ fn workers(jobs: usize) -> usize {
 /// which the calling thread writes into its entry; runs keep the threads from waking each other
 /// for every small file. When a file cannot be read, workers take no entry after it, and the
 /// error returned is that of the first such file in order, as a serial pass would report.
-fn hash_files(entries: &mut [ManifestEntry], sources: &[Source]) -> Result<(), WriteError> {
+fn hash_files(
+    entries: &mut [ManifestEntry],
+    sources: &[Source],
+    open: &OpenFile,
+) -> Result<(), WriteError> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc;
 
@@ -489,7 +537,7 @@ fn hash_files(entries: &mut [ManifestEntry], sources: &[Source]) -> Result<(), W
                         let Source::File(path) = source else {
                             continue;
                         };
-                        let result = hash_file(path, &mut buf);
+                        let result = hash_file(path, &mut buf, open);
                         if result.is_err() {
                             failed.fetch_min(i, Ordering::SeqCst);
                         }
@@ -537,21 +585,12 @@ const HASH_RUN: usize = 16;
 const HASH_BUF: usize = 64 * 1024;
 
 /// Size and SHA-256 of a regular file, read through `buf`.
-fn hash_file(path: &Path, buf: &mut [u8]) -> Result<(u64, [u8; 32]), WriteError> {
+fn hash_file(path: &Path, buf: &mut [u8], open: &OpenFile) -> Result<(u64, [u8; 32]), WriteError> {
     let read_err = |source| WriteError::ReadFile {
         path: path.to_owned(),
         source,
     };
-    let meta = std::fs::symlink_metadata(path).map_err(read_err)?;
-    if !meta.is_file() {
-        return Err(WriteError::ReadFile {
-            path: path.to_owned(),
-            source: io::Error::other(
-                "not a regular file (symlinks and directories are not packaged)",
-            ),
-        });
-    }
-    let mut f = File::open(path).map_err(read_err)?;
+    let mut f = open(path).map_err(read_err)?;
     let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
     let mut size = 0u64;
     loop {
@@ -697,7 +736,14 @@ mod tests {
             .collect();
         let sources: Vec<Source> = data.into_iter().map(Source::Bytes).collect();
         let mut zip = ZipWriter::new(io::Cursor::new(Vec::new()));
-        write_payload(&mut zip, &entries, &sources, 6, &mut |_| {})?;
+        write_payload(
+            &mut zip,
+            &entries,
+            &sources,
+            &open_regular_file,
+            6,
+            &mut |_| {},
+        )?;
         Ok(zip.finish()?.into_inner())
     }
 
