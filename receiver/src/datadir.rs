@@ -5,7 +5,7 @@
 //! D/sealing.agekey   the receiver's age identity (0600); bundles are sealed to its recipient
 //! D/secrets.key      32 random bytes (0600), kept apart from the database: the at-rest and
 //!                    fingerprint keys are derived from it with HKDF
-//! D/config.json      limits and extra CA files
+//! D/config.json      limits, extra CA files, hosts allowed for outbound requests
 //! D/spool/           uploaded bundles while they are verified (temporary files only)
 //! D/serve.lock       locked (flock) by the one `serve` using the directory
 //! ```
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{self, PermSet};
 use crate::creds::SecretKeys;
+use crate::outbound::AllowEntry;
 use crate::store::Store;
 
 /// Paths inside a data directory.
@@ -188,6 +189,9 @@ pub struct Config {
     pub extra_ca_files: Vec<PathBuf>,
     /// Most connections served at once.
     pub max_connections: usize,
+    /// Hosts the receiver may send requests to although they are not public addresses, and
+    /// over plain `http://` (docs/OUTBOUND.md): `"127.0.0.1"`, `"idp.internal:8443"`.
+    pub outbound_allow: Vec<AllowEntry>,
 }
 
 impl Default for Config {
@@ -196,6 +200,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             extra_ca_files: Vec::new(),
             max_connections: 256,
+            outbound_allow: Vec::new(),
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod datadir;
 pub mod deploy;
 pub mod http;
 pub mod oauth;
+pub mod outbound;
 pub mod store;
 pub mod verify;
 
@@ -78,7 +79,7 @@ impl App {
     pub fn load(dir: &Path) -> anyhow::Result<App> {
         let dir = DataDir::new(dir);
         let loaded = datadir::load(&dir)?;
-        let outbound = oauth::Outbound::new(&loaded.config.extra_ca_files)?;
+        let outbound = oauth::Outbound::new(&loaded.config)?;
         Ok(App {
             outbound,
             dir,

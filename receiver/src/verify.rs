@@ -13,8 +13,13 @@
 //! - `database`: a TCP connection to `host`:`port` (the driver's usual port when none is
 //!   given) within 5 seconds.
 //!
-//! `verify_url` follows the rule of OAuth endpoints: `https://` except on loopback addresses,
-//! since the request carries the secret.
+//! Every request goes through the outbound policy ([`crate::outbound`]): a destination it
+//! refuses is not contacted, and the verification is answered `422 outbound-not-allowed`. A
+//! verification makes at most one request (one token request, one `GET` without redirects or
+//! retries, or one TCP connection trying at most [`crate::outbound::MAX_ADDRESSES`] addresses
+//! one after the other), and one credential is verified once at a time, so nothing a caller
+//! sends can make the receiver fan out. Failures are fixed phrases (a status code, a standard
+//! OAuth error code, "could not connect"), never text from the network or the other side.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +33,8 @@ use serde_json::json;
 use crate::App;
 use crate::auth::{Perm, Principal};
 use crate::http::{ApiError, Body, blocking, json_response};
-use crate::oauth::{self, Grant, Material, Outbound, Tokens};
+use crate::oauth::{self, Grant, Material, Outbound, TokenError, Tokens};
+use crate::outbound::{Refused, SendFailure, TcpError, UrlError};
 use crate::store::AuditRow;
 
 /// How long a database connection attempt may take.
@@ -45,6 +51,9 @@ pub struct Verification {
     pub error: Option<String>,
     /// Tokens a refresh obtained, which must be kept (the old refresh token may be spent).
     pub obtained: Option<Tokens>,
+    /// Set when the outbound policy refused the destination: nothing was sent. Answer it with
+    /// [`Refused::to_api`] (`422 outbound-not-allowed`).
+    pub refused: Option<Refused>,
 }
 
 impl Verification {
@@ -54,6 +63,7 @@ impl Verification {
             tried: tried.into(),
             error: Some(error.into()),
             obtained: None,
+            refused: None,
         }
     }
 
@@ -63,7 +73,14 @@ impl Verification {
             tried: tried.into(),
             error: None,
             obtained: None,
+            refused: None,
         }
+    }
+
+    fn refused(tried: impl Into<String>, r: Refused) -> Verification {
+        let mut v = Verification::failed(tried, r.detail());
+        v.refused = Some(r);
+        v
     }
 
     /// The answer's JSON.
@@ -72,8 +89,17 @@ impl Verification {
     }
 }
 
-/// Verifies credential `m`.
+/// Verifies credential `m`: at most one outbound request, under the outbound policy. The
+/// texts of the result are scrubbed of `m`'s secrets. When the policy refuses the
+/// destination, `refused` says so and nothing was sent.
 pub async fn check(out: &Outbound, m: &Material, now: Timestamp) -> Verification {
+    let mut v = check_unscrubbed(out, m, now).await;
+    v.tried = m.scrub(&v.tried);
+    v.error = v.error.map(|e| m.scrub(&e));
+    v
+}
+
+async fn check_unscrubbed(out: &Outbound, m: &Material, now: Timestamp) -> Verification {
     if m.secrets.is_empty() {
         return Verification::failed(
             "nothing",
@@ -122,7 +148,7 @@ pub async fn check(out: &Outbound, m: &Material, now: Timestamp) -> Verification
                 http_check(out, m, how, |r| r.header(header, value)).await
             }
         }
-        CredentialType::Database => check_database(m).await,
+        CredentialType::Database => check_database(out, m).await,
     }
 }
 
@@ -160,6 +186,7 @@ async fn check_oauth2(out: &Outbound, m: &Material, now: Timestamp) -> Verificat
             }
             v
         }
+        Err(TokenError::Refused(r)) => Verification::refused(tried, r),
         Err(e) => Verification::failed(tried, e.message()),
     }
 }
@@ -179,22 +206,24 @@ async fn http_check(
             ),
         );
     };
-    let url = match oauth::check_endpoint("verify_url", text) {
-        Ok(u) => u,
-        Err(e) => return Verification::failed("nothing", e),
+    let target = match out.check_url("verify_url", text) {
+        Ok(t) => t,
+        Err(UrlError::Invalid(e)) => return Verification::failed("nothing", e),
+        Err(UrlError::Refused(r)) => return Verification::refused("nothing", r),
     };
-    let tried = format!("GET {} {how}", oauth::shown(&url));
-    let req = add_secret(out.client().get(url));
+    let tried = format!("GET {} {how}", target.shown());
+    let req = add_secret(out.request(reqwest::Method::GET, target));
+    // The answer's body is never read: only its status is shown.
     match req.send().await {
         Ok(r) if r.status().is_success() => Verification::passed(tried),
         Ok(r) => {
             let status = r.status();
             Verification::failed(tried, format!("the server answered HTTP {status}"))
         }
-        Err(e) => {
-            let err = oauth::transport_error(m, &e);
-            Verification::failed(tried, err)
-        }
+        Err(e) => match SendFailure::from_reqwest(&e) {
+            SendFailure::Refused(r) => Verification::refused(tried, r),
+            SendFailure::Failed(f) => Verification::failed(tried, f),
+        },
     }
 }
 
@@ -212,7 +241,7 @@ fn default_port(driver: &str) -> Option<u16> {
     })
 }
 
-async fn check_database(m: &Material) -> Verification {
+async fn check_database(out: &Outbound, m: &Material) -> Verification {
     let Some(host) = m.text("host") else {
         return Verification::failed("nothing", "the credential has no `host`");
     };
@@ -227,18 +256,13 @@ async fn check_database(m: &Material) -> Verification {
         );
     };
     let tried = format!("TCP connection to {host}:{port}");
-    match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio::net::TcpStream::connect((host, port)),
-    )
-    .await
-    {
-        Ok(Ok(_)) => Verification::passed(tried),
-        Ok(Err(e)) => Verification::failed(tried, m.scrub(&e.to_string())),
-        Err(_) => Verification::failed(
-            tried,
-            format!("timed out after {} s", CONNECT_TIMEOUT.as_secs()),
-        ),
+    // Only "connected", "could not connect" or "refused by policy": which of closed, filtered,
+    // timed out or unknown would turn the receiver into a port scanner.
+    match out.connect_tcp(host, port, CONNECT_TIMEOUT).await {
+        Ok(_) => Verification::passed(tried),
+        Err(TcpError::Invalid(e)) => Verification::failed("nothing", e),
+        Err(TcpError::Refused(r)) => Verification::refused(tried, r),
+        Err(TcpError::CouldNotConnect) => Verification::failed(tried, "could not connect"),
     }
 }
 
@@ -253,24 +277,36 @@ pub async fn handle(
         return Err(ApiError::lacks(Perm::Use, &c));
     }
     let m = blocking(&app, move |app, db| oauth::load(db, &app.keys, &c, &n)).await?;
-    // An oauth2 refresh during verification is a refresh: one at a time per credential.
-    let (m, _in_flight) = match (m.cred.kind, m.id) {
-        (CredentialType::Oauth2, Some(id)) => {
+    // One verification of a credential at a time (an oauth2 refresh during verification is a
+    // refresh, which is single-flight anyway): however many callers ask at once, the
+    // credential's destination gets one request at a time from this receiver.
+    let (m, _in_flight) = match m.id {
+        Some(id) => {
             let guard = app.outbound.flight(id).lock_owned().await;
             let m = blocking(&app, move |app, db| oauth::load_by_id(db, &app.keys, id)).await?;
             (m, Some(guard))
         }
-        _ => (m, None),
+        None => (m, None),
     };
     let mut v = check(&app.outbound, &m, app.now()).await;
     let obtained = v.obtained.take();
+    let refusal = v
+        .refused
+        .take()
+        .map(|r| r.to_api(&format!("credential {}", m.path)));
     let mut rows = vec![AuditRow {
         principal: Some(who.name.clone()),
         action: "verify-credential".into(),
         container: Some(m.container.to_string()),
         target: Some(m.path.clone()),
-        outcome: if v.ok { "ok" } else { "failed" }.into(),
-        status: 200,
+        outcome: match (&refusal, v.ok) {
+            (Some(_), _) => "refused",
+            (None, true) => "ok",
+            (None, false) => "failed",
+        }
+        .into(),
+        status: refusal.as_ref().map_or(200, |e| e.status.as_u16()),
+        code: refusal.as_ref().map(|e| e.code.clone()),
         detail: Some(match &v.error {
             Some(e) => format!("tried {}: {e}", v.tried),
             None => format!("tried {}", v.tried),
@@ -308,6 +344,9 @@ pub async fn handle(
             Ok(())
         })
         .await?;
+    }
+    if let Some(e) = refusal {
+        return Err(e);
     }
     Ok(json_response(StatusCode::OK, &v.to_json()))
 }
