@@ -130,6 +130,8 @@ impl Env {
             app.clock = Arc::new(move || {
                 Timestamp::now().plus(time::Duration::seconds(o.load(Ordering::SeqCst)))
             });
+            // The OAuth server and the verification targets listen on loopback.
+            allow_outbound(app, &["127.0.0.1"]);
         })
         .await;
         let key = SigningKey::generate().unwrap();
@@ -200,9 +202,12 @@ impl Env {
         v
     }
 
+    /// The audit trail, oldest first.
     async fn audit(&self) -> Vec<Value> {
         let (_, v) = self.s.get(&self.s.admin, "/v1/audit").await;
-        v["audit"].as_array().unwrap().clone()
+        let mut rows = v["audit"].as_array().unwrap().clone();
+        rows.sort_by_key(|r| r["id"].as_i64());
+        rows
     }
 }
 
@@ -616,44 +621,56 @@ async fn a_refresh_that_loses_the_race_does_not_overwrite_a_newer_token() {
 }
 
 #[tokio::test]
-async fn non_https_endpoints_off_loopback_are_refused() {
+async fn endpoints_outside_the_outbound_policy_are_refused_before_anything_is_sent() {
     let o = OAuthServer::start();
     let e = Env::start().await;
     let mut remote = client_credentials(&o, "remote", "header");
     remote["token_endpoint"] = json!("http://auth.example.com/token");
     let mut ac = authorization_code(&o, &e, "remote-ac");
     ac["authorization_endpoint"] = json!("http://10.1.2.3/authorize");
+    // 127.0.0.1 is listed in outbound_allow; `localhost` is not, though it is the same address.
     let mut localhost = client_credentials(&o, "localhost", "header");
     localhost["token_endpoint"] = json!(o.token_endpoint().replace("127.0.0.1", "localhost"));
-    e.deploy(&[remote, ac, localhost]).await;
+    let mut decimal = client_credentials(&o, "decimal", "header");
+    decimal["token_endpoint"] = json!(o.token_endpoint().replace("127.0.0.1", "2130706433"));
+    e.deploy(&[remote, ac, localhost, decimal]).await;
 
     let (st, v) = e.token("remote").await;
     assert_eq!(
         (st, v["code"].as_str()),
-        (422, Some("insecure-endpoint")),
+        (422, Some("outbound-not-allowed")),
         "{v}"
     );
+    assert_eq!(v["host"], "auth.example.com");
     let d = v["detail"].as_str().unwrap();
     assert!(
-        d.contains("https://") && d.contains("loopback") && d.contains("token_endpoint"),
+        d.contains("http://") && d.contains("outbound_allow") && d.contains("token_endpoint"),
         "{d}"
     );
     let (st, v) = e.post("/v1/credentials/apps/remote-ac/authorize").await;
     assert_eq!(
         (st, v["code"].as_str()),
-        (422, Some("insecure-endpoint")),
+        (422, Some("outbound-not-allowed")),
         "{v}"
     );
+    assert_eq!(v["host"], "10.1.2.3");
     assert!(
         v["detail"]
             .as_str()
             .unwrap()
             .contains("authorization_endpoint")
     );
-    assert_eq!(o.stats().await["token_requests"], 0);
-    // `localhost` is loopback.
     let (st, v) = e.token("localhost").await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (422, Some("outbound-not-allowed")),
+        "{v}"
+    );
+    assert_eq!(v["host"], "localhost");
+    // Another spelling of a listed address is that address.
+    let (st, v) = e.token("decimal").await;
     assert_eq!(st, 200, "{v}");
+    assert_eq!(o.stats().await["token_requests"], 1);
 }
 
 #[tokio::test]
@@ -830,9 +847,13 @@ async fn dry_verification_passes_and_fails_for_each_type() {
         ("key-header-bad", false, "header X-API-Key", "401"),
         ("key-query", true, "query parameter", ""),
         ("key-query-bad", false, "query parameter", "401"),
-        ("key-remote-http", false, "nothing", "https://"),
         ("db-open", true, "TCP connection to 127.0.0.1", ""),
-        ("db-closed", false, "TCP connection to 127.0.0.1", "refused"),
+        (
+            "db-closed",
+            false,
+            "TCP connection to 127.0.0.1",
+            "could not connect",
+        ),
         ("oauth-good", true, "grant_type=client_credentials", ""),
         (
             "oauth-bad",
@@ -855,12 +876,27 @@ async fn dry_verification_passes_and_fails_for_each_type() {
     }
     // A client_credentials verification changes nothing: its token is not stored.
     assert!(e.record("oauth-good").await.get("access_token").is_none());
+    // Plain http:// to a host not listed in outbound_allow: refused, nothing sent.
+    let (st, v) = e.verify("key-remote-http").await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (422, Some("outbound-not-allowed")),
+        "{v}"
+    );
+    assert_eq!(v["host"], "api.example.com");
+    no_secret(&v);
     let audit = e.audit().await;
     let verified = audit
         .iter()
         .filter(|a| a["action"] == "verify-credential")
         .count();
-    assert_eq!(verified, cases.len());
+    assert_eq!(verified, cases.len() + 1);
+    let refused = audit
+        .iter()
+        .find(|a| a["target"] == "/apps/key-remote-http")
+        .unwrap();
+    assert_eq!(refused["outcome"], "refused");
+    assert_eq!(refused["code"], "outbound-not-allowed");
     no_secret(&Value::Array(audit));
     drop(open);
 }

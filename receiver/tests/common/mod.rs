@@ -21,6 +21,13 @@ pub fn install_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Lets the receiver send requests to `hosts` (loopback mock servers), as `outbound_allow` in
+/// config.json does; use it in `Server::start_with`'s tweak.
+pub fn allow_outbound(app: &mut App, hosts: &[&str]) {
+    app.config.outbound_allow = hosts.iter().map(|h| h.parse().unwrap()).collect();
+    app.outbound = flowpack_receiver::outbound::Outbound::new(&app.config).unwrap();
+}
+
 pub fn cp(s: &str) -> ContainerPath {
     ContainerPath::parse(s).unwrap()
 }
