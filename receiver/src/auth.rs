@@ -132,6 +132,20 @@ impl Principal {
             .any(|(prefix, set)| set.has(perm) && prefix.covers(path))
     }
 
+    /// The containers whose listings (deployments, audit) the caller may read.
+    pub fn visible(&self) -> store::Visible {
+        let prefixes: Vec<&ContainerPath> = self
+            .grants
+            .iter()
+            .filter(|(_, set)| set.has(Perm::Read))
+            .map(|(prefix, _)| prefix)
+            .collect();
+        if prefixes.iter().any(|p| p.is_root()) {
+            return store::Visible::All;
+        }
+        store::Visible::Under(prefixes.iter().map(|p| p.as_str().to_owned()).collect())
+    }
+
     /// True when the caller holds `perm` anywhere.
     pub fn has_any(&self, perm: Perm) -> bool {
         self.grants.iter().any(|(_, set)| set.has(perm))

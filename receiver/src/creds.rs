@@ -226,10 +226,56 @@ pub struct Upserted {
     pub created: bool,
     /// No secret after the upsert.
     pub needs_secrets: bool,
+    /// Stored secrets were forgotten because a destination field changed without them.
+    pub secrets_cleared: bool,
+}
+
+/// True when two records of the same type send their secrets to the same place: every
+/// destination field ([`CredentialType::destination_fields`]) is equal, absent in both
+/// included. Records of different types never share a destination.
+pub fn same_destination(
+    old_kind: &str,
+    old: &Map<String, Value>,
+    new_kind: CredentialType,
+    new: &Map<String, Value>,
+) -> bool {
+    old_kind == new_kind.as_str()
+        && new_kind
+            .destination_fields()
+            .iter()
+            .all(|f| old.get(*f) == new.get(*f))
+}
+
+/// Binds a credential's secrets to its destination after its public record changed from
+/// `before` to `after_public`: when the destination moved, every stored secret that this same
+/// write did not set (`carried`) is forgotten, its OAuth tokens included, and pending
+/// authorizations are dropped. Returns whether secrets were forgotten.
+fn unbind_moved_secrets(
+    tx: &Tx<'_>,
+    id: i64,
+    before: &CredentialRow,
+    kind: CredentialType,
+    after_public: &Map<String, Value>,
+    carried: &[&str],
+) -> Result<bool, ApiError> {
+    // A stored record that does not parse is treated as another destination: forgetting is
+    // the safe side.
+    let old: Map<String, Value> = serde_json::from_str(&before.public).unwrap_or_default();
+    if same_destination(&before.kind, &old, kind, after_public) {
+        return Ok(false);
+    }
+    let stored: Vec<String> = tx.secrets(id)?.into_iter().map(|s| s.field).collect();
+    let mut cleared = false;
+    for field in stored.iter().filter(|f| !carried.contains(&f.as_str())) {
+        tx.clear_secret(id, field)?;
+        cleared = true;
+    }
+    tx.delete_oauth_states(id)?;
+    Ok(cleared)
 }
 
 /// Upserts a credential from a bundle: public fields replaced, carried secrets set, omitted
-/// secrets kept.
+/// secrets kept — unless a destination field changed, which forgets the omitted ones.
 pub fn upsert_from_bundle(
     tx: &Tx<'_>,
     keys: &SecretKeys,
@@ -238,9 +284,15 @@ pub fn upsert_from_bundle(
     c: &Credential,
 ) -> Result<Upserted, ApiError> {
     let path = container.object_path(&c.name);
-    let public = serde_json::to_string(&c.public_json()).map_err(ApiError::internal)?;
-    let (id, created) =
+    let public_map = c.public_json();
+    let public = serde_json::to_string(&public_map).map_err(ApiError::internal)?;
+    let (id, before) =
         tx.upsert_credential(container_id, c.name.as_str(), c.kind.as_str(), &public)?;
+    let carried: Vec<&str> = c.secrets.keys().copied().collect();
+    let secrets_cleared = match &before {
+        Some(before) => unbind_moved_secrets(tx, id, before, c.kind, &public_map, &carried)?,
+        None => false,
+    };
     for (field, value) in &c.secrets {
         match value {
             SecretValue::Plain(secret) => {
@@ -261,7 +313,8 @@ pub fn upsert_from_bundle(
     Ok(Upserted {
         needs_secrets: needs_secrets(tx, id)?,
         path,
-        created,
+        created: before.is_none(),
+        secrets_cleared,
     })
 }
 
@@ -336,9 +389,13 @@ pub fn patch(
     let cid = tx
         .container_id(&container)?
         .ok_or_else(|| ApiError::internal("credential's container vanished"))?;
-    tx.upsert_credential(cid, name.as_str(), kind.as_str(), &public)?;
+    let (_, before) = tx.upsert_credential(cid, name.as_str(), kind.as_str(), &public)?;
     for f in cleared {
         tx.clear_secret(row.id, f)?;
+    }
+    if let Some(before) = before {
+        let carried: Vec<&str> = parsed.secrets.keys().copied().collect();
+        unbind_moved_secrets(tx, row.id, &before, kind, &parsed.public_json(), &carried)?;
     }
     for (field, value) in &parsed.secrets {
         if let SecretValue::Plain(secret) = value {

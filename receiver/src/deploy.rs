@@ -11,39 +11,77 @@
 //! one savepoint. A refusal undoes that savepoint and records its audit row in the same
 //! transaction; the answer waits for the transaction to be durable.
 //!
+//! Replay: a bundle whose id is already applied is a replay only when its manifest is byte for
+//! byte the one applied (its SHA-256 is kept with the deployment) and its every entry hashes
+//! as the manifest says; it then answers the original record. Any other bundle carrying a known
+//! id is `409 bundle-id-conflict`: an id names one bundle, and a signer of one container can
+//! neither read another container's record nor pre-empt its bundle by reusing its id.
+//!
 //! With `?verify=true` (`flowpack deploy --verify`), every credential that carries secrets is
-//! verified first ([`crate::verify`]) as it will be after the apply (the bundle's fields over
-//! the stored secrets); one failure refuses the whole bundle (422
+//! verified ([`crate::verify`]) as it will be after the apply, but only after every check that
+//! could refuse the bundle (trust, grant, replay, expiry, staleness) has passed, so a bundle
+//! that will be refused never causes an outbound request. The stored secrets join the bundle's
+//! fields only when the bundle leaves the credential's destination as it is: a secret is never
+//! sent anywhere but where it was stored to go. At most [`VERIFY_FANOUT`] requests of one
+//! deploy are in flight at once. One failure refuses the whole bundle (422
 //! `credential-verification-failed`) before anything is written. Verification runs outside the
 //! write transaction, so slow endpoints never hold the database's writer lock.
+//!
+//! At most one bundle per core is opened and checked at once (others wait for a permit):
+//! checking is CPU-bound, and the bound keeps a burst of hostile uploads from taking memory
+//! in proportion to their number.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Seek, SeekFrom};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use flowpack_shared::bundle::read::{OpenBundle, Payload, TrustedSigner};
 use flowpack_shared::bundle::{BundleError, BundleKind};
 use flowpack_shared::keys::{KeyId, VerifyingKey};
 use flowpack_shared::names::{ContainerPath, Name};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
 
 use crate::App;
 use crate::auth::{Perm, Principal};
 use crate::creds;
 use crate::http::{ApiError, Body, json_response};
 use crate::oauth::{Material, Tokens};
-use crate::store::{AuditRow, Db, Tx};
+use crate::store::{AuditRow, Db, Replay, Tx};
 
 /// Clock skew allowed for `created_at` (SPEC §4).
 const SKEW: time::Duration = time::Duration::minutes(5);
 
 /// SQLite's default largest blob; a bigger mapping file cannot be stored.
 const MAX_FILE: u64 = 1_000_000_000;
+
+/// Outbound verification requests of one deploy in flight at once.
+pub const VERIFY_FANOUT: usize = 16;
+
+/// How long a request body may go without a byte arriving.
+pub const BODY_IDLE: Duration = Duration::from_secs(30);
+
+/// Permits to open and check a bundle: one per core, for the whole process.
+fn checking() -> Arc<Semaphore> {
+    static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    PERMITS
+        .get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+            Arc::new(Semaphore::new(cores))
+        })
+        .clone()
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
 
 fn too_large(max: u64) -> ApiError {
     ApiError::new(
@@ -75,7 +113,11 @@ pub async fn handle(
                 .trim()
                 .to_ascii_lowercase()
         });
-    let verify = match crate::http::query_param(&req, "verify")?.as_deref() {
+    let query = match crate::http::query_params(&req, &["verify"]) {
+        Ok(q) => q,
+        Err(e) => return Err(refuse(&app, &who, e)),
+    };
+    let verify = match query.get("verify").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => {
@@ -123,10 +165,11 @@ pub async fn handle(
     let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(ApiError::internal)?);
     let mut body = req.into_body();
     let mut total: u64 = 0;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ApiError::bad_request("body-read", format!("reading the request body failed: {e}"))
-        })?;
+    while let Some(frame) = crate::http::next_frame(&mut body).await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => return Err(refuse(&app, &who, e)),
+        };
         if let Ok(data) = frame.into_data() {
             total += data.len() as u64;
             if total > max {
@@ -138,21 +181,27 @@ pub async fn handle(
     file.flush().await.map_err(ApiError::internal)?;
     drop(file);
 
-    let obtained = if verify {
-        let file = tmp.reopen().map_err(ApiError::internal)?;
-        verify_bundle(&app, &who, file).await?
-    } else {
-        HashMap::new()
-    };
-
-    // Verification, and a credential bundle's payload, on the blocking pool (in parallel);
-    // then the decisions and the writes in the group committer's next transaction.
+    // Checks, and a credential bundle's payload, on the blocking pool, one bundle per core;
+    // then verification of its credentials if asked for and nothing refused it; then the
+    // decisions again and the writes in the group committer's next transaction.
+    let permit = checking()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
     let worker = app.clone();
     let caller = who.clone();
     let prepared = app
-        .spawn_blocking(move || prepare(&worker, &caller, tmp))
+        .spawn_blocking(move || {
+            let prepared = prepare(&worker, &caller, tmp);
+            drop(permit);
+            prepared
+        })
         .await
         .map_err(ApiError::internal)?;
+    let obtained = match &prepared {
+        Ok(p) if verify && !p.replay => verify_bundle(&app, &who, p).await?,
+        _ => HashMap::new(),
+    };
     let worker = app.clone();
     let (status, record) = app
         .store
@@ -179,6 +228,19 @@ struct BundleInfo {
     bundle_id: String,
     signer: String,
     container: ContainerPath,
+    /// False when the manifest's signature did not verify: the fields above are only claims.
+    verified: bool,
+}
+
+impl BundleInfo {
+    fn of(m: &flowpack_shared::bundle::manifest::Manifest, verified: bool) -> BundleInfo {
+        BundleInfo {
+            bundle_id: m.bundle_id.to_string(),
+            signer: m.signer_key_id.to_string(),
+            container: m.target_container.clone(),
+            verified,
+        }
+    }
 }
 
 fn refusal_row(who: &Principal, info: Option<&BundleInfo>, e: &ApiError) -> AuditRow {
@@ -188,6 +250,7 @@ fn refusal_row(who: &Principal, info: Option<&BundleInfo>, e: &ApiError) -> Audi
         container: info.map(|i| i.container.to_string()),
         bundle_id: info.map(|i| i.bundle_id.clone()),
         signer_key_id: info.map(|i| i.signer.clone()),
+        verified: info.map(|i| i.verified),
         outcome: "refused".into(),
         status: e.status.as_u16(),
         code: Some(e.code.clone()),
@@ -210,12 +273,15 @@ fn audit(app: &App, row: AuditRow) -> impl Future<Output = ()> + use<> {
 
 type Failed = (ApiError, Option<Box<BundleInfo>>);
 
-fn trusted(db: &Db, id: &KeyId) -> Option<TrustedSigner> {
+/// The trusted signer `id`, if any. A database error is remembered in `failed`, so that the
+/// caller answers 500 instead of taking it for an unknown signer.
+fn trusted(db: &Db, id: &KeyId, failed: &std::cell::Cell<bool>) -> Option<TrustedSigner> {
     let (key, containers) = match db.signer(&id.to_string()) {
         Ok(Some(x)) => x,
         Ok(None) => return None,
         Err(e) => {
             tracing::error!(error = %e, "reading trusted signers failed");
+            failed.set(true);
             return None;
         }
     };
@@ -231,57 +297,57 @@ fn trusted(db: &Db, id: &KeyId) -> Option<TrustedSigner> {
     })
 }
 
-/// For a refusal of the signer's trust, what the manifest says (for the audit trail: which
-/// key, which container). Other refusals record no bundle: its manifest was not read.
-fn trust_info(
+/// For a bundle refused while being opened, what its manifest claims, when it can be read
+/// (for the audit trail: which bundle, key and container). Only a refusal for the signer's
+/// container prefixes comes after the signature verified.
+fn claimed_info(
     e: &BundleError,
     spooled: &tempfile::NamedTempFile,
     limits: &flowpack_shared::zipfmt::Limits,
 ) -> Option<Box<BundleInfo>> {
-    if !matches!(
-        e,
-        BundleError::UnknownSigner(_) | BundleError::SignerNotAllowed(..)
-    ) {
-        return None;
-    }
     let file = spooled.reopen().ok()?;
     let b = OpenBundle::open_unverified(BufReader::new(file), limits).ok()?;
-    let m = b.manifest();
-    Some(Box::new(BundleInfo {
-        bundle_id: m.bundle_id.to_string(),
-        signer: m.signer_key_id.to_string(),
-        container: m.target_container.clone(),
-    }))
+    let verified = matches!(e, BundleError::SignerNotAllowed(..));
+    Some(Box::new(BundleInfo::of(b.manifest(), verified)))
 }
 
-/// Verifies the credentials of a spooled bundle (`?verify=true`). Returns the tokens that
-/// refreshes obtained, by credential name, to store with the apply; refuses the bundle when a
-/// verification fails. A bundle that will be refused anyway (unreadable, untrusted, not
-/// allowed, or a replay) is left to [`apply`] to answer.
+/// Verifies the credentials of a prepared bundle (`?verify=true`), which every check that
+/// could refuse it has passed. Returns the tokens that refreshes obtained, by credential name,
+/// to store with the apply; refuses the bundle when a verification fails.
 async fn verify_bundle(
     app: &Arc<App>,
     who: &Principal,
-    file: std::fs::File,
+    prepared: &Prepared,
 ) -> Result<HashMap<String, Tokens>, ApiError> {
+    let info = prepared.info.clone();
+    let file = prepared._spooled.reopen().map_err(ApiError::internal)?;
+    let permit = checking()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
     let worker = app.clone();
-    let caller = who.clone();
-    let found = app
+    let materials = app
         .spawn_blocking(move || -> Result<_, ApiError> {
             let db = worker.store.db()?;
-            candidates(&worker, &db, &caller, file)
+            let found = candidates(&worker, &db, file);
+            drop(permit);
+            found
         })
         .await
         .map_err(ApiError::internal)??;
-    let Some((info, materials)) = found else {
-        return Ok(HashMap::new());
-    };
     let now = app.now();
-    let results = futures_util::future::join_all(
-        materials
+    let results: Vec<crate::verify::Verification> = {
+        use futures_util::StreamExt;
+        // Made first: a stream over a borrowing closure is not `Send` for every lifetime.
+        let checks: Vec<_> = materials
             .iter()
-            .map(|m| crate::verify::check(&app.outbound, m, now)),
-    )
-    .await;
+            .map(|m| crate::verify::check(&app.outbound, m, now))
+            .collect();
+        futures_util::stream::iter(checks)
+            .buffered(VERIFY_FANOUT)
+            .collect()
+            .await
+    };
     let report: Vec<Value> = materials
         .iter()
         .zip(&results)
@@ -327,41 +393,33 @@ async fn verify_bundle(
 }
 
 /// The credentials of a bundle that carry secrets, as they will be after the apply: the
-/// bundle's fields and secrets over the secrets stored for a credential of the same name and
-/// type. `None` when the bundle will be refused anyway.
-fn candidates(
-    app: &App,
-    db: &Db,
-    who: &Principal,
-    file: std::fs::File,
-) -> Result<Option<(BundleInfo, Vec<Material>)>, ApiError> {
+/// bundle's fields and secrets, over the secrets stored for a credential of the same name,
+/// type and destination. A bundle that cannot be read now is refused (it was read once
+/// already: the spool file changed, or the store did).
+fn candidates(app: &App, db: &Db, file: std::fs::File) -> Result<Vec<Material>, ApiError> {
     let limits = app.config.limits.to_limits();
-    let lookup = |id: &KeyId| trusted(db, id);
-    let Ok(mut bundle) = OpenBundle::open(BufReader::new(file), &limits, &lookup) else {
-        return Ok(None);
-    };
+    let failed = std::cell::Cell::new(false);
+    let lookup = |id: &KeyId| trusted(db, id, &failed);
+    let mut bundle = OpenBundle::open(BufReader::new(file), &limits, &lookup).map_err(|e| {
+        if failed.get() {
+            ApiError::internal("reading trusted signers failed")
+        } else {
+            ApiError::from(e)
+        }
+    })?;
     let m = bundle.manifest().clone();
     let target = &m.target_container;
-    if !who.can(Perm::Write, target) || db.deployment_by_bundle(m.bundle_id.as_str())?.is_some() {
-        return Ok(None);
-    }
-    let mut drain =
-        |_: &Name,
-         _: &flowpack_shared::names::RelPath,
-         _: u64,
-         data: &mut dyn std::io::Read|
-         -> std::io::Result<()> { std::io::copy(data, &mut std::io::sink()).map(|_| ()) };
-    let Ok(payload) = bundle.read_payload(Some(&app.identity), &mut drain) else {
-        return Ok(None);
-    };
+    let payload = bundle.read_payload(Some(&app.identity), &mut drain)?;
     let cid = db.container_id(target)?;
     let mut out = Vec::new();
     for c in payload.credentials.iter().filter(|c| !c.needs_secrets()) {
         let path = target.object_path(&c.name);
+        let public = c.public_json();
         let stored = match cid {
-            Some(cid) => db
-                .credential(cid, c.name.as_str())?
-                .filter(|r| r.kind == c.kind.as_str()),
+            Some(cid) => db.credential(cid, c.name.as_str())?.filter(|r| {
+                let old = serde_json::from_str(&r.public).unwrap_or_default();
+                creds::same_destination(&r.kind, &old, c.kind, &public)
+            }),
             None => None,
         };
         let mut secrets = BTreeMap::new();
@@ -384,28 +442,60 @@ fn candidates(
             version: stored.as_ref().map_or(0, |r| r.token_version),
             container: target.clone(),
             path,
-            public: c.public_json(),
+            public,
             cred: public_only,
             secrets,
             needs_authorization: false,
         });
     }
-    let info = BundleInfo {
-        bundle_id: m.bundle_id.to_string(),
-        signer: m.signer_key_id.to_string(),
-        container: target.clone(),
-    };
-    Ok(Some((info, out)))
+    Ok(out)
+}
+
+/// Reads a payload file to its end (hashing it, as every read does) and keeps nothing.
+fn drain(
+    _: &Name,
+    _: &flowpack_shared::names::RelPath,
+    _: u64,
+    data: &mut dyn std::io::Read,
+) -> std::io::Result<()> {
+    std::io::copy(data, &mut std::io::sink()).map(|_| ())
+}
+
+/// Whether a bundle whose id is `known` to the store is that same bundle again: its exact
+/// manifest. A deployment stored before manifests were digested is matched on its container.
+fn same_bundle(known: &Replay, manifest_sha256: &[u8], container: &ContainerPath) -> bool {
+    match &known.manifest_sha256 {
+        Some(digest) => bool::from(subtle::ConstantTimeEq::ct_eq(
+            digest.as_slice(),
+            manifest_sha256,
+        )),
+        None => known.container == container.as_str(),
+    }
+}
+
+fn id_conflict(bundle_id: &str) -> ApiError {
+    ApiError::conflict(
+        "bundle-id-conflict",
+        format!(
+            "bundle id {bundle_id} was already applied with another manifest; a bundle id names one bundle: package again for a new id"
+        ),
+    )
 }
 
 /// A bundle verified outside the writer's transaction, waiting to be applied.
 struct Prepared {
     bundle: OpenBundle<BufReader<std::fs::File>>,
     info: BundleInfo,
-    /// A standalone credential bundle's payload, read (sealed values opened) before joining the
-    /// writer's queue; its error is reported only after the replay and staleness checks, as
-    /// when it is read in the transaction. `None` for a mapping bundle: its files are streamed
-    /// into the transaction.
+    /// SHA-256 of the exact `manifest.json`.
+    manifest_sha256: Vec<u8>,
+    /// The store already held this very bundle when it was checked: a replay, whose payload
+    /// has been read in full (`payload`). The writer decides again.
+    replay: bool,
+    /// The payload, read (sealed values opened) before joining the writer's queue: a
+    /// standalone credential bundle's, and a replay's (read only to check every entry). Its
+    /// error is reported only after the replay and staleness checks, as when it is read in the
+    /// transaction. `None` for a mapping bundle to apply: its files are streamed into the
+    /// transaction.
     payload: Option<Result<Payload, BundleError>>,
     /// The spool file, removed once the bundle is applied or refused.
     _spooled: tempfile::NamedTempFile,
@@ -425,40 +515,76 @@ fn prepare(
     file.seek(SeekFrom::Start(0))
         .map_err(|e| (ApiError::internal(e), None))?;
     let limits = app.config.limits.to_limits();
-    let mut bundle = {
-        let lookup = |id: &KeyId| trusted(&db, id);
+    let failed = std::cell::Cell::new(false);
+    let opened = {
+        let lookup = |id: &KeyId| trusted(&db, id, &failed);
         OpenBundle::open(BufReader::new(file), &limits, &lookup)
-            .map_err(|e| (trust_info(&e, &spooled, &limits), e))
-            .map_err(|(info, e)| (ApiError::from(e), info))?
+    };
+    let mut bundle = match opened {
+        Ok(b) => b,
+        Err(_) if failed.get() => {
+            return Err((ApiError::internal("reading trusted signers failed"), None));
+        }
+        Err(e) => {
+            let info = claimed_info(&e, &spooled, &limits);
+            return Err((ApiError::from(e), info));
+        }
+    };
+    let m = bundle.manifest().clone();
+    let info = BundleInfo::of(&m, true);
+    let fail = |e: ApiError| (e, Some(Box::new(info.clone())));
+    if !who.can(Perm::Write, &m.target_container) {
+        return Err(fail(ApiError::lacks(Perm::Write, &m.target_container)));
+    }
+    let manifest_sha256 = sha256(bundle.manifest_bytes());
+    // The decisions the writer takes again, read now: a bundle that would be refused, or is a
+    // replay, is never verified against outside endpoints.
+    let known = db
+        .deployment_by_bundle(m.bundle_id.as_str())
+        .map_err(|e| fail(e.into()))?;
+    let replay = match &known {
+        Some(known) if same_bundle(known, &manifest_sha256, &m.target_container) => true,
+        Some(_) => return Err(fail(id_conflict(m.bundle_id.as_str()))),
+        None => {
+            bundle
+                .check_times(app.now(), SKEW)
+                .map_err(|e| fail(e.into()))?;
+            stale(&db, &m).map_err(fail)?;
+            false
+        }
     };
     drop(db);
-    let m = bundle.manifest();
-    let info = BundleInfo {
-        bundle_id: m.bundle_id.to_string(),
-        signer: m.signer_key_id.to_string(),
-        container: m.target_container.clone(),
-    };
-    if !who.can(Perm::Write, &m.target_container) {
-        let e = ApiError::lacks(Perm::Write, &m.target_container);
-        return Err((e, Some(Box::new(info))));
-    }
-    let payload = (m.kind == BundleKind::Credentials).then(|| {
-        // A credential bundle with mapping files is refused once read (`bad-record`).
-        let mut drain = |_: &Name,
-                         _: &flowpack_shared::names::RelPath,
-                         _: u64,
-                         data: &mut dyn std::io::Read|
-         -> std::io::Result<()> {
-            std::io::copy(data, &mut std::io::sink()).map(|_| ())
-        };
-        bundle.read_payload(Some(&app.identity), &mut drain)
-    });
+    // A credential bundle with mapping files is refused once read (`bad-record`).
+    let payload = (replay || m.kind == BundleKind::Credentials)
+        .then(|| bundle.read_payload(Some(&app.identity), &mut drain));
     Ok(Prepared {
         bundle,
         info,
+        manifest_sha256,
+        replay,
         payload,
         _spooled: spooled,
     })
+}
+
+/// Refuses a bundle created before the newest one applied to its container (`409 stale`).
+fn stale(db: &Db, m: &flowpack_shared::bundle::manifest::Manifest) -> Result<(), ApiError> {
+    let target = &m.target_container;
+    let Some(newest) = db.newest_created(target.as_str())? else {
+        return Ok(());
+    };
+    if m.created_at.unix_millis() >= newest {
+        return Ok(());
+    }
+    let newest_text = flowpack_shared::timefmt::Timestamp::from_unix_millis(newest)
+        .map_or_else(|| newest.to_string(), |t| t.to_string());
+    Err(ApiError::conflict(
+        "stale",
+        format!(
+            "the bundle was created at {}, before the newest bundle already applied to {target} (created at {newest_text}); package it again",
+            m.created_at
+        ),
+    ))
 }
 
 /// Applies a prepared bundle in the writer's transaction: replay, expiry and staleness, then
@@ -474,18 +600,32 @@ fn apply(
     let Prepared {
         mut bundle,
         info,
+        manifest_sha256,
+        replay: _,
         payload,
         _spooled,
     } = prepared;
     let m = bundle.manifest().clone();
     let fail = |e: ApiError| (e, Some(Box::new(info.clone())));
     let target = &m.target_container;
-    if let Some(record) = tx
+    if let Some(known) = tx
         .deployment_by_bundle(m.bundle_id.as_str())
         .map_err(|e| fail(e.into()))?
     {
+        if !same_bundle(&known, &manifest_sha256, target) {
+            return Err(fail(id_conflict(m.bundle_id.as_str())));
+        }
+        // Every entry is hashed before a replay is answered: a corrupted copy of an applied
+        // bundle is refused like any corrupted bundle.
+        match payload {
+            Some(read) => read.map(drop),
+            None => bundle
+                .read_payload(Some(&app.identity), &mut drain)
+                .map(drop),
+        }
+        .map_err(|e| fail(e.into()))?;
         let mut record: Value =
-            serde_json::from_str(&record).map_err(|e| fail(ApiError::internal(e)))?;
+            serde_json::from_str(&known.record).map_err(|e| fail(ApiError::internal(e)))?;
         if let Value::Object(o) = &mut record {
             o.insert("replayed".into(), Value::Bool(true));
         }
@@ -496,26 +636,17 @@ fn apply(
     bundle
         .check_times(app.now(), SKEW)
         .map_err(|e| fail(e.into()))?;
-    let created_ms = m.created_at.unix_millis();
-    if let Some(newest) = tx
-        .newest_created(target.as_str())
-        .map_err(|e| fail(e.into()))?
-        && created_ms < newest
-    {
-        let newest_text = flowpack_shared::timefmt::Timestamp::from_unix_millis(newest)
-            .map_or_else(|| newest.to_string(), |t| t.to_string());
-        return Err(fail(ApiError::conflict(
-            "stale",
-            format!(
-                "the bundle was created at {}, before the newest bundle already applied to {target} (created at {newest_text}); package it again",
-                m.created_at
-            ),
-        )));
-    }
+    stale(tx, &m).map_err(fail)?;
 
+    let created_ms = m.created_at.unix_millis();
     let cid = tx.ensure_container(target).map_err(|e| fail(e.into()))?;
     let did = tx
-        .insert_deployment(m.bundle_id.as_str(), target.as_str(), created_ms)
+        .insert_deployment(
+            m.bundle_id.as_str(),
+            target.as_str(),
+            created_ms,
+            &manifest_sha256,
+        )
         .map_err(|e| fail(e.into()))?;
     let mut versions: HashMap<Name, i64> = HashMap::new();
     let payload = if let Some(read) = payload {
@@ -559,6 +690,7 @@ fn apply(
     let mut created = Vec::new();
     let mut updated = Vec::new();
     let mut needs = Vec::new();
+    let mut cleared = Vec::new();
     for mapping in &payload.mappings {
         let vid = match versions.get(&mapping.name) {
             Some(v) => *v,
@@ -592,6 +724,9 @@ fn apply(
         if up.needs_secrets {
             needs.push(up.path.clone());
         }
+        if up.secrets_cleared {
+            cleared.push(up.path.clone());
+        }
         if up.created {
             created.push(up.path);
         } else {
@@ -605,6 +740,7 @@ fn apply(
         "created": created,
         "updated": updated,
         "needs_secrets": needs,
+        "secrets_cleared": cleared,
         "replayed": false,
     });
     tx.set_deployment_record(did, &record.to_string())
@@ -629,6 +765,7 @@ fn deploy_audit(
         container: Some(target.to_string()),
         bundle_id: Some(info.bundle_id.clone()),
         signer_key_id: Some(info.signer.clone()),
+        verified: Some(info.verified),
         outcome: outcome.into(),
         status,
         ..AuditRow::default()

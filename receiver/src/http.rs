@@ -23,7 +23,7 @@ use flowpack_shared::bundle::{BundleError, Class};
 use flowpack_shared::model::mapping::{Mapping, ParamType};
 use flowpack_shared::names::{ContainerPath, Name, RelPath};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -161,9 +161,32 @@ impl From<BundleError> for ApiError {
     }
 }
 
-/// A JSON answer.
+/// A JSON answer; a value that cannot be serialized is a 500, never an empty 2xx.
 pub fn json_response(status: StatusCode, v: &(impl serde::Serialize + ?Sized)) -> Response<Body> {
-    json_bytes_response(status, serde_json::to_vec(v).unwrap_or_default())
+    match serde_json::to_vec(v) {
+        Ok(body) => json_bytes_response(status, body),
+        Err(e) => ApiError::internal(format!("serializing an answer: {e}")).into_response(),
+    }
+}
+
+/// The next frame of a request body, or `408 body-timeout` when none arrives within
+/// [`crate::deploy::BODY_IDLE`]: a body that trickles stops holding its connection and spool.
+pub(crate) async fn next_frame(body: &mut Incoming) -> Option<Result<Frame<Bytes>, ApiError>> {
+    match tokio::time::timeout(crate::deploy::BODY_IDLE, body.frame()).await {
+        Ok(frame) => frame.map(|f| {
+            f.map_err(|e| {
+                ApiError::bad_request("body-read", format!("reading the request body failed: {e}"))
+            })
+        }),
+        Err(_) => Some(Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            format!(
+                "no part of the request body arrived for {} s",
+                crate::deploy::BODY_IDLE.as_secs()
+            ),
+        ))),
+    }
 }
 
 /// A JSON answer whose text is already made.
@@ -238,17 +261,20 @@ async fn authenticate(app: &Arc<App>, req: &Request<Incoming>) -> Result<Princip
 }
 
 async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
-    let body = Limited::new(req.into_body(), MAX_JSON_BODY)
-        .collect()
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-large",
-                format!("the request body is larger than {MAX_JSON_BODY} bytes"),
-            )
-        })?
-        .to_bytes();
+    let mut incoming = req.into_body();
+    let mut body = Vec::new();
+    while let Some(frame) = next_frame(&mut incoming).await {
+        if let Ok(data) = frame?.into_data() {
+            if body.len() + data.len() > MAX_JSON_BODY {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too-large",
+                    format!("the request body is larger than {MAX_JSON_BODY} bytes"),
+                ));
+            }
+            body.extend_from_slice(&data);
+        }
+    }
     // serde_json's message gives only a line and column, never the content.
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("bad-json", format!("the body is not valid JSON: {e}")))
@@ -291,6 +317,99 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// The query's parameters, refused (`400 bad-query`) when one is not in `allowed`, appears
+/// twice or is not valid percent-encoding: a misspelt parameter must never be ignored.
+pub(crate) fn query_params(
+    req: &Request<Incoming>,
+    allowed: &[&str],
+) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+    let mut out = std::collections::BTreeMap::new();
+    let Some(q) = req.uri().query() else {
+        return Ok(out);
+    };
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            percent_decode(&s.replace('+', " "))
+                .ok_or_else(|| ApiError::bad_request("bad-query", "invalid percent-encoding"))
+        };
+        let (k, v) = (decode(k)?, decode(v)?);
+        if !allowed.contains(&k.as_str()) {
+            let known = if allowed.is_empty() {
+                "this endpoint takes none".to_owned()
+            } else {
+                format!("this endpoint takes {}", allowed.join(", "))
+            };
+            return Err(ApiError::bad_request(
+                "bad-query",
+                format!(
+                    "unknown query parameter {}: {known}",
+                    flowpack_shared::names::quoted(&k)
+                ),
+            ));
+        }
+        if out.contains_key(&k) {
+            return Err(ApiError::bad_request(
+                "bad-query",
+                format!("query parameter `{k}` is given twice"),
+            ));
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// Largest page of a listing, and the page size when none is asked for.
+const MAX_PAGE: usize = 1000;
+const DEFAULT_PAGE: usize = 100;
+
+/// Which page of a listing (deployments, audit) a request asks for.
+#[derive(Debug)]
+struct Page {
+    container: Option<ContainerPath>,
+    before: Option<i64>,
+    limit: usize,
+}
+
+impl Page {
+    /// Parses `?container=P&limit=N&before=ID`.
+    fn parse(req: &Request<Incoming>) -> Result<Page, ApiError> {
+        let q = query_params(req, &["container", "limit", "before"])?;
+        let container = q
+            .get("container")
+            .map(|c| ContainerPath::parse(c).map_err(|e| ApiError::bad_request("bad-path", e.0)))
+            .transpose()?;
+        let limit = match q.get("limit") {
+            None => DEFAULT_PAGE,
+            Some(l) => match l.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "bad-query",
+                        format!("`limit` is a whole number from 1 to {MAX_PAGE}"),
+                    ));
+                }
+            },
+        };
+        let before = q
+            .get("before")
+            .map(|b| {
+                b.parse::<i64>().ok().filter(|b| *b > 0).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "bad-query",
+                        "`before` is an id from a previous page's `next`",
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Page {
+            container,
+            before,
+            limit,
+        })
+    }
 }
 
 pub(crate) fn query_param(req: &Request<Incoming>, key: &str) -> Result<Option<String>, ApiError> {
@@ -366,8 +485,8 @@ async fn route(app: Arc<App>, req: Request<Incoming>, method: &Method, path: &st
 /// parsed before the task; a parse error is answered only after authentication, so an
 /// unauthenticated caller gets 401 whatever the path.
 enum ReadRequest {
-    Deployments(Result<Option<ContainerPath>, ApiError>),
-    Audit,
+    Deployments(Result<Page, ApiError>),
+    Audit(Result<Page, ApiError>),
     Container(Result<ContainerPath, ApiError>),
     Mapping(Result<(ContainerPath, Name), ApiError>),
     Credential(Result<(ContainerPath, Name), ApiError>),
@@ -383,15 +502,8 @@ impl ReadRequest {
         let rest = path.strip_prefix("/v1/")?;
         let (head, tail) = rest.split_once('/').unwrap_or((rest, ""));
         Some(match head {
-            "deployments" if tail.is_empty() => {
-                ReadRequest::Deployments(query_param(req, "container").and_then(|c| {
-                    c.map(|c| {
-                        ContainerPath::parse(&c).map_err(|e| ApiError::bad_request("bad-path", e.0))
-                    })
-                    .transpose()
-                }))
-            }
-            "audit" if tail.is_empty() => ReadRequest::Audit,
+            "deployments" if tail.is_empty() => ReadRequest::Deployments(Page::parse(req)),
+            "audit" if tail.is_empty() => ReadRequest::Audit(Page::parse(req)),
             "containers" => ReadRequest::Container(container_path(tail.trim_end_matches('/'))),
             "mappings" if !tail.contains("/files/") => ReadRequest::Mapping(object_path(tail)),
             "credentials" => ReadRequest::Credential(object_path(tail)),
@@ -401,8 +513,8 @@ impl ReadRequest {
 
     fn answer(self, db: &Db, who: &Principal) -> Result<Response<Body>, ApiError> {
         match self {
-            ReadRequest::Deployments(filter) => list_deployments(db, who, filter?.as_ref()),
-            ReadRequest::Audit => list_audit(db, who),
+            ReadRequest::Deployments(page) => list_deployments(db, who, &page?),
+            ReadRequest::Audit(page) => list_audit(db, who, &page?),
             ReadRequest::Container(c) => show_container(db, who, &c?),
             ReadRequest::Mapping(p) => {
                 let (c, n) = p?;
@@ -642,42 +754,57 @@ fn existing_container(db: &Db, c: &ContainerPath) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("container {c} does not exist")))
 }
 
-fn list_deployments(
-    db: &Db,
-    who: &Principal,
-    filter: Option<&ContainerPath>,
-) -> Result<Response<Body>, ApiError> {
-    if let Some(c) = filter {
-        require(who, Perm::Read, c)?;
-    }
-    let mut out = Vec::new();
-    for (container, record) in db.deployments()? {
-        let Ok(cp) = ContainerPath::parse(&container) else {
-            continue;
-        };
-        if filter.is_some_and(|f| *f != cp) || !who.can(Perm::Read, &cp) {
-            continue;
+/// What a listing filtered to `page.container` may show: nothing is read unless the caller
+/// may read that container; unfiltered, the store keeps to the containers the caller can read.
+fn visible_for(who: &Principal, page: &Page) -> Result<store::Visible, ApiError> {
+    match &page.container {
+        Some(c) => {
+            require(who, Perm::Read, c)?;
+            Ok(store::Visible::All)
         }
-        out.push(serde_json::from_str::<Value>(&record).map_err(ApiError::internal)?);
+        None => Ok(who.visible()),
     }
-    Ok(json_response(StatusCode::OK, &json!({"deployments": out})))
 }
 
-fn list_audit(db: &Db, who: &Principal) -> Result<Response<Body>, ApiError> {
-    let rows: Vec<AuditRow> = db
-        .audit()?
-        .into_iter()
-        .filter(|a| {
-            let c = match &a.container {
-                Some(c) => ContainerPath::parse(c).ok(),
-                // A refusal whose manifest could not be read concerns no known container:
-                // only callers who can read everything see it.
-                None => Some(ContainerPath::root()),
-            };
-            c.is_some_and(|c| who.can(Perm::Read, &c))
-        })
-        .collect();
-    Ok(json_response(StatusCode::OK, &json!({"audit": rows})))
+/// The page's rows and the `next` cursor: one row more than the page is read, so `next` is
+/// `null` exactly when nothing older is left.
+fn paged<T>(mut rows: Vec<T>, page: &Page, id: impl Fn(&T) -> i64) -> (Vec<T>, Value) {
+    let more = rows.len() > page.limit;
+    rows.truncate(page.limit);
+    let next = match rows.last() {
+        Some(last) if more => Value::from(id(last)),
+        _ => Value::Null,
+    };
+    (rows, next)
+}
+
+fn list_deployments(db: &Db, who: &Principal, page: &Page) -> Result<Response<Body>, ApiError> {
+    let visible = visible_for(who, page)?;
+    let container = page.container.as_ref().map(ContainerPath::as_str);
+    let rows = db.deployments_page(&visible, container, page.before, page.limit + 1)?;
+    let (rows, next) = paged(rows, page, |(id, _)| *id);
+    let records = rows
+        .iter()
+        .map(|(_, record)| serde_json::from_str::<Value>(record))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::internal)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"deployments": records, "next": next}),
+    ))
+}
+
+/// The audit trail, newest first. A refusal whose manifest could not be read names no
+/// container: only callers who can read everything see it.
+fn list_audit(db: &Db, who: &Principal, page: &Page) -> Result<Response<Body>, ApiError> {
+    let visible = visible_for(who, page)?;
+    let container = page.container.as_ref().map(ContainerPath::as_str);
+    let rows = db.audit_page(&visible, container, page.before, page.limit + 1)?;
+    let (rows, next): (Vec<AuditRow>, Value) = paged(rows, page, |a| a.id);
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"audit": rows, "next": next}),
+    ))
 }
 
 fn show_container(db: &Db, who: &Principal, c: &ContainerPath) -> Result<Response<Body>, ApiError> {

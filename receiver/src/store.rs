@@ -33,10 +33,11 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak, mpsc};
 use std::time::Duration;
 
 use flowpack_shared::names::{ContainerPath, Name};
+use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Schema version in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// From version 1 to 2 (OAuth, issue 7): the token version a refresh compares and swaps, the
 /// `needs_authorization` mark, and the pending authorization-code flows.
@@ -52,6 +53,18 @@ CREATE TABLE oauth_states (
   expires_at_ms INTEGER NOT NULL
 );
 "#;
+
+/// From version 2 to 3: a replay is recognised by the digest of the exact manifest applied
+/// (`NULL` for deployments made before: see [`Replay`]); an audit row says whether the
+/// signature of the bundle it names was verified.
+const MIGRATE_2_TO_3: &str = r#"
+ALTER TABLE deployments ADD COLUMN manifest_sha256 BLOB;
+ALTER TABLE audit ADD COLUMN verified INTEGER;
+CREATE INDEX audit_container ON audit(container, id);
+"#;
+
+/// The steps from each version to the next: `MIGRATIONS[i]` upgrades version `i + 1`.
+const MIGRATIONS: &[&str] = &[MIGRATE_1_TO_2, MIGRATE_2_TO_3];
 
 const SCHEMA: &str = r#"
 CREATE TABLE principals (
@@ -217,7 +230,9 @@ impl Store {
         let mut db = store.db()?;
         let tx = db.write()?;
         tx.conn().execute_batch(SCHEMA)?;
-        tx.conn().execute_batch(MIGRATE_1_TO_2)?;
+        for step in MIGRATIONS {
+            tx.conn().execute_batch(step)?;
+        }
         tx.conn()
             .pragma_update(None, "user_version", SCHEMA_VERSION)?;
         // The root always exists, even before the first deploy.
@@ -236,12 +251,14 @@ impl Store {
                 .conn
                 .pragma_query_value(None, "user_version", |r| r.get(0))?)
         };
-        if version(&db)? == 1 {
+        if (1..SCHEMA_VERSION).contains(&version(&db)?) {
             let tx = db.write()?;
             // Read again under the writer lock: another process may have upgraded meanwhile.
-            if version(&tx)? == 1 {
-                tx.conn().execute_batch(MIGRATE_1_TO_2)?;
-                tx.conn().pragma_update(None, "user_version", 2)?;
+            let mut v = version(&tx)?;
+            while let Some(step) = usize::try_from(v - 1).ok().and_then(|i| MIGRATIONS.get(i)) {
+                tx.conn().execute_batch(step)?;
+                v += 1;
+                tx.conn().pragma_update(None, "user_version", v)?;
             }
             tx.commit()?;
         }
@@ -336,7 +353,10 @@ impl Store {
             if !sent {
                 return Err(E::from(Error::WriterGone));
             }
-            answer.await.unwrap_or(Err(E::from(Error::WriterGone)))
+            // Built only when needed: making the error logs it.
+            answer
+                .await
+                .unwrap_or_else(|_| Err(E::from(Error::WriterGone)))
         }
     }
 
@@ -1187,14 +1207,15 @@ impl Db {
 }
 
 impl Tx<'_> {
-    /// Inserts or replaces a credential's non-sensitive part; returns (row id, created).
+    /// Inserts or replaces a credential's non-sensitive part; returns its row id and, when it
+    /// existed, the row as it was before.
     pub fn upsert_credential(
         &self,
         container: i64,
         name: &str,
         kind: &str,
         public: &str,
-    ) -> Result<(i64, bool)> {
+    ) -> Result<(i64, Option<CredentialRow>)> {
         let conn = self.conn();
         if let Some(row) = self.credential(container, name)? {
             conn.execute(
@@ -1209,13 +1230,13 @@ impl Tx<'_> {
                     params![row.id],
                 )?;
             }
-            return Ok((row.id, false));
+            return Ok((row.id, Some(row)));
         }
         conn.execute(
             "INSERT INTO credentials (container_id, name, type, public, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![container, name, kind, public, now()],
         )?;
-        Ok((conn.last_insert_rowid(), true))
+        Ok((conn.last_insert_rowid(), None))
     }
 
     /// Sets one sensitive field.
@@ -1311,6 +1332,16 @@ pub struct OAuthState {
 }
 
 impl Tx<'_> {
+    /// Forgets every pending flow of a credential (its destination changed: a code obtained
+    /// for the old one must not be exchanged with the new one).
+    pub fn delete_oauth_states(&self, credential: i64) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM oauth_states WHERE credential_id = ?1",
+            params![credential],
+        )?;
+        Ok(())
+    }
+
     /// Records a pending flow, and forgets those that expired before `now_ms`.
     pub fn insert_oauth_state(
         &self,
@@ -1362,17 +1393,93 @@ impl Tx<'_> {
 // ---------------------------------------------------------------------------------------------
 // Deployments
 
+/// What the store knows of an applied bundle id: enough to decide whether a bundle carrying
+/// that id is the same bundle again.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// The deployment record (JSON).
+    pub record: String,
+    /// The container it was applied to.
+    pub container: String,
+    /// SHA-256 of the exact `manifest.json` applied; `None` for a deployment stored before the
+    /// digest was kept.
+    pub manifest_sha256: Option<Vec<u8>>,
+}
+
+/// Which containers a caller may see in a listing: all, or those under the given prefixes.
+#[derive(Debug, Clone)]
+pub enum Visible {
+    /// Every container, and rows that name none.
+    All,
+    /// Containers equal to or below one of these paths (none of them the root).
+    Under(Vec<String>),
+}
+
+impl Visible {
+    /// The SQL condition on `column`, and its parameters.
+    fn condition(&self, column: &str) -> (String, Vec<SqlValue>) {
+        match self {
+            Visible::All => ("1".into(), Vec::new()),
+            Visible::Under(prefixes) if prefixes.is_empty() => ("0".into(), Vec::new()),
+            Visible::Under(prefixes) => {
+                // `substr` rather than LIKE: `_` is a wildcard there and legal in names.
+                let terms: Vec<String> = prefixes
+                    .iter()
+                    .map(|p| format!("({column} = ? OR substr({column}, 1, {}) = ?)", p.len() + 1))
+                    .collect();
+                let params = prefixes
+                    .iter()
+                    .flat_map(|p| [SqlValue::Text(p.clone()), SqlValue::Text(format!("{p}/"))])
+                    .collect();
+                (format!("({})", terms.join(" OR ")), params)
+            }
+        }
+    }
+}
+
 impl Db {
-    /// The stored record of bundle `bundle_id`, if it was applied.
-    pub fn deployment_by_bundle(&self, bundle_id: &str) -> Result<Option<String>> {
+    /// What is known of bundle `bundle_id`, if it was applied.
+    pub fn deployment_by_bundle(&self, bundle_id: &str) -> Result<Option<Replay>> {
         Ok(self
             .conn
             .query_row(
-                "SELECT record FROM deployments WHERE bundle_id = ?1",
+                "SELECT record, container, manifest_sha256 FROM deployments WHERE bundle_id = ?1",
                 params![bundle_id],
-                |r| r.get(0),
+                |r| {
+                    Ok(Replay {
+                        record: r.get(0)?,
+                        container: r.get(1)?,
+                        manifest_sha256: r.get(2)?,
+                    })
+                },
             )
             .optional()?)
+    }
+
+    /// One page of deployment records (JSON), newest first: those with an id below `before`
+    /// (all when `None`), in containers `visible` lets the caller see, optionally one
+    /// container only; at most `limit`.
+    pub fn deployments_page(
+        &self,
+        visible: &Visible,
+        container: Option<&str>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>> {
+        let (cond, mut args) = visible.condition("container");
+        let mut sql = format!("SELECT id, record FROM deployments WHERE {cond} AND id < ?");
+        args.push(SqlValue::Integer(before.unwrap_or(i64::MAX)));
+        if let Some(c) = container {
+            sql.push_str(" AND container = ?");
+            args.push(SqlValue::Text(c.to_owned()));
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        args.push(SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(&args), |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The `created_at` (Unix milliseconds) of the newest bundle applied to a container.
@@ -1383,15 +1490,6 @@ impl Db {
             |r| r.get(0),
         )?)
     }
-
-    /// Every deployment: (container, record JSON), oldest first.
-    pub fn deployments(&self) -> Result<Vec<(String, String)>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT container, record FROM deployments ORDER BY id")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
 }
 
 impl Tx<'_> {
@@ -1401,11 +1499,13 @@ impl Tx<'_> {
         bundle_id: &str,
         container: &str,
         created_at_ms: i64,
+        manifest_sha256: &[u8],
     ) -> Result<i64> {
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO deployments (bundle_id, container, created_at_ms, applied_at, record) VALUES (?1, ?2, ?3, ?4, '{}')",
-            params![bundle_id, container, created_at_ms, now()],
+            "INSERT INTO deployments (bundle_id, container, created_at_ms, applied_at, record, manifest_sha256)
+             VALUES (?1, ?2, ?3, ?4, '{}', ?5)",
+            params![bundle_id, container, created_at_ms, now(), manifest_sha256],
         )?;
         Ok(conn.last_insert_rowid())
     }
@@ -1443,6 +1543,10 @@ pub struct AuditRow {
     pub bundle_id: Option<String>,
     /// The signer key id, when the manifest could be read.
     pub signer_key_id: Option<String>,
+    /// Whether the signature of the bundle named was verified: `false` when the bundle, its
+    /// signer and container are only what an unverified manifest claims; `None` when no
+    /// bundle is named.
+    pub verified: Option<bool>,
     /// `applied`, `replayed`, `deleted`, `updated`, `refused`; for OAuth `obtained`,
     /// `refreshed`, `started`, `authorized`, `failed`; for verification `ok` or `failed`.
     pub outcome: String,
@@ -1458,8 +1562,8 @@ impl Tx<'_> {
     /// Appends an audit row.
     pub fn insert_audit(&self, a: &AuditRow) -> Result<()> {
         self.conn().execute(
-            "INSERT INTO audit (at, principal, action, container, target, bundle_id, signer_key_id, outcome, status, code, detail)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO audit (at, principal, action, container, target, bundle_id, signer_key_id, outcome, status, code, detail, verified)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 now(),
                 a.principal,
@@ -1471,7 +1575,8 @@ impl Tx<'_> {
                 a.outcome,
                 a.status,
                 a.code,
-                a.detail
+                a.detail,
+                a.verified
             ],
         )?;
         Ok(())
@@ -1479,13 +1584,30 @@ impl Tx<'_> {
 }
 
 impl Db {
-    /// The audit trail, oldest first.
-    pub fn audit(&self) -> Result<Vec<AuditRow>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT id, at, principal, action, container, target, bundle_id, signer_key_id, outcome, status, code, detail
-             FROM audit ORDER BY id",
-        )?;
-        let rows = st.query_map([], |r| {
+    /// One page of the audit trail, newest first: rows with an id below `before` (all when
+    /// `None`) that `visible` lets the caller see (a row that names no container only with
+    /// [`Visible::All`]), optionally of one container only; at most `limit`.
+    pub fn audit_page(
+        &self,
+        visible: &Visible,
+        container: Option<&str>,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>> {
+        let (cond, mut args) = visible.condition("container");
+        let mut sql = format!(
+            "SELECT id, at, principal, action, container, target, bundle_id, signer_key_id, outcome, status, code, detail, verified
+             FROM audit WHERE {cond} AND id < ?"
+        );
+        args.push(SqlValue::Integer(before.unwrap_or(i64::MAX)));
+        if let Some(c) = container {
+            sql.push_str(" AND container = ?");
+            args.push(SqlValue::Text(c.to_owned()));
+        }
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        args.push(SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map(rusqlite::params_from_iter(&args), |r| {
             Ok(AuditRow {
                 id: r.get(0)?,
                 at: r.get(1)?,
@@ -1499,6 +1621,7 @@ impl Db {
                 status: r.get(9)?,
                 code: r.get(10)?,
                 detail: r.get(11)?,
+                verified: r.get(12)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -773,7 +773,8 @@ async fn refused_bundle_leaves_the_container_exactly_as_before() {
     let after = snapshot(&s).await;
     assert_eq!(before, after);
     let (_, a) = s.get(&s.admin, "/v1/audit").await;
-    let last = a["audit"].as_array().unwrap().last().unwrap().clone();
+    // Newest first.
+    let last = a["audit"][0].clone();
     assert_eq!(last["code"], "digest-mismatch");
     assert_eq!(last["container"], "/public/orders");
     assert!(last["bundle_id"].is_string() && last["signer_key_id"].is_string());

@@ -59,6 +59,17 @@ impl CredentialType {
     pub fn is_sensitive(self, field: &str) -> bool {
         self.sensitive_fields().any(|f| f == field)
     }
+
+    /// The *destination fields*: the non-sensitive fields that say where this type's secrets
+    /// are sent. A secret is bound to the values these had when it was stored; a change to
+    /// any of them, without the secrets given again, makes the receiver forget the secrets.
+    pub fn destination_fields(self) -> &'static [&'static str] {
+        match self {
+            CredentialType::Oauth2 => &["token_endpoint", "authorization_endpoint"],
+            CredentialType::Password | CredentialType::ApiKey => &["verify_url"],
+            CredentialType::Database => &["host", "port", "driver"],
+        }
+    }
 }
 
 impl serde::Serialize for CredentialType {
