@@ -1,4 +1,4 @@
-//! The command line, as clap derive types: what each subcommand takes (SPEC §6).
+//! The command line, as clap derive types: what each subcommand takes.
 //!
 //! Values with a syntax (container paths, recipients, durations) are parsed here, so a bad one is
 //! a usage error (exit 2) and the commands only ever see checked values.
@@ -28,7 +28,8 @@ pub enum Command {
     Package(PackageArgs),
     /// Package credential files alone into a standalone credential bundle.
     PackageCredentials(PackageCredentialsArgs),
-    /// Show what a bundle holds (never a secret value).
+    /// Show what a bundle holds (never a secret value; control characters in its text are
+    /// shown escaped, as \u{1b}).
     Inspect(InspectArgs),
     /// Verify a bundle fully: signature, trust, times, every entry's digest and record.
     Verify(VerifyArgs),
@@ -69,7 +70,8 @@ pub struct BundleArgs {
     /// Write the secrets of credentials with include_in_deployment set in clear (not sealed).
     #[arg(long = "plaintext-secrets")]
     pub plaintext_secrets: bool,
-    /// How long the bundle stays valid: a number and a unit (s, m, h, d).
+    /// How long the bundle stays valid: a whole number and a unit, m (minutes), h (hours) or
+    /// d (days), e.g. 30m, 12h or 7d; from 1m to 3650d (ten years).
     #[arg(long = "expires", value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
     pub expires: time::Duration,
     /// The bundle file to write (.fpk).
@@ -80,7 +82,9 @@ pub struct BundleArgs {
 /// `flowpack package`.
 #[derive(Debug, Args)]
 pub struct PackageArgs {
-    /// The project directory, searched recursively (symlinks are not followed).
+    /// The project directory, searched recursively. A symbolic link anywhere below DIR (to a
+    /// file or a directory) is refused, naming it: nothing is read through a link. DIR itself
+    /// may be a link.
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
     /// Key, container, sealing and output options.
@@ -91,7 +95,8 @@ pub struct PackageArgs {
 /// `flowpack package-credentials`.
 #[derive(Debug, Args)]
 pub struct PackageCredentialsArgs {
-    /// Credential files (*.credential.json).
+    /// Credential files (*.credential.json). A FILE that is itself a symbolic link is refused
+    /// (the directories on the way to it may be links).
     #[arg(value_name = "FILE", required = true)]
     pub files: Vec<PathBuf>,
     /// Key, container, sealing and output options.
@@ -160,6 +165,18 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
+/// A command-line value found bad after parsing; `main` reports it as clap does, exit 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 fn parse_container(s: &str) -> Result<ContainerPath, String> {
     ContainerPath::parse(s).map_err(|e| e.to_string())
 }
@@ -168,7 +185,8 @@ fn parse_recipient(s: &str) -> Result<SealingRecipient, String> {
     SealingRecipient::parse(s).map_err(|e| e.to_string())
 }
 
-fn parse_duration(s: &str) -> Result<time::Duration, String> {
+/// clap shows the value and names `--expires` itself (`invalid value '7w' for '--expires
+/// <DURATION>': …`) and exits 2.
+fn parse_duration(s: &str) -> Result<time::Duration, flowpack_shared::timefmt::DurationError> {
     flowpack_shared::timefmt::parse_duration(s)
-        .ok_or_else(|| format!("expected a number and a unit (30m, 12h, 7d), found {s:?}"))
 }

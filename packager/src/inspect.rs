@@ -2,6 +2,11 @@
 //!
 //! Neither ever prints a secret value: credentials are described by field *names* and the state
 //! of their secrets, even in a plaintext bundle. Refusals carry the verifier's stable code.
+//!
+//! Everything a bundle says is untrusted, signed or not: each string taken from it is printed
+//! through `text::Escaped` (human output) or `text::json_safe` (`--json`), so no description,
+//! environment, file name or error detail can move the cursor or forge a line such as
+//! "signature verified".
 
 use std::fmt;
 use std::fs::File;
@@ -19,8 +24,9 @@ use serde_json::{Value, json};
 
 use crate::cli::{InspectArgs, VerifyArgs};
 use crate::keyfile::load_trust;
+use crate::text::{Escaped, json_safe, path as shown};
 
-/// How far in the future `created_at` may be (SPEC §4).
+/// How far in the future `created_at` may be (as the receiver allows: docs/FORMAT.md).
 const CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
 
 /// A bundle the verifier refused, shown as `refused (<code>): <detail>`.
@@ -52,7 +58,7 @@ impl From<BundleError> for Refused {
 type Reader = BufReader<File>;
 
 fn open_file(path: &Path) -> anyhow::Result<Reader> {
-    let f = File::open(path).with_context(|| format!("bundle {}", path.display()))?;
+    let f = File::open(path).with_context(|| format!("bundle {}", shown(path)))?;
     Ok(BufReader::new(f))
 }
 
@@ -89,7 +95,7 @@ fn read_payload(b: &mut OpenBundle<Reader>) -> Result<(Payload, Vec<FileSeen>), 
 
 /// `flowpack inspect BUNDLE [--trust PUB…] [--json]`.
 pub fn inspect(a: &InspectArgs) -> anyhow::Result<()> {
-    let ctx = || format!("bundle {}", a.bundle.display());
+    let ctx = || format!("bundle {}", shown(&a.bundle));
     let r = open_file(&a.bundle)?;
     let limits = Limits::default();
     let mut b = if a.trust.is_empty() {
@@ -113,7 +119,7 @@ pub fn inspect(a: &InspectArgs) -> anyhow::Result<()> {
     let m = b.manifest();
     if a.json {
         let doc = inspect_json(m, verified, time_note.as_deref(), &payload, &files);
-        outln!("{}", serde_json::to_string_pretty(&doc)?);
+        outln!("{}", json_safe(&serde_json::to_string_pretty(&doc)?));
     } else {
         print_inspect(
             &a.bundle,
@@ -223,19 +229,24 @@ fn print_inspect(
     payload: &Payload,
     files: &[FileSeen],
 ) -> anyhow::Result<()> {
-    outln!("bundle {}", path.display());
-    outln!("  format:      {}", m.format);
-    outln!("  bundle id:   {}", m.bundle_id);
+    // Typed values (ids, key ids, timestamps, checked names and containers) cannot hold a
+    // control character; they are escaped all the same where they are text, at no cost.
+    let e = |s: &str| Escaped(s).to_string();
+    outln!("bundle {}", shown(path));
+    outln!("  format:      {}", e(&m.format));
+    outln!("  bundle id:   {}", e(m.bundle_id.as_str()));
     outln!("  kind:        {}", kind_name(m.kind));
-    outln!("  container:   {}", m.target_container);
+    outln!("  container:   {}", e(m.target_container.as_str()));
     outln!(
         "  environment: {}",
-        m.environment.as_deref().unwrap_or("(none)")
+        m.environment
+            .as_deref()
+            .map_or_else(|| "(none)".to_owned(), e)
     );
     outln!("  created:     {}", m.created_at);
     outln!("  expires:     {}", m.expires_at);
     if let Some(note) = time_note {
-        outln!("  WARNING:     {note}");
+        outln!("  WARNING:     {}", e(note));
     }
     if verified {
         outln!(
@@ -249,23 +260,23 @@ fn print_inspect(
         );
     }
     match &m.sealing {
-        Some(s) => outln!("  sealed to:   {}", s.recipient),
+        Some(s) => outln!("  sealed to:   {}", e(&s.recipient)),
         None => outln!("  sealed to:   (not sealed)"),
     }
     for mp in &payload.mappings {
         match &mp.description {
-            Some(d) => outln!("mapping {}: {d}", mp.name),
-            None => outln!("mapping {}", mp.name),
+            Some(d) => outln!("mapping {}: {}", e(mp.name.as_str()), e(d)),
+            None => outln!("mapping {}", e(mp.name.as_str())),
         }
         outln!("  parameters:");
         for p in &mp.parameters {
-            let mut line = format!("    {} ({}", p.name, param_type(p.kind));
+            let mut line = format!("    {} ({}", e(p.name.as_str()), e(&param_type(p.kind)));
             if p.required {
                 line.push_str(", required");
             }
             line.push(')');
             if let Some(c) = &p.credential {
-                line.push_str(&format!(" -> credential {c}"));
+                line.push_str(&format!(" -> credential {}", e(c.as_str())));
             } else if p.external {
                 line.push_str(" -> external (supplied on the server)");
             }
@@ -273,17 +284,17 @@ fn print_inspect(
         }
         outln!("  files:");
         for (_, p, size) in mapping_files(files, mp) {
-            outln!("    {p} ({size} bytes)");
+            outln!("    {} ({size} bytes)", e(p.as_str()));
         }
     }
     for c in &m.credentials {
         let (public, secret) = credential_fields(payload, &c.name);
-        outln!("credential {} ({})", c.name, c.kind.as_str());
+        outln!("credential {} ({})", e(c.name.as_str()), c.kind.as_str());
         let list = |v: &[String]| {
             if v.is_empty() {
                 "(none)".to_owned()
             } else {
-                v.join(", ")
+                e(&v.join(", "))
             }
         };
         outln!("  fields:      {}", list(&public));
@@ -297,7 +308,7 @@ fn print_inspect(
         };
         outln!("  secrets:     {state}");
         if !secret.is_empty() {
-            outln!("  sensitive:   {}", secret.join(", "));
+            outln!("  sensitive:   {}", e(&secret.join(", ")));
         }
     }
     Ok(())
@@ -318,13 +329,13 @@ pub fn verify(a: &VerifyArgs) -> anyhow::Result<()> {
             if a.json {
                 let doc = json!({"valid": true, "code": null, "detail": null,
                                  "bundle_id": m.bundle_id.as_str()});
-                outln!("{doc}");
+                outln!("{}", json_safe(&doc.to_string()));
             } else {
                 outln!(
                     "valid: bundle {} ({} for {}), signed by {}, expires {}",
-                    m.bundle_id,
+                    Escaped(m.bundle_id.as_str()),
                     kind_name(m.kind),
-                    m.target_container,
+                    Escaped(m.target_container.as_str()),
                     m.signer_key_id,
                     m.expires_at
                 );
@@ -341,9 +352,9 @@ pub fn verify(a: &VerifyArgs) -> anyhow::Result<()> {
                     .map(|b| b.manifest().bundle_id.to_string());
                 let doc = json!({"valid": false, "code": refused.code,
                                  "detail": refused.detail, "bundle_id": id});
-                outln!("{doc}");
+                outln!("{}", json_safe(&doc.to_string()));
             }
-            Err(anyhow::Error::new(refused).context(format!("bundle {}", a.bundle.display())))
+            Err(anyhow::Error::new(refused).context(format!("bundle {}", shown(&a.bundle))))
         }
     }
 }

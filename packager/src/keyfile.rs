@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -80,22 +80,43 @@ pub fn keygen(a: &KeygenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The most a key file may hold: a PEM key is a few hundred bytes. Without a bound, `-k /dev/zero`
+/// or `--trust /dev/urandom` would read until memory runs out.
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
+/// Reads a key file of at most [`MAX_KEY_FILE`] bytes as text, with the metadata of the file
+/// that was read (not of whatever the path names a moment later).
+fn read_key_file(path: &Path) -> anyhow::Result<(zeroize::Zeroizing<String>, fs::Metadata)> {
+    let f = fs::File::open(path)?;
+    let meta = f.metadata()?;
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    f.take(MAX_KEY_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_KEY_FILE {
+        bail!("more than {MAX_KEY_FILE} bytes: not a PEM key");
+    }
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => Ok((zeroize::Zeroizing::new(text.to_owned()), meta)),
+        Err(_) => bail!("not text: not a PEM key"),
+    }
+}
+
 /// Reads the signing key; warns on stderr when the file is readable by group or others.
 pub fn load_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
     let ctx = || format!("signing key {}", path.display());
+    let (text, meta) = read_key_file(path).with_context(ctx)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        let meta = fs::metadata(path).with_context(ctx)?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            eprintln!(
+            errln!(
                 "flowpack: warning: signing key {} has mode {mode:04o}; it should be readable by you alone (chmod 600)",
-                path.display()
+                crate::text::path(path)
             );
         }
     }
-    let text = zeroize::Zeroizing::new(fs::read_to_string(path).with_context(ctx)?);
+    #[cfg(not(unix))]
+    let _ = meta;
     SigningKey::from_pem(&text).with_context(ctx)
 }
 
@@ -103,7 +124,7 @@ pub fn load_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
 pub fn load_trust(paths: &[PathBuf]) -> anyhow::Result<HashMap<KeyId, TrustedSigner>> {
     let mut out = HashMap::new();
     for p in paths {
-        let text = fs::read_to_string(p).with_context(|| format!("trusted key {}", p.display()))?;
+        let (text, _) = read_key_file(p).with_context(|| format!("trusted key {}", p.display()))?;
         let key = VerifyingKey::from_pem(&text)
             .with_context(|| format!("trusted key {}", p.display()))?;
         out.insert(

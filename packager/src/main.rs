@@ -2,6 +2,8 @@
 //!
 //! `main` is thin: it parses the command line (clap exits 2 on a usage error), runs the command,
 //! and turns any failure into one line `flowpack: <reason chain>` on stderr and exit status 1.
+//! That line may quote untrusted text (a bundle's entry names, a project's file names), so its
+//! control characters are escaped (`text::Escaped`): it cannot move the cursor or add a line.
 
 #![forbid(unsafe_code)]
 
@@ -13,12 +15,23 @@ macro_rules! outln {
     };
 }
 
+/// Prints a line on stderr, ignoring failure (a closed stderr must not panic as `eprintln!`
+/// does: a warning is not worth dying for).
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod deploy;
 mod inspect;
 mod keyfile;
 mod package;
 mod progress;
+mod project;
+mod text;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -36,8 +49,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            let line = format!("{e:#}").replace(['\n', '\r'], " ");
-            let _ = writeln!(std::io::stderr(), "flowpack: {line}");
+            if let Some(usage) = e.downcast_ref::<cli::UsageError>() {
+                // Found after parsing, still the command line's fault: clap's format, exit 2.
+                Cli::command()
+                    .error(clap::error::ErrorKind::ValueValidation, &usage.0)
+                    .exit();
+            }
+            let line = format!("{e:#}").replace(['\n', '\r', '\t'], " ");
+            let _ = writeln!(std::io::stderr(), "flowpack: {}", text::Escaped(&line));
             ExitCode::FAILURE
         }
     }

@@ -1,58 +1,73 @@
 //! `package` and `package-credentials`: find and parse the project's records, write the signed
 //! bundle atomically (a temporary file in the output's directory, fsync, rename), and report.
 //!
-//! The bundle itself is made by `flowpack_shared::bundle::write::write_bundle`; this module only
-//! gathers inputs and owns the file handling around it.
+//! The bundle itself is made by `flowpack_shared::bundle::write::write_bundle_with`; this module
+//! only gathers inputs and owns the file handling around it. Everything below the project
+//! directory, the mappings' files included, is read through [`crate::project::Project`], which
+//! never follows a symbolic link.
 
 use std::fs;
-use std::io::BufWriter;
-use std::path::{Path, PathBuf};
+use std::io::{BufWriter, Read as _};
+use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use flowpack_shared::bundle::write::{BundleOptions, MappingInput, Written, write_bundle};
+use flowpack_shared::bundle::write::{
+    BundleOptions, MappingInput, OpenFile, Written, open_regular_file, write_bundle_with,
+};
 use flowpack_shared::bundle::{BundleKind, SecretsState};
 use flowpack_shared::model::credential::{Credential, CredentialFile};
 use flowpack_shared::model::mapping::Mapping;
 use flowpack_shared::timefmt::Timestamp;
 
-use crate::cli::{BundleArgs, PackageArgs, PackageCredentialsArgs};
+use crate::cli::{BundleArgs, PackageArgs, PackageCredentialsArgs, UsageError};
 use crate::keyfile::load_signing_key;
+use crate::project::{Project, open_named_file};
+use crate::text::{Escaped, path as shown};
 
 const MAPPING_SUFFIX: &str = ".mapping.json";
 const CREDENTIAL_SUFFIX: &str = ".credential.json";
 
 /// `flowpack package DIR …`.
+///
+/// A symbolic link anywhere below DIR (to a file or a directory, dangling or looping) refuses
+/// the whole project, naming the link: see [`crate::project`] for what that guarantees.
 pub fn package(a: &PackageArgs) -> anyhow::Result<()> {
-    let meta = fs::metadata(&a.dir).with_context(|| format!("project {}", a.dir.display()))?;
-    if !meta.is_dir() {
-        bail!("project {}: not a directory", a.dir.display());
-    }
-    let mut files = Vec::new();
-    walk(&a.dir, &mut files)?;
-    files.sort();
+    let project = Project::open(&a.dir)?;
+    let files = project
+        .files()
+        .with_context(|| format!("project {}", shown(&a.dir)))?;
     let mut mappings = Vec::new();
     let mut credential_files = Vec::new();
-    for path in &files {
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+    for rel in &files {
+        let Some(name) = rel.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
+        let path = project.root().join(rel);
         if name.ends_with(MAPPING_SUFFIX) {
-            let bytes = read(path)?;
-            let mapping = Mapping::parse(&path.display().to_string(), &bytes)?;
+            let bytes = project.read(rel)?;
+            let mapping = Mapping::parse(&shown(&path), &bytes)?;
             let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
             mappings.push(MappingInput { mapping, dir });
         } else if name.ends_with(CREDENTIAL_SUFFIX) {
-            credential_files.push(parse_credential_file(path)?);
+            let bytes = zeroize::Zeroizing::new(project.read(rel)?);
+            credential_files.push(CredentialFile::parse(&shown(&path), &bytes)?);
         }
     }
     if mappings.is_empty() && credential_files.is_empty() {
         bail!(
             "project {}: no *{MAPPING_SUFFIX} or *{CREDENTIAL_SUFFIX} files found",
-            a.dir.display()
+            shown(&a.dir)
         );
     }
     let credentials = resolve_all(&credential_files, a.bundle.env.as_deref())?;
-    build(&a.bundle, BundleKind::Deployment, &mappings, &credentials)
+    let open = project.into_opener();
+    build(
+        &a.bundle,
+        BundleKind::Deployment,
+        &mappings,
+        &credentials,
+        &open,
+    )
 }
 
 /// `flowpack package-credentials FILE… …`.
@@ -63,40 +78,24 @@ pub fn package_credentials(a: &PackageCredentialsArgs) -> anyhow::Result<()> {
         .map(|p| parse_credential_file(p))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let credentials = resolve_all(&files, a.bundle.env.as_deref())?;
-    build(&a.bundle, BundleKind::Credentials, &[], &credentials)
+    // No mappings, so no mapping file is ever opened.
+    build(
+        &a.bundle,
+        BundleKind::Credentials,
+        &[],
+        &credentials,
+        &open_regular_file,
+    )
 }
 
-/// Collects regular files under `dir`; symlinks are skipped, never followed.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    let entries = fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
-        let path = entry.path();
-        // `DirEntry::file_type` does not follow symlinks.
-        let ft = entry
-            .file_type()
-            .with_context(|| format!("reading {}", path.display()))?;
-        if ft.is_symlink() {
-            eprintln!(
-                "flowpack: warning: skipping symlink {} (symlinks are not followed)",
-                path.display()
-            );
-        } else if ft.is_dir() {
-            walk(&path, out)?;
-        } else if ft.is_file() {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
-fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
-    fs::read(path).with_context(|| format!("reading {}", path.display()))
-}
-
+/// Reads a credential file named on the command line: not through a symbolic link as its last
+/// component (see [`open_named_file`]).
 fn parse_credential_file(path: &Path) -> anyhow::Result<CredentialFile> {
-    let bytes = zeroize::Zeroizing::new(read(path)?);
-    Ok(CredentialFile::parse(&path.display().to_string(), &bytes)?)
+    let ctx = || format!("reading {}", shown(path));
+    let mut f = open_named_file(path).with_context(ctx)?;
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    f.read_to_end(&mut bytes).with_context(ctx)?;
+    Ok(CredentialFile::parse(&shown(path), &bytes)?)
 }
 
 /// Applies the environment to every record; warns when `--env` names an environment that no
@@ -109,8 +108,9 @@ fn resolve_all(files: &[CredentialFile], env: Option<&str>) -> anyhow::Result<Ve
     if let Some(env) = env
         && files.iter().all(|f| f.environments().is_empty())
     {
-        eprintln!(
-            "flowpack: warning: no credential defines environments; --env {env} only labels the bundle"
+        errln!(
+            "flowpack: warning: no credential defines environments; --env {} only labels the bundle",
+            Escaped(env)
         );
     }
     Ok(credentials)
@@ -122,15 +122,23 @@ fn build(
     kind: BundleKind,
     mappings: &[MappingInput],
     credentials: &[Credential],
+    open: &OpenFile,
 ) -> anyhow::Result<()> {
     let key = load_signing_key(&a.key)?;
     let created_at = Timestamp::now();
+    // `--expires` is at most ten years, so this fails only on a clock near the year 9999.
+    let expires_at = created_at.checked_plus(a.expires).ok_or_else(|| {
+        UsageError(format!(
+            "invalid value for '--expires <DURATION>': the bundle would expire after \
+             9999-12-31 (now is {created_at})"
+        ))
+    })?;
     let opts = BundleOptions {
         kind,
         target_container: a.container.clone(),
         environment: a.env.clone(),
         created_at,
-        expires_at: created_at.plus(a.expires),
+        expires_at,
         seal_to: a.seal_to.clone(),
         allow_plaintext: a.plaintext_secrets,
         level: 6,
@@ -144,21 +152,22 @@ fn build(
         .prefix(".flowpack-")
         .suffix(".fpk.tmp")
         .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+        .with_context(|| format!("creating a temporary file in {}", shown(dir)))?;
     let bar = crate::progress::bytes(0, "packaging");
-    let written = write_bundle(
+    let written = write_bundle_with(
         BufWriter::new(tmp.as_file_mut()),
         &key,
         &opts,
         mappings,
         credentials,
+        open,
         &mut |done, total| {
             bar.set_length(total);
             bar.set_position(done);
         },
     );
     bar.finish_and_clear();
-    let written = written.with_context(|| format!("packaging {}", out.display()))?;
+    let written = written.with_context(|| format!("packaging {}", shown(out)))?;
     let plaintext: Vec<&str> = written
         .manifest
         .credentials
@@ -168,26 +177,26 @@ fn build(
         .collect();
     tmp.as_file()
         .sync_all()
-        .with_context(|| format!("writing {}", out.display()))?;
+        .with_context(|| format!("writing {}", shown(out)))?;
     // A bundle with secrets in clear stays readable by its owner alone (the temp file's 0600).
     #[cfg(unix)]
     if plaintext.is_empty() {
         use std::os::unix::fs::PermissionsExt as _;
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("writing {}", out.display()))?;
+            .with_context(|| format!("writing {}", shown(out)))?;
     }
     tmp.persist(out)
         .map_err(|e| e.error)
-        .with_context(|| format!("writing {}", out.display()))?;
+        .with_context(|| format!("writing {}", shown(out)))?;
     // Make the rename durable; a directory that cannot be opened for fsync is not an error.
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
     if !plaintext.is_empty() {
-        eprintln!(
+        errln!(
             "flowpack: warning: --plaintext-secrets: the secrets of {} are written IN CLEAR in {}; anyone who can read the file can read them (seal them with --seal-to instead)",
             plaintext.join(", "),
-            out.display()
+            shown(out)
         );
     }
     print_summary(out, &written)
@@ -199,12 +208,12 @@ fn print_summary(out: &Path, w: &Written) -> anyhow::Result<()> {
         BundleKind::Deployment => "deployment",
         BundleKind::Credentials => "credentials",
     };
-    outln!("wrote {} ({} bytes)", out.display(), w.bytes);
+    outln!("wrote {} ({} bytes)", shown(out), w.bytes);
     outln!("  bundle id:   {}", m.bundle_id);
     outln!("  kind:        {kind}");
     outln!("  container:   {}", m.target_container);
     if let Some(env) = &m.environment {
-        outln!("  environment: {env}");
+        outln!("  environment: {}", Escaped(env));
     }
     outln!("  signer:      {}", m.signer_key_id);
     outln!("  expires:     {}", m.expires_at);

@@ -467,31 +467,164 @@ fn unknown_field_error_names_file_and_field() {
     assert!(!out.stderr.contains(ERP_PASSWORD));
 }
 
-#[test]
-fn symlinks_in_the_project_are_not_followed() {
-    let env = Env::new();
-    let project = env.copy_project("sample");
-    // A credential outside the project, reachable only through a symlink.
+/// A canary in files outside the project, which no bundle may ever carry.
+const OUTSIDE_CANARY: &str = "canary-outside-the-project-61f0";
+
+/// A directory `outside/` beside the project holding `secret.txt` (the canary) and a valid
+/// credential record `extra.credential.json`, as a signing key or /etc would be.
+fn outside(env: &Env) -> PathBuf {
     let outside = env.path("outside");
-    fs::create_dir(&outside).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("secret.txt"), OUTSIDE_CANARY).unwrap();
     fs::write(
         outside.join("extra.credential.json"),
-        r#"{"name":"extra","type":"password"}"#,
+        format!(r#"{{"name":"extra","type":"password","description":"{OUTSIDE_CANARY}"}}"#),
     )
     .unwrap();
-    std::os::unix::fs::symlink(&outside, project.join("linked")).unwrap();
+    outside
+}
+
+/// `package` of `project` is refused: exit 1, one line naming `link`, no canary, and no
+/// bundle (nor a temporary file) left behind.
+fn assert_refused_naming(env: &Env, project: &Path, link: &Path) {
     let out = env
-        .package(&project, "o.fpk", &["--seal-to", RECIPIENT])
+        .package(project, "o.fpk", &["--seal-to", RECIPIENT])
+        .fails_with_one_line();
+    assert!(
+        out.stderr
+            .contains(&format!("{} is a symbolic link", link.display())),
+        "{out:#?}"
+    );
+    assert!(!out.all().contains(OUTSIDE_CANARY), "{out:#?}");
+    assert!(
+        !env.files()
+            .iter()
+            .any(|f| f.ends_with(".fpk") || f.contains(".tmp")),
+        "{:?}",
+        env.files()
+    );
+}
+
+#[test]
+fn package_refuses_a_symlinked_directory_in_a_mapping_file_path() {
+    let env = Env::new();
+    let project = env.copy_project("sample");
+    let outside = outside(&env);
+    std::os::unix::fs::symlink(&outside, project.join("linked")).unwrap();
+    fs::write(
+        project.join("leak.mapping.json"),
+        r#"{"name":"leak","files":["linked/secret.txt"]}"#,
+    )
+    .unwrap();
+    assert_refused_naming(&env, &project, &project.join("linked"));
+    // The same link one level down, below a real directory.
+    fs::remove_file(project.join("linked")).unwrap();
+    std::os::unix::fs::symlink(&outside, project.join("schemas/linked")).unwrap();
+    fs::write(
+        project.join("leak.mapping.json"),
+        r#"{"name":"leak","files":["schemas/linked/secret.txt"]}"#,
+    )
+    .unwrap();
+    assert_refused_naming(&env, &project, &project.join("schemas/linked"));
+}
+
+#[test]
+fn package_refuses_a_symlinked_file() {
+    let env = Env::new();
+    let project = env.copy_project("sample");
+    let outside = outside(&env);
+    // A file a mapping carries.
+    fs::remove_file(project.join("orders.mfd")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), project.join("orders.mfd")).unwrap();
+    assert_refused_naming(&env, &project, &project.join("orders.mfd"));
+    // A record the walk finds.
+    fs::remove_file(project.join("orders.mfd")).unwrap();
+    fs::copy(fixture("sample/orders.mfd"), project.join("orders.mfd")).unwrap();
+    let link = project.join("extra.credential.json");
+    std::os::unix::fs::symlink(outside.join("extra.credential.json"), &link).unwrap();
+    assert_refused_naming(&env, &project, &link);
+}
+
+#[test]
+fn package_refuses_a_symlink_found_deep_in_the_walk() {
+    let env = Env::new();
+    let project = env.copy_project("sample");
+    let outside = outside(&env);
+    fs::create_dir_all(project.join("schemas/old/v1")).unwrap();
+    let link = project.join("schemas/old/v1/linked");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    assert_refused_naming(&env, &project, &link);
+    // Dangling links are refused too: what they point to could appear at any time.
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(env.path("nowhere"), &link).unwrap();
+    assert_refused_naming(&env, &project, &link);
+}
+
+#[test]
+fn package_refuses_a_symlink_loop() {
+    let env = Env::new();
+    let project = env.copy_project("sample");
+    let link = project.join("loop");
+    std::os::unix::fs::symlink("loop", &link).unwrap();
+    assert_refused_naming(&env, &project, &link);
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("b", project.join("a")).unwrap();
+    std::os::unix::fs::symlink("a", project.join("b")).unwrap();
+    assert_refused_naming(&env, &project, &project.join("a"));
+    // A directory link back up to the project: a loop for a walker that follows links.
+    fs::remove_file(project.join("a")).unwrap();
+    fs::remove_file(project.join("b")).unwrap();
+    let up = project.join("schemas/up");
+    std::os::unix::fs::symlink("..", &up).unwrap();
+    assert_refused_naming(&env, &project, &up);
+}
+
+/// The project directory named on the command line may itself be a link: the user chose it.
+#[test]
+fn package_follows_a_symlinked_project_directory() {
+    let env = Env::new();
+    let project = env.copy_project("sample");
+    std::os::unix::fs::symlink(&project, env.path("project-link")).unwrap();
+    let out = env
+        .package(
+            &env.path("project-link"),
+            "o.fpk",
+            &["--seal-to", RECIPIENT],
+        )
         .ok();
-    assert!(out.stderr.contains("skipping symlink"), "{out:#?}");
+    assert!(out.stderr.is_empty(), "{out:#?}");
     let doc = inspect_json(&env, "o.fpk");
-    let names: Vec<&str> = doc["credentials"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["crm-oauth", "erp", "shipping-api", "warehouse-db"]);
+    assert_eq!(doc["mappings"][0]["files"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn package_credentials_refuses_a_file_that_is_a_symlink() {
+    let env = Env::new();
+    let outside = outside(&env);
+    fs::create_dir(env.path("creds")).unwrap();
+    let link = env.path("creds/extra.credential.json");
+    std::os::unix::fs::symlink(outside.join("extra.credential.json"), &link).unwrap();
+    let args = |file: &Path| {
+        vec![
+            "package-credentials".to_owned(),
+            file.to_str().unwrap().to_owned(),
+            "-k".into(),
+            "signer.key".into(),
+            "-c".into(),
+            "/public/orders".into(),
+            "-o".into(),
+            "c.fpk".into(),
+        ]
+    };
+    let out = env.run(args(&link)).fails_with_one_line();
+    assert!(out.stderr.contains(&link.display().to_string()), "{out:#?}");
+    assert!(out.stderr.contains("symbolic link"), "{out:#?}");
+    assert!(!out.all().contains(OUTSIDE_CANARY), "{out:#?}");
+    assert!(!env.path("c.fpk").exists());
+    // A link on the way to the file is the user's choice, as the project directory is.
+    std::os::unix::fs::symlink(&outside, env.path("outside-link")).unwrap();
+    env.run(args(&env.path("outside-link/extra.credential.json")))
+        .ok();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1051,7 +1184,7 @@ fn canary_secrets_never_printed_and_flag_off_secrets_never_bundled() {
     assert!(contains(&env_bundle, ENV_SECRETS[1]) && !contains(&env_bundle, ENV_SECRETS[0]));
 }
 
-/// A third party verifies a bundle with unzip, openssl and sha256sum alone (SPEC §4).
+/// A third party verifies a bundle with unzip, openssl and sha256sum alone.
 #[test]
 fn bundle_verifies_with_openssl_and_sha256sum() {
     let env = Env::new();
@@ -1109,4 +1242,270 @@ fn bundle_verifies_with_openssl_and_sha256sum() {
         ),
         fs::read(fixture("sample/schemas/order.xsd")).unwrap()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// hostile input: untrusted text in inspect, bad command-line values, hostile bundles
+
+/// What must never reach a terminal raw: C0 (but the line feeds that end lines), DEL, C1, and
+/// the invisible characters that reorder or hide text.
+fn raw_control(c: char) -> bool {
+    (c.is_control() && c != '\n')
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FEFF}'
+        )
+}
+
+fn assert_no_raw_control(what: &str, text: &str) {
+    let bad: Vec<(usize, char)> = text
+        .char_indices()
+        .filter(|(_, c)| raw_control(*c))
+        .collect();
+    assert!(bad.is_empty(), "{what}: raw {bad:?} in {text:?}");
+}
+
+/// A forged line: what the real signer line of a verified bundle says.
+const FORGED: &str = "  signer:      0123456789abcdef (signature verified with a trusted key)";
+
+/// Packages a signed bundle `h.fpk` whose mapping description, file names and environment
+/// carry terminal escapes, CR, LF, bidi overrides and a forged "signature verified" line.
+fn hostile_text_bundle(env: &Env) -> (String, String) {
+    let project = env.path("hostile");
+    fs::create_dir(&project).unwrap();
+    let description =
+        format!("harmless\u{1b}[2K\r{FORGED}\n{FORGED}\r\n\u{1b}]0;title\u{7}\u{9b}2J\u{7f}end");
+    let files = [
+        "evil\u{202e}txt.exe",
+        "line\u{2028}sep.txt",
+        "iso\u{2066}late.txt",
+    ];
+    for f in files {
+        fs::write(project.join(f), "data").unwrap();
+    }
+    let mapping = serde_json::json!({
+        "name": "leak",
+        "description": description,
+        "parameters": [{"name": "in", "type": "file", "description": format!("\r{FORGED}")}],
+        "files": files,
+    });
+    fs::write(project.join("leak.mapping.json"), mapping.to_string()).unwrap();
+    let environment = format!("prod\u{1b}[1A\u{1b}[2K\r{FORGED}\u{202e}");
+    let out = env
+        .package(&project, "h.fpk", &["--env", &environment])
+        .ok();
+    assert_no_raw_control("package summary", &out.all());
+    (description, environment)
+}
+
+#[test]
+fn inspect_escapes_control_characters_in_untrusted_text() {
+    let env = Env::new();
+    let (description, environment) = hostile_text_bundle(&env);
+    let pubkey = fixture("keys/signer.pub");
+    for trust in [false, true] {
+        let mut args = vec!["inspect", "h.fpk"];
+        if trust {
+            args.extend(["--trust", pubkey.to_str().unwrap()]);
+        }
+        let out = env.run(&args).ok();
+        assert_no_raw_control("inspect", &out.all());
+        // Exactly one signer line, the real one; the forged text stays inside the lines of
+        // the description and the environment, escaped.
+        let signer_lines: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with("signer:"))
+            .collect();
+        assert_eq!(signer_lines.len(), 1, "{out:#?}");
+        assert_eq!(
+            signer_lines[0].contains("(signature verified with a trusted key)"),
+            trust,
+            "{out:#?}"
+        );
+        for line in out.stdout.lines() {
+            if line.contains("signature verified") && !line.starts_with("  signer:") {
+                assert!(
+                    line.starts_with("mapping leak: harmless\\u{1b}[2K\\u{d}")
+                        || line.starts_with("  environment: prod\\u{1b}[1A"),
+                    "forged text escaped its line: {line:?}\n{out:#?}"
+                );
+            }
+        }
+        assert!(
+            out.stdout.contains("evil\\u{202e}txt.exe (4 bytes)"),
+            "{out:#?}"
+        );
+        assert!(out.stdout.contains("line\\u{2028}sep.txt"), "{out:#?}");
+    }
+    // JSON keeps the exact strings, and its text is as safe as the human output.
+    let out = env.run(["inspect", "h.fpk", "--json"]).ok();
+    assert_no_raw_control("inspect --json", &out.all());
+    let doc: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["mappings"][0]["description"], description.as_str());
+    assert_eq!(doc["environment"], environment.as_str());
+    assert_eq!(
+        doc["mappings"][0]["files"][0]["path"],
+        "evil\u{202e}txt.exe"
+    );
+    // verify's answers, human and JSON, carry no raw control either.
+    let out = env
+        .run(["verify", "h.fpk", "--trust", pubkey.to_str().unwrap()])
+        .ok();
+    assert_no_raw_control("verify", &out.all());
+}
+
+/// Every hostile bundle of the corpus, inspected and verified every way: never a panic, never
+/// a raw control character (their names and details are untrusted text too).
+#[test]
+fn inspect_and_verify_never_panic_or_print_raw_controls_on_hostile_bundles() {
+    let env = Env::new();
+    let pubkey = fixture("keys/signer.pub");
+    let pubkey = pubkey.to_str().unwrap();
+    let mut seen = 0;
+    for e in fs::read_dir(fixture("malicious")).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension() != Some(OsStr::new("fpk")) {
+            continue;
+        }
+        seen += 1;
+        let b = path.to_str().unwrap();
+        for args in [
+            vec!["inspect", b],
+            vec!["inspect", b, "--json"],
+            vec!["inspect", b, "--trust", pubkey],
+            vec!["verify", b, "--trust", pubkey],
+            vec!["verify", b, "--trust", pubkey, "--json"],
+        ] {
+            let out = env.run(&args);
+            assert!(out.code == 0 || out.code == 1, "{args:?}: {out:#?}");
+            assert!(!out.stderr.contains("panicked"), "{args:?}: {out:#?}");
+            assert_no_raw_control(&format!("{args:?}"), &out.all());
+        }
+    }
+    assert!(seen > 40, "the corpus is there: {seen}");
+}
+
+#[test]
+fn bad_expires_values_are_usage_errors_never_panics() {
+    let env = Env::new();
+    for bad in [
+        "7д",
+        "9999999999999999d",
+        "99999999999999999999999999d",
+        "18446744073709551615m",
+        "0d",
+        "0m",
+        "-1d",
+        "+1d",
+        "",
+        "d",
+        "7",
+        "1e9d",
+        "1.5h",
+        " 7d",
+        "7d ",
+        "7 d",
+        "30s",
+        "7w",
+        "7D",
+        "3651d",
+        "87601h",
+        "5256001m",
+        "٧d",
+        "7\u{1b}",
+    ] {
+        let flag = format!("--expires={bad}");
+        let out = env.package(&fixture("sample"), "o.fpk", &[&flag]).fails(2);
+        assert!(!out.stderr.contains("panicked"), "{bad:?}: {out:#?}");
+        // clap shows the value, less any escape sequence in it.
+        let shown = if bad.contains('\u{1b}') { "7" } else { bad };
+        assert!(
+            out.stderr.contains(&format!(
+                "invalid value '{shown}' for '--expires <DURATION>'"
+            )),
+            "{bad:?}: {out:#?}"
+        );
+        assert!(!env.path("o.fpk").exists());
+    }
+}
+
+#[test]
+fn expires_accepts_minutes_hours_and_days_up_to_ten_years() {
+    let env = Env::new();
+    for (value, seconds) in [("1m", 60i64), ("12h", 12 * 3600), ("3650d", 3650 * 86400)] {
+        let flag = format!("--expires={value}");
+        env.package(
+            &fixture("sample"),
+            "o.fpk",
+            &[&flag, "--seal-to", RECIPIENT],
+        )
+        .ok();
+        let doc = inspect_json(&env, "o.fpk");
+        let at = |k: &str| {
+            time::OffsetDateTime::parse(
+                doc[k].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            (at("expires_at") - at("created_at")).whole_seconds(),
+            seconds,
+            "{value}"
+        );
+        fs::remove_file(env.path("o.fpk")).unwrap();
+    }
+}
+
+#[test]
+fn help_documents_the_expires_range_and_the_symlink_rule() {
+    let env = Env::new();
+    // Help is wrapped to the terminal: compare with the line breaks undone.
+    let help = |cmd: &str| {
+        let out = env.run([cmd, "--help"]).ok();
+        out.stdout.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    let package = help("package");
+    assert!(package.contains("from 1m to 3650d"), "{package}");
+    assert!(
+        package.contains("A symbolic link anywhere below DIR"),
+        "{package}"
+    );
+    let credentials = help("package-credentials");
+    assert!(
+        credentials.contains("itself a symbolic link is refused"),
+        "{credentials}"
+    );
+}
+
+#[test]
+fn oversized_or_endless_key_files_are_refused_not_read_forever() {
+    let env = Env::new();
+    fs::write(env.path("big.key"), vec![b'A'; 1 << 20]).unwrap();
+    for key in ["big.key", "/dev/zero"] {
+        let out = env
+            .run([
+                "package",
+                fixture("sample").to_str().unwrap(),
+                "-k",
+                key,
+                "-c",
+                "/public/orders",
+                "-o",
+                "o.fpk",
+                "--seal-to",
+                RECIPIENT,
+            ])
+            .fails_with_one_line();
+        assert!(out.stderr.contains("not a PEM key"), "{out:#?}");
+    }
+    let out = env
+        .run(["verify", "x.fpk", "--trust", "/dev/zero"])
+        .fails_with_one_line();
+    assert!(out.stderr.contains("not a PEM key"), "{out:#?}");
 }
