@@ -167,6 +167,17 @@ impl Material {
         })
     }
 
+    /// The `422 outbound-not-allowed` answer for a refused destination of this credential,
+    /// scrubbed like every text about an outbound request.
+    pub fn refusal(&self, r: &Refused) -> ApiError {
+        let mut e = r.to_api(&format!("credential {}", self.path));
+        e.detail = self.scrub(&e.detail);
+        if let Some(Value::String(host)) = e.extra.get_mut("host") {
+            *host = self.scrub(host);
+        }
+        e
+    }
+
     fn row_id(&self) -> Result<i64, ApiError> {
         self.id
             .ok_or_else(|| ApiError::internal("a bundle credential used as a stored one"))
@@ -291,7 +302,7 @@ impl TokenError {
             TokenError::Credential { code, detail } => {
                 ApiError::unprocessable(code, m.scrub(&format!("credential {path}: {detail}")))
             }
-            TokenError::Refused(r) => r.to_api(&format!("credential {path}")),
+            TokenError::Refused(r) => m.refusal(r),
             TokenError::Provider { error, .. } => {
                 let e = ApiError::new(
                     StatusCode::BAD_GATEWAY,
@@ -881,7 +892,7 @@ pub async fn authorize(
     // URL it hands out is held to the same policy as the token endpoint it will call.
     let refused = |e: UrlError| match e {
         UrlError::Invalid(d) => bad(format!("credential {}: {d}", m.path)),
-        UrlError::Refused(r) => r.to_api(&format!("credential {}", m.path)),
+        UrlError::Refused(r) => m.refusal(&r),
     };
     let mut url = app
         .outbound

@@ -52,7 +52,7 @@ pub struct Verification {
     /// Tokens a refresh obtained, which must be kept (the old refresh token may be spent).
     pub obtained: Option<Tokens>,
     /// Set when the outbound policy refused the destination: nothing was sent. Answer it with
-    /// [`Refused::to_api`] (`422 outbound-not-allowed`).
+    /// [`Material::refusal`] (`422 outbound-not-allowed`).
     pub refused: Option<Refused>,
 }
 
@@ -290,10 +290,7 @@ pub async fn handle(
     };
     let mut v = check(&app.outbound, &m, app.now()).await;
     let obtained = v.obtained.take();
-    let refusal = v
-        .refused
-        .take()
-        .map(|r| r.to_api(&format!("credential {}", m.path)));
+    let refusal = v.refused.take().map(|r| m.refusal(&r));
     let mut rows = vec![AuditRow {
         principal: Some(who.name.clone()),
         action: "verify-credential".into(),
