@@ -78,6 +78,12 @@ pub enum BundleError {
     /// Sizes over the configured limits.
     #[error("size limit: {0}")]
     SizeLimit(String),
+    /// `manifest.json` inflates to more than a receiver reads (its declared size, refused
+    /// before any of it is read).
+    #[error(
+        "manifest.json is {0} bytes uncompressed; the limit is {1} bytes, so it is refused unread"
+    )]
+    ManifestTooLarge(u64, u64),
     /// The signature does not verify with the signer's key.
     #[error("the signature over manifest.json does not verify with signer key {0}")]
     BadSignature(String),
@@ -153,6 +159,7 @@ impl BundleError {
             TooManyEntries(..) => "too-many-entries",
             CompressionRatio(..) => "compression-ratio",
             SizeLimit(_) => "size-limit",
+            ManifestTooLarge(..) => "too-large",
             BadSignature(_) => "bad-signature",
             UnknownSigner(_) => "unknown-signer",
             SignerNotAllowed(..) => "signer-not-allowed",
@@ -193,7 +200,9 @@ impl BundleError {
             | EntryOrder(_)
             | CrcMismatch(_)
             | BadSignatureFormat(_) => Class::Malformed,
-            TooManyEntries(..) | CompressionRatio(..) | SizeLimit(_) => Class::TooLarge,
+            TooManyEntries(..) | CompressionRatio(..) | SizeLimit(_) | ManifestTooLarge(..) => {
+                Class::TooLarge
+            }
             Io(_) => Class::Internal,
             _ => Class::Refused,
         }

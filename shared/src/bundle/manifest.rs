@@ -1,4 +1,10 @@
 //! `manifest.json`: what a bundle holds, signed (SPEC §4).
+//!
+//! Its lists (`entries`, `credentials`) are read with a bound on their length while
+//! [`with_list_limit`] is in force, so that a hostile manifest cannot make a reader hold more
+//! records than the archive may have entries, however small each one is.
+
+use std::cell::Cell;
 
 use serde::{Deserialize, Serialize};
 
@@ -203,9 +209,65 @@ pub struct Manifest {
     /// The sealing block, when secrets are sealed.
     pub sealing: Option<Sealing>,
     /// Payload entries, in archive order.
+    #[serde(deserialize_with = "bounded_list")]
     pub entries: Vec<ManifestEntry>,
     /// The credentials it carries.
+    #[serde(deserialize_with = "bounded_list")]
     pub credentials: Vec<CredentialSummary>,
+}
+
+thread_local! {
+    /// The most items a manifest's list may hold while it is read on this thread, and whether
+    /// a list went over it (see [`with_list_limit`]). `None`: no bound.
+    static LIST_LIMIT: Cell<(Option<usize>, bool)> = const { Cell::new((None, false)) };
+}
+
+/// Runs `parse` with the manifest's lists bounded to `max` items each, on this thread, and
+/// says whether a list went over the bound (the parse then failed). Serde gives a derived
+/// `Deserialize` no way to carry such a bound, hence the thread-local.
+pub(crate) fn with_list_limit<T>(max: usize, parse: impl FnOnce() -> T) -> (T, bool) {
+    struct Restore((Option<usize>, bool));
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LIST_LIMIT.with(|l| l.set(self.0));
+        }
+    }
+    let _restore = Restore(LIST_LIMIT.with(|l| l.replace((Some(max), false))));
+    let out = parse();
+    let over = LIST_LIMIT.with(|l| l.get().1);
+    (out, over)
+}
+
+/// A list of at most the current [`with_list_limit`] bound: the item after the last allowed
+/// one fails the parse before another is read.
+fn bounded_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Bounded<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let max = LIST_LIMIT.with(|l| l.get().0);
+            let mut out = Vec::new();
+            while let Some(item) = seq.next_element()? {
+                if max.is_some_and(|max| out.len() >= max) {
+                    LIST_LIMIT.with(|l| l.set((max, true)));
+                    return Err(serde::de::Error::custom(format_args!(
+                        "lists more than {} items, the limit on a bundle's entries",
+                        max.unwrap_or_default()
+                    )));
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Bounded(std::marker::PhantomData))
 }
 
 /// Where an entry path points, per the layout of SPEC §4.

@@ -21,10 +21,17 @@ use crate::model::mapping::Mapping;
 use crate::names::{ContainerPath, Name, RelPath};
 use crate::seal::{DataKey, SealContext, SealingIdentity};
 use crate::timefmt::Timestamp;
-use crate::zipfmt::{Limits, ZipReader};
+use crate::zipfmt::{Entry, Limits, ZipReader};
 
-/// Largest `manifest.json` read into memory (100,000 entries fit well within it).
-const MAX_MANIFEST: u64 = 64 << 20;
+/// Largest `manifest.json`, inflated, that is read: a larger one is refused on its declared
+/// size, before a byte of it is inflated. Its bytes are kept once, for the signature (Ed25519
+/// verifies a whole message), so this bounds the memory one bundle's manifest takes with the
+/// records parsed from it. 100,000 entries take about 15 MiB.
+pub const MAX_MANIFEST: u64 = 32 << 20;
+/// Longest string (or object key) in `manifest.json`, in bytes: far above any a bundle
+/// carries (entry names are at most 1,024 bytes), and low enough that the parser's buffer for
+/// one string stays small.
+pub const MAX_MANIFEST_STRING: usize = 64 << 10;
 /// Largest mapping or credential record read into memory.
 const MAX_RECORD: u64 = 1 << 20;
 
@@ -56,28 +63,42 @@ pub struct Payload {
 pub struct OpenBundle<R: Read + Seek> {
     zip: ZipReader<R>,
     manifest: Manifest,
+    /// The exact bytes of `manifest.json`, the one copy kept (at most [`MAX_MANIFEST`]).
     manifest_bytes: Vec<u8>,
+    /// Their SHA-256, computed as they were read.
+    manifest_sha256: [u8; 32],
     /// `None` only for [`OpenBundle::open_unverified`].
     signer: Option<TrustedSigner>,
+}
+
+/// A bundle refused by [`OpenBundle::open_detailed`], with what its manifest claims when the
+/// refusal came after the manifest was read: for an audit trail that names the bundle, the
+/// signer and the container even of a bundle that is refused.
+#[derive(Debug)]
+pub struct Refusal {
+    /// Why the bundle is refused.
+    pub error: BundleError,
+    /// The manifest, when it was read before the refusal.
+    pub manifest: Option<Box<Manifest>>,
+    /// Whether the manifest's signature verified with a trusted signer key; when false, the
+    /// manifest's fields are only what the bundle claims.
+    pub verified: bool,
+}
+
+impl From<BundleError> for Refusal {
+    fn from(error: BundleError) -> Refusal {
+        Refusal {
+            error,
+            manifest: None,
+            verified: false,
+        }
+    }
 }
 
 impl<R: Read + Seek> std::fmt::Debug for OpenBundle<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "OpenBundle({})", self.manifest.bundle_id)
     }
-}
-
-/// Reads the signer key id from a not yet verified manifest, to know which key to verify with.
-fn claimed_signer(bytes: &[u8]) -> Result<KeyId, BundleError> {
-    #[derive(serde::Deserialize)]
-    struct Claim {
-        signer_key_id: String,
-    }
-    let claim: Claim = serde_json::from_slice(bytes)
-        .map_err(|e| BundleError::BadManifest(format!("cannot find `signer_key_id`: {e}")))?;
-    KeyId::parse(&claim.signer_key_id).ok_or_else(|| {
-        BundleError::BadManifest("field `signer_key_id`: expected 16 lowercase hex digits".into())
-    })
 }
 
 impl<R: Read + Seek> OpenBundle<R> {
@@ -87,6 +108,17 @@ impl<R: Read + Seek> OpenBundle<R> {
         limits: &Limits,
         trust: &TrustLookup<'_>,
     ) -> Result<OpenBundle<R>, BundleError> {
+        OpenBundle::open_inner(r, limits, Some(trust)).map_err(|r| r.error)
+    }
+
+    /// Like [`OpenBundle::open`], but a refusal also carries the manifest when it had been
+    /// read (whether or not its signature verified), so that the caller can record what the
+    /// refused bundle claimed without reading it again.
+    pub fn open_detailed(
+        r: R,
+        limits: &Limits,
+        trust: &TrustLookup<'_>,
+    ) -> Result<OpenBundle<R>, Refusal> {
         OpenBundle::open_inner(r, limits, Some(trust))
     }
 
@@ -94,105 +126,95 @@ impl<R: Read + Seek> OpenBundle<R> {
     /// for `flowpack inspect` without `--trust`, which says so. Nothing read this way may be
     /// applied.
     pub fn open_unverified(r: R, limits: &Limits) -> Result<OpenBundle<R>, BundleError> {
-        OpenBundle::open_inner(r, limits, None)
+        OpenBundle::open_inner(r, limits, None).map_err(|r| r.error)
     }
 
     fn open_inner(
         r: R,
         limits: &Limits,
         trust: Option<&TrustLookup<'_>>,
-    ) -> Result<OpenBundle<R>, BundleError> {
+    ) -> Result<OpenBundle<R>, Refusal> {
         let mut zip = ZipReader::open(r, limits)?;
-        let names: Vec<String> = zip.entries().iter().map(|e| e.name.clone()).collect();
-        if names.first().map(String::as_str) != Some("manifest.json") {
-            return Err(BundleError::EntryOrder(
-                "the first entry must be manifest.json".into(),
-            ));
+        let entries = zip.entries();
+        if entries.first().map(|e| e.name.as_str()) != Some("manifest.json") {
+            return Err(
+                BundleError::EntryOrder("the first entry must be manifest.json".into()).into(),
+            );
         }
-        if names.get(1).map(String::as_str) != Some("manifest.sig") {
-            return Err(BundleError::EntryOrder(
-                "the second entry must be manifest.sig".into(),
-            ));
+        if entries.get(1).map(|e| e.name.as_str()) != Some("manifest.sig") {
+            return Err(
+                BundleError::EntryOrder("the second entry must be manifest.sig".into()).into(),
+            );
         }
-        if zip.entries()[0].size > MAX_MANIFEST {
-            return Err(BundleError::SizeLimit(format!(
-                "manifest.json is larger than {MAX_MANIFEST} bytes"
-            )));
+        if entries[0].size > MAX_MANIFEST {
+            return Err(BundleError::ManifestTooLarge(entries[0].size, MAX_MANIFEST).into());
         }
-        let sig_size = zip.entries()[1].size;
+        let sig_size = entries[1].size;
         if sig_size != 64 {
-            return Err(BundleError::BadSignatureFormat(sig_size));
+            return Err(BundleError::BadSignatureFormat(sig_size).into());
         }
-        let manifest_bytes = read_small(&mut zip)?;
-        let signature = read_small(&mut zip)?;
+        let read = read_manifest(&mut zip, limits)?;
+        let mut signature = [0u8; 64];
+        {
+            let mut r = zip
+                .next_entry()?
+                .ok_or_else(|| BundleError::NotAZip("entry missing".into()))?;
+            r.read_exact(&mut signature).map_err(BundleError::from_io)?;
+            r.finish()?;
+        }
+        let (manifest, manifest_bytes, manifest_sha256) = read;
+        let refuse = |error: BundleError, manifest: Manifest, verified: bool| Refusal {
+            error,
+            manifest: Some(Box::new(manifest)),
+            verified,
+        };
 
-        let key_id = claimed_signer(&manifest_bytes)?;
+        let key_id = manifest.signer_key_id;
         let signer = match trust {
             Some(trust) => {
-                let signer =
-                    trust(&key_id).ok_or_else(|| BundleError::UnknownSigner(key_id.to_string()))?;
+                let Some(signer) = trust(&key_id) else {
+                    let e = BundleError::UnknownSigner(key_id.to_string());
+                    return Err(refuse(e, manifest, false));
+                };
                 if signer.key.key_id() != key_id || !signer.key.verify(&manifest_bytes, &signature)
                 {
-                    return Err(BundleError::BadSignature(key_id.to_string()));
+                    let e = BundleError::BadSignature(key_id.to_string());
+                    return Err(refuse(e, manifest, false));
                 }
                 Some(signer)
             }
             None => None,
         };
-        let manifest = parse_manifest(&manifest_bytes)?;
+        let verified = signer.is_some();
+        if let Err(e) = check_manifest(&manifest) {
+            return Err(refuse(e, manifest, verified));
+        }
         if let Some(signer) = &signer
             && !signer
                 .containers
                 .iter()
                 .any(|p| p.covers(&manifest.target_container))
         {
-            {
-                let allowed: Vec<&str> = signer
-                    .containers
-                    .iter()
-                    .map(ContainerPath::as_str)
-                    .collect();
-                return Err(BundleError::SignerNotAllowed(
-                    key_id.to_string(),
-                    manifest.target_container.to_string(),
-                    allowed.join(", "),
-                ));
-            }
+            let allowed: Vec<&str> = signer
+                .containers
+                .iter()
+                .map(ContainerPath::as_str)
+                .collect();
+            let e = BundleError::SignerNotAllowed(
+                key_id.to_string(),
+                manifest.target_container.to_string(),
+                allowed.join(", "),
+            );
+            return Err(refuse(e, manifest, verified));
         }
-        // The archive's payload entries are exactly the manifest's, in order.
-        let archive = &names[2..];
-        for (i, e) in manifest.entries.iter().enumerate() {
-            match archive.get(i) {
-                Some(name) if *name == e.path => {}
-                _ if !archive.contains(&e.path) => {
-                    return Err(BundleError::MissingEntry(e.path.clone()));
-                }
-                _ => {
-                    return Err(BundleError::EntryOrder(format!(
-                        "entry {} is at position {} in the manifest but elsewhere in the archive",
-                        e.path, i
-                    )));
-                }
-            }
-        }
-        if let Some(extra) = archive.get(manifest.entries.len()) {
-            return Err(BundleError::ExtraEntry(extra.clone()));
-        }
-        for (e, z) in manifest.entries.iter().zip(&zip.entries()[2..]) {
-            if e.size != z.size {
-                return Err(BundleError::SizeMismatch(
-                    e.path.clone(),
-                    format!(
-                        "the manifest says {} bytes, its ZIP headers {}",
-                        e.size, z.size
-                    ),
-                ));
-            }
+        if let Err(e) = check_entry_list(&manifest, &zip.entries()[2..]) {
+            return Err(refuse(e, manifest, verified));
         }
         Ok(OpenBundle {
             zip,
             manifest,
             manifest_bytes,
+            manifest_sha256,
             signer,
         })
     }
@@ -205,6 +227,11 @@ impl<R: Read + Seek> OpenBundle<R> {
     /// The exact signed bytes of `manifest.json`.
     pub fn manifest_bytes(&self) -> &[u8] {
         &self.manifest_bytes
+    }
+
+    /// The SHA-256 of `manifest.json`'s exact bytes.
+    pub fn manifest_sha256(&self) -> &[u8; 32] {
+        &self.manifest_sha256
     }
 
     /// The signer that verified it; `None` when opened with [`OpenBundle::open_unverified`].
@@ -417,16 +444,119 @@ fn check_secrets_state(
     }
 }
 
-fn parse_manifest(bytes: &[u8]) -> Result<Manifest, BundleError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let manifest: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "target_container" {
-            BundleError::BadContainer(e.inner().to_string())
-        } else {
-            BundleError::BadManifest(format!("field `{path}`: {}", e.inner()))
+/// Reads `manifest.json` (the next entry) in one pass: the JSON parser reads the inflated
+/// bytes as they come, and they are kept once, for the signature. Returns the manifest, its
+/// bytes and their SHA-256. Fails on the first string longer than [`MAX_MANIFEST_STRING`], a
+/// list longer than the entry limit, or any break of the schema's syntax; the rules that need
+/// the whole manifest are [`check_manifest`]'s.
+fn read_manifest<R: Read + Seek>(
+    zip: &mut ZipReader<R>,
+    limits: &Limits,
+) -> Result<(Manifest, Vec<u8>, [u8; 32]), BundleError> {
+    let entry = zip
+        .next_entry()?
+        .ok_or_else(|| BundleError::NotAZip("entry missing".into()))?;
+    // At most MAX_MANIFEST, checked by the caller on the same declared size.
+    let declared = entry.entry().size as usize;
+    let mut keeping = Keeping {
+        inner: entry,
+        kept: Vec::with_capacity(declared),
+        strings: StringGuard::default(),
+    };
+    let max_items = usize::try_from(limits.max_entries).unwrap_or(usize::MAX);
+    let (parsed, over) = crate::bundle::manifest::with_list_limit(max_items, || {
+        // serde_json reads byte by byte: a buffer in front keeps that off the inflater.
+        let mut buffered = io::BufReader::with_capacity(64 << 10, &mut keeping);
+        let de = &mut serde_json::Deserializer::from_reader(&mut buffered);
+        let manifest: Manifest = serde_path_to_error::deserialize(&mut *de)
+            .map_err(|e| (e.path().to_string(), e.into_inner()))?;
+        // Only whitespace may follow; this reads the entry to its end, which checks its size
+        // and CRC-32.
+        de.end().map_err(|e| (String::new(), e))?;
+        Ok::<_, (String, serde_json::Error)>(manifest)
+    });
+    let manifest = match parsed {
+        Ok(m) => m,
+        Err((_, e)) if e.is_io() => return Err(BundleError::from_io(e.into())),
+        Err((path, e)) if over => {
+            return Err(BundleError::SizeLimit(format!(
+                "manifest.json: field `{path}`: {e}"
+            )));
         }
-    })?;
+        Err((path, e)) if path == "target_container" => {
+            return Err(BundleError::BadContainer(e.to_string()));
+        }
+        Err((path, e)) if path.is_empty() || path == "." => {
+            return Err(BundleError::BadManifest(e.to_string()));
+        }
+        Err((path, e)) => return Err(BundleError::BadManifest(format!("field `{path}`: {e}"))),
+    };
+    // The parser stopped at the end of the entry; make sure the reader has seen it too.
+    io::copy(&mut keeping, &mut io::sink()).map_err(BundleError::from_io)?;
+    let Keeping { inner, kept, .. } = keeping;
+    let (_, sha256) = inner.digest();
+    Ok((manifest, kept, sha256))
+}
+
+/// Passes an entry's bytes on as they are read, keeping a copy and watching string lengths.
+struct Keeping<'a, R: Read> {
+    inner: crate::zipfmt::EntryReader<'a, R>,
+    kept: Vec<u8>,
+    strings: StringGuard,
+}
+
+impl<R: Read> Read for Keeping<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.strings.scan(&buf[..n]).map_err(BundleError::into_io)?;
+        self.kept.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Follows JSON's strings through a byte stream and refuses one longer than
+/// [`MAX_MANIFEST_STRING`] bytes, before the parser has buffered it whole. Outside strings,
+/// JSON has no `"`, so tracking quotes and escapes is enough to know where strings are; a
+/// document this misreads is not JSON, and the parser refuses it.
+#[derive(Default)]
+struct StringGuard {
+    in_string: bool,
+    escaped: bool,
+    len: usize,
+}
+
+impl StringGuard {
+    fn scan(&mut self, bytes: &[u8]) -> Result<(), BundleError> {
+        for &b in bytes {
+            if !self.in_string {
+                if b == b'"' {
+                    self.in_string = true;
+                    self.len = 0;
+                }
+                continue;
+            }
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.in_string = false;
+                continue;
+            }
+            self.len += 1;
+            if self.len > MAX_MANIFEST_STRING {
+                return Err(BundleError::BadManifest(format!(
+                    "a string is longer than {MAX_MANIFEST_STRING} bytes; no field of a manifest is that long"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The manifest's rules beyond its schema: the format, the entries' layout and kinds, the
+/// sealing block's form.
+fn check_manifest(manifest: &Manifest) -> Result<(), BundleError> {
     if manifest.format != FORMAT {
         return Err(BundleError::BadManifest(format!(
             "field `format`: expected {FORMAT:?}"
@@ -461,16 +591,40 @@ fn parse_manifest(bytes: &[u8]) -> Result<Manifest, BundleError> {
         DataKey::check_wrapped(&s.wrapped_key)
             .map_err(|e| BundleError::SealOpenFailed(format!("sealing.wrapped_key: {e}")))?;
     }
-    Ok(manifest)
+    Ok(())
 }
 
-fn read_small<R: Read + Seek>(zip: &mut ZipReader<R>) -> Result<Vec<u8>, BundleError> {
-    let mut r = zip
-        .next_entry()?
-        .ok_or_else(|| BundleError::NotAZip("entry missing".into()))?;
-    let mut out = Vec::with_capacity(r.entry().size as usize);
-    r.read_to_end(&mut out).map_err(BundleError::from_io)?;
-    Ok(out)
+/// The archive's payload entries are exactly the manifest's, in order, with the same sizes.
+fn check_entry_list(manifest: &Manifest, archive: &[Entry]) -> Result<(), BundleError> {
+    for (i, e) in manifest.entries.iter().enumerate() {
+        match archive.get(i) {
+            Some(z) if z.name == e.path => {}
+            _ if !archive.iter().any(|z| z.name == e.path) => {
+                return Err(BundleError::MissingEntry(e.path.clone()));
+            }
+            _ => {
+                return Err(BundleError::EntryOrder(format!(
+                    "entry {} is at position {} in the manifest but elsewhere in the archive",
+                    e.path, i
+                )));
+            }
+        }
+    }
+    if let Some(extra) = archive.get(manifest.entries.len()) {
+        return Err(BundleError::ExtraEntry(extra.name.clone()));
+    }
+    for (e, z) in manifest.entries.iter().zip(archive) {
+        if e.size != z.size {
+            return Err(BundleError::SizeMismatch(
+                e.path.clone(),
+                format!(
+                    "the manifest says {} bytes, its ZIP headers {}",
+                    e.size, z.size
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn read_record<R: Read>(
