@@ -1,4 +1,4 @@
-//! Outbound OAuth 2.0 (SPEC §5 "Outbound OAuth"; docs/OAUTH.md): the receiver is the one place
+//! Outbound OAuth 2.0 (docs/OAUTH.md): the receiver is the one place
 //! that obtains and refreshes the access tokens of `oauth2` credentials.
 //!
 //! - [`Outbound`] (in [`crate::outbound`]) holds the HTTP clients, which send only where the
@@ -48,7 +48,7 @@ use crate::store::{AuditRow, CredentialRow, Db, OAuthState, Tx};
 pub const REFRESH_SKEW: time::Duration = time::Duration::seconds(60);
 /// How long an authorization-code flow may take from `…/authorize` to the callback.
 pub const STATE_LIFETIME: time::Duration = time::Duration::minutes(10);
-/// Largest answer read from a token endpoint or a verify URL.
+/// Largest answer read from a token endpoint.
 const MAX_ANSWER: usize = 256 * 1024;
 
 /// The OAuth `error` codes shown when a provider answers one: RFC 6749 §5.2 (token endpoint)
