@@ -190,14 +190,17 @@ pub async fn handle(
         .map_err(ApiError::internal)?;
     let worker = app.clone();
     let caller = who.clone();
-    let prepared = app
-        .spawn_blocking(move || {
-            let prepared = prepare(&worker, &caller, tmp);
-            drop(permit);
-            prepared
-        })
+    let (handover, handed) = tokio::sync::oneshot::channel();
+    app.spawn_blocking(move || {
+        let prepared = prepare(&worker, &caller, tmp);
+        drop(permit);
+        // When the request is gone (its connection closed by shutdown), the spool file is
+        // dropped here, before this tracked work ends, so no upload outlives `run`.
+        drop(handover.send(prepared));
+    });
+    let prepared = handed
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(|_| ApiError::internal("checking a bundle stopped"))?;
     let obtained = match &prepared {
         Ok(p) if verify && !p.replay => verify_bundle(&app, &who, p).await?,
         _ => HashMap::new(),

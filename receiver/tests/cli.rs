@@ -319,6 +319,9 @@ async fn admin_changes_take_effect_while_serving_and_no_secret_leaks() {
 
     let log = srv.stop();
     assert!(log.contains("request"), "the log has request lines: {log}");
+    // Deploys that succeeded log no error (one was once built, and logged, on every deploy).
+    assert!(!log.contains("writer thread is gone"), "{log}");
+    assert!(!log.contains("internal error"), "{log}");
     for secret in [CANARY, CANARY2] {
         assert!(!bodies.contains(secret), "{secret} in a response");
         assert!(!log.contains(secret), "{secret} in the log");

@@ -311,11 +311,25 @@ struct ApplyHook {
 }
 
 impl ApplyHook {
-    /// The hooked clock, stalling for `stall` once the listener is closed.
+    /// The hooked clock, stalling for `stall` once the listener is closed. It fires on the
+    /// store's writer thread only: the apply's own reading of the clock, not the checks that
+    /// read it before the bundle is queued.
     fn clock(&self, stall: Duration) -> flowpack_receiver::Clock {
+        self.clock_where(stall, true)
+    }
+
+    /// As [`ApplyHook::clock`], firing on the writer thread (`applying`) or anywhere else (the
+    /// checks before the bundle is queued).
+    fn clock_where(&self, stall: Duration, applying: bool) -> flowpack_receiver::Clock {
         let hook = self.clone();
         Arc::new(move || {
-            if let Some((stop, addr)) = hook.armed.lock().unwrap().take() {
+            let on_writer = std::thread::current().name() == Some("store-writer");
+            let armed = if on_writer == applying {
+                hook.armed.lock().unwrap().take()
+            } else {
+                None
+            };
+            if let Some((stop, addr)) = armed {
                 stop.send(()).unwrap();
                 let deadline = std::time::Instant::now() + Duration::from_secs(10);
                 while std::net::TcpStream::connect(addr).is_ok() {
@@ -390,6 +404,33 @@ async fn upload_outlasting_the_grace_period_is_cut_off_and_leaves_nothing() {
         .expect("run did not return after the grace period");
     // ... and the upload, resumed now, reaches no server.
     let _ = stalled.send(());
+    let (status, v) = up.await.unwrap();
+    assert_eq!(status, None, "{v}");
+    assert!(!check_after_restart(dir, admin, &e, status, &v).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checks_outlasting_the_grace_period_leave_nothing_behind() {
+    let (dir, admin, e) = fixture().await;
+    // The bundle's checks (before it is queued for the writer) stall past the grace period:
+    // the connection is closed unanswered, nothing is applied and no spool file is left.
+    let hook = ApplyHook::default();
+    let clock = hook.clock_where(Duration::from_millis(800), false);
+    let mut s = Server::serve_in(dir, admin, |app| {
+        app.clock = clock;
+        app.shutdown_grace = Duration::from_millis(200);
+    })
+    .await;
+    hook.arm(&mut s);
+    let client = s.client.clone();
+    let (base, token) = (s.base.clone(), s.admin.clone());
+    let bundle = e.bundle.clone();
+    let at = bundle.len();
+    let up = tokio::spawn(async move {
+        upload(&client, &base, &token, bundle, at, Box::pin(async {})).await
+    });
+    let (dir, admin) = s.stopped().await;
+    assert!(hook.done().is_some(), "the hook did not run");
     let (status, v) = up.await.unwrap();
     assert_eq!(status, None, "{v}");
     assert!(!check_after_restart(dir, admin, &e, status, &v).await);
