@@ -300,20 +300,6 @@ fn trusted(db: &Db, id: &KeyId, failed: &std::cell::Cell<bool>) -> Option<Truste
     })
 }
 
-/// For a bundle refused while being opened, what its manifest claims, when it can be read
-/// (for the audit trail: which bundle, key and container). Only a refusal for the signer's
-/// container prefixes comes after the signature verified.
-fn claimed_info(
-    e: &BundleError,
-    spooled: &tempfile::NamedTempFile,
-    limits: &flowpack_shared::zipfmt::Limits,
-) -> Option<Box<BundleInfo>> {
-    let file = spooled.reopen().ok()?;
-    let b = OpenBundle::open_unverified(BufReader::new(file), limits).ok()?;
-    let verified = matches!(e, BundleError::SignerNotAllowed(..));
-    Some(Box::new(BundleInfo::of(b.manifest(), verified)))
-}
-
 /// Verifies the credentials of a prepared bundle (`?verify=true`), which every check that
 /// could refuse it has passed. Returns the tokens that refreshes obtained, by credential name,
 /// to store with the apply; refuses the bundle when a verification fails.
@@ -521,16 +507,19 @@ fn prepare(
     let failed = std::cell::Cell::new(false);
     let opened = {
         let lookup = |id: &KeyId| trusted(&db, id, &failed);
-        OpenBundle::open(BufReader::new(file), &limits, &lookup)
+        OpenBundle::open_detailed(BufReader::new(file), &limits, &lookup)
     };
     let mut bundle = match opened {
         Ok(b) => b,
         Err(_) if failed.get() => {
             return Err((ApiError::internal("reading trusted signers failed"), None));
         }
-        Err(e) => {
-            let info = claimed_info(&e, &spooled, &limits);
-            return Err((ApiError::from(e), info));
+        Err(refusal) => {
+            // What the manifest claims, when it was read before the refusal.
+            let info = refusal
+                .manifest
+                .map(|m| Box::new(BundleInfo::of(&m, refusal.verified)));
+            return Err((ApiError::from(refusal.error), info));
         }
     };
     let m = bundle.manifest().clone();

@@ -638,6 +638,36 @@ async fn a_bad_signature_refusal_records_what_the_manifest_claims_unverified() {
 }
 
 #[tokio::test]
+async fn a_bundle_refused_for_its_structure_is_audited_with_what_its_manifest_claims() {
+    let (s, a, _, _) = two_signers().await;
+    // The last payload entry is left out of the archive: refused after the manifest was read.
+    use flowpack_shared::zipfmt::{Limits, Method as ZipMethod, ZipReader, ZipWriter};
+    let mut zr = ZipReader::open(Cursor::new(a.clone()), &Limits::default()).unwrap();
+    let mut entries = Vec::new();
+    while let Some(mut e) = zr.next_entry().unwrap() {
+        let name = e.entry().name.clone();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        entries.push((name, data));
+    }
+    entries.pop();
+    let mut zw = ZipWriter::new(Cursor::new(Vec::new()));
+    for (name, data) in &entries {
+        zw.add(name, ZipMethod::Deflate, 6, &mut &data[..], &mut |_| {})
+            .unwrap();
+    }
+    let short = zw.finish().unwrap().into_inner();
+    let (st, v) = s.deploy(&s.admin, &short).await;
+    assert_eq!(st, 422, "{v}");
+    let (_, audit) = s.get(&s.admin, "/v1/audit").await;
+    let row = &audit["audit"][0];
+    assert_eq!(row["code"], v["code"], "{audit}");
+    assert_eq!(row["bundle_id"], bundle_id(&a).as_str(), "{row}");
+    assert_eq!(row["container"], "/a", "{row}");
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn audit_and_deployments_page_newest_first() {
     let s = Server::start().await;
     let k = SigningKey::generate().unwrap();
