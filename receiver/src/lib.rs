@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod conns;
 pub mod creds;
 pub mod datadir;
 pub mod deploy;
@@ -32,9 +33,8 @@ use flowpack_shared::keys::VerifyingKey;
 use flowpack_shared::names::ContainerPath;
 use flowpack_shared::seal::SealingIdentity;
 use flowpack_shared::timefmt::Timestamp;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 pub use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
@@ -64,6 +64,8 @@ pub struct App {
     pub outbound: oauth::Outbound,
     /// How long shutdown waits for in-flight requests before closing their connections.
     pub shutdown_grace: Duration,
+    /// How long connections may wait for a request head or stay idle between requests.
+    pub timeouts: conns::Timeouts,
     /// Work on blocking threads (everything that touches the store): shutdown waits for it.
     work: TaskTracker,
 }
@@ -89,6 +91,7 @@ impl App {
             config: loaded.config,
             clock: Arc::new(Timestamp::now),
             shutdown_grace: SHUTDOWN_GRACE,
+            timeouts: conns::Timeouts::default(),
             work: TaskTracker::new(),
         })
     }
@@ -157,10 +160,6 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// How long a client may take to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a TLS handshake may take.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long shutdown waits for in-flight requests, by default.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 
@@ -169,6 +168,11 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 /// Connections still open after that are closed mid-request (an upload is dropped with its spool
 /// file); a deploy already being applied on a blocking thread cannot be interrupted and commits or
 /// rolls back. `run` returns when no connection is served and nothing touches the store.
+///
+/// Connections are capped (`max_connections`, and what the limit on open files leaves room
+/// for, which `run` first raises as far as it may) and timed out as [`conns`] describes: a new
+/// connection over the cap closes the longest-idle one, so that a client holding many idle or
+/// slow connections cannot keep others from being answered.
 pub async fn run(
     listener: TcpListener,
     app: Arc<App>,
@@ -176,16 +180,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    // Bounds concurrent connections: each holds a permit until it closes.
-    let permits = Arc::new(Semaphore::new(app.config.max_connections.max(1)));
+    let registry = Arc::new(conns::Registry::new(conns::connection_cap(
+        app.config.max_connections,
+    )));
+    let timeouts = app.timeouts;
     // Every connection's task, so that those left after the grace period can be closed.
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.map_err(std::io::Error::other)?,
-            () = &mut shutdown => break,
-        };
         let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -198,44 +200,65 @@ pub async fn run(
             },
             () = &mut shutdown => break,
         };
+        while connections.try_join_next().is_some() {}
+        let Some(conn) = registry.admit() else {
+            // Every connection is in the middle of a request: this one is closed unserved.
+            continue;
+        };
         let app = app.clone();
         let tls = tls.clone();
         let watcher = graceful.watcher();
-        while connections.try_join_next().is_some() {}
+        let registry = registry.clone();
         connections.spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |req| http::handle(app.clone(), req));
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            let result = match tls {
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn).await
+            let tracked = conn.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let guard = tracked.begin_request();
+                let app = app.clone();
+                async move {
+                    let resp = http::handle(app, req).await?;
+                    Ok::<_, std::convert::Infallible>(
+                        resp.map(|body| conns::Tracked::new(body, guard)),
+                    )
                 }
-                Some(acceptor) => {
-                    let tls_stream =
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            // The watchdog below times request heads and idle connections (hyper's own timer
+            // would restart with every head and bound idle keep-alive connections by it too).
+            builder.header_read_timeout(None);
+            let stream = conns::Watched::new(stream, conn.clone());
+            let serve = async {
+                match tls {
+                    None => {
+                        let conn = builder.serve_connection(TokioIo::new(stream), service);
+                        watcher.watch(conn).await
+                    }
+                    Some(acceptor) => {
+                        let tls_stream = match acceptor.accept(stream).await {
+                            Ok(s) => s,
+                            Err(e) => {
                                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
+                                return Ok(());
                             }
                         };
-                    let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
-                    watcher.watch(conn).await
+                        let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
+                        watcher.watch(conn).await
+                    }
                 }
             };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            // The connection comes first: a request head that arrived with the deadline is
+            // served, not cut off.
+            tokio::select! {
+                biased;
+                result = serve => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                why = conn.watchdog(timeouts) => {
+                    tracing::debug!(%peer, ?why, "connection closed");
+                }
             }
+            registry.remove(&conn);
         });
     }
     drop(listener);
