@@ -39,11 +39,12 @@ use std::time::Duration;
 use flowpack_shared::bundle::read::{OpenBundle, Payload, TrustedSigner};
 use flowpack_shared::bundle::{BundleError, BundleKind};
 use flowpack_shared::keys::{KeyId, VerifyingKey};
+use flowpack_shared::model::credential::Credential;
 use flowpack_shared::names::{ContainerPath, Name};
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Request, Response, StatusCode};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
@@ -202,7 +203,10 @@ pub async fn handle(
         .await
         .map_err(|_| ApiError::internal("checking a bundle stopped"))?;
     let obtained = match &prepared {
-        Ok(p) if verify && !p.replay => verify_bundle(&app, &who, p).await?,
+        // A payload already found bad is refused by the writer, after the replay checks.
+        Ok(p) if verify && !p.replay && !matches!(p.payload, Some(Err(_))) => {
+            verify_bundle(&app, &who, p).await?
+        }
         _ => HashMap::new(),
     };
     let worker = app.clone();
@@ -302,90 +306,190 @@ fn trusted(db: &Db, id: &KeyId, failed: &std::cell::Cell<bool>) -> Option<Truste
 
 /// Verifies the credentials of a prepared bundle (`?verify=true`), which every check that
 /// could refuse it has passed. Returns the tokens that refreshes obtained, by credential name,
-/// to store with the apply; refuses the bundle when a verification fails.
+/// to store with the apply; refuses the bundle when a verification fails. Every refusal here
+/// is audited with what the bundle is.
 async fn verify_bundle(
     app: &Arc<App>,
     who: &Principal,
     prepared: &Prepared,
 ) -> Result<HashMap<String, Tokens>, ApiError> {
     let info = prepared.info.clone();
+    let checked = check_credentials(app, prepared).await;
+    let (checked, e) = match checked {
+        Ok(checked) => {
+            let failures: Vec<String> = checked
+                .iter()
+                .filter(|(_, v)| !v.ok)
+                .map(|(m, v)| {
+                    format!(
+                        "credential {}: tried {}: {}",
+                        m.path,
+                        v.tried,
+                        v.error.as_deref().unwrap_or("failed")
+                    )
+                })
+                .collect();
+            if failures.is_empty() {
+                return Ok(checked
+                    .into_iter()
+                    .filter_map(|(m, v)| Some((m.cred.name.to_string(), v.obtained?)))
+                    .collect());
+            }
+            let report: Vec<Value> = checked
+                .iter()
+                .map(|(m, v)| {
+                    let mut j = v.to_json();
+                    if let Value::Object(o) = &mut j {
+                        o.insert("credential".into(), Value::String(m.path.clone()));
+                    }
+                    j
+                })
+                .collect();
+            let e = ApiError::unprocessable(
+                "credential-verification-failed",
+                format!(
+                    "the bundle is refused, nothing was applied: {}",
+                    failures.join("; ")
+                ),
+            )
+            .with("verifications", Value::Array(report));
+            (checked, e)
+        }
+        Err(e) => (Vec::new(), e),
+    };
+    drop(checked);
+    // Awaited: the audit trail shows the refusal by the time it is answered.
+    audit(app, refusal_row(who, Some(&info), &e)).await;
+    Err(e)
+}
+
+/// Reads the prepared bundle's credentials again and verifies each that carries secrets, at
+/// most [`VERIFY_FANOUT`] at once.
+async fn check_credentials(
+    app: &Arc<App>,
+    prepared: &Prepared,
+) -> Result<Vec<(Material, crate::verify::Verification)>, ApiError> {
     let file = prepared._spooled.reopen().map_err(ApiError::internal)?;
     let permit = checking()
         .acquire_owned()
         .await
         .map_err(ApiError::internal)?;
     let worker = app.clone();
-    let materials = app
+    let (target, creds) = app
         .spawn_blocking(move || -> Result<_, ApiError> {
             let db = worker.store.db()?;
-            let found = candidates(&worker, &db, file);
+            let found = bundle_credentials(&worker, &db, file);
             drop(permit);
             found
         })
         .await
         .map_err(ApiError::internal)??;
     let now = app.now();
-    let results: Vec<crate::verify::Verification> = {
-        use futures_util::StreamExt;
-        // Made first: a stream over a borrowing closure is not `Send` for every lifetime.
-        let checks: Vec<_> = materials
-            .iter()
-            .map(|m| crate::verify::check(&app.outbound, m, now))
-            .collect();
-        futures_util::stream::iter(checks)
-            .buffered(VERIFY_FANOUT)
-            .collect()
-            .await
-    };
-    let report: Vec<Value> = materials
-        .iter()
-        .zip(&results)
-        .map(|(m, v)| {
-            let mut j = v.to_json();
-            if let Value::Object(o) = &mut j {
-                o.insert("credential".into(), Value::String(m.path.clone()));
-            }
-            j
-        })
+    use futures_util::StreamExt;
+    // Made first: a stream over a borrowing closure is not `Send` for every lifetime.
+    let checks: Vec<_> = creds
+        .into_iter()
+        .map(|c| check_one(app, target.clone(), c, now))
         .collect();
-    let failures: Vec<String> = materials
-        .iter()
-        .zip(&results)
-        .filter(|(_, v)| !v.ok)
-        .map(|(m, v)| {
-            format!(
-                "credential {}: tried {}: {}",
-                m.path,
-                v.tried,
-                v.error.as_deref().unwrap_or("failed")
-            )
-        })
-        .collect();
-    if !failures.is_empty() {
-        let e = ApiError::unprocessable(
-            "credential-verification-failed",
-            format!(
-                "the bundle is refused, nothing was applied: {}",
-                failures.join("; ")
-            ),
-        )
-        .with("verifications", Value::Array(report));
-        // Awaited: the audit trail shows the refusal by the time it is answered.
-        audit(app, refusal_row(who, Some(&info), &e)).await;
-        return Err(e);
-    }
-    Ok(materials
-        .iter()
-        .zip(results)
-        .filter_map(|(m, v)| Some((m.cred.name.to_string(), v.obtained?)))
-        .collect())
+    futures_util::stream::iter(checks)
+        .buffered(VERIFY_FANOUT)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
 }
 
-/// The credentials of a bundle that carry secrets, as they will be after the apply: the
-/// bundle's fields and secrets, over the secrets stored for a credential of the same name,
-/// type and destination. A bundle that cannot be read now is refused (it was read once
-/// already: the spool file changed, or the store did).
-fn candidates(app: &App, db: &Db, file: std::fs::File) -> Result<Vec<Material>, ApiError> {
+/// Verifies one credential of a bundle as it will be after the apply. A credential already
+/// stored is verified under its single-flight lock, as `…/token` and `…/verify` use it, with
+/// its stored secrets read under that lock; when the verification refreshed with the stored
+/// refresh token, what it obtained is stored at once (compare and swap), whatever becomes of
+/// the bundle: a provider that rotates refresh tokens has already retired the stored one.
+async fn check_one(
+    app: &Arc<App>,
+    target: ContainerPath,
+    c: Credential,
+    now: flowpack_shared::timefmt::Timestamp,
+) -> Result<(Material, crate::verify::Verification), ApiError> {
+    let (c, target, id) = {
+        let worker = app.clone();
+        app.spawn_blocking(move || -> Result<_, ApiError> {
+            let db = worker.store.db()?;
+            let id = match db.container_id(&target)? {
+                Some(cid) => db.credential(cid, c.name.as_str())?.map(|r| r.id),
+                None => None,
+            };
+            Ok((c, target, id))
+        })
+        .await
+        .map_err(ApiError::internal)??
+    };
+    let flight = id.map(|id| app.outbound.flight(id));
+    let _in_flight = match &flight {
+        Some(f) => Some(f.lock().await),
+        None => None,
+    };
+    let worker = app.clone();
+    let (m, stored) = app
+        .spawn_blocking(move || -> Result<_, ApiError> {
+            let db = worker.store.db()?;
+            material(&worker, &db, &target, &c)
+        })
+        .await
+        .map_err(ApiError::internal)??;
+    let v = crate::verify::check(&app.outbound, &m, now).await;
+    let keep = match (&v.obtained, stored) {
+        (Some(tokens), Some(stored))
+            if m.secrets.contains_key("refresh_token") && !stored.carried_refresh =>
+        {
+            Some((tokens.clone(), stored))
+        }
+        _ => None,
+    };
+    if let Some((tokens, stored)) = keep {
+        let path = m.path.clone();
+        let worker = app.clone();
+        app.spawn_blocking(move || -> Result<(), ApiError> {
+            let mut db = worker.store.db()?;
+            let tx = db.write()?;
+            let kept = crate::oauth::store_tokens(
+                &tx,
+                &worker.keys,
+                stored.id,
+                stored.version,
+                &path,
+                &stored.public,
+                &tokens,
+            )?;
+            tx.commit()?;
+            if !kept {
+                tracing::info!(credential = %path, "a newer token was stored meanwhile; the verification's is not kept");
+            }
+            Ok(())
+        })
+        .await
+        .map_err(ApiError::internal)??;
+    }
+    Ok((m, v))
+}
+
+/// The stored side of a credential verified with a bundle's fields.
+struct Stored {
+    id: i64,
+    version: i64,
+    /// The stored non-sensitive record (not the bundle's: the bundle may yet be refused).
+    public: Map<String, Value>,
+    /// The bundle carries a refresh token of its own.
+    carried_refresh: bool,
+}
+
+/// The credentials of a bundle that carry secrets, with their bundle's target. A bundle that
+/// cannot be read now is refused (it was read once already: the spool file changed, or the
+/// store did).
+fn bundle_credentials(
+    app: &App,
+    db: &Db,
+    file: std::fs::File,
+) -> Result<(ContainerPath, Vec<Credential>), ApiError> {
     let limits = app.config.limits.to_limits();
     let failed = std::cell::Cell::new(false);
     let lookup = |id: &KeyId| trusted(db, id, &failed);
@@ -396,48 +500,66 @@ fn candidates(app: &App, db: &Db, file: std::fs::File) -> Result<Vec<Material>, 
             ApiError::from(e)
         }
     })?;
-    let m = bundle.manifest().clone();
-    let target = &m.target_container;
+    let target = bundle.manifest().target_container.clone();
     let payload = bundle.read_payload(Some(&app.identity), &mut drain)?;
-    let cid = db.container_id(target)?;
-    let mut out = Vec::new();
-    for c in payload.credentials.iter().filter(|c| !c.needs_secrets()) {
-        let path = target.object_path(&c.name);
-        let public = c.public_json();
-        let stored = match cid {
-            Some(cid) => db.credential(cid, c.name.as_str())?.filter(|r| {
-                let old = serde_json::from_str(&r.public).unwrap_or_default();
-                creds::same_destination(&r.kind, &old, c.kind, &public)
-            }),
-            None => None,
-        };
-        let mut secrets = BTreeMap::new();
-        if let Some(row) = &stored {
-            for s in db.secrets(row.id)? {
-                if let Some(v) = app.keys.decrypt(&path, &s.field, &s.ciphertext) {
-                    secrets.insert(s.field, v);
-                }
+    let creds = payload
+        .credentials
+        .into_iter()
+        .filter(|c| !c.needs_secrets())
+        .collect();
+    Ok((target, creds))
+}
+
+/// Credential `c` of a bundle as it will be after the apply: the bundle's fields and secrets,
+/// over the secrets stored for a credential of the same name, type and destination (a secret
+/// is never sent anywhere but where it was stored to go).
+fn material(
+    app: &App,
+    db: &Db,
+    target: &ContainerPath,
+    c: &Credential,
+) -> Result<(Material, Option<Stored>), ApiError> {
+    let path = target.object_path(&c.name);
+    let public = c.public_json();
+    let stored = match db.container_id(target)? {
+        Some(cid) => db.credential(cid, c.name.as_str())?.and_then(|r| {
+            let old: Map<String, Value> = serde_json::from_str(&r.public).ok()?;
+            creds::same_destination(&r.kind, &old, c.kind, &public).then_some((r, old))
+        }),
+        None => None,
+    };
+    let mut secrets = BTreeMap::new();
+    if let Some((row, _)) = &stored {
+        for s in db.secrets(row.id)? {
+            if let Some(v) = app.keys.decrypt(&path, &s.field, &s.ciphertext) {
+                secrets.insert(s.field, v);
             }
         }
-        for (field, value) in &c.secrets {
-            if let flowpack_shared::model::credential::SecretValue::Plain(v) = value {
-                secrets.insert((*field).to_owned(), v.clone());
-            }
-        }
-        let mut public_only = c.clone();
-        public_only.secrets.clear();
-        out.push(Material {
-            id: stored.as_ref().map(|r| r.id),
-            version: stored.as_ref().map_or(0, |r| r.token_version),
-            container: target.clone(),
-            path,
-            public,
-            cred: public_only,
-            secrets,
-            needs_authorization: false,
-        });
     }
-    Ok(out)
+    for (field, value) in &c.secrets {
+        if let flowpack_shared::model::credential::SecretValue::Plain(v) = value {
+            secrets.insert((*field).to_owned(), v.clone());
+        }
+    }
+    let mut public_only = c.clone();
+    public_only.secrets.clear();
+    let m = Material {
+        id: stored.as_ref().map(|(r, _)| r.id),
+        version: stored.as_ref().map_or(0, |(r, _)| r.token_version),
+        container: target.clone(),
+        path,
+        public,
+        cred: public_only,
+        secrets,
+        needs_authorization: false,
+    };
+    let stored = stored.map(|(r, old)| Stored {
+        id: r.id,
+        version: r.token_version,
+        public: old,
+        carried_refresh: c.secrets.contains_key("refresh_token"),
+    });
+    Ok((m, stored))
 }
 
 /// Reads a payload file to its end (hashing it, as every read does) and keeps nothing.

@@ -361,6 +361,11 @@ pub(crate) fn query_params(
     Ok(out)
 }
 
+/// Refuses any query parameter (`400 bad-query`): for endpoints that take none.
+fn no_query(req: &Request<Incoming>) -> Result<(), ApiError> {
+    query_params(req, &[]).map(drop)
+}
+
 /// Largest page of a listing, and the page size when none is asked for.
 const MAX_PAGE: usize = 1000;
 const DEFAULT_PAGE: usize = 100;
@@ -438,6 +443,11 @@ fn method_not_allowed() -> ApiError {
 /// Answers `req`, whose method and path `handle` has already taken (for its log line).
 async fn route(app: Arc<App>, req: Request<Incoming>, method: &Method, path: &str) -> Routed {
     // Unauthenticated endpoints.
+    if matches!(path, "/healthz" | "/v1/keys")
+        && let Err(e) = query_params(&req, &[])
+    {
+        return Err((e, None));
+    }
     match (method, path) {
         (&Method::GET, "/healthz") => {
             return Ok((
@@ -504,9 +514,15 @@ impl ReadRequest {
         Some(match head {
             "deployments" if tail.is_empty() => ReadRequest::Deployments(Page::parse(req)),
             "audit" if tail.is_empty() => ReadRequest::Audit(Page::parse(req)),
-            "containers" => ReadRequest::Container(container_path(tail.trim_end_matches('/'))),
-            "mappings" if !tail.contains("/files/") => ReadRequest::Mapping(object_path(tail)),
-            "credentials" => ReadRequest::Credential(object_path(tail)),
+            "containers" => ReadRequest::Container(
+                no_query(req).and_then(|()| container_path(tail.trim_end_matches('/'))),
+            ),
+            "mappings" if !tail.contains("/files/") => {
+                ReadRequest::Mapping(no_query(req).and_then(|()| object_path(tail)))
+            }
+            "credentials" => {
+                ReadRequest::Credential(no_query(req).and_then(|()| object_path(tail)))
+            }
             _ => return None,
         })
     }
@@ -684,6 +700,10 @@ async fn route_authenticated(
 ) -> Result<Response<Body>, ApiError> {
     let rest = path.strip_prefix("/v1/").unwrap_or_default();
     let (head, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    // A deploy reads its own parameters; no other endpoint here takes any.
+    if !(head == "deployments" && tail.is_empty() && method == Method::POST) {
+        no_query(&req)?;
+    }
     match (head, method) {
         ("deployments", &Method::POST) if tail.is_empty() => {
             crate::deploy::handle(app, who, req).await

@@ -234,6 +234,7 @@ impl Grant<'_> {
 }
 
 /// What a token endpoint issued.
+#[derive(Clone)]
 pub struct Tokens {
     /// The access token.
     pub access_token: Secret,

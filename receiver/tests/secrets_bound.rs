@@ -751,3 +751,154 @@ async fn an_unknown_query_parameter_on_a_deploy_is_refused_before_anything_is_ap
     assert_eq!(s.get(&s.admin, "/v1/credentials/apps/erp").await.0, 404);
     s.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Found by an attacker's review
+
+#[tokio::test]
+async fn a_refused_verified_deploy_keeps_the_refresh_token_its_verification_rotated() {
+    let (s, k, _) = server().await;
+    // The provider rotates refresh tokens: whatever it was sent, it answers a new one.
+    let idp = Recorder::start(
+        200,
+        json!({"access_token": "at-2", "refresh_token": "rt-rotated", "token_type": "bearer", "expires_in": 3600}),
+    )
+    .await;
+    let api = Recorder::start(401, json!({})).await;
+    let mut x = oauth(
+        &idp.url,
+        &[("client_secret", CLIENT_SECRET), ("refresh_token", REFRESH)],
+        true,
+    );
+    x["grant_type"] = json!("authorization_code");
+    x["authorization_endpoint"] = json!(idp.url);
+    assert_eq!(
+        deploy_creds(&s, &k, &s.admin, &[x.clone()], "").await.0,
+        201
+    );
+    let before = erp(&s).await["refresh_token"]["fingerprint"].clone();
+    assert!(before.is_string());
+
+    // The bundle carries the client secret again (not the refresh token) and a key whose
+    // verification fails: the bundle is refused after the stored refresh token was used.
+    x["client_secret"] = json!(CLIENT_SECRET);
+    x.as_object_mut().unwrap().remove("refresh_token");
+    let y = json!({"name": "api", "type": "api_key", "placement": "header",
+                   "parameter_name": "X-Key", "key": "k-canary", "verify_url": api.url,
+                   "include_in_deployment": true});
+    let (st, v) = deploy_creds(&s, &k, &s.admin, &[x, y], "?verify=true").await;
+    assert_eq!(
+        (st, v["code"].clone()),
+        (422, json!("credential-verification-failed")),
+        "{v}"
+    );
+    assert!(
+        idp.requests().iter().any(|r| r.contains(REFRESH)),
+        "the stored refresh token was used"
+    );
+    let after = erp(&s).await["refresh_token"]["fingerprint"].clone();
+    assert_ne!(
+        before, after,
+        "the rotated refresh token was dropped with the refused bundle"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_verified_deploy_refused_while_reading_its_payload_is_audited() {
+    let (s, k, _) = server().await;
+    let rec = oauth(
+        "https://idp.example/token",
+        &[("client_secret", CLIENT_SECRET)],
+        true,
+    );
+    let mut o = Opts::new("/apps").sealed(s.recipient());
+    o.kind = BundleKind::Credentials;
+    let b = bundle(&k, &o, &[], &[credential(rec)]);
+    let flipped = tamper_last_entry(&b, |d| d[0] ^= 1);
+    let r = s
+        .client
+        .post(s.url("/v1/deployments?verify=true"))
+        .bearer_auth(&s.admin)
+        .header("content-type", "application/zip")
+        .body(flipped)
+        .send()
+        .await
+        .unwrap();
+    let (st, v) = answer(r).await;
+    assert_eq!(
+        (st, v["code"].clone()),
+        (422, json!("digest-mismatch")),
+        "{v}"
+    );
+    let (_, audit) = s.get(&s.admin, "/v1/audit").await;
+    let row = &audit["audit"][0];
+    assert_eq!(row["code"], "digest-mismatch", "{audit}");
+    assert_eq!(row["bundle_id"], bundle_id(&b).as_str(), "{row}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn no_endpoint_ignores_an_unknown_query_parameter() {
+    let (s, _, _) = deployed("pw-canary").await;
+    let before = s.get(&s.admin, "/v1/credentials/public/orders/erp").await.1;
+    let cases = [
+        (
+            Method::PATCH,
+            "/v1/credentials/public/orders/erp?dry_run=true",
+            Some(json!({"username": "changed"})),
+        ),
+        (
+            Method::DELETE,
+            "/v1/mappings/public/orders/orders-to-erp?dry_run=true",
+            None,
+        ),
+        (
+            Method::GET,
+            "/v1/credentials/public/orders/erp?bogus=1",
+            None,
+        ),
+        (Method::GET, "/v1/containers/public?bogus=1", None),
+        (
+            Method::GET,
+            "/v1/mappings/public/orders/orders-to-erp?bogus=1",
+            None,
+        ),
+        (
+            Method::GET,
+            "/v1/mappings/public/orders/orders-to-erp/files/orders.mfd?bogus=1",
+            None,
+        ),
+        (
+            Method::POST,
+            "/v1/credentials/public/orders/erp/verify?dry_run=true",
+            None,
+        ),
+        (
+            Method::POST,
+            "/v1/mappings/public/orders/orders-to-erp/resolve?x=1",
+            Some(json!({"usage": "http"})),
+        ),
+        (Method::GET, "/healthz?bogus=1", None),
+        (Method::GET, "/v1/keys?bogus=1", None),
+    ];
+    for (method, path, body) in cases {
+        let (st, v) = s.send(method.clone(), &s.admin, path, body).await;
+        assert_eq!(
+            (st, v["code"].clone()),
+            (400, json!("bad-query")),
+            "{method} {path}: {v}"
+        );
+    }
+    assert_eq!(
+        s.get(&s.admin, "/v1/credentials/public/orders/erp").await.1,
+        before
+    );
+    assert_eq!(
+        s.get(&s.admin, "/v1/mappings/public/orders/orders-to-erp")
+            .await
+            .0,
+        200
+    );
+    s.stop().await;
+}
