@@ -64,7 +64,7 @@ const MAX_FILE: u64 = 1_000_000_000;
 /// Outbound verification requests of one deploy in flight at once.
 pub const VERIFY_FANOUT: usize = 16;
 
-/// How long a request body may go without a byte arriving.
+/// How long a request body may go without a byte arriving, by default ([`App::body_idle`]).
 pub const BODY_IDLE: Duration = Duration::from_secs(30);
 
 /// Permits to open and check a bundle: one per core, for the whole process.
@@ -166,7 +166,7 @@ pub async fn handle(
     let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(ApiError::internal)?);
     let mut body = req.into_body();
     let mut total: u64 = 0;
-    while let Some(frame) = crate::http::next_frame(&mut body).await {
+    while let Some(frame) = crate::http::next_frame(&app, &mut body).await {
         let frame = match frame {
             Ok(frame) => frame,
             Err(e) => return Err(refuse(&app, &who, e)),

@@ -170,9 +170,12 @@ pub fn json_response(status: StatusCode, v: &(impl serde::Serialize + ?Sized)) -
 }
 
 /// The next frame of a request body, or `408 body-timeout` when none arrives within
-/// [`crate::deploy::BODY_IDLE`]: a body that trickles stops holding its connection and spool.
-pub(crate) async fn next_frame(body: &mut Incoming) -> Option<Result<Frame<Bytes>, ApiError>> {
-    match tokio::time::timeout(crate::deploy::BODY_IDLE, body.frame()).await {
+/// [`App::body_idle`]: a body that stalls stops holding its connection and spool file.
+pub(crate) async fn next_frame(
+    app: &App,
+    body: &mut Incoming,
+) -> Option<Result<Frame<Bytes>, ApiError>> {
+    match tokio::time::timeout(app.body_idle, body.frame()).await {
         Ok(frame) => frame.map(|f| {
             f.map_err(|e| {
                 ApiError::bad_request("body-read", format!("reading the request body failed: {e}"))
@@ -182,8 +185,8 @@ pub(crate) async fn next_frame(body: &mut Incoming) -> Option<Result<Frame<Bytes
             StatusCode::REQUEST_TIMEOUT,
             "body-timeout",
             format!(
-                "no part of the request body arrived for {} s",
-                crate::deploy::BODY_IDLE.as_secs()
+                "no part of the request body arrived for {} ms",
+                app.body_idle.as_millis()
             ),
         ))),
     }
@@ -260,10 +263,10 @@ async fn authenticate(app: &Arc<App>, req: &Request<Incoming>) -> Result<Princip
     .await
 }
 
-async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
+async fn read_json(app: &App, req: Request<Incoming>) -> Result<Value, ApiError> {
     let mut incoming = req.into_body();
     let mut body = Vec::new();
-    while let Some(frame) = next_frame(&mut incoming).await {
+    while let Some(frame) = next_frame(app, &mut incoming).await {
         if let Ok(data) = frame?.into_data() {
             if body.len() + data.len() > MAX_JSON_BODY {
                 return Err(ApiError::new(
@@ -720,7 +723,7 @@ async fn route_authenticated(
             if !who.can(Perm::Use, &c) {
                 return Err(ApiError::lacks(Perm::Use, &c));
             }
-            let body = read_json(req).await?;
+            let body = read_json(&app, req).await?;
             blocking(&app, move |_, db| resolve(db, &who, &c, &n, &body)).await
         }
         ("mappings", &Method::DELETE) => {
@@ -746,7 +749,7 @@ async fn route_authenticated(
             if !who.can(Perm::Write, &c) {
                 return Err(ApiError::lacks(Perm::Write, &c));
             }
-            let body = read_json(req).await?;
+            let body = read_json(&app, req).await?;
             blocking(&app, move |app, db| {
                 patch_credential(app, db, &who, &c, &n, &body)
             })

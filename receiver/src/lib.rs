@@ -64,6 +64,8 @@ pub struct App {
     pub outbound: oauth::Outbound,
     /// How long shutdown waits for in-flight requests before closing their connections.
     pub shutdown_grace: Duration,
+    /// How long a request body may go without a byte arriving before it is answered 408.
+    pub body_idle: Duration,
     /// How long connections may wait for a request head or stay idle between requests.
     pub timeouts: conns::Timeouts,
     /// Work on blocking threads (everything that touches the store): shutdown waits for it.
@@ -91,6 +93,7 @@ impl App {
             config: loaded.config,
             clock: Arc::new(Timestamp::now),
             shutdown_grace: SHUTDOWN_GRACE,
+            body_idle: deploy::BODY_IDLE,
             timeouts: conns::Timeouts::default(),
             work: TaskTracker::new(),
         })

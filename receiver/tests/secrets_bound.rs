@@ -902,3 +902,94 @@ async fn no_endpoint_ignores_an_unknown_query_parameter() {
     );
     s.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// A request body that stalls
+
+/// Sends a request head announcing `len` body bytes and `sent` of them, then waits for the
+/// answer without sending more. Returns the status line, or `None` if nothing came in 10 s.
+async fn stalled_body(
+    s: &Server,
+    method: &str,
+    path: &str,
+    ct: &str,
+    len: usize,
+    sent: &[u8],
+) -> Option<String> {
+    let addr = s.base.strip_prefix("http://").unwrap();
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\ncontent-type: {ct}\r\ncontent-length: {len}\r\n\r\n",
+        s.admin
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(sent).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buf = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok()?;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    Some(text.lines().next().unwrap_or_default().to_owned())
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_is_answered_408_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let init =
+        flowpack_receiver::datadir::init(&flowpack_receiver::datadir::DataDir::new(&data)).unwrap();
+    let s = Server::serve_in(dir, init.admin_token.to_string(), |app| {
+        app.body_idle = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let line = stalled_body(
+        &s,
+        "POST",
+        "/v1/deployments",
+        "application/zip",
+        100_000,
+        b"PK\x03\x04",
+    )
+    .await;
+    assert!(
+        line.as_deref().is_some_and(|l| l.contains(" 408 ")),
+        "{line:?}"
+    );
+    let line = stalled_body(
+        &s,
+        "PATCH",
+        "/v1/credentials/public/orders/erp",
+        "application/json",
+        1000,
+        b"{\"username\": ",
+    )
+    .await;
+    assert!(
+        line.as_deref().is_some_and(|l| l.contains(" 408 ")),
+        "{line:?}"
+    );
+    let spool = s.data_dir().join("spool");
+    assert_eq!(
+        std::fs::read_dir(&spool).unwrap().count(),
+        0,
+        "a spool file is left"
+    );
+    let (_, audit) = s.get(&s.admin, "/v1/audit").await;
+    assert!(
+        audit["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["code"] == "body-timeout"),
+        "{audit}"
+    );
+    s.stop().await;
+}
