@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-/// How long connections may wait, by default (SPEC'd for the receiver).
+/// How long connections may wait; the defaults are 10 s for a request head and 60 s idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     /// From accept to a complete first request head (TLS handshake included), and from the
