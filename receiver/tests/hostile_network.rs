@@ -520,8 +520,8 @@ async fn sixteen_concurrent_hostile_uploads_keep_the_receivers_peak_memory_under
         // to parse in a debug build).
         .map(|i| match i {
             0 | 8 => (&manifest_31[..], 422, "bad-signature"),
-            _ if i % 2 == 1 => (&manifest_64[..], 413, "too-large"),
-            _ => (&bomb[..], 422, "digest-mismatch"),
+            _ if i % 4 == 3 => (&bomb[..], 422, "digest-mismatch"),
+            _ => (&manifest_64[..], 413, "too-large"),
         })
         .collect();
     let client = reqwest::Client::new();
