@@ -993,3 +993,51 @@ async fn a_stalled_request_body_is_answered_408_and_leaves_nothing() {
     );
     s.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bounded fan-out
+
+#[tokio::test]
+async fn a_verified_deploy_of_many_credentials_keeps_at_most_16_requests_in_flight() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (s, k, _) = server().await;
+    // A verify_url that answers 200 after a pause, counting requests in flight.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/ping", listener.local_addr().unwrap());
+    let now = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (n, m) = (now.clone(), most.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let (n, m) = (n.clone(), m.clone());
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let inflight = n.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(inflight, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    let records: Vec<Value> = (0..48)
+        .map(|i| {
+            json!({"name": format!("key{i}"), "type": "api_key", "placement": "header",
+                   "parameter_name": "X-Key", "key": format!("k-{i}"), "verify_url": url,
+                   "include_in_deployment": true})
+        })
+        .collect();
+    let (st, v) = deploy_creds(&s, &k, &s.admin, &records, "?verify=true").await;
+    task.abort();
+    assert_eq!(st, 201, "{v}");
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= 16, "{most} verification requests in flight at once");
+    assert!(most > 1, "verifications ran one at a time ({most})");
+    s.stop().await;
+}
