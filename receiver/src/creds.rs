@@ -18,7 +18,7 @@ use flowpack_shared::secret::{Secret, SecretBytes};
 use serde_json::{Map, Value, json};
 
 use crate::auth::{Perm, Principal};
-use crate::http::ApiError;
+use crate::problem::{Problem, ProblemCode};
 use crate::store::{CredentialRow, Db, Tx};
 
 /// Keys derived from `secrets.key`.
@@ -63,8 +63,8 @@ impl SecretKeys {
     }
 
     /// Encrypts one sensitive value of credential `path`.
-    pub fn encrypt(&self, path: &str, field: &str, value: &Secret) -> Result<Vec<u8>, ApiError> {
-        let nonce = flowpack_shared::seal::random::<12>().map_err(ApiError::internal)?;
+    pub fn encrypt(&self, path: &str, field: &str, value: &Secret) -> Result<Vec<u8>, Problem> {
+        let nonce = flowpack_shared::seal::random::<12>().map_err(Problem::internal)?;
         Ok(flowpack_shared::seal::seal_bytes(
             self.at_rest.expose(),
             nonce,
@@ -98,15 +98,15 @@ pub fn split_object_path(path: &ContainerPath) -> Option<(ContainerPath, Name)> 
 }
 
 /// The stored record as a [`Credential`] without secrets (the row was written by this program).
-fn public_credential(path: &str, row: &CredentialRow) -> Result<Credential, ApiError> {
-    let map: Map<String, Value> = serde_json::from_str(&row.public).map_err(ApiError::internal)?;
-    Credential::from_map(path, &map, RecordForm::Admin).map_err(ApiError::internal)
+fn public_credential(path: &str, row: &CredentialRow) -> Result<Credential, Problem> {
+    let map: Map<String, Value> = serde_json::from_str(&row.public).map_err(Problem::internal)?;
+    Credential::from_map(path, &map, RecordForm::Admin).map_err(Problem::internal)
 }
 
 /// The redacted record: public fields, each set sensitive field as `{"set", "fingerprint"}`,
 /// `needs_secrets`, and for oauth2 `needs_authorization` (its refresh token was refused).
 /// Returns the JSON text: members in key order, as a JSON object of them prints.
-pub fn redacted(db: &Db, path: &str, row: &CredentialRow) -> Result<Vec<u8>, ApiError> {
+pub fn redacted(db: &Db, path: &str, row: &CredentialRow) -> Result<Vec<u8>, Problem> {
     let secrets = db.secrets(row.id)?;
     redact(
         path,
@@ -119,7 +119,7 @@ pub fn redacted(db: &Db, path: &str, row: &CredentialRow) -> Result<Vec<u8>, Api
 
 /// The redacted record of credential `n` in container `c` ([`redacted`]), read with its
 /// secrets' fingerprints in one statement; 404 as [`find`] when either is missing.
-pub fn show(db: &Db, c: &ContainerPath, n: &Name) -> Result<Vec<u8>, ApiError> {
+pub fn show(db: &Db, c: &ContainerPath, n: &Name) -> Result<Vec<u8>, Problem> {
     let path = c.object_path(n);
     let Some((row, secrets)) = db.credential_at(c, n.as_str())? else {
         return Err(not_found(&path));
@@ -136,13 +136,13 @@ fn redact<'a>(
     path: &'a str,
     row: &'a CredentialRow,
     secrets: impl Iterator<Item = (&'a str, &'a str)>,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<Vec<u8>, Problem> {
     // The stored fields go straight into the answer's members, their names borrowed from the
     // stored text; the receiver's members follow. A later insert replaces an earlier one of
     // the same name, and a stored `path` would have replaced the receiver's (so `path` only
     // fills a gap): the precedence the answer always had.
     let mut m: BTreeMap<Key<'_>, Member<'_>> =
-        serde_json::from_str(&row.public).map_err(ApiError::internal)?;
+        serde_json::from_str(&row.public).map_err(Problem::internal)?;
     m.entry(Key::from("path")).or_insert(Member::Text(path));
     let mut none = true;
     for (field, fingerprint) in secrets {
@@ -156,7 +156,7 @@ fn redact<'a>(
             Member::Flag(row.needs_authorization),
         );
     }
-    serde_json::to_vec(&m).map_err(ApiError::internal)
+    serde_json::to_vec(&m).map_err(Problem::internal)
 }
 
 /// A member name of the redacted record: borrowed from the stored text unless it had to be
@@ -213,7 +213,7 @@ fn is_token_field(field: &str) -> bool {
 }
 
 /// True when the stored credential has no secret.
-pub fn needs_secrets(db: &Db, credential: i64) -> Result<bool, ApiError> {
+pub fn needs_secrets(db: &Db, credential: i64) -> Result<bool, Problem> {
     Ok(db.secrets(credential)?.is_empty())
 }
 
@@ -257,7 +257,7 @@ fn unbind_moved_secrets(
     kind: CredentialType,
     after_public: &Map<String, Value>,
     carried: &[&str],
-) -> Result<bool, ApiError> {
+) -> Result<bool, Problem> {
     // A stored record that does not parse is treated as another destination: forgetting is
     // the safe side.
     let old: Map<String, Value> = serde_json::from_str(&before.public).unwrap_or_default();
@@ -282,10 +282,10 @@ pub fn upsert_from_bundle(
     container_id: i64,
     container: &ContainerPath,
     c: &Credential,
-) -> Result<Upserted, ApiError> {
+) -> Result<Upserted, Problem> {
     let path = container.object_path(&c.name);
     let public_map = c.public_json();
-    let public = serde_json::to_string(&public_map).map_err(ApiError::internal)?;
+    let public = serde_json::to_string(&public_map).map_err(Problem::internal)?;
     let (id, before) =
         tx.upsert_credential(container_id, c.name.as_str(), c.kind.as_str(), &public)?;
     let carried: Vec<&str> = c.secrets.keys().copied().collect();
@@ -304,7 +304,7 @@ pub fn upsert_from_bundle(
             }
             // read_payload opens every sealed value when given the identity, or fails.
             SecretValue::Sealed(_) => {
-                return Err(ApiError::internal(format!(
+                return Err(Problem::internal(format!(
                     "credential {path}: field {field} still sealed after verification"
                 )));
             }
@@ -326,32 +326,32 @@ pub fn patch(
     path: &str,
     row: &CredentialRow,
     body: &Value,
-) -> Result<(), ApiError> {
+) -> Result<(), Problem> {
     let Value::Object(body) = body else {
-        return Err(ApiError::unprocessable(
-            "bad-request-body",
+        return Err(Problem::unprocessable(
+            ProblemCode::BadRequestBody,
             "the body must be a JSON object of fields to change",
         ));
     };
     let current = public_credential(path, row)?;
     let kind = current.kind;
     let mut map: Map<String, Value> =
-        serde_json::from_str(&row.public).map_err(ApiError::internal)?;
+        serde_json::from_str(&row.public).map_err(Problem::internal)?;
     let mut cleared: Vec<&str> = Vec::new();
     let mut set_secrets = Map::new();
     for (k, v) in body {
         match k.as_str() {
             "name" | "type" => {
                 if map.get(k) != Some(v) {
-                    return Err(ApiError::unprocessable(
-                        "read-only-field",
+                    return Err(Problem::unprocessable(
+                        ProblemCode::ReadOnlyField,
                         format!("field `{k}` cannot be changed by PATCH"),
                     ));
                 }
             }
             "path" | "needs_secrets" | "needs_authorization" => {
-                return Err(ApiError::unprocessable(
-                    "read-only-field",
+                return Err(Problem::unprocessable(
+                    ProblemCode::ReadOnlyField,
                     format!("field `{k}` is computed by the receiver and cannot be set"),
                 ));
             }
@@ -361,8 +361,8 @@ pub fn patch(
                     set_secrets.insert(k.clone(), v.clone());
                 }
                 _ => {
-                    return Err(ApiError::unprocessable(
-                        "bad-record",
+                    return Err(Problem::unprocessable(
+                        ProblemCode::BadRecord,
                         format!("{path}: field `{k}`: expected a string or null"),
                     ));
                 }
@@ -379,16 +379,16 @@ pub fn patch(
     let mut check = map.clone();
     check.extend(set_secrets);
     let parsed = Credential::from_map(path, &check, RecordForm::Admin)
-        .map_err(|e| ApiError::unprocessable("bad-record", e.to_string()))?;
-    let public = serde_json::to_string(&parsed.public_json()).map_err(ApiError::internal)?;
+        .map_err(|e| Problem::unprocessable(ProblemCode::BadRecord, e.to_string()))?;
+    let public = serde_json::to_string(&parsed.public_json()).map_err(Problem::internal)?;
     let (container, name) = ContainerPath::parse(path)
         .ok()
         .as_ref()
         .and_then(split_object_path)
-        .ok_or_else(|| ApiError::internal("stored credential path does not parse"))?;
+        .ok_or_else(|| Problem::internal("stored credential path does not parse"))?;
     let cid = tx
         .container_id(&container)?
-        .ok_or_else(|| ApiError::internal("credential's container vanished"))?;
+        .ok_or_else(|| Problem::internal("credential's container vanished"))?;
     let (_, before) = tx.upsert_credential(cid, name.as_str(), kind.as_str(), &public)?;
     for f in cleared {
         tx.clear_secret(row.id, f)?;
@@ -410,8 +410,8 @@ pub fn patch(
 }
 
 /// One problem found while resolving.
-struct Problem {
-    code: &'static str,
+struct ParamProblem {
+    code: ProblemCode,
     detail: String,
     parameter: String,
 }
@@ -428,8 +428,8 @@ pub fn resolve(
     container_id: i64,
     mapping: &Mapping,
     body: &Value,
-) -> Result<Value, ApiError> {
-    let bad = |d: String| ApiError::unprocessable("bad-request-body", d);
+) -> Result<Value, Problem> {
+    let bad = |d: String| Problem::unprocessable(ProblemCode::BadRequestBody, d);
     let Value::Object(body) = body else {
         return Err(bad(
             "the body must be an object: {\"usage\": \"http\", \"parameters\": {…}}".into(),
@@ -461,7 +461,7 @@ pub fn resolve(
         Some(Value::Object(m)) => m,
         Some(_) => return Err(bad("field `parameters` must be an object".into())),
     };
-    let mut problems: Vec<Problem> = Vec::new();
+    let mut problems: Vec<ParamProblem> = Vec::new();
     let cred_params: Vec<_> = mapping
         .parameters
         .iter()
@@ -469,8 +469,8 @@ pub fn resolve(
         .collect();
     for name in steps.keys() {
         if !cred_params.iter().any(|p| p.name.as_str() == name) {
-            problems.push(Problem {
-                code: "unknown-parameter",
+            problems.push(ParamProblem {
+                code: ProblemCode::UnknownParameter,
                 detail: format!(
                     "parameter {}: mapping {} has no credential parameter of that name",
                     flowpack_shared::names::quoted(name),
@@ -483,7 +483,7 @@ pub fn resolve(
     let mut out = Map::new();
     for p in cred_params {
         let pname = p.name.as_str();
-        let problem = |code: &'static str, detail: String| Problem {
+        let problem = |code: ProblemCode, detail: String| ParamProblem {
             code,
             detail: format!("parameter {pname}: {detail}"),
             parameter: pname.to_owned(),
@@ -498,7 +498,7 @@ pub fn resolve(
             .as_ref()
             .and_then(|r| CredentialType::parse(&r.kind));
         let type_ok = |t: CredentialType| deployed_type.is_none_or(|d| d == t);
-        let result: Result<Value, Problem> = match steps.get(pname) {
+        let result: Result<Value, ParamProblem> = match steps.get(pname) {
             Some(step) => match step_source(step) {
                 Some(StepSource::Inline(obj)) => {
                     let mut obj = obj.clone();
@@ -508,9 +508,9 @@ pub fn resolve(
                     }
                     let origin = format!("parameters.{pname}.inline");
                     match Credential::from_map(&origin, &obj, RecordForm::Admin) {
-                        Err(e) => Err(problem("bad-record", e.to_string())),
+                        Err(e) => Err(problem(ProblemCode::BadRecord, e.to_string())),
                         Ok(c) if !type_ok(c.kind) => Err(problem(
-                            "type-mismatch",
+                            ProblemCode::TypeMismatch,
                             format!(
                                 "the inline credential is of type {}, the mapping was deployed with a {} credential",
                                 c.kind.as_str(),
@@ -518,11 +518,11 @@ pub fn resolve(
                             ),
                         )),
                         Ok(c) if c.needs_secrets() => Err(problem(
-                            "missing-secrets",
+                            ProblemCode::MissingSecrets,
                             "the inline credential carries no secret".into(),
                         )),
                         Ok(c) if !c.allows(usage) => Err(problem(
-                            "usage-not-allowed",
+                            ProblemCode::UsageNotAllowed,
                             format!(
                                 "the inline credential does not allow usage {}",
                                 usage.as_str()
@@ -538,7 +538,7 @@ pub fn resolve(
                         .and_then(split_object_path)
                     {
                         None => Err(problem(
-                            "bad-step-parameter",
+                            ProblemCode::BadStepParameter,
                             format!(
                                 "{} is not a credential path such as /public/shared/erp",
                                 flowpack_shared::names::quoted(text)
@@ -546,7 +546,7 @@ pub fn resolve(
                         )),
                         Some((c, n)) => {
                             if !who.can(Perm::Use, &c) {
-                                return Err(ApiError::forbidden(format!(
+                                return Err(Problem::forbidden(format!(
                                     "parameter {pname}: you lack `use` on {}",
                                     c.object_path(&n)
                                 )));
@@ -558,17 +558,17 @@ pub fn resolve(
                     }
                 }
                 None => Err(problem(
-                    "bad-step-parameter",
+                    ProblemCode::BadStepParameter,
                     "a step parameter is {\"credential\": \"/path\"} or {\"inline\": {…}}".into(),
                 )),
             },
             None => match (&deployed, &deployed_path) {
                 (_, None) => Err(problem(
-                    "missing-credential",
+                    ProblemCode::MissingCredential,
                     "the parameter is external: give the credential as a step parameter".into(),
                 )),
                 (None, Some(path)) => Err(problem(
-                    "missing-credential",
+                    ProblemCode::MissingCredential,
                     format!(
                         "credential {path} is not stored on the receiver; deploy it or give the credential as a step parameter"
                     ),
@@ -577,14 +577,14 @@ pub fn resolve(
                     let c = public_credential(path, row)?;
                     if needs_secrets(db, row.id)? {
                         Err(problem(
-                            "missing-secrets",
+                            ProblemCode::MissingSecrets,
                             format!(
                                 "credential {path} was deployed without its secrets; fill them in (PATCH /v1/credentials/…) or give the credential as a step parameter"
                             ),
                         ))
                     } else if !c.allows(usage) {
                         Err(problem(
-                            "usage-not-allowed",
+                            ProblemCode::UsageNotAllowed,
                             format!("credential {path} does not allow usage {}", usage.as_str()),
                         ))
                     } else {
@@ -610,9 +610,9 @@ pub fn resolve(
             .join("; ");
         let params: BTreeMap<&str, &str> = problems
             .iter()
-            .map(|p| (p.parameter.as_str(), p.code))
+            .map(|p| (p.parameter.as_str(), p.code.as_str()))
             .collect();
-        return Err(ApiError::unprocessable(first.code, detail)
+        return Err(Problem::unprocessable(first.code, detail)
             .with("parameters", json!(params.keys().collect::<Vec<_>>())));
     }
     Ok(json!({ "parameters": out }))
@@ -635,7 +635,7 @@ fn step_source(v: &Value) -> Option<StepSource<'_>> {
     }
 }
 
-type Checked = Result<Value, (&'static str, String)>;
+type Checked = Result<Value, (ProblemCode, String)>;
 
 fn server_credential(
     db: &Db,
@@ -645,23 +645,23 @@ fn server_credential(
     usage: Usage,
     type_ok: &dyn Fn(CredentialType) -> bool,
     deployed_type: Option<CredentialType>,
-) -> Result<Checked, ApiError> {
+) -> Result<Checked, Problem> {
     let Some(cid) = db.container_id(container)? else {
         return Ok(Err((
-            "credential-not-found",
+            ProblemCode::CredentialNotFound,
             format!("credential {path} does not exist"),
         )));
     };
     let Some(row) = db.credential(cid, name.as_str())? else {
         return Ok(Err((
-            "credential-not-found",
+            ProblemCode::CredentialNotFound,
             format!("credential {path} does not exist"),
         )));
     };
     let c = public_credential(path, &row)?;
     Ok(if !type_ok(c.kind) {
         Err((
-            "type-mismatch",
+            ProblemCode::TypeMismatch,
             format!(
                 "credential {path} is of type {}, the mapping was deployed with a {} credential",
                 c.kind.as_str(),
@@ -670,12 +670,12 @@ fn server_credential(
         ))
     } else if needs_secrets(db, row.id)? {
         Err((
-            "missing-secrets",
+            ProblemCode::MissingSecrets,
             format!("credential {path} has no secrets"),
         ))
     } else if !c.allows(usage) {
         Err((
-            "usage-not-allowed",
+            ProblemCode::UsageNotAllowed,
             format!("credential {path} does not allow usage {}", usage.as_str()),
         ))
     } else {
@@ -684,12 +684,12 @@ fn server_credential(
 }
 
 /// The 404 for a credential (or its container) that does not exist.
-fn not_found(path: &str) -> ApiError {
-    ApiError::not_found(format!("credential {path} does not exist"))
+fn not_found(path: &str) -> Problem {
+    Problem::not_found(format!("credential {path} does not exist"))
 }
 
 /// The stored credential `n` of container `c` and its container's id; 404 when either is missing.
-pub fn find(db: &Db, c: &ContainerPath, n: &Name) -> Result<(i64, CredentialRow), ApiError> {
+pub fn find(db: &Db, c: &ContainerPath, n: &Name) -> Result<(i64, CredentialRow), Problem> {
     let missing = || not_found(&c.object_path(n));
     let cid = db.container_id(c)?.ok_or_else(missing)?;
     let row = db.credential(cid, n.as_str())?.ok_or_else(missing)?;

@@ -51,8 +51,9 @@ use tokio::sync::Semaphore;
 use crate::App;
 use crate::auth::{Perm, Principal};
 use crate::creds;
-use crate::http::{ApiError, Body, json_response};
+use crate::http::{Body, json_response};
 use crate::oauth::{Material, Tokens};
+use crate::problem::{Problem, ProblemCode};
 use crate::store::{AuditRow, Db, Replay, Tx};
 
 /// Clock skew allowed for `created_at` (SPEC §4).
@@ -84,10 +85,10 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-fn too_large(max: u64) -> ApiError {
-    ApiError::new(
+fn too_large(max: u64) -> Problem {
+    Problem::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "too-large",
+        ProblemCode::TooLarge,
         format!("the bundle is larger than this receiver's limit of {max} bytes"),
     )
 }
@@ -97,8 +98,8 @@ pub async fn handle(
     app: Arc<App>,
     who: Principal,
     req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
-    let refuse = |app: &Arc<App>, who: &Principal, e: ApiError| {
+) -> Result<Response<Body>, Problem> {
+    let refuse = |app: &Arc<App>, who: &Principal, e: Problem| {
         // The answer does not wait for the row: the job is queued once `audit` returns.
         drop(audit(app, refusal_row(who, None, &e)));
         e
@@ -125,7 +126,7 @@ pub async fn handle(
             return Err(refuse(
                 &app,
                 &who,
-                ApiError::bad_request("bad-query", "`verify` is `true` or `false`"),
+                Problem::bad_request(ProblemCode::BadQuery, "`verify` is `true` or `false`"),
             ));
         }
     };
@@ -133,9 +134,9 @@ pub async fn handle(
         return Err(refuse(
             &app,
             &who,
-            ApiError::new(
+            Problem::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
+                ProblemCode::UnsupportedMediaType,
                 "a bundle is sent as Content-Type: application/zip",
             ),
         ));
@@ -144,7 +145,7 @@ pub async fn handle(
         return Err(refuse(
             &app,
             &who,
-            ApiError::forbidden("you lack `write` on every container"),
+            Problem::forbidden("you lack `write` on every container"),
         ));
     }
     let max = app.config.limits.max_bundle_size;
@@ -161,9 +162,9 @@ pub async fn handle(
     let tmp = app
         .spawn_blocking(move || tempfile::NamedTempFile::new_in(spool))
         .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::internal(format!("creating a spool file: {e}")))?;
-    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(ApiError::internal)?);
+        .map_err(Problem::internal)?
+        .map_err(|e| Problem::internal(format!("creating a spool file: {e}")))?;
+    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(Problem::internal)?);
     let mut body = req.into_body();
     let mut total: u64 = 0;
     while let Some(frame) = crate::http::next_frame(&app, &mut body).await {
@@ -176,10 +177,10 @@ pub async fn handle(
             if total > max {
                 return Err(refuse(&app, &who, too_large(max)));
             }
-            file.write_all(&data).await.map_err(ApiError::internal)?;
+            file.write_all(&data).await.map_err(Problem::internal)?;
         }
     }
-    file.flush().await.map_err(ApiError::internal)?;
+    file.flush().await.map_err(Problem::internal)?;
     drop(file);
 
     // Checks, and a credential bundle's payload, on the blocking pool, one bundle per core;
@@ -188,7 +189,7 @@ pub async fn handle(
     let permit = checking()
         .acquire_owned()
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(Problem::internal)?;
     let worker = app.clone();
     let caller = who.clone();
     let (handover, handed) = tokio::sync::oneshot::channel();
@@ -201,7 +202,7 @@ pub async fn handle(
     });
     let prepared = handed
         .await
-        .map_err(|_| ApiError::internal("checking a bundle stopped"))?;
+        .map_err(|_| Problem::internal("checking a bundle stopped"))?;
     let obtained = match &prepared {
         // A payload already found bad is refused by the writer, after the replay checks.
         Ok(p) if verify && !p.replay && !matches!(p.payload, Some(Err(_))) => {
@@ -250,7 +251,7 @@ impl BundleInfo {
     }
 }
 
-fn refusal_row(who: &Principal, info: Option<&BundleInfo>, e: &ApiError) -> AuditRow {
+fn refusal_row(who: &Principal, info: Option<&BundleInfo>, e: &Problem) -> AuditRow {
     AuditRow {
         principal: Some(who.name.clone()),
         action: "deploy".into(),
@@ -260,7 +261,7 @@ fn refusal_row(who: &Principal, info: Option<&BundleInfo>, e: &ApiError) -> Audi
         verified: info.map(|i| i.verified),
         outcome: "refused".into(),
         status: e.status.as_u16(),
-        code: Some(e.code.clone()),
+        code: Some(e.code.as_str().to_owned()),
         detail: Some(e.detail.clone()),
         ..AuditRow::default()
     }
@@ -278,7 +279,7 @@ fn audit(app: &App, row: AuditRow) -> impl Future<Output = ()> + use<> {
     }
 }
 
-type Failed = (ApiError, Option<Box<BundleInfo>>);
+type Failed = (Problem, Option<Box<BundleInfo>>);
 
 /// The trusted signer `id`, if any. A database error is remembered in `failed`, so that the
 /// caller answers 500 instead of taking it for an unknown signer.
@@ -312,7 +313,7 @@ async fn verify_bundle(
     app: &Arc<App>,
     who: &Principal,
     prepared: &Prepared,
-) -> Result<HashMap<String, Tokens>, ApiError> {
+) -> Result<HashMap<String, Tokens>, Problem> {
     let info = prepared.info.clone();
     let checked = check_credentials(app, prepared).await;
     let (checked, e) = match checked {
@@ -345,8 +346,8 @@ async fn verify_bundle(
                     j
                 })
                 .collect();
-            let e = ApiError::unprocessable(
-                "credential-verification-failed",
+            let e = Problem::unprocessable(
+                ProblemCode::CredentialVerificationFailed,
                 format!(
                     "the bundle is refused, nothing was applied: {}",
                     failures.join("; ")
@@ -368,22 +369,22 @@ async fn verify_bundle(
 async fn check_credentials(
     app: &Arc<App>,
     prepared: &Prepared,
-) -> Result<Vec<(Material, crate::verify::Verification)>, ApiError> {
-    let file = prepared._spooled.reopen().map_err(ApiError::internal)?;
+) -> Result<Vec<(Material, crate::verify::Verification)>, Problem> {
+    let file = prepared._spooled.reopen().map_err(Problem::internal)?;
     let permit = checking()
         .acquire_owned()
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(Problem::internal)?;
     let worker = app.clone();
     let (target, creds) = app
-        .spawn_blocking(move || -> Result<_, ApiError> {
+        .spawn_blocking(move || -> Result<_, Problem> {
             let db = worker.store.db()?;
             let found = bundle_credentials(&worker, &db, file);
             drop(permit);
             found
         })
         .await
-        .map_err(ApiError::internal)??;
+        .map_err(Problem::internal)??;
     let now = app.now();
     use futures_util::StreamExt;
     // Made first: a stream over a borrowing closure is not `Send` for every lifetime.
@@ -409,10 +410,10 @@ async fn check_one(
     target: ContainerPath,
     c: Credential,
     now: flowpack_shared::timefmt::Timestamp,
-) -> Result<(Material, crate::verify::Verification), ApiError> {
+) -> Result<(Material, crate::verify::Verification), Problem> {
     let (c, target, id) = {
         let worker = app.clone();
-        app.spawn_blocking(move || -> Result<_, ApiError> {
+        app.spawn_blocking(move || -> Result<_, Problem> {
             let db = worker.store.db()?;
             let id = match db.container_id(&target)? {
                 Some(cid) => db.credential(cid, c.name.as_str())?.map(|r| r.id),
@@ -421,7 +422,7 @@ async fn check_one(
             Ok((c, target, id))
         })
         .await
-        .map_err(ApiError::internal)??
+        .map_err(Problem::internal)??
     };
     let flight = id.map(|id| app.outbound.flight(id));
     let _in_flight = match &flight {
@@ -430,12 +431,12 @@ async fn check_one(
     };
     let worker = app.clone();
     let (m, stored) = app
-        .spawn_blocking(move || -> Result<_, ApiError> {
+        .spawn_blocking(move || -> Result<_, Problem> {
             let db = worker.store.db()?;
             material(&worker, &db, &target, &c)
         })
         .await
-        .map_err(ApiError::internal)??;
+        .map_err(Problem::internal)??;
     let v = crate::verify::check(&app.outbound, &m, now).await;
     let keep = match (&v.obtained, stored) {
         (Some(tokens), Some(stored))
@@ -448,7 +449,7 @@ async fn check_one(
     if let Some((tokens, stored)) = keep {
         let path = m.path.clone();
         let worker = app.clone();
-        app.spawn_blocking(move || -> Result<(), ApiError> {
+        app.spawn_blocking(move || -> Result<(), Problem> {
             let mut db = worker.store.db()?;
             let tx = db.write()?;
             let kept = crate::oauth::store_tokens(
@@ -467,7 +468,7 @@ async fn check_one(
             Ok(())
         })
         .await
-        .map_err(ApiError::internal)??;
+        .map_err(Problem::internal)??;
     }
     Ok((m, v))
 }
@@ -489,15 +490,15 @@ fn bundle_credentials(
     app: &App,
     db: &Db,
     file: std::fs::File,
-) -> Result<(ContainerPath, Vec<Credential>), ApiError> {
+) -> Result<(ContainerPath, Vec<Credential>), Problem> {
     let limits = app.config.limits.to_limits();
     let failed = std::cell::Cell::new(false);
     let lookup = |id: &KeyId| trusted(db, id, &failed);
     let mut bundle = OpenBundle::open(BufReader::new(file), &limits, &lookup).map_err(|e| {
         if failed.get() {
-            ApiError::internal("reading trusted signers failed")
+            Problem::internal("reading trusted signers failed")
         } else {
-            ApiError::from(e)
+            Problem::from(e)
         }
     })?;
     let target = bundle.manifest().target_container.clone();
@@ -518,7 +519,7 @@ fn material(
     db: &Db,
     target: &ContainerPath,
     c: &Credential,
-) -> Result<(Material, Option<Stored>), ApiError> {
+) -> Result<(Material, Option<Stored>), Problem> {
     let path = target.object_path(&c.name);
     let public = c.public_json();
     let stored = match db.container_id(target)? {
@@ -584,9 +585,9 @@ fn same_bundle(known: &Replay, manifest_sha256: &[u8], container: &ContainerPath
     }
 }
 
-fn id_conflict(bundle_id: &str) -> ApiError {
-    ApiError::conflict(
-        "bundle-id-conflict",
+fn id_conflict(bundle_id: &str) -> Problem {
+    Problem::conflict(
+        ProblemCode::BundleIdConflict,
         format!(
             "bundle id {bundle_id} was already applied with another manifest; a bundle id names one bundle: package again for a new id"
         ),
@@ -620,11 +621,9 @@ fn prepare(
     spooled: tempfile::NamedTempFile,
 ) -> Result<Prepared, Failed> {
     let db = app.store.db().map_err(|e| (e.into(), None))?;
-    let mut file = spooled
-        .reopen()
-        .map_err(|e| (ApiError::internal(e), None))?;
+    let mut file = spooled.reopen().map_err(|e| (Problem::internal(e), None))?;
     file.seek(SeekFrom::Start(0))
-        .map_err(|e| (ApiError::internal(e), None))?;
+        .map_err(|e| (Problem::internal(e), None))?;
     let limits = app.config.limits.to_limits();
     let failed = std::cell::Cell::new(false);
     let opened = {
@@ -634,21 +633,24 @@ fn prepare(
     let mut bundle = match opened {
         Ok(b) => b,
         Err(_) if failed.get() => {
-            return Err((ApiError::internal("reading trusted signers failed"), None));
+            return Err((Problem::internal("reading trusted signers failed"), None));
         }
         Err(refusal) => {
             // What the manifest claims, when it was read before the refusal.
             let info = refusal
                 .manifest
                 .map(|m| Box::new(BundleInfo::of(&m, refusal.verified)));
-            return Err((ApiError::from(refusal.error), info));
+            return Err((Problem::from(refusal.error), info));
         }
     };
     let m = bundle.manifest().clone();
     let info = BundleInfo::of(&m, true);
-    let fail = |e: ApiError| (e, Some(Box::new(info.clone())));
+    let fail = |e: Problem| (e, Some(Box::new(info.clone())));
     if !who.can(Perm::Write, &m.target_container) {
-        return Err(fail(ApiError::lacks(Perm::Write, &m.target_container)));
+        return Err(fail(Problem::lacks(
+            Perm::Write.as_str(),
+            &m.target_container,
+        )));
     }
     let manifest_sha256 = sha256(bundle.manifest_bytes());
     // The decisions the writer takes again, read now: a bundle that would be refused, or is a
@@ -682,7 +684,7 @@ fn prepare(
 }
 
 /// Refuses a bundle created before the newest one applied to its container (`409 stale`).
-fn stale(db: &Db, m: &flowpack_shared::bundle::manifest::Manifest) -> Result<(), ApiError> {
+fn stale(db: &Db, m: &flowpack_shared::bundle::manifest::Manifest) -> Result<(), Problem> {
     let target = &m.target_container;
     let Some(newest) = db.newest_created(target.as_str())? else {
         return Ok(());
@@ -692,8 +694,8 @@ fn stale(db: &Db, m: &flowpack_shared::bundle::manifest::Manifest) -> Result<(),
     }
     let newest_text = flowpack_shared::timefmt::Timestamp::from_unix_millis(newest)
         .map_or_else(|| newest.to_string(), |t| t.to_string());
-    Err(ApiError::conflict(
-        "stale",
+    Err(Problem::conflict(
+        ProblemCode::Stale,
         format!(
             "the bundle was created at {}, before the newest bundle already applied to {target} (created at {newest_text}); package it again",
             m.created_at
@@ -720,7 +722,7 @@ fn apply(
         _spooled,
     } = prepared;
     let m = bundle.manifest().clone();
-    let fail = |e: ApiError| (e, Some(Box::new(info.clone())));
+    let fail = |e: Problem| (e, Some(Box::new(info.clone())));
     let target = &m.target_container;
     if let Some(known) = tx
         .deployment_by_bundle(m.bundle_id.as_str())
@@ -739,7 +741,7 @@ fn apply(
         }
         .map_err(|e| fail(e.into()))?;
         let mut record: Value =
-            serde_json::from_str(&known.record).map_err(|e| fail(ApiError::internal(e)))?;
+            serde_json::from_str(&known.record).map_err(|e| fail(Problem::internal(e)))?;
         if let Value::Object(o) = &mut record {
             o.insert("replayed".into(), Value::Bool(true));
         }
@@ -795,8 +797,8 @@ fn apply(
             .map_err(|e| fail(e.into()))?
     };
     if m.kind == BundleKind::Credentials && !payload.mappings.is_empty() {
-        return Err(fail(ApiError::unprocessable(
-            "bad-record",
+        return Err(fail(Problem::unprocessable(
+            ProblemCode::BadRecord,
             "a standalone credential bundle carries mappings",
         )));
     }
@@ -812,7 +814,7 @@ fn apply(
                 .new_mapping_version(cid, &mapping.name, did)
                 .map_err(|e| fail(e.into()))?,
         };
-        let def = serde_json::to_string(mapping).map_err(|e| fail(ApiError::internal(e)))?;
+        let def = serde_json::to_string(mapping).map_err(|e| fail(Problem::internal(e)))?;
         let replaced = tx
             .finish_mapping_version(cid, &mapping.name, vid, &def)
             .map_err(|e| fail(e.into()))?;
@@ -829,9 +831,9 @@ fn apply(
             let row = tx
                 .credential(cid, c.name.as_str())
                 .map_err(|e| fail(e.into()))?
-                .ok_or_else(|| fail(ApiError::internal("an upserted credential vanished")))?;
+                .ok_or_else(|| fail(Problem::internal("an upserted credential vanished")))?;
             let public =
-                serde_json::from_str(&row.public).map_err(|e| fail(ApiError::internal(e)))?;
+                serde_json::from_str(&row.public).map_err(|e| fail(Problem::internal(e)))?;
             crate::oauth::write_tokens(tx, &app.keys, row.id, &up.path, &public, tokens)
                 .map_err(fail)?;
         }

@@ -10,7 +10,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::fmt::Display;
 use std::io::Read;
 use std::num::NonZeroUsize;
 use std::panic::AssertUnwindSafe;
@@ -19,7 +18,6 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use flowpack_shared::bundle::{BundleError, Class};
 use flowpack_shared::model::mapping::{Mapping, ParamType};
 use flowpack_shared::names::{ContainerPath, Name, RelPath};
 use http_body_util::combinators::BoxBody;
@@ -32,6 +30,7 @@ use serde_json::{Value, json};
 use crate::App;
 use crate::auth::{self, Perm, Principal};
 use crate::creds::{self, split_object_path};
+use crate::problem::{Problem, ProblemCode};
 use crate::store::{self, AuditRow, Db, MappingFile};
 
 /// The response body type: whole (JSON answers) or streamed (mapping files). An error while
@@ -53,119 +52,33 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 /// Largest JSON request body (PATCH, resolve).
 const MAX_JSON_BODY: usize = 1 << 20;
 
-/// An error answer: status, stable code, safe detail, optional extension members.
-#[derive(Debug)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Stable machine-readable code.
-    pub code: String,
-    /// Human-readable detail; never contains a secret.
-    pub detail: String,
-    /// Extension members of the problem document.
-    pub extra: serde_json::Map<String, Value>,
-}
-
-impl ApiError {
-    /// An error with a status, code and detail.
-    pub fn new(status: StatusCode, code: impl Into<String>, detail: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code: code.into(),
-            detail: detail.into(),
-            extra: serde_json::Map::new(),
-        }
-    }
-    /// Adds an extension member.
-    pub fn with(mut self, key: &str, value: Value) -> Self {
-        self.extra.insert(key.to_owned(), value);
-        self
-    }
-    /// 400.
-    pub fn bad_request(code: &str, detail: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, code, detail)
-    }
-    /// 401.
-    pub fn unauthorized() -> Self {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid bearer token is required (Authorization: Bearer fpt_…)",
-        )
-    }
-    /// 403.
-    pub fn forbidden(detail: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail)
-    }
-    /// 403 for a missing grant on a container.
-    pub fn lacks(perm: Perm, path: &ContainerPath) -> Self {
-        ApiError::forbidden(format!("you lack `{}` on {path}", perm.as_str()))
-    }
-    /// 404.
-    pub fn not_found(detail: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "not-found", detail)
-    }
-    /// 409.
-    pub fn conflict(code: &str, detail: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::CONFLICT, code, detail)
-    }
-    /// 422.
-    pub fn unprocessable(code: &str, detail: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
-    }
-    /// 500: the cause goes to the log only.
-    pub fn internal(cause: impl Display) -> Self {
-        tracing::error!(error = %cause, "internal error");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "an internal error occurred; the receiver's log has the details",
-        )
-    }
-
-    /// The problem+json answer.
-    pub fn into_response(self) -> Response<Body> {
-        let title = self.status.canonical_reason().unwrap_or("Error");
-        let mut doc = serde_json::Map::new();
-        doc.insert(
-            "type".into(),
-            Value::String(format!("urn:flowpack:problem:{}", self.code)),
-        );
-        doc.insert("title".into(), Value::String(title.into()));
-        doc.insert("status".into(), Value::from(self.status.as_u16()));
-        doc.insert("detail".into(), Value::String(self.detail));
-        doc.insert("code".into(), Value::String(self.code));
-        doc.extend(self.extra);
-        let mut r = json_response(self.status, &Value::Object(doc));
-        r.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        r
-    }
-}
-
-impl From<store::Error> for ApiError {
-    fn from(e: store::Error) -> Self {
-        ApiError::internal(e)
-    }
-}
-
-impl From<BundleError> for ApiError {
-    fn from(e: BundleError) -> Self {
-        if e.class() == Class::Internal {
-            return ApiError::internal(format!("reading a bundle: {e}"));
-        }
-        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
-        ApiError::new(status, e.code(), e.to_string())
-    }
+/// The problem+json answer for `p`.
+pub fn problem_response(p: Problem) -> Response<Body> {
+    let title = p.status.canonical_reason().unwrap_or("Error");
+    let code = p.code.as_str();
+    let mut doc = serde_json::Map::new();
+    doc.insert(
+        "type".into(),
+        Value::String(format!("urn:flowpack:problem:{code}")),
+    );
+    doc.insert("title".into(), Value::String(title.into()));
+    doc.insert("status".into(), Value::from(p.status.as_u16()));
+    doc.insert("detail".into(), Value::String(p.detail));
+    doc.insert("code".into(), Value::String(code.into()));
+    doc.extend(p.extra);
+    let mut r = json_response(p.status, &Value::Object(doc));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    r
 }
 
 /// A JSON answer; a value that cannot be serialized is a 500, never an empty 2xx.
 pub fn json_response(status: StatusCode, v: &(impl serde::Serialize + ?Sized)) -> Response<Body> {
     match serde_json::to_vec(v) {
         Ok(body) => json_bytes_response(status, body),
-        Err(e) => ApiError::internal(format!("serializing an answer: {e}")).into_response(),
+        Err(e) => problem_response(Problem::internal(format!("serializing an answer: {e}"))),
     }
 }
 
@@ -174,16 +87,19 @@ pub fn json_response(status: StatusCode, v: &(impl serde::Serialize + ?Sized)) -
 pub(crate) async fn next_frame(
     app: &App,
     body: &mut Incoming,
-) -> Option<Result<Frame<Bytes>, ApiError>> {
+) -> Option<Result<Frame<Bytes>, Problem>> {
     match tokio::time::timeout(app.body_idle, body.frame()).await {
         Ok(frame) => frame.map(|f| {
             f.map_err(|e| {
-                ApiError::bad_request("body-read", format!("reading the request body failed: {e}"))
+                Problem::bad_request(
+                    ProblemCode::BodyRead,
+                    format!("reading the request body failed: {e}"),
+                )
             })
         }),
-        Err(_) => Some(Err(ApiError::new(
+        Err(_) => Some(Err(Problem::new(
             StatusCode::REQUEST_TIMEOUT,
-            "body-timeout",
+            ProblemCode::BodyTimeout,
             format!(
                 "no part of the request body arrived for {} ms",
                 app.body_idle.as_millis()
@@ -216,7 +132,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
     let started = std::time::Instant::now();
     let (resp, who) = match route(app, req, &method, &path).await {
         Ok((r, who)) => (r, who),
-        Err((e, who)) => (e.into_response(), who),
+        Err((e, who)) => (problem_response(e), who),
     };
     tracing::info!(
         %method,
@@ -229,13 +145,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
     Ok(resp)
 }
 
-type Routed = Result<(Response<Body>, Option<String>), (ApiError, Option<String>)>;
+type Routed = Result<(Response<Body>, Option<String>), (Problem, Option<String>)>;
 
 /// Runs `f` on a blocking thread with a fresh connection.
 pub async fn blocking<T: Send + 'static>(
     app: &Arc<App>,
-    f: impl FnOnce(&App, &mut Db) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
+    f: impl FnOnce(&App, &mut Db) -> Result<T, Problem> + Send + 'static,
+) -> Result<T, Problem> {
     let worker = app.clone();
     app.spawn_blocking(move || {
         let app = worker;
@@ -243,7 +159,7 @@ pub async fn blocking<T: Send + 'static>(
         f(&app, &mut db)
     })
     .await
-    .map_err(ApiError::internal)?
+    .map_err(Problem::internal)?
 }
 
 fn bearer(req: &Request<Incoming>) -> Option<String> {
@@ -255,23 +171,23 @@ fn bearer(req: &Request<Incoming>) -> Option<String> {
 }
 
 /// Authenticates the request's bearer token.
-async fn authenticate(app: &Arc<App>, req: &Request<Incoming>) -> Result<Principal, ApiError> {
-    let token = zeroize::Zeroizing::new(bearer(req).ok_or_else(ApiError::unauthorized)?);
+async fn authenticate(app: &Arc<App>, req: &Request<Incoming>) -> Result<Principal, Problem> {
+    let token = zeroize::Zeroizing::new(bearer(req).ok_or_else(Problem::unauthorized)?);
     blocking(app, move |_, db| {
-        auth::authenticate(db, &token)?.ok_or_else(ApiError::unauthorized)
+        auth::authenticate(db, &token)?.ok_or_else(Problem::unauthorized)
     })
     .await
 }
 
-async fn read_json(app: &App, req: Request<Incoming>) -> Result<Value, ApiError> {
+async fn read_json(app: &App, req: Request<Incoming>) -> Result<Value, Problem> {
     let mut incoming = req.into_body();
     let mut body = Vec::new();
     while let Some(frame) = next_frame(app, &mut incoming).await {
         if let Ok(data) = frame?.into_data() {
             if body.len() + data.len() > MAX_JSON_BODY {
-                return Err(ApiError::new(
+                return Err(Problem::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "too-large",
+                    ProblemCode::TooLarge,
                     format!("the request body is larger than {MAX_JSON_BODY} bytes"),
                 ));
             }
@@ -279,15 +195,19 @@ async fn read_json(app: &App, req: Request<Incoming>) -> Result<Value, ApiError>
         }
     }
     // serde_json's message gives only a line and column, never the content.
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("bad-json", format!("the body is not valid JSON: {e}")))
+    serde_json::from_slice(&body).map_err(|e| {
+        Problem::bad_request(
+            ProblemCode::BadJson,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
 }
 
 /// Parses `public/orders/erp` into the container `/public/orders` and the name `erp`.
-fn object_path(rest: &str) -> Result<(ContainerPath, Name), ApiError> {
+fn object_path(rest: &str) -> Result<(ContainerPath, Name), Problem> {
     let bad = || {
-        ApiError::bad_request(
-            "bad-path",
+        Problem::bad_request(
+            ProblemCode::BadPath,
             format!(
                 "{} is not an object path: expected CONTAINER/NAME without a leading slash, e.g. public/orders/erp",
                 flowpack_shared::names::quoted(rest)
@@ -301,8 +221,8 @@ fn object_path(rest: &str) -> Result<(ContainerPath, Name), ApiError> {
     split_object_path(&full).ok_or_else(bad)
 }
 
-fn container_path(rest: &str) -> Result<ContainerPath, ApiError> {
-    ContainerPath::from_url_form(rest).map_err(|e| ApiError::bad_request("bad-path", e.0))
+fn container_path(rest: &str) -> Result<ContainerPath, Problem> {
+    ContainerPath::from_url_form(rest).map_err(|e| Problem::bad_request(ProblemCode::BadPath, e.0))
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -327,7 +247,7 @@ fn percent_decode(s: &str) -> Option<String> {
 pub(crate) fn query_params(
     req: &Request<Incoming>,
     allowed: &[&str],
-) -> Result<std::collections::BTreeMap<String, String>, ApiError> {
+) -> Result<std::collections::BTreeMap<String, String>, Problem> {
     let mut out = std::collections::BTreeMap::new();
     let Some(q) = req.uri().query() else {
         return Ok(out);
@@ -335,8 +255,9 @@ pub(crate) fn query_params(
     for pair in q.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let decode = |s: &str| {
-            percent_decode(&s.replace('+', " "))
-                .ok_or_else(|| ApiError::bad_request("bad-query", "invalid percent-encoding"))
+            percent_decode(&s.replace('+', " ")).ok_or_else(|| {
+                Problem::bad_request(ProblemCode::BadQuery, "invalid percent-encoding")
+            })
         };
         let (k, v) = (decode(k)?, decode(v)?);
         if !allowed.contains(&k.as_str()) {
@@ -345,8 +266,8 @@ pub(crate) fn query_params(
             } else {
                 format!("this endpoint takes {}", allowed.join(", "))
             };
-            return Err(ApiError::bad_request(
-                "bad-query",
+            return Err(Problem::bad_request(
+                ProblemCode::BadQuery,
                 format!(
                     "unknown query parameter {}: {known}",
                     flowpack_shared::names::quoted(&k)
@@ -354,8 +275,8 @@ pub(crate) fn query_params(
             ));
         }
         if out.contains_key(&k) {
-            return Err(ApiError::bad_request(
-                "bad-query",
+            return Err(Problem::bad_request(
+                ProblemCode::BadQuery,
                 format!("query parameter `{k}` is given twice"),
             ));
         }
@@ -365,7 +286,7 @@ pub(crate) fn query_params(
 }
 
 /// Refuses any query parameter (`400 bad-query`): for endpoints that take none.
-fn no_query(req: &Request<Incoming>) -> Result<(), ApiError> {
+fn no_query(req: &Request<Incoming>) -> Result<(), Problem> {
     query_params(req, &[]).map(drop)
 }
 
@@ -383,19 +304,21 @@ struct Page {
 
 impl Page {
     /// Parses `?container=P&limit=N&before=ID`.
-    fn parse(req: &Request<Incoming>) -> Result<Page, ApiError> {
+    fn parse(req: &Request<Incoming>) -> Result<Page, Problem> {
         let q = query_params(req, &["container", "limit", "before"])?;
         let container = q
             .get("container")
-            .map(|c| ContainerPath::parse(c).map_err(|e| ApiError::bad_request("bad-path", e.0)))
+            .map(|c| {
+                ContainerPath::parse(c).map_err(|e| Problem::bad_request(ProblemCode::BadPath, e.0))
+            })
             .transpose()?;
         let limit = match q.get("limit") {
             None => DEFAULT_PAGE,
             Some(l) => match l.parse::<usize>() {
                 Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
                 _ => {
-                    return Err(ApiError::bad_request(
-                        "bad-query",
+                    return Err(Problem::bad_request(
+                        ProblemCode::BadQuery,
                         format!("`limit` is a whole number from 1 to {MAX_PAGE}"),
                     ));
                 }
@@ -405,8 +328,8 @@ impl Page {
             .get("before")
             .map(|b| {
                 b.parse::<i64>().ok().filter(|b| *b > 0).ok_or_else(|| {
-                    ApiError::bad_request(
-                        "bad-query",
+                    Problem::bad_request(
+                        ProblemCode::BadQuery,
                         "`before` is an id from a previous page's `next`",
                     )
                 })
@@ -420,7 +343,7 @@ impl Page {
     }
 }
 
-pub(crate) fn query_param(req: &Request<Incoming>, key: &str) -> Result<Option<String>, ApiError> {
+pub(crate) fn query_param(req: &Request<Incoming>, key: &str) -> Result<Option<String>, Problem> {
     let Some(q) = req.uri().query() else {
         return Ok(None);
     };
@@ -429,16 +352,18 @@ pub(crate) fn query_param(req: &Request<Incoming>, key: &str) -> Result<Option<S
         if k == key {
             return percent_decode(&v.replace('+', " "))
                 .map(Some)
-                .ok_or_else(|| ApiError::bad_request("bad-query", "invalid percent-encoding"));
+                .ok_or_else(|| {
+                    Problem::bad_request(ProblemCode::BadQuery, "invalid percent-encoding")
+                });
         }
     }
     Ok(None)
 }
 
-fn method_not_allowed() -> ApiError {
-    ApiError::new(
+fn method_not_allowed() -> Problem {
+    Problem::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
+        ProblemCode::MethodNotAllowed,
         "this method is not allowed on this path",
     )
 }
@@ -466,7 +391,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>, method: &Method, path: &st
         _ => {}
     }
     if !path.starts_with("/v1/") {
-        return Err((ApiError::not_found("no such endpoint"), None));
+        return Err((Problem::not_found("no such endpoint"), None));
     }
     if path == "/v1/oauth/callback" {
         if *method != Method::GET {
@@ -498,11 +423,11 @@ async fn route(app: Arc<App>, req: Request<Incoming>, method: &Method, path: &st
 /// parsed before the task; a parse error is answered only after authentication, so an
 /// unauthenticated caller gets 401 whatever the path.
 enum ReadRequest {
-    Deployments(Result<Page, ApiError>),
-    Audit(Result<Page, ApiError>),
-    Container(Result<ContainerPath, ApiError>),
-    Mapping(Result<(ContainerPath, Name), ApiError>),
-    Credential(Result<(ContainerPath, Name), ApiError>),
+    Deployments(Result<Page, Problem>),
+    Audit(Result<Page, Problem>),
+    Container(Result<ContainerPath, Problem>),
+    Mapping(Result<(ContainerPath, Name), Problem>),
+    Credential(Result<(ContainerPath, Name), Problem>),
 }
 
 impl ReadRequest {
@@ -530,7 +455,7 @@ impl ReadRequest {
         })
     }
 
-    fn answer(self, db: &Db, who: &Principal) -> Result<Response<Body>, ApiError> {
+    fn answer(self, db: &Db, who: &Principal) -> Result<Response<Body>, Problem> {
         match self {
             ReadRequest::Deployments(page) => list_deployments(db, who, &page?),
             ReadRequest::Audit(page) => list_audit(db, who, &page?),
@@ -553,7 +478,7 @@ impl ReadRequest {
 /// with what the receiver holds, get a blocking thread each.
 async fn read_in_one_hop(app: &Arc<App>, req: &Request<Incoming>, read: ReadRequest) -> Routed {
     let Some(token) = bearer(req).map(zeroize::Zeroizing::new) else {
-        return Err((ApiError::unauthorized(), None));
+        return Err((Problem::unauthorized(), None));
     };
     let queued = matches!(read, ReadRequest::Credential(_));
     let worker = app.clone();
@@ -561,7 +486,7 @@ async fn read_in_one_hop(app: &Arc<App>, req: &Request<Incoming>, read: ReadRequ
         let db = worker.store.db().map_err(|e| (e.into(), None))?;
         let who = match auth::authenticate(&db, &token) {
             Ok(Some(who)) => who,
-            Ok(None) => return Err((ApiError::unauthorized(), None)),
+            Ok(None) => return Err((Problem::unauthorized(), None)),
             Err(e) => return Err((e.into(), None)),
         };
         let name = Some(who.name.clone());
@@ -579,10 +504,10 @@ async fn read_in_one_hop(app: &Arc<App>, req: &Request<Incoming>, read: ReadRequ
         // The sender is dropped unanswered only if the read panicked.
         answered
             .await
-            .unwrap_or_else(|_| Err((ApiError::internal("a queued read stopped"), None)))
+            .unwrap_or_else(|_| Err((Problem::internal("a queued read stopped"), None)))
     } else {
         let done = app.spawn_blocking(work).await;
-        done.unwrap_or_else(|e| Err((ApiError::internal(e), None)))
+        done.unwrap_or_else(|e| Err((Problem::internal(e), None)))
     }
 }
 
@@ -700,7 +625,7 @@ async fn route_authenticated(
     req: Request<Incoming>,
     method: &Method,
     path: &str,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, Problem> {
     let rest = path.strip_prefix("/v1/").unwrap_or_default();
     let (head, tail) = rest.split_once('/').unwrap_or((rest, ""));
     // A deploy reads its own parameters; no other endpoint here takes any.
@@ -721,7 +646,7 @@ async fn route_authenticated(
             };
             let (c, n) = object_path(m)?;
             if !who.can(Perm::Use, &c) {
-                return Err(ApiError::lacks(Perm::Use, &c));
+                return Err(Problem::lacks(Perm::Use.as_str(), &c));
             }
             let body = read_json(&app, req).await?;
             blocking(&app, move |_, db| resolve(db, &who, &c, &n, &body)).await
@@ -747,7 +672,7 @@ async fn route_authenticated(
         ("credentials", &Method::PATCH) => {
             let (c, n) = object_path(tail)?;
             if !who.can(Perm::Write, &c) {
-                return Err(ApiError::lacks(Perm::Write, &c));
+                return Err(Problem::lacks(Perm::Write.as_str(), &c));
             }
             let body = read_json(&app, req).await?;
             blocking(&app, move |app, db| {
@@ -760,26 +685,26 @@ async fn route_authenticated(
             blocking(&app, move |_, db| delete_credential(db, &who, &c, &n)).await
         }
         ("containers" | "mappings" | "credentials" | "audit", _) => Err(method_not_allowed()),
-        _ => Err(ApiError::not_found("no such endpoint")),
+        _ => Err(Problem::not_found("no such endpoint")),
     }
 }
 
-fn require(who: &Principal, perm: Perm, c: &ContainerPath) -> Result<(), ApiError> {
+fn require(who: &Principal, perm: Perm, c: &ContainerPath) -> Result<(), Problem> {
     if who.can(perm, c) {
         Ok(())
     } else {
-        Err(ApiError::lacks(perm, c))
+        Err(Problem::lacks(perm.as_str(), c))
     }
 }
 
-fn existing_container(db: &Db, c: &ContainerPath) -> Result<i64, ApiError> {
+fn existing_container(db: &Db, c: &ContainerPath) -> Result<i64, Problem> {
     db.container_id(c)?
-        .ok_or_else(|| ApiError::not_found(format!("container {c} does not exist")))
+        .ok_or_else(|| Problem::not_found(format!("container {c} does not exist")))
 }
 
 /// What a listing filtered to `page.container` may show: nothing is read unless the caller
 /// may read that container; unfiltered, the store keeps to the containers the caller can read.
-fn visible_for(who: &Principal, page: &Page) -> Result<store::Visible, ApiError> {
+fn visible_for(who: &Principal, page: &Page) -> Result<store::Visible, Problem> {
     match &page.container {
         Some(c) => {
             require(who, Perm::Read, c)?;
@@ -801,7 +726,7 @@ fn paged<T>(mut rows: Vec<T>, page: &Page, id: impl Fn(&T) -> i64) -> (Vec<T>, V
     (rows, next)
 }
 
-fn list_deployments(db: &Db, who: &Principal, page: &Page) -> Result<Response<Body>, ApiError> {
+fn list_deployments(db: &Db, who: &Principal, page: &Page) -> Result<Response<Body>, Problem> {
     let visible = visible_for(who, page)?;
     let container = page.container.as_ref().map(ContainerPath::as_str);
     let rows = db.deployments_page(&visible, container, page.before, page.limit + 1)?;
@@ -810,7 +735,7 @@ fn list_deployments(db: &Db, who: &Principal, page: &Page) -> Result<Response<Bo
         .iter()
         .map(|(_, record)| serde_json::from_str::<Value>(record))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(ApiError::internal)?;
+        .map_err(Problem::internal)?;
     Ok(json_response(
         StatusCode::OK,
         &json!({"deployments": records, "next": next}),
@@ -819,7 +744,7 @@ fn list_deployments(db: &Db, who: &Principal, page: &Page) -> Result<Response<Bo
 
 /// The audit trail, newest first. A refusal whose manifest could not be read names no
 /// container: only callers who can read everything see it.
-fn list_audit(db: &Db, who: &Principal, page: &Page) -> Result<Response<Body>, ApiError> {
+fn list_audit(db: &Db, who: &Principal, page: &Page) -> Result<Response<Body>, Problem> {
     let visible = visible_for(who, page)?;
     let container = page.container.as_ref().map(ContainerPath::as_str);
     let rows = db.audit_page(&visible, container, page.before, page.limit + 1)?;
@@ -830,7 +755,7 @@ fn list_audit(db: &Db, who: &Principal, page: &Page) -> Result<Response<Body>, A
     ))
 }
 
-fn show_container(db: &Db, who: &Principal, c: &ContainerPath) -> Result<Response<Body>, ApiError> {
+fn show_container(db: &Db, who: &Principal, c: &ContainerPath) -> Result<Response<Body>, Problem> {
     require(who, Perm::Read, c)?;
     let id = existing_container(db, c)?;
     let (containers, mappings, credentials) = db.children(id)?;
@@ -845,12 +770,12 @@ fn load_mapping(
     db: &Db,
     c: &ContainerPath,
     n: &Name,
-) -> Result<(i64, store::MappingRow, Mapping), ApiError> {
-    let missing = || ApiError::not_found(format!("mapping {} does not exist", c.object_path(n)));
+) -> Result<(i64, store::MappingRow, Mapping), Problem> {
+    let missing = || Problem::not_found(format!("mapping {} does not exist", c.object_path(n)));
     let cid = db.container_id(c)?.ok_or_else(missing)?;
     let row = db.mapping(cid, n.as_str())?.ok_or_else(missing)?;
     let m =
-        Mapping::parse(&c.object_path(n), row.definition.as_bytes()).map_err(ApiError::internal)?;
+        Mapping::parse(&c.object_path(n), row.definition.as_bytes()).map_err(Problem::internal)?;
     Ok((cid, row, m))
 }
 
@@ -859,7 +784,7 @@ fn show_mapping(
     who: &Principal,
     c: &ContainerPath,
     n: &Name,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, Problem> {
     require(who, Perm::Read, c)?;
     let (cid, row, m) = load_mapping(db, c, n)?;
     let mut params = Vec::new();
@@ -886,7 +811,7 @@ fn show_mapping(
             })),
         }
     }
-    let mut v = serde_json::to_value(&m).map_err(ApiError::internal)?;
+    let mut v = serde_json::to_value(&m).map_err(Problem::internal)?;
     if let Value::Object(o) = &mut v {
         o.insert("path".into(), Value::String(c.object_path(n)));
         o.entry("description").or_insert(Value::Null);
@@ -911,8 +836,8 @@ async fn stream_mapping_file(
     app: &Arc<App>,
     who: Principal,
     tail: String,
-) -> Result<Response<Body>, ApiError> {
-    let (answer, answered) = tokio::sync::oneshot::channel::<Result<Response<Body>, ApiError>>();
+) -> Result<Response<Body>, Problem> {
+    let (answer, answered) = tokio::sync::oneshot::channel::<Result<Response<Body>, Problem>>();
     let worker = app.clone();
     app.spawn_blocking(move || {
         let app = worker;
@@ -949,7 +874,7 @@ async fn stream_mapping_file(
     // The sender is dropped unanswered only if the thread panicked.
     answered
         .await
-        .map_err(|_| ApiError::internal("the mapping file reader stopped"))?
+        .map_err(|_| Problem::internal("the mapping file reader stopped"))?
 }
 
 /// Sends `file` down `pieces`; stops at the end, at a read error (sent on, so the connection is
@@ -1028,11 +953,7 @@ impl hyper::body::Body for ChannelBody {
 
 /// Finds what a `…/files/…` path names. The path is split at the first `/files/` whose left
 /// side names a live mapping, so containers may themselves be named `files`.
-fn mapping_file<'db>(
-    db: &'db Db,
-    who: &Principal,
-    tail: &str,
-) -> Result<FileAnswer<'db>, ApiError> {
+fn mapping_file<'db>(db: &'db Db, who: &Principal, tail: &str) -> Result<FileAnswer<'db>, Problem> {
     let mut first_error = None;
     for (i, _) in tail.match_indices("/files/") {
         let (left, file) = (&tail[..i], &tail[i + "/files/".len()..]);
@@ -1040,7 +961,7 @@ fn mapping_file<'db>(
             continue;
         };
         if !who.can(Perm::Read, &c) {
-            first_error.get_or_insert(ApiError::lacks(Perm::Read, &c));
+            first_error.get_or_insert(Problem::lacks(Perm::Read.as_str(), &c));
             continue;
         }
         let (_, row, m) = match load_mapping(db, &c, &n) {
@@ -1055,17 +976,20 @@ fn mapping_file<'db>(
             .map(|seg| percent_decode(seg).filter(|s| !s.contains('/')))
             .collect::<Option<Vec<_>>>()
             .map(|segs| segs.join("/"))
-            .ok_or_else(|| ApiError::bad_request("bad-path", "invalid percent-encoding"))?;
-        let rel = RelPath::parse(&decoded).map_err(|e| ApiError::bad_request("bad-path", e.0))?;
+            .ok_or_else(|| {
+                Problem::bad_request(ProblemCode::BadPath, "invalid percent-encoding")
+            })?;
+        let rel = RelPath::parse(&decoded)
+            .map_err(|e| Problem::bad_request(ProblemCode::BadPath, e.0))?;
         if !m.files.contains(&rel) {
-            return Err(ApiError::not_found(format!(
+            return Err(Problem::not_found(format!(
                 "mapping {} has no file {rel}",
                 c.object_path(&n)
             )));
         }
         let file = db
             .mapping_file(row.version_id, rel.as_str())?
-            .ok_or_else(|| ApiError::internal("a listed mapping file has no blob"))?;
+            .ok_or_else(|| Problem::internal("a listed mapping file has no blob"))?;
         return Ok(FileAnswer::File(file));
     }
     // No split names a mapping: the whole path may be a mapping in a container named `files`.
@@ -1076,7 +1000,7 @@ fn mapping_file<'db>(
     {
         return show_mapping(db, who, &c, &n).map(FileAnswer::Whole);
     }
-    Err(first_error.unwrap_or_else(|| ApiError::not_found("no such mapping file")))
+    Err(first_error.unwrap_or_else(|| Problem::not_found("no such mapping file")))
 }
 
 fn resolve(
@@ -1085,7 +1009,7 @@ fn resolve(
     c: &ContainerPath,
     n: &Name,
     body: &Value,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, Problem> {
     let (cid, _, m) = load_mapping(db, c, n)?;
     let v = creds::resolve(db, who, c, cid, &m, body)?;
     Ok(json_response(StatusCode::OK, &v))
@@ -1106,10 +1030,10 @@ fn delete_mapping(
     who: &Principal,
     c: &ContainerPath,
     n: &Name,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, Problem> {
     require(who, Perm::Write, c)?;
     let tx = db.write()?;
-    let missing = || ApiError::not_found(format!("mapping {} does not exist", c.object_path(n)));
+    let missing = || Problem::not_found(format!("mapping {} does not exist", c.object_path(n)));
     let cid = tx.container_id(c)?.ok_or_else(missing)?;
     if !tx.delete_mapping(cid, n.as_str())? {
         return Err(missing());
@@ -1127,7 +1051,7 @@ fn delete_credential(
     who: &Principal,
     c: &ContainerPath,
     n: &Name,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, Problem> {
     require(who, Perm::Write, c)?;
     let path = c.object_path(n);
     let tx = db.write()?;
@@ -1135,15 +1059,15 @@ fn delete_credential(
     // A mapping references credentials of its own container (SPEC §2: of the same project).
     let mut refs = Vec::new();
     for (mname, def) in tx.mappings_in(cid)? {
-        let m = Mapping::parse(&mname, def.as_bytes()).map_err(ApiError::internal)?;
+        let m = Mapping::parse(&mname, def.as_bytes()).map_err(Problem::internal)?;
         if m.credential_refs().any(|(_, cred)| cred == n) {
             refs.push(Name::parse(&mname).map_or(mname.clone(), |mn| c.object_path(&mn)));
         }
     }
     if !refs.is_empty() {
         drop(tx);
-        let e = ApiError::conflict(
-            "credential-in-use",
+        let e = Problem::conflict(
+            ProblemCode::CredentialInUse,
             format!(
                 "credential {path} is referenced by mapping(s) {}; delete or redeploy them first",
                 refs.join(", ")
@@ -1153,7 +1077,7 @@ fn delete_credential(
         let mut row = audit_row(who, "delete-credential", c, path.clone());
         row.outcome = "refused".into();
         row.status = 409;
-        row.code = Some(e.code.clone());
+        row.code = Some(e.code.as_str().to_owned());
         row.detail = Some(e.detail.clone());
         audit_alone(db, row);
         return Err(e);
@@ -1172,7 +1096,7 @@ fn show_credential(
     who: &Principal,
     c: &ContainerPath,
     n: &Name,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, Problem> {
     require(who, Perm::Read, c)?;
     Ok(json_bytes_response(StatusCode::OK, creds::show(db, c, n)?))
 }
@@ -1184,7 +1108,7 @@ fn patch_credential(
     c: &ContainerPath,
     n: &Name,
     body: &Value,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, Problem> {
     require(who, Perm::Write, c)?;
     let path = c.object_path(n);
     let tx = db.write()?;

@@ -19,6 +19,7 @@ pub mod deploy;
 pub mod http;
 pub mod oauth;
 pub mod outbound;
+pub mod problem;
 pub mod store;
 pub mod verify;
 

@@ -39,9 +39,10 @@ use serde_json::{Map, Value, json};
 use crate::App;
 use crate::auth::{Perm, Principal};
 use crate::creds::SecretKeys;
-use crate::http::{ApiError, Body, blocking, json_response};
+use crate::http::{Body, blocking, json_response};
 pub use crate::outbound::{Outbound, shown};
 use crate::outbound::{Refused, SendFailure, UrlError};
+use crate::problem::{Problem, ProblemCode};
 use crate::store::{AuditRow, CredentialRow, Db, OAuthState, Tx};
 
 /// A token is refreshed when it expires within this margin.
@@ -143,16 +144,16 @@ impl Material {
         container: ContainerPath,
         path: String,
         row: &CredentialRow,
-    ) -> Result<Material, ApiError> {
+    ) -> Result<Material, Problem> {
         let public: Map<String, Value> =
-            serde_json::from_str(&row.public).map_err(ApiError::internal)?;
+            serde_json::from_str(&row.public).map_err(Problem::internal)?;
         let cred =
-            Credential::from_map(&path, &public, RecordForm::Admin).map_err(ApiError::internal)?;
+            Credential::from_map(&path, &public, RecordForm::Admin).map_err(Problem::internal)?;
         let mut secrets = BTreeMap::new();
         for s in db.secrets(row.id)? {
             let v = keys
                 .decrypt(&path, &s.field, &s.ciphertext)
-                .ok_or_else(|| ApiError::internal(format!("{path}: {} does not open", s.field)))?;
+                .ok_or_else(|| Problem::internal(format!("{path}: {} does not open", s.field)))?;
             secrets.insert(s.field, v);
         }
         Ok(Material {
@@ -169,7 +170,7 @@ impl Material {
 
     /// The `422 outbound-not-allowed` answer for a refused destination of this credential,
     /// scrubbed like every text about an outbound request.
-    pub fn refusal(&self, r: &Refused) -> ApiError {
+    pub fn refusal(&self, r: &Refused) -> Problem {
         let mut e = r.to_api(&format!("credential {}", self.path));
         e.detail = self.scrub(&e.detail);
         if let Some(Value::String(host)) = e.extra.get_mut("host") {
@@ -178,25 +179,25 @@ impl Material {
         e
     }
 
-    fn row_id(&self) -> Result<i64, ApiError> {
+    fn row_id(&self) -> Result<i64, Problem> {
         self.id
-            .ok_or_else(|| ApiError::internal("a bundle credential used as a stored one"))
+            .ok_or_else(|| Problem::internal("a bundle credential used as a stored one"))
     }
 }
 
 /// Loads a stored credential with its secrets; 404 when it does not exist.
-pub fn load(db: &Db, keys: &SecretKeys, c: &ContainerPath, n: &Name) -> Result<Material, ApiError> {
+pub fn load(db: &Db, keys: &SecretKeys, c: &ContainerPath, n: &Name) -> Result<Material, Problem> {
     let (_, row) = crate::creds::find(db, c, n)?;
     Material::from_row(db, keys, c.clone(), c.object_path(n), &row)
 }
 
 /// Loads a stored credential by row id; 404 when it was deleted.
-pub fn load_by_id(db: &Db, keys: &SecretKeys, id: i64) -> Result<Material, ApiError> {
+pub fn load_by_id(db: &Db, keys: &SecretKeys, id: i64) -> Result<Material, Problem> {
     let (container, name, row) = db
         .credential_by_id(id)?
-        .ok_or_else(|| ApiError::not_found("the credential was deleted"))?;
-    let c = ContainerPath::parse(&container).map_err(|e| ApiError::internal(e.0))?;
-    let n = Name::parse(&name).map_err(|e| ApiError::internal(e.0))?;
+        .ok_or_else(|| Problem::not_found("the credential was deleted"))?;
+    let c = ContainerPath::parse(&container).map_err(|e| Problem::internal(e.0))?;
+    let n = Name::parse(&name).map_err(|e| Problem::internal(e.0))?;
     let path = c.object_path(&n);
     Material::from_row(db, keys, c, path, &row)
 }
@@ -258,7 +259,7 @@ pub enum TokenError {
     /// The credential lacks what the request needs, or names an endpoint that is no URL.
     Credential {
         /// Problem code.
-        code: &'static str,
+        code: ProblemCode,
         /// What is wrong.
         detail: String,
     },
@@ -297,17 +298,17 @@ impl TokenError {
 
     /// The problem answered for a failed request of credential `m`; `tried` says what was
     /// tried. The detail is scrubbed of `m`'s secrets.
-    pub fn into_api(self, m: &Material, tried: &str) -> ApiError {
+    pub fn into_api(self, m: &Material, tried: &str) -> Problem {
         let path = &m.path;
         match &self {
             TokenError::Credential { code, detail } => {
-                ApiError::unprocessable(code, m.scrub(&format!("credential {path}: {detail}")))
+                Problem::unprocessable(*code, m.scrub(&format!("credential {path}: {detail}")))
             }
             TokenError::Refused(r) => m.refusal(r),
             TokenError::Provider { error, .. } => {
-                let e = ApiError::new(
+                let e = Problem::new(
                     StatusCode::BAD_GATEWAY,
-                    "token-endpoint-error",
+                    ProblemCode::TokenEndpointError,
                     m.scrub(&format!(
                         "credential {path}: the token endpoint refused the request ({tried}): {}",
                         self.message()
@@ -318,9 +319,9 @@ impl TokenError {
                     None => e,
                 }
             }
-            TokenError::Transport(_) => ApiError::new(
+            TokenError::Transport(_) => Problem::new(
                 StatusCode::BAD_GATEWAY,
-                "token-endpoint-unreachable",
+                ProblemCode::TokenEndpointUnreachable,
                 m.scrub(&format!(
                     "credential {path}: no token from the token endpoint ({tried}): {}",
                     self.message()
@@ -354,7 +355,7 @@ impl From<SendFailure> for TokenError {
 
 fn misconfigured(detail: impl Into<String>) -> TokenError {
     TokenError::Credential {
-        code: "oauth-misconfigured",
+        code: ProblemCode::OauthMisconfigured,
         detail: detail.into(),
     }
 }
@@ -554,13 +555,13 @@ pub fn write_tokens(
     path: &str,
     public: &Map<String, Value>,
     tokens: &Tokens,
-) -> Result<(), ApiError> {
+) -> Result<(), Problem> {
     let mut public = public.clone();
     match tokens.expires_at {
         Some(t) => public.insert("expires_at".into(), Value::String(t.to_string())),
         None => public.remove("expires_at"),
     };
-    let text = serde_json::to_string(&public).map_err(ApiError::internal)?;
+    let text = serde_json::to_string(&public).map_err(Problem::internal)?;
     tx.set_credential_public(id, &text)?;
     let ct = keys.encrypt(path, "access_token", &tokens.access_token)?;
     tx.set_secret(
@@ -587,7 +588,7 @@ pub fn store_tokens(
     path: &str,
     public: &Map<String, Value>,
     tokens: &Tokens,
-) -> Result<bool, ApiError> {
+) -> Result<bool, Problem> {
     if !tx.claim_token_version(id, version)? {
         return Ok(false);
     }
@@ -615,7 +616,7 @@ fn oauth_audit(
     }
 }
 
-fn audit_error(principal: &str, action: &str, m: &Material, e: &ApiError) -> AuditRow {
+fn audit_error(principal: &str, action: &str, m: &Material, e: &Problem) -> AuditRow {
     let mut row = oauth_audit(
         principal,
         action,
@@ -624,7 +625,7 @@ fn audit_error(principal: &str, action: &str, m: &Material, e: &ApiError) -> Aud
         e.status.as_u16(),
         e.detail.clone(),
     );
-    row.code = Some(e.code.clone());
+    row.code = Some(e.code.as_str().to_owned());
     row
 }
 
@@ -662,10 +663,10 @@ fn tokens_answer(t: &Tokens) -> Value {
 }
 
 /// Refuses a credential that is not `oauth2` or does not allow `http`.
-fn usable(m: &Material) -> Result<(), ApiError> {
+fn usable(m: &Material) -> Result<(), Problem> {
     if m.cred.kind != CredentialType::Oauth2 {
-        return Err(ApiError::unprocessable(
-            "not-oauth2",
+        return Err(Problem::unprocessable(
+            ProblemCode::NotOauth2,
             format!(
                 "credential {} is of type {}; tokens are obtained for oauth2 credentials only",
                 m.path,
@@ -678,8 +679,8 @@ fn usable(m: &Material) -> Result<(), ApiError> {
             Some(v) => v.to_json().to_string(),
             None => "[]".into(),
         };
-        return Err(ApiError::unprocessable(
-            "usage-not-allowed",
+        return Err(Problem::unprocessable(
+            ProblemCode::UsageNotAllowed,
             format!(
                 "credential {} does not allow usage http (allow_usage_for: {list}); an access token is for HTTP requests",
                 m.path
@@ -692,9 +693,9 @@ fn usable(m: &Material) -> Result<(), ApiError> {
 /// The message that refuses the implicit grant.
 pub const IMPLICIT_REFUSED: &str = "the implicit grant is deprecated by the OAuth 2.0 Security Best Current Practice (RFC 9700 §2.1.2: access tokens in redirect URLs leak, and cannot be sender-constrained or refreshed); change the credential's grant_type to authorization_code, which this receiver runs with PKCE";
 
-fn needs_authorization(m: &Material, why: &str) -> ApiError {
-    ApiError::conflict(
-        "needs-authorization",
+fn needs_authorization(m: &Material, why: &str) -> Problem {
+    Problem::conflict(
+        ProblemCode::NeedsAuthorization,
         format!(
             "credential {}: {why}; authorize it again: POST /v1/credentials{}/authorize",
             m.path, m.path
@@ -708,9 +709,9 @@ pub async fn token(
     who: Principal,
     c: ContainerPath,
     n: Name,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, Problem> {
     if !who.can(Perm::Use, &c) {
-        return Err(ApiError::lacks(Perm::Use, &c));
+        return Err(Problem::lacks(Perm::Use.as_str(), &c));
     }
     let m = blocking(&app, move |app, db| load(db, &app.keys, &c, &n)).await?;
     usable(&m)?;
@@ -732,11 +733,11 @@ pub async fn token(
 
 /// Obtains a new access token for stored credential `m` (its flight lock held): refresh when
 /// there is a refresh token, else the credential's own grant. Stores and audits the result.
-async fn obtain(app: &Arc<App>, principal: &str, m: &Material) -> Result<Tokens, ApiError> {
+async fn obtain(app: &Arc<App>, principal: &str, m: &Material) -> Result<Tokens, Problem> {
     let grant_type = m.text("grant_type");
     if grant_type == Some("implicit") {
-        return Err(ApiError::conflict(
-            "implicit-grant",
+        return Err(Problem::conflict(
+            ProblemCode::ImplicitGrant,
             format!(
                 "credential {}: its access token is missing or expired, and the receiver does not obtain tokens by the implicit grant: {IMPLICIT_REFUSED}",
                 m.path
@@ -793,8 +794,8 @@ async fn obtain(app: &Arc<App>, principal: &str, m: &Material) -> Result<Tokens,
             ));
         }
         _ => {
-            return Err(ApiError::unprocessable(
-                "oauth-misconfigured",
+            return Err(Problem::unprocessable(
+                ProblemCode::OauthMisconfigured,
                 format!(
                     "credential {}: it has no `grant_type` and no refresh token",
                     m.path
@@ -821,7 +822,7 @@ async fn keep(
     m: &Material,
     tokens: Tokens,
     outcome: &'static str,
-) -> Result<Tokens, ApiError> {
+) -> Result<Tokens, Problem> {
     let detail = match tokens.expires_at {
         Some(t) => format!("access token {outcome}; expires at {t}"),
         None => format!("access token {outcome}; no expiry given"),
@@ -850,14 +851,14 @@ pub async fn authorize(
     who: Principal,
     c: ContainerPath,
     n: Name,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, Problem> {
     if !who.can(Perm::Write, &c) {
-        return Err(ApiError::lacks(Perm::Write, &c));
+        return Err(Problem::lacks(Perm::Write.as_str(), &c));
     }
     let m = blocking(&app, move |app, db| load(db, &app.keys, &c, &n)).await?;
     if m.cred.kind != CredentialType::Oauth2 {
-        return Err(ApiError::unprocessable(
-            "not-oauth2",
+        return Err(Problem::unprocessable(
+            ProblemCode::NotOauth2,
             format!(
                 "credential {} is of type {}; only oauth2 credentials are authorized",
                 m.path,
@@ -865,12 +866,12 @@ pub async fn authorize(
             ),
         ));
     }
-    let bad = |d: String| ApiError::unprocessable("oauth-misconfigured", d);
+    let bad = |d: String| Problem::unprocessable(ProblemCode::OauthMisconfigured, d);
     match m.text("grant_type") {
         Some("authorization_code") => {}
         Some("implicit") => {
-            return Err(ApiError::unprocessable(
-                "implicit-grant-refused",
+            return Err(Problem::unprocessable(
+                ProblemCode::ImplicitGrantRefused,
                 format!(
                     "credential {}: no new authorization by the implicit grant: {IMPLICIT_REFUSED}",
                     m.path
@@ -910,7 +911,7 @@ pub async fn authorize(
     let random = || {
         flowpack_shared::seal::random::<32>()
             .map(|b| URL_SAFE_NO_PAD.encode(b))
-            .map_err(ApiError::internal)
+            .map_err(Problem::internal)
     };
     let state = zeroize::Zeroizing::new(random()?);
     let verifier = Secret::new(random()?);
@@ -965,12 +966,12 @@ pub async fn authorize(
     ))
 }
 
-fn bad_state(detail: &str) -> ApiError {
-    ApiError::bad_request("invalid-state", detail)
+fn bad_state(detail: &str) -> Problem {
+    Problem::bad_request(ProblemCode::InvalidState, detail)
 }
 
 /// `GET /v1/oauth/callback?code=…&state=…`: no bearer token; the state authenticates it.
-pub async fn callback(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn callback(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
     let q = |k: &str| crate::http::query_param(&req, k);
     let state = zeroize::Zeroizing::new(q("state")?.ok_or_else(|| {
         bad_state("the callback has no `state`: it must come from a flow started with POST /v1/credentials/{path}/authorize")
@@ -992,8 +993,8 @@ pub async fn callback(app: Arc<App>, req: Request<Incoming>) -> Result<Response<
     })?;
     let now = app.now();
     if pending.expires_at_ms < now.unix_millis() {
-        return Err(ApiError::bad_request(
-            "state-expired",
+        return Err(Problem::bad_request(
+            ProblemCode::StateExpired,
             format!(
                 "the authorization of {} took longer than {} minutes; start again with POST /v1/credentials{}/authorize",
                 pending.path,
@@ -1015,8 +1016,8 @@ pub async fn callback(app: Arc<App>, req: Request<Incoming>) -> Result<Response<
             Some(code) => format!("error {code}"),
             None => "an error code outside the standard vocabulary (not shown)".to_owned(),
         };
-        let e = ApiError::bad_request(
-            "authorization-denied",
+        let e = Problem::bad_request(
+            ProblemCode::AuthorizationDenied,
             m.scrub(&format!(
                 "the authorization server answered {shown} for credential {}",
                 m.path
@@ -1025,12 +1026,12 @@ pub async fn callback(app: Arc<App>, req: Request<Incoming>) -> Result<Response<
         audit(&app, audit_error(&principal, "oauth-callback", &m, &e)).await;
         return Err(e);
     }
-    let code = code
-        .as_ref()
-        .ok_or_else(|| ApiError::bad_request("bad-callback", "the callback has no `code`"))?;
+    let code = code.as_ref().ok_or_else(|| {
+        Problem::bad_request(ProblemCode::BadCallback, "the callback has no `code`")
+    })?;
     if m.path != pending.path || m.cred.kind != CredentialType::Oauth2 {
-        return Err(ApiError::conflict(
-            "credential-changed",
+        return Err(Problem::conflict(
+            ProblemCode::CredentialChanged,
             format!(
                 "credential {} changed during its authorization; start again",
                 pending.path
@@ -1040,7 +1041,7 @@ pub async fn callback(app: Arc<App>, req: Request<Incoming>) -> Result<Response<
     let verifier = app
         .keys
         .decrypt(&m.path, "pkce_code_verifier", &pending.verifier)
-        .ok_or_else(|| ApiError::internal("a stored PKCE verifier does not open"))?;
+        .ok_or_else(|| Problem::internal("a stored PKCE verifier does not open"))?;
     let redirect_uri = m.text("redirect_uri").unwrap_or_default().to_owned();
     let grant = Grant::Code {
         code,
@@ -1081,8 +1082,8 @@ pub async fn callback(app: Arc<App>, req: Request<Incoming>) -> Result<Response<
     })
     .await?;
     if !kept {
-        return Err(ApiError::conflict(
-            "credential-changed",
+        return Err(Problem::conflict(
+            ProblemCode::CredentialChanged,
             format!("credential {path} changed during its authorization; start again"),
         ));
     }

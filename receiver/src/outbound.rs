@@ -36,7 +36,7 @@ use serde_json::Value;
 use url::Host;
 
 use crate::datadir::Config;
-use crate::http::ApiError;
+use crate::problem::{Problem, ProblemCode};
 
 /// Most addresses of one name that a connection tries (a name may resolve to hundreds).
 pub const MAX_ADDRESSES: usize = 4;
@@ -260,9 +260,9 @@ impl Refused {
     }
 
     /// The `422 outbound-not-allowed` problem, `context` first (e.g. "credential /a/b").
-    pub fn to_api(&self, context: &str) -> ApiError {
-        ApiError::unprocessable(
-            "outbound-not-allowed",
+    pub fn to_api(&self, context: &str) -> Problem {
+        Problem::unprocessable(
+            ProblemCode::OutboundNotAllowed,
             format!("{context}: {}", self.detail()),
         )
         .with("host", Value::String(self.host.clone()))

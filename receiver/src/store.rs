@@ -219,6 +219,13 @@ pub enum Error {
 /// The result of a storage operation.
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl From<Error> for crate::problem::Problem {
+    /// Every storage fault is the receiver's own: a generic 500, the cause in the log.
+    fn from(e: Error) -> Self {
+        crate::problem::Problem::internal(e)
+    }
+}
+
 fn now() -> String {
     flowpack_shared::timefmt::Timestamp::now().to_string()
 }

@@ -32,9 +32,10 @@ use serde_json::json;
 
 use crate::App;
 use crate::auth::{Perm, Principal};
-use crate::http::{ApiError, Body, blocking, json_response};
+use crate::http::{Body, blocking, json_response};
 use crate::oauth::{self, Grant, Material, Outbound, TokenError, Tokens};
 use crate::outbound::{Refused, SendFailure, TcpError, UrlError};
+use crate::problem::Problem;
 use crate::store::AuditRow;
 
 /// How long a database connection attempt may take.
@@ -272,9 +273,9 @@ pub async fn handle(
     who: Principal,
     c: ContainerPath,
     n: Name,
-) -> Result<Response<Body>, ApiError> {
+) -> Result<Response<Body>, Problem> {
     if !who.can(Perm::Use, &c) {
-        return Err(ApiError::lacks(Perm::Use, &c));
+        return Err(Problem::lacks(Perm::Use.as_str(), &c));
     }
     let m = blocking(&app, move |app, db| oauth::load(db, &app.keys, &c, &n)).await?;
     // One verification of a credential at a time (an oauth2 refresh during verification is a
@@ -303,7 +304,7 @@ pub async fn handle(
         }
         .into(),
         status: refusal.as_ref().map_or(200, |e| e.status.as_u16()),
-        code: refusal.as_ref().map(|e| e.code.clone()),
+        code: refusal.as_ref().map(|e| e.code.as_str().to_owned()),
         detail: Some(match &v.error {
             Some(e) => format!("tried {}: {e}", v.tried),
             None => format!("tried {}", v.tried),
