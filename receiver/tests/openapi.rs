@@ -1,0 +1,1394 @@
+//! The receiver's OpenAPI document (`receiver/src/api/openapi.json`) against the receiver.
+//!
+//! The document is the contract users read, so it is checked three ways: its shape is that of
+//! an OpenAPI 3.1 document whose every `$ref` resolves; a scenario drives a live receiver through
+//! every endpoint, successes and refusals alike, and validates each answer's body against the
+//! schema the document gives for that path, method and status (JSON Schema 2020-12, with
+//! `$ref`s resolved inside the document); and every operation of the document is answered with
+//! a success at least once, so an endpoint cannot be documented without being served.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::*;
+use flowpack_shared::bundle::BundleKind;
+use flowpack_shared::keys::SigningKey;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// The document as the receiver serves it.
+const DOCUMENT: &str = include_str!("../src/api/openapi.json");
+
+/// The base URL the document is known by to the validator (never fetched).
+const BASE: &str = "https://receiver.flowpack.invalid/openapi.json";
+
+fn document() -> Value {
+    serde_json::from_str(DOCUMENT).expect("openapi.json is JSON")
+}
+
+/// `s` escaped as one JSON Pointer token.
+fn token(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
+}
+
+/// The value at a local reference (`#/a/b`), if there is one.
+fn resolve<'a>(doc: &'a Value, reference: &str) -> Option<&'a Value> {
+    doc.pointer(reference.strip_prefix('#')?)
+}
+
+/// Every `$ref` in `v`, with where it is.
+fn refs(v: &Value, at: String, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if k == "$ref"
+                    && let Value::String(r) = v
+                {
+                    out.push((at.clone(), r.clone()));
+                }
+                refs(v, format!("{at}/{}", token(k)), out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                refs(v, format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// Every (method, path template) the document has.
+fn operations(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for m in METHODS {
+            if item.get(m).is_some() {
+                out.insert((m.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_document_is_openapi_3_1_and_every_ref_resolves() {
+    let doc = document();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1."),
+        "{}",
+        doc["openapi"]
+    );
+    assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+    let paths = doc["paths"].as_object().expect("paths is an object");
+    assert!(!paths.is_empty());
+
+    let mut all = Vec::new();
+    refs(&doc, "#".into(), &mut all);
+    assert!(!all.is_empty());
+    for (at, r) in &all {
+        assert!(r.starts_with("#/"), "{at}: $ref {r} is not local");
+        assert!(
+            resolve(&doc, r).is_some(),
+            "{at}: $ref {r} does not resolve"
+        );
+    }
+
+    let mut operation_ids = BTreeSet::new();
+    for (path, item) in paths {
+        assert!(
+            path.starts_with('/'),
+            "path {path} does not start with a slash"
+        );
+        let templated: BTreeSet<&str> = path
+            .split('{')
+            .skip(1)
+            .map(|s| s.split_once('}').unwrap().0)
+            .collect();
+        for m in METHODS {
+            let Some(op) = item.get(m) else { continue };
+            let at = format!("{} {path}", m.to_uppercase());
+            let id = op["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{at}: no operationId"));
+            assert!(
+                operation_ids.insert(id.to_owned()),
+                "{at}: operationId {id} twice"
+            );
+            assert!(
+                op["x-flowpack-grant"].is_string(),
+                "{at}: no x-flowpack-grant"
+            );
+            let responses = op["responses"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{at}: no responses"));
+            assert!(!responses.is_empty(), "{at}: no responses");
+            for (status, r) in responses {
+                assert!(
+                    status.len() == 3 && status.parse::<u16>().is_ok(),
+                    "{at}: status {status}"
+                );
+                let r = match r.get("$ref") {
+                    Some(Value::String(x)) => resolve(&doc, x).unwrap(),
+                    _ => r,
+                };
+                assert!(
+                    r["description"].is_string(),
+                    "{at} {status}: no description"
+                );
+                if status.starts_with('4') || status.starts_with('5') {
+                    assert!(
+                        r["content"]["application/problem+json"].is_object(),
+                        "{at} {status}: an error answer that is not a problem document"
+                    );
+                }
+            }
+            // Every template parameter is declared, required, in the path.
+            let declared: BTreeSet<&str> = op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "path")
+                .inspect(|p| assert_eq!(p["required"], true, "{at}: {p}"))
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(declared, templated, "{at}: path parameters");
+        }
+    }
+    // Every schema compiles as JSON Schema 2020-12.
+    let v = Validator::new(&doc);
+    for name in doc["components"]["schemas"].as_object().unwrap().keys() {
+        v.compile(&format!("#/components/schemas/{}", token(name)));
+    }
+}
+
+/// Compiles schemas at locations of the document and validates answers against them.
+struct Validator {
+    doc: Value,
+    compiled: Mutex<(
+        boon::Compiler,
+        boon::Schemas,
+        BTreeMap<String, boon::SchemaIndex>,
+    )>,
+    /// (method, path template, status) of every answer checked.
+    seen: Mutex<BTreeSet<(String, String, u16)>>,
+}
+
+impl Validator {
+    fn new(doc: &Value) -> Validator {
+        let mut compiler = boon::Compiler::new();
+        compiler.set_default_draft(boon::Draft::V2020_12);
+        compiler.enable_format_assertions();
+        compiler.add_resource(BASE, doc.clone()).unwrap();
+        Validator {
+            doc: doc.clone(),
+            compiled: Mutex::new((compiler, boon::Schemas::new(), BTreeMap::new())),
+            seen: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// The compiled schema at `pointer` (`#/…`).
+    fn compile(&self, pointer: &str) -> boon::SchemaIndex {
+        let mut guard = self.compiled.lock().unwrap();
+        let (compiler, schemas, done) = &mut *guard;
+        if let Some(i) = done.get(pointer) {
+            return *i;
+        }
+        let i = compiler
+            .compile(&format!("{BASE}{pointer}"), schemas)
+            .unwrap_or_else(|e| panic!("schema at {pointer} does not compile: {e:#}"));
+        done.insert(pointer.to_owned(), i);
+        i
+    }
+
+    fn validate(&self, pointer: &str, v: &Value) -> Result<(), String> {
+        let i = self.compile(pointer);
+        let guard = self.compiled.lock().unwrap();
+        guard.1.validate(v, i).map_err(|e| format!("{e:#}"))
+    }
+
+    /// Checks an answer to `method template` against the document: its status is documented
+    /// (a method the path lacks may only be 405, a path the document lacks only 404), its
+    /// media type is the documented one (`application/problem+json` for every error), and
+    /// its body validates against the documented schema.
+    fn check(&self, method: &Method, template: &str, a: &Answer) {
+        let at = format!("{method} {template} → {}: {}", a.status, a.text());
+        self.seen
+            .lock()
+            .unwrap()
+            .insert((method.to_string(), template.to_owned(), a.status));
+        let op = self.doc["paths"]
+            .get(template)
+            .and_then(|item| item.get(method.as_str().to_lowercase()));
+        let (mut response, mut pointer) = match op {
+            Some(op) => {
+                let status = a.status.to_string();
+                let r = op["responses"]
+                    .get(&status)
+                    .unwrap_or_else(|| panic!("{at}: status not documented"));
+                (
+                    r,
+                    format!(
+                        "#/paths/{}/{}/responses/{status}",
+                        token(template),
+                        method.as_str().to_lowercase()
+                    ),
+                )
+            }
+            None => {
+                let name = match (self.doc["paths"].get(template), a.status) {
+                    (Some(_), 405) => "MethodNotAllowed",
+                    (None, 404) => "NotFoundEndpoint",
+                    _ => panic!("{at}: not an operation of the document"),
+                };
+                let p = format!("#/components/responses/{name}");
+                (resolve(&self.doc, &p).unwrap(), p)
+            }
+        };
+        if let Some(Value::String(r)) = response.get("$ref") {
+            response = resolve(&self.doc, r).unwrap();
+            pointer = r.clone();
+        }
+        if a.status >= 400 {
+            assert_eq!(a.content_type, "application/problem+json", "{at}");
+        }
+        let Some(content) = response.get("content").and_then(Value::as_object) else {
+            assert!(a.body.is_empty(), "{at}: a body where none is documented");
+            return;
+        };
+        let media = content.get(&a.content_type).unwrap_or_else(|| {
+            panic!(
+                "{at}: media type {:?} not documented ({:?})",
+                a.content_type,
+                content.keys().collect::<Vec<_>>()
+            )
+        });
+        if a.content_type.ends_with("json") {
+            let v: Value = serde_json::from_slice(&a.body)
+                .unwrap_or_else(|e| panic!("{at}: the body is not JSON: {e}"));
+            assert!(media.get("schema").is_some(), "{at}: no schema");
+            let schema = format!("{pointer}/content/{}/schema", token(&a.content_type));
+            if let Err(e) = self.validate(&schema, &v) {
+                panic!("{at}: the body does not conform to {schema}:\n{e}");
+            }
+            if a.status >= 400 {
+                assert_eq!(v["status"], a.status, "{at}");
+            }
+        }
+    }
+
+    fn seen(&self) -> BTreeSet<(String, String, u16)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn the_examples_of_the_document_conform_to_their_schemas() {
+    let doc = document();
+    let v = Validator::new(&doc);
+    let mut checked = 0;
+    let mut examples = Vec::new();
+    find_examples(&doc, "#".into(), &mut examples);
+    for (at, example) in examples {
+        if let Err(e) = v.validate(&format!("{at}/schema"), &example) {
+            panic!("the example at {at} does not conform to its schema:\n{e}");
+        }
+        checked += 1;
+    }
+    assert!(checked > 20, "only {checked} examples");
+}
+
+/// Every media type object with both a schema and an example: (its location, the example).
+fn find_examples(v: &Value, at: String, out: &mut Vec<(String, Value)>) {
+    match v {
+        Value::Object(m) => {
+            if let (Some(_), Some(e)) = (m.get("schema"), m.get("example")) {
+                out.push((at.clone(), e.clone()));
+            }
+            for (k, v) in m {
+                find_examples(v, format!("{at}/{}", token(k)), out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                find_examples(v, format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scenario
+
+/// An answer: status, media type (without parameters) and body.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    content_type: String,
+    body: Bytes,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    fn text(&self) -> String {
+        let t = String::from_utf8_lossy(&self.body);
+        t.chars().take(400).collect()
+    }
+    fn code(&self) -> Option<String> {
+        self.json()["code"].as_str().map(str::to_owned)
+    }
+}
+
+/// A request body.
+enum Body {
+    None,
+    Json(Value),
+    Raw(&'static str, Vec<u8>),
+}
+
+struct Client<'a> {
+    s: &'a Server,
+    v: &'a Validator,
+    /// Secret values that no answer may contain.
+    canaries: Vec<&'static str>,
+}
+
+impl Client<'_> {
+    /// Sends `method path` (`template` is its path in the document) and checks the answer.
+    async fn call(
+        &self,
+        method: Method,
+        template: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Body,
+    ) -> Answer {
+        let mut r = self.s.client.request(method.clone(), self.s.url(path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r = match body {
+            Body::None => r,
+            Body::Json(v) => r.json(&v),
+            Body::Raw(ct, bytes) => r.header("content-type", ct).body(bytes),
+        };
+        let resp = r.send().await.unwrap();
+        let a = Answer {
+            status: resp.status().as_u16(),
+            content_type: resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(';').next().unwrap_or("").trim().to_owned())
+                .unwrap_or_default(),
+            body: resp.bytes().await.unwrap(),
+        };
+        self.v.check(&method, template, &a);
+        for c in &self.canaries {
+            assert!(
+                !a.text().contains(c),
+                "{method} {path}: the answer shows a secret"
+            );
+        }
+        a
+    }
+
+    async fn expect(
+        &self,
+        method: Method,
+        template: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Body,
+        (status, code): (u16, Option<&str>),
+    ) -> Answer {
+        let a = self.call(method.clone(), template, path, token, body).await;
+        assert_eq!(a.status, status, "{method} {path}: {}", a.text());
+        if code.is_some() {
+            assert_eq!(a.code().as_deref(), code, "{method} {path}: {}", a.text());
+        }
+        a
+    }
+}
+
+/// A plain HTTP token endpoint on loopback that issues `access_token` to every request.
+async fn token_endpoint() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: hyper::Request<Incoming>| async {
+                    let _ = req.into_body().collect().await;
+                    let body = json!({"access_token": "issued-token", "token_type": "Bearer",
+                        "expires_in": 3600, "refresh_token": "issued-refresh"});
+                    Ok::<_, Infallible>(
+                        hyper::Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from(body.to_string())))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    base
+}
+
+/// Sends a deploy whose body stalls after a few bytes, as raw HTTP, and returns the answer.
+async fn stalled_deploy(s: &Server, token: &str) -> Answer {
+    let addr = s.base.strip_prefix("http://").unwrap();
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/deployments HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/zip\r\nContent-Length: 1000\r\n\r\nPK\x03\x04"
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = c.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+            if let Some(end) = find(&raw, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if raw.len() >= end + 4 + len {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+    .expect("an answer to the stalled body within 20 s");
+    let end = find(&raw, b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_lowercase()
+                .strip_prefix("content-type:")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    Answer {
+        status,
+        content_type,
+        body: Bytes::copy_from_slice(&raw[end + 4..]),
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn query_value<'a>(url: &'a str, key: &str) -> &'a str {
+    url.split(['?', '&'])
+        .find_map(|p| p.strip_prefix(&format!("{key}=")))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn every_answer_of_every_endpoint_conforms_to_the_document() {
+    let doc = document();
+    let v = Validator::new(&doc);
+    let s = Server::start_with(|app| {
+        app.config.limits.max_bundle_size = 256 * 1024;
+        app.body_idle = Duration::from_millis(300);
+        allow_outbound(app, &["127.0.0.1"]);
+    })
+    .await;
+    let k = SigningKey::generate().unwrap();
+    s.trust(&k, &[]);
+    let admin = s.admin.clone();
+    let reader = s.token("reader", &[("/public", "read")]);
+    let outsider = s.token("outsider", &[("/elsewhere", "read,write,use")]);
+    let c = Client {
+        s: &s,
+        v: &v,
+        canaries: vec!["pw-canary-1", "pw-canary-2", "client-canary"],
+    };
+    let (a, r, o) = (
+        Some(admin.as_str()),
+        Some(reader.as_str()),
+        Some(outsider.as_str()),
+    );
+    use Method as M;
+
+    // Service endpoints.
+    c.expect(
+        M::GET,
+        "/healthz",
+        "/healthz",
+        None,
+        Body::None,
+        (200, None),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        "/healthz",
+        "/healthz?x=1",
+        None,
+        Body::None,
+        (400, Some("bad-query")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        "/healthz",
+        "/healthz",
+        None,
+        Body::None,
+        (405, Some("method-not-allowed")),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        "/v1/keys",
+        "/v1/keys",
+        None,
+        Body::None,
+        (200, None),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        "/v1/keys",
+        "/v1/keys?verbose",
+        None,
+        Body::None,
+        (400, Some("bad-query")),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        "/v1/nothing",
+        "/v1/nothing",
+        a,
+        Body::None,
+        (404, Some("not-found")),
+    )
+    .await;
+
+    // Deployments.
+    let p = project(Some("pw-canary-1"), true, b"mfd-v1");
+    let sealed = Opts::new("/public/orders").sealed(s.recipient());
+    let good = bundle(&k, &sealed, &p.mappings, &p.credentials);
+    let zip = |b: &[u8]| Body::Raw("application/zip", b.to_vec());
+    let d = "/v1/deployments";
+    c.expect(M::POST, d, d, None, zip(&good), (401, Some("unauthorized")))
+        .await;
+    c.expect(
+        M::POST,
+        d,
+        "/v1/deployments?dry_run=true",
+        a,
+        zip(&good),
+        (400, Some("bad-query")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        d,
+        d,
+        a,
+        Body::Raw("application/json", good.clone()),
+        (415, Some("unsupported-media-type")),
+    )
+    .await;
+    c.expect(M::POST, d, d, r, zip(&good), (403, Some("forbidden")))
+        .await;
+    c.expect(
+        M::POST,
+        d,
+        d,
+        a,
+        zip(b"not a zip at all"),
+        (400, Some("not-a-zip")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        d,
+        d,
+        a,
+        zip(&vec![7u8; 300 * 1024]),
+        (413, Some("too-large")),
+    )
+    .await;
+    let untrusted = bundle(
+        &SigningKey::generate().unwrap(),
+        &sealed,
+        &p.mappings,
+        &p.credentials,
+    );
+    c.expect(
+        M::POST,
+        d,
+        d,
+        a,
+        zip(&untrusted),
+        (422, Some("unknown-signer")),
+    )
+    .await;
+    let stalled = stalled_deploy(&s, &admin).await;
+    v.check(&M::POST, d, &stalled);
+    assert_eq!(
+        (stalled.status, stalled.code().as_deref()),
+        (408, Some("body-timeout"))
+    );
+    let rec = c
+        .expect(
+            M::POST,
+            d,
+            "/v1/deployments?verify=false",
+            a,
+            zip(&good),
+            (201, None),
+        )
+        .await
+        .json();
+    assert_eq!(rec["replayed"], false);
+    let replay = c
+        .expect(M::POST, d, d, a, zip(&good), (200, None))
+        .await
+        .json();
+    assert_eq!(replay["replayed"], true);
+    let old = bundle(
+        &k,
+        &Opts::new("/public/orders")
+            .sealed(s.recipient())
+            .created(ts_minus(60)),
+        &p.mappings,
+        &p.credentials,
+    );
+    c.expect(M::POST, d, d, a, zip(&old), (409, Some("stale")))
+        .await;
+    // A standalone credential bundle: an oauth2 credential whose token endpoint is a loopback
+    // mock (listed in outbound_allow), and a password credential whose check would go to a
+    // loopback address that is not listed.
+    let idp = token_endpoint().await;
+    let mut opts = Opts::new("/public/orders").sealed(s.recipient());
+    opts.kind = BundleKind::Credentials;
+    let creds = [
+        credential(json!({
+            "name": "crm", "type": "oauth2", "grant_type": "authorization_code",
+            "authorization_endpoint": "https://127.0.0.1:9/authorize",
+            "token_endpoint": format!("{idp}/token"), "client_id": "flowpack",
+            "client_secret": "client-canary", "redirect_uri": "https://receiver.example/v1/oauth/callback",
+            "allow_usage_for": ["http"], "include_in_deployment": true,
+        })),
+        credential(json!({
+            "name": "intranet", "type": "password", "username": "svc", "password": "pw-canary-2",
+            "verify_url": "https://127.0.0.2:9/ping", "include_in_deployment": true,
+        })),
+    ];
+    let creds_bundle = bundle(&k, &opts, &[], &creds);
+    // Verified first: neither credential can pass (no refresh token yet; a destination the
+    // outbound policy refuses), so the bundle is refused whole.
+    c.expect(
+        M::POST,
+        d,
+        "/v1/deployments?verify=true",
+        a,
+        zip(&creds_bundle),
+        (422, None),
+    )
+    .await;
+    c.expect(M::POST, d, d, a, zip(&creds_bundle), (201, None))
+        .await;
+    // Listings.
+    let page = c
+        .expect(
+            M::GET,
+            d,
+            "/v1/deployments?limit=1",
+            a,
+            Body::None,
+            (200, None),
+        )
+        .await
+        .json();
+    assert!(page["next"].is_i64(), "{page}");
+    let next = page["next"].as_i64().unwrap();
+    c.expect(
+        M::GET,
+        d,
+        &format!("/v1/deployments?limit=1&before={next}&container=/public/orders"),
+        r,
+        Body::None,
+        (200, None),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        d,
+        "/v1/deployments?limit=0",
+        a,
+        Body::None,
+        (400, Some("bad-query")),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        d,
+        "/v1/deployments?container=public",
+        a,
+        Body::None,
+        (400, Some("bad-path")),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        d,
+        "/v1/deployments?container=/public/orders",
+        o,
+        Body::None,
+        (403, Some("forbidden")),
+    )
+    .await;
+    c.expect(M::GET, d, d, None, Body::None, (401, Some("unauthorized")))
+        .await;
+    c.expect(
+        M::DELETE,
+        d,
+        d,
+        a,
+        Body::None,
+        (405, Some("method-not-allowed")),
+    )
+    .await;
+    let au = "/v1/audit";
+    let rows = c
+        .expect(M::GET, au, au, a, Body::None, (200, None))
+        .await
+        .json();
+    assert!(
+        rows["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["verified"] == false || r["verified"] == true)
+    );
+    c.expect(
+        M::GET,
+        au,
+        "/v1/audit?limit=2&container=/public/orders",
+        r,
+        Body::None,
+        (200, None),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        au,
+        "/v1/audit?before=soon",
+        a,
+        Body::None,
+        (400, Some("bad-query")),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        au,
+        "/v1/audit?container=/public",
+        o,
+        Body::None,
+        (403, Some("forbidden")),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        au,
+        au,
+        Some("fpt_1_wrong"),
+        Body::None,
+        (401, Some("unauthorized")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        au,
+        au,
+        a,
+        Body::None,
+        (405, Some("method-not-allowed")),
+    )
+    .await;
+
+    // Containers.
+    let ct = "/v1/containers/{path}";
+    c.expect(
+        M::GET,
+        "/v1/containers/",
+        "/v1/containers/",
+        a,
+        Body::None,
+        (200, None),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        ct,
+        "/v1/containers/public/orders",
+        r,
+        Body::None,
+        (200, None),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        ct,
+        "/v1/containers/public/nothing",
+        a,
+        Body::None,
+        (404, Some("not-found")),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        ct,
+        "/v1/containers/public/orders",
+        o,
+        Body::None,
+        (403, Some("forbidden")),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        ct,
+        "/v1/containers/public/orders?all",
+        a,
+        Body::None,
+        (400, Some("bad-query")),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        ct,
+        "/v1/containers/public/a%20b",
+        a,
+        Body::None,
+        (400, Some("bad-path")),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        ct,
+        "/v1/containers/public",
+        None,
+        Body::None,
+        (401, Some("unauthorized")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        ct,
+        "/v1/containers/public",
+        a,
+        Body::None,
+        (405, Some("method-not-allowed")),
+    )
+    .await;
+
+    // Mappings.
+    let mp = "/v1/mappings/{path}";
+    let m = "/v1/mappings/public/orders/orders-to-erp";
+    let shown = c
+        .expect(M::GET, mp, m, r, Body::None, (200, None))
+        .await
+        .json();
+    assert_eq!(shown["credential_parameters"][0]["has_secrets"], true);
+    c.expect(
+        M::GET,
+        mp,
+        "/v1/mappings/public/orders/nothing",
+        a,
+        Body::None,
+        (404, Some("not-found")),
+    )
+    .await;
+    c.expect(M::GET, mp, m, o, Body::None, (403, Some("forbidden")))
+        .await;
+    c.expect(M::GET, mp, m, None, Body::None, (401, Some("unauthorized")))
+        .await;
+    c.expect(
+        M::PUT,
+        mp,
+        m,
+        a,
+        Body::None,
+        (405, Some("method-not-allowed")),
+    )
+    .await;
+    let mf = "/v1/mappings/{path}/files/{file}";
+    let file = c
+        .expect(
+            M::GET,
+            mf,
+            &format!("{m}/files/schemas/order.xsd"),
+            r,
+            Body::None,
+            (200, None),
+        )
+        .await;
+    assert_eq!(&file.body[..], b"<xsd/>");
+    c.expect(
+        M::GET,
+        mf,
+        &format!("{m}/files/nope.txt"),
+        a,
+        Body::None,
+        (404, Some("not-found")),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        mf,
+        &format!("{m}/files/orders.mfd"),
+        o,
+        Body::None,
+        (403, Some("forbidden")),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        mf,
+        &format!("{m}/files/orders.mfd?raw"),
+        a,
+        Body::None,
+        (400, Some("bad-query")),
+    )
+    .await;
+    let rs = "/v1/mappings/{path}/resolve";
+    let resolve = format!("{m}/resolve");
+    let resolved = c
+        .expect(
+            M::POST,
+            rs,
+            &resolve,
+            a,
+            Body::Json(json!({"usage": "http"})),
+            (200, None),
+        )
+        .await
+        .json();
+    assert_eq!(
+        resolved["parameters"]["erp.credentials"]["source"],
+        "deployed"
+    );
+    c.expect(M::POST, rs, &resolve, a, Body::Json(json!({"usage": "http", "parameters": {"erp.credentials": {"inline": {"type": "password", "password": "pw-canary-2"}}}})), (200, None),)
+        .await;
+    c.expect(
+        M::POST,
+        rs,
+        &resolve,
+        a,
+        Body::Json(json!({"usage": "ftp"})),
+        (422, Some("usage-not-allowed")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        rs,
+        &resolve,
+        a,
+        Body::Json(
+            json!({"usage": "http", "parameters": {"nope": {"credential": "/public/orders/erp"}}}),
+        ),
+        (422, Some("unknown-parameter")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        rs,
+        &resolve,
+        a,
+        Body::Raw("application/json", b"{".to_vec()),
+        (400, Some("bad-json")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        rs,
+        &resolve,
+        a,
+        Body::Raw("application/json", vec![b' '; (1 << 20) + 1]),
+        (413, Some("too-large")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        rs,
+        &resolve,
+        r,
+        Body::Json(json!({"usage": "http"})),
+        (403, Some("forbidden")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        rs,
+        "/v1/mappings/public/orders/nothing/resolve",
+        a,
+        Body::Json(json!({"usage": "http"})),
+        (404, Some("not-found")),
+    )
+    .await;
+
+    // Credentials.
+    let cp_ = "/v1/credentials/{path}";
+    let erp = "/v1/credentials/public/orders/erp";
+    let shown = c
+        .expect(M::GET, cp_, erp, r, Body::None, (200, None))
+        .await
+        .json();
+    assert_eq!(shown["password"]["set"], true);
+    c.expect(
+        M::GET,
+        cp_,
+        "/v1/credentials/public/orders/crm",
+        a,
+        Body::None,
+        (200, None),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        cp_,
+        "/v1/credentials/public/orders/nothing",
+        a,
+        Body::None,
+        (404, Some("not-found")),
+    )
+    .await;
+    c.expect(M::GET, cp_, erp, o, Body::None, (403, Some("forbidden")))
+        .await;
+    c.expect(
+        M::GET,
+        cp_,
+        "/v1/credentials/public/a%20b",
+        a,
+        Body::None,
+        (400, Some("bad-path")),
+    )
+    .await;
+    c.expect(
+        M::PATCH,
+        cp_,
+        erp,
+        r,
+        Body::Json(json!({"username": "x"})),
+        (403, Some("forbidden")),
+    )
+    .await;
+    c.expect(
+        M::PATCH,
+        cp_,
+        erp,
+        a,
+        Body::Json(json!({"type": "oauth2"})),
+        (422, Some("read-only-field")),
+    )
+    .await;
+    c.expect(
+        M::PATCH,
+        cp_,
+        erp,
+        a,
+        Body::Json(json!({"port": 5432})),
+        (422, Some("bad-record")),
+    )
+    .await;
+    c.expect(
+        M::PATCH,
+        cp_,
+        erp,
+        a,
+        Body::Raw("application/json", b"[1,".to_vec()),
+        (400, Some("bad-json")),
+    )
+    .await;
+    let patched = c
+        .expect(
+            M::PATCH,
+            cp_,
+            erp,
+            a,
+            Body::Json(json!({"username": "svc2", "description": null})),
+            (200, None),
+        )
+        .await
+        .json();
+    assert_eq!(patched["password"]["set"], true);
+    // A new destination without the secret again forgets it.
+    let moved = c
+        .expect(
+            M::PATCH,
+            cp_,
+            erp,
+            a,
+            Body::Json(json!({"verify_url": "https://127.0.0.1:9/ping"})),
+            (200, None),
+        )
+        .await
+        .json();
+    assert_eq!(
+        (moved["needs_secrets"].clone(), moved.get("password")),
+        (json!(true), None)
+    );
+    c.expect(
+        M::PATCH,
+        cp_,
+        erp,
+        a,
+        Body::Json(json!({"password": "pw-canary-2"})),
+        (200, None),
+    )
+    .await;
+    c.expect(
+        M::DELETE,
+        cp_,
+        erp,
+        a,
+        Body::None,
+        (409, Some("credential-in-use")),
+    )
+    .await;
+    c.expect(M::DELETE, cp_, erp, r, Body::None, (403, Some("forbidden")))
+        .await;
+    c.expect(
+        M::POST,
+        cp_,
+        erp,
+        a,
+        Body::None,
+        (405, Some("method-not-allowed")),
+    )
+    .await;
+
+    // OAuth and verification.
+    let tk = "/v1/credentials/{path}/token";
+    let crm = "/v1/credentials/public/orders/crm";
+    c.expect(
+        M::POST,
+        tk,
+        &format!("{erp}/token"),
+        a,
+        Body::None,
+        (422, Some("not-oauth2")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        tk,
+        &format!("{crm}/token"),
+        a,
+        Body::None,
+        (409, Some("needs-authorization")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        tk,
+        &format!("{crm}/token"),
+        r,
+        Body::None,
+        (403, Some("forbidden")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        tk,
+        "/v1/credentials/public/orders/none/token",
+        a,
+        Body::None,
+        (404, Some("not-found")),
+    )
+    .await;
+    let az = "/v1/credentials/{path}/authorize";
+    c.expect(
+        M::POST,
+        az,
+        &format!("{erp}/authorize"),
+        a,
+        Body::None,
+        (422, Some("not-oauth2")),
+    )
+    .await;
+    let cb = "/v1/oauth/callback";
+    c.expect(
+        M::GET,
+        cb,
+        "/v1/oauth/callback?state=never&code=x",
+        None,
+        Body::None,
+        (400, Some("invalid-state")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        cb,
+        cb,
+        None,
+        Body::None,
+        (405, Some("method-not-allowed")),
+    )
+    .await;
+    let started = c
+        .expect(
+            M::POST,
+            az,
+            &format!("{crm}/authorize"),
+            a,
+            Body::None,
+            (200, None),
+        )
+        .await
+        .json();
+    let state = query_value(started["authorize_url"].as_str().unwrap(), "state").to_owned();
+    c.expect(
+        M::GET,
+        cb,
+        &format!("/v1/oauth/callback?state={state}&error=access_denied"),
+        None,
+        Body::None,
+        (400, Some("authorization-denied")),
+    )
+    .await;
+    let started = c
+        .expect(
+            M::POST,
+            az,
+            &format!("{crm}/authorize"),
+            a,
+            Body::None,
+            (200, None),
+        )
+        .await
+        .json();
+    let state = query_value(started["authorize_url"].as_str().unwrap(), "state").to_owned();
+    // The authorization server may add parameters of its own: they are not refused here.
+    c.expect(
+        M::GET,
+        cb,
+        &format!("/v1/oauth/callback?state={state}&code=abc&session_state=x"),
+        None,
+        Body::None,
+        (200, None),
+    )
+    .await;
+    let token = c
+        .expect(
+            M::POST,
+            tk,
+            &format!("{crm}/token"),
+            a,
+            Body::None,
+            (200, None),
+        )
+        .await
+        .json();
+    assert_eq!(token["access_token"], "issued-token");
+    let vf = "/v1/credentials/{path}/verify";
+    let verified = c
+        .expect(
+            M::POST,
+            vf,
+            &format!("{crm}/verify"),
+            a,
+            Body::None,
+            (200, None),
+        )
+        .await
+        .json();
+    assert_eq!(verified["ok"], true, "{verified}");
+    c.expect(
+        M::POST,
+        vf,
+        "/v1/credentials/public/orders/intranet/verify",
+        a,
+        Body::None,
+        (422, Some("outbound-not-allowed")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        vf,
+        &format!("{crm}/verify"),
+        r,
+        Body::None,
+        (403, Some("forbidden")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        vf,
+        &format!("{crm}/verify"),
+        None,
+        Body::None,
+        (401, Some("unauthorized")),
+    )
+    .await;
+
+    // Deletes, last.
+    c.expect(
+        M::DELETE,
+        mp,
+        "/v1/mappings/public/orders/nothing",
+        a,
+        Body::None,
+        (404, Some("not-found")),
+    )
+    .await;
+    c.expect(M::DELETE, mp, m, r, Body::None, (403, Some("forbidden")))
+        .await;
+    c.expect(M::DELETE, mp, m, a, Body::None, (204, None)).await;
+    c.expect(M::DELETE, cp_, erp, a, Body::None, (204, None))
+        .await;
+
+    // Every operation of the document was answered with a success, and every kind of
+    // refusal the document describes for clients was met.
+    let seen = v.seen();
+    for (method, path) in operations(&doc) {
+        if path == "/v1/openapi.json" {
+            continue;
+        }
+        assert!(
+            seen.iter()
+                .any(|(m, p, st)| *m == method && *p == path && (200..300).contains(st)),
+            "{method} {path} was never answered with a success"
+        );
+    }
+    let statuses: BTreeSet<u16> = seen.iter().map(|(_, _, st)| *st).collect();
+    for st in [400, 401, 403, 404, 405, 408, 409, 413, 415, 422] {
+        assert!(statuses.contains(&st), "no {st} answer was checked");
+    }
+    s.stop().await;
+}
