@@ -12,12 +12,35 @@ use flowpack_shared::seal::SealingRecipient;
 /// flowpack: bundle integration mappings with their credentials into signed bundles, and deploy
 /// them to a flowpack receiver.
 #[derive(Debug, Parser)]
-#[command(name = "flowpack", version, about, max_term_width = 100)]
+#[command(
+    name = "flowpack",
+    version,
+    about,
+    max_term_width = 100,
+    after_help = EXIT_STATUS
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// What the exit status tells a script.
+const EXIT_STATUS: &str = "\
+Exit status:
+  0  success
+  1  failure, with a one-line reason on standard error
+  2  usage error (a bad option or value)
+  3  the receiver could not be reached, or did not answer within --timeout
+  4  the receiver refused the token (401) or its grants (403)
+  5  conflict (409): a stale bundle, a bundle id already used, a credential in use
+With --json, a failure of a command that talks to a receiver prints the problem document
+(application/problem+json) on standard output.
+
+Environment:
+  FLOWPACK_SERVER   stands for --server
+  FLOWPACK_CA_CERT  stands for --ca-cert
+  FLOWPACK_TOKEN    the bearer token (when no --token-file is given)";
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
@@ -33,8 +56,18 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Verify a bundle fully: signature, trust, times, every entry's digest and record.
     Verify(VerifyArgs),
-    /// Upload a bundle to a receiver (POST /v1/deployments).
+    /// Upload a bundle to a receiver (POST /v1/deployments). Safe to retry: a bundle applied
+    /// already is answered as a replay and changes nothing.
     Deploy(DeployArgs),
+    /// List a container of a receiver: its containers, mappings and credentials.
+    Ls(LsArgs),
+    /// Show a mapping or a credential of a receiver (credentials redacted, as the receiver
+    /// shows them).
+    Get(GetArgs),
+    /// Show a receiver's audit trail, newest first.
+    Audit(ListArgs),
+    /// Show a receiver's deployment history, newest first.
+    History(ListArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
     /// Print the manual page (roff) on standard output.
@@ -132,29 +165,96 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
+/// How to reach a receiver: shared by every command that talks to one.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The receiver's base URL, e.g. https://receiver.example.com:8443.
+    #[arg(long = "server", value_name = "URL", env = "FLOWPACK_SERVER")]
+    pub server: String,
+    /// A file holding the bearer token (else FLOWPACK_TOKEN, else standard input).
+    #[arg(long = "token-file", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Trust this CA certificate (PEM) for the receiver's TLS certificate.
+    #[arg(long = "ca-cert", value_name = "PEM", env = "FLOWPACK_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Give up when the receiver cannot be connected to, or sends no byte of its answer, for
+    /// this long: a whole number and s, m or h, from 1s to 1h.
+    #[arg(long = "timeout", value_name = "DURATION", default_value = "60s", value_parser = parse_timeout)]
+    pub timeout: std::time::Duration,
+    /// Try again up to N times (0 to 10) when the receiver cannot be reached or answers 502,
+    /// 503 or 504, waiting 1 s, 2 s, 4 s … (at most 16 s) between tries.
+    #[arg(long = "retries", value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub retries: u32,
+    /// Print the answer as JSON; a failure prints the problem document on standard output.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `flowpack deploy`.
 #[derive(Debug, Args)]
 pub struct DeployArgs {
     /// The bundle.
     #[arg(value_name = "BUNDLE")]
     pub bundle: PathBuf,
-    /// The receiver's base URL, e.g. https://receiver.example.com:8443.
-    #[arg(long = "server", value_name = "URL")]
-    pub server: String,
-    /// A file holding the bearer token (else FLOWPACK_TOKEN, else standard input).
-    #[arg(long = "token-file", value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
-    /// Trust this CA certificate (PEM) for the receiver's TLS certificate.
-    #[arg(long = "ca-cert", value_name = "PEM")]
-    pub ca_cert: Option<PathBuf>,
+    /// The receiver, token, TLS, timeout and retries.
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Have the receiver verify every credential that carries secrets (a token request, a
     /// request to its verify_url, a connection to its database) and refuse the whole bundle
     /// if one fails.
     #[arg(long)]
     pub verify: bool,
-    /// Print the deployment record as JSON.
-    #[arg(long)]
-    pub json: bool,
+}
+
+/// `flowpack ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// The container, e.g. /public/orders (/ for the root).
+    #[arg(value_name = "PATH", value_parser = parse_container)]
+    pub path: ContainerPath,
+    /// The receiver, token, TLS, timeout and retries.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// `flowpack get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The object: its container's path, then its name, e.g. /public/orders/erp.
+    #[arg(value_name = "PATH", value_parser = parse_object)]
+    pub path: ContainerPath,
+    /// Which kind of object: needed only when a mapping and a credential share the path.
+    #[arg(long = "kind", value_name = "KIND")]
+    pub kind: Option<ObjectKind>,
+    /// The receiver, token, TLS, timeout and retries.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// A mapping or a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ObjectKind {
+    /// A mapping.
+    Mapping,
+    /// A credential.
+    Credential,
+}
+
+/// `flowpack audit` and `flowpack history`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this container (exactly).
+    #[arg(long = "container", value_name = "PATH", value_parser = parse_container)]
+    pub container: Option<ContainerPath>,
+    /// How many rows, newest first (1 to 1000).
+    #[arg(long = "limit", value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: u32,
+    /// Rows older than this id (the `next` of a previous page).
+    #[arg(long = "before", value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+    pub before: Option<u64>,
+    /// The receiver, token, TLS, timeout and retries.
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// `flowpack completions`.
@@ -179,6 +279,34 @@ impl std::error::Error for UsageError {}
 
 fn parse_container(s: &str) -> Result<ContainerPath, String> {
     ContainerPath::parse(s).map_err(|e| e.to_string())
+}
+
+/// An object path: a container path with at least one segment (its last is the name).
+fn parse_object(s: &str) -> Result<ContainerPath, String> {
+    let p = ContainerPath::parse(s).map_err(|e| e.to_string())?;
+    if p.is_root() {
+        return Err("expected CONTAINER/NAME, e.g. /public/orders/erp".into());
+    }
+    Ok(p)
+}
+
+/// `--timeout`: a whole number and s, m or h, from 1 s to 1 h.
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| "expected a whole number and s, m or h, e.g. 60s or 2m".to_owned())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err("expected a unit of s, m or h, e.g. 60s or 2m".into()),
+    };
+    if !(1..=3600).contains(&secs) {
+        return Err("expected a duration from 1s to 1h".into());
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 fn parse_recipient(s: &str) -> Result<SealingRecipient, String> {

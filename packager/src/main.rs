@@ -25,12 +25,14 @@ macro_rules! errln {
 }
 
 mod cli;
+mod client;
 mod deploy;
 mod inspect;
 mod keyfile;
 mod package;
 mod progress;
 mod project;
+mod remote;
 mod text;
 
 use std::io::Write as _;
@@ -49,6 +51,19 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(failure) = e.downcast_ref::<client::Failure>() {
+                // A script reads the problem document on stdout, and the kind in the status.
+                if failure.json {
+                    let doc = serde_json::to_string_pretty(&failure.problem).unwrap_or_default();
+                    let _ = writeln!(std::io::stdout(), "{}", text::json_safe(&doc));
+                }
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "flowpack: {}",
+                    text::Escaped(&failure.line)
+                );
+                return ExitCode::from(failure.kind.exit_status());
+            }
             if let Some(usage) = e.downcast_ref::<cli::UsageError>() {
                 // Found after parsing, still the command line's fault: clap's format, exit 2.
                 Cli::command()
@@ -70,6 +85,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::inspect(&a),
         Command::Verify(a) => inspect::verify(&a),
         Command::Deploy(a) => deploy::deploy(&a),
+        Command::Ls(a) => remote::ls(&a),
+        Command::Get(a) => remote::get(&a),
+        Command::Audit(a) => remote::audit(&a),
+        Command::History(a) => remote::history(&a),
         Command::Completions(a) => {
             let mut out = std::io::stdout().lock();
             clap_complete::generate(a.shell, &mut Cli::command(), "flowpack", &mut out);

@@ -1045,8 +1045,221 @@ fn deploy_to_a_closed_port_gives_a_one_line_error() {
             ["deploy", "o.fpk", "--server", &url],
             &[("FLOWPACK_TOKEN", "tok")],
         )
-        .fails_with_one_line();
+        .fails(3);
+    assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
     assert!(out.stderr.contains("cannot connect"), "{out:#?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The packager in release scripts: environment, exit statuses, timeouts, retries, reads
+
+/// Packages the sample into `o.fpk` for a deploy test.
+fn sample_bundle(env: &Env) {
+    env.package(&fixture("sample"), "o.fpk", &["--seal-to", RECIPIENT])
+        .ok();
+}
+
+#[test]
+fn deploy_takes_server_ca_and_token_from_the_environment() {
+    let env = Env::new();
+    sample_bundle(&env);
+    let record = r#"{"id":1,"bundle_id":"b1","container":"/public/orders","created":[],"updated":[],"needs_secrets":[],"replayed":false}"#;
+    let (url, server) = fake_receiver("201 Created", record);
+    let out = env.run_with(
+        ["deploy", "o.fpk", "--json"],
+        &[
+            ("FLOWPACK_SERVER", url.as_str()),
+            ("FLOWPACK_TOKEN", "tok-env"),
+        ],
+    );
+    let out = out.ok();
+    let (head, _) = server.join().unwrap();
+    assert!(
+        head.to_lowercase()
+            .contains("authorization: bearer tok-env"),
+        "{head}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["bundle_id"], "b1");
+    // FLOWPACK_CA_CERT names the CA: a missing file is an error naming it.
+    let out = env.run_with(
+        ["deploy", "o.fpk"],
+        &[
+            ("FLOWPACK_SERVER", "https://127.0.0.1:9"),
+            ("FLOWPACK_TOKEN", "tok"),
+            ("FLOWPACK_CA_CERT", "no-such-ca.pem"),
+        ],
+    );
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(out.stderr.contains("no-such-ca.pem"), "{out:#?}");
+}
+
+#[test]
+fn failures_exit_with_a_status_per_kind_and_json_prints_the_problem() {
+    let env = Env::new();
+    sample_bundle(&env);
+    for (status, code, exit) in [
+        ("401 Unauthorized", "unauthorized", 4),
+        ("403 Forbidden", "forbidden", 4),
+        ("409 Conflict", "stale", 5),
+        ("422 Unprocessable Entity", "bad-signature", 1),
+    ] {
+        let problem = format!(
+            r#"{{"type":"urn:flowpack:problem:{code}","title":"x","status":{},"detail":"refused: {code}","code":"{code}"}}"#,
+            &status[..3]
+        );
+        let (url, server) = fake_receiver(status, &problem);
+        let out = env.run_with(
+            ["deploy", "o.fpk", "--server", &url, "--json"],
+            &[("FLOWPACK_TOKEN", "tok")],
+        );
+        server.join().unwrap();
+        assert_eq!(out.code, exit, "{status}: {out:#?}");
+        let v: serde_json::Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{status}: stdout is not the problem: {e}: {out:#?}"));
+        assert_eq!(v["code"], code, "{out:#?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out:#?}");
+    }
+}
+
+#[test]
+fn a_receiver_that_never_answers_ends_at_the_timeout_with_exit_3() {
+    let env = Env::new();
+    sample_bundle(&env);
+    // Accepts and reads, never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let _hold = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let started = std::time::Instant::now();
+    let out = env.run_with(
+        [
+            "deploy",
+            "o.fpk",
+            "--server",
+            &url,
+            "--timeout",
+            "1s",
+            "--json",
+        ],
+        &[("FLOWPACK_TOKEN", "tok")],
+    );
+    let took = started.elapsed();
+    assert_eq!(out.code, 3, "{out:#?}");
+    assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["code"], "unreachable", "{out:#?}");
+}
+
+#[test]
+fn retries_try_again_when_the_receiver_cannot_be_reached() {
+    let env = Env::new();
+    sample_bundle(&env);
+    // Accepts each connection and closes it at once: counted, never answered.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    let out = env.run_with(
+        ["deploy", "o.fpk", "--server", &url, "--retries", "2"],
+        &[("FLOWPACK_TOKEN", "tok")],
+    );
+    assert_eq!(out.code, 3, "{out:#?}");
+    assert_eq!(
+        count.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "{out:#?}"
+    );
+    assert!(out.stderr.contains("try 1 of 3"), "{out:#?}");
+    // Refusals are not retried.
+    let (url, server) = fake_receiver(
+        "409 Conflict",
+        r#"{"type":"t","title":"x","status":409,"detail":"d","code":"stale"}"#,
+    );
+    let out = env.run_with(
+        ["deploy", "o.fpk", "--server", &url, "--retries", "3"],
+        &[("FLOWPACK_TOKEN", "tok")],
+    );
+    server.join().unwrap();
+    assert_eq!(out.code, 5, "{out:#?}");
+}
+
+#[test]
+fn bad_timeout_and_retries_values_are_usage_errors() {
+    let env = Env::new();
+    for bad in [
+        ["--timeout", "0s"],
+        ["--timeout", "2h"],
+        ["--timeout", "60"],
+        ["--timeout", "1д"],
+        ["--retries", "11"],
+        ["--retries", "-1"],
+    ] {
+        let mut args = vec!["deploy", "o.fpk", "--server", "http://127.0.0.1:9"];
+        args.extend(bad);
+        let out = env.run_with(args, &[("FLOWPACK_TOKEN", "tok")]);
+        assert_eq!(out.code, 2, "{bad:?}: {out:#?}");
+    }
+}
+
+#[test]
+fn ls_get_audit_and_history_read_the_receiver() {
+    let env = Env::new();
+    let cases: [(&[&str], &str, &str, &str); 4] = [
+        (
+            &["ls", "/public"],
+            r#"{"path":"/public","containers":["orders"],"mappings":["m1"],"credentials":["c1"]}"#,
+            "GET /v1/containers/public ",
+            "orders/",
+        ),
+        (
+            &["get", "/public/orders/erp", "--kind", "credential"],
+            r#"{"path":"/public/orders/erp","name":"erp","type":"password","password":{"set":true,"fingerprint":"ab12"},"needs_secrets":false}"#,
+            "GET /v1/credentials/public/orders/erp ",
+            "ab12",
+        ),
+        (
+            &["audit", "--container", "/public/orders", "--limit", "5"],
+            r#"{"audit":[{"id":7,"at":"2026-11-30T00:00:00.000Z","principal":"ci","action":"deploy","outcome":"applied","status":201,"container":"/public/orders"}],"next":3}"#,
+            "GET /v1/audit?limit=5&container=/public/orders ",
+            "--before 3",
+        ),
+        (
+            &["history", "--before", "9"],
+            r#"{"deployments":[{"id":8,"bundle_id":"b8","container":"/public/orders","created":["x"],"updated":[],"needs_secrets":[]}],"next":null}"#,
+            "GET /v1/deployments?limit=100&before=9 ",
+            "bundle b8",
+        ),
+    ];
+    for (args, answer, request, shown) in cases {
+        let (url, server) = fake_receiver("200 OK", answer);
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--server", &url]);
+        let out = env.run_with(all, &[("FLOWPACK_TOKEN", "tok")]).ok();
+        let (head, _) = server.join().unwrap();
+        assert!(head.starts_with(request), "{args:?}: {head}");
+        assert!(out.stdout.contains(shown), "{args:?}: {out:#?}");
+    }
+    // Escaped: the receiver's text cannot drive the terminal.
+    let (url, server) = fake_receiver(
+        "200 OK",
+        r#"{"path":"/p","containers":["evil[2J"],"mappings":[],"credentials":[]}"#,
+    );
+    let out = env
+        .run_with(["ls", "/p", "--server", &url], &[("FLOWPACK_TOKEN", "tok")])
+        .ok();
+    server.join().unwrap();
+    assert!(!out.stdout.contains('\u{1b}'), "{out:#?}");
 }
 
 #[test]
