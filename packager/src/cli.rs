@@ -100,6 +100,17 @@ pub struct BundleArgs {
     /// Seal secrets to this receiver's recipient (age1…, from `GET /v1/keys`).
     #[arg(long = "seal-to", value_name = "RECIPIENT", value_parser = parse_recipient)]
     pub seal_to: Option<SealingRecipient>,
+    /// Seal secrets to the recipient this receiver publishes at GET /v1/keys, fetched over
+    /// https:// (plain http:// only to a loopback address).
+    #[arg(
+        long = "seal-to-server",
+        value_name = "URL",
+        conflicts_with = "seal_to"
+    )]
+    pub seal_to_server: Option<String>,
+    /// Trust this CA certificate (PEM) for --seal-to-server's TLS certificate.
+    #[arg(long = "ca-cert", value_name = "PEM", env = "FLOWPACK_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// Write the secrets of credentials with include_in_deployment set in clear (not sealed).
     #[arg(long = "plaintext-secrets")]
     pub plaintext_secrets: bool,

@@ -119,19 +119,9 @@ impl Receiver {
     pub fn new(a: &ServerArgs, what: &'static str) -> anyhow::Result<Receiver> {
         let base = base_url(&a.server)?;
         let token = read_token(a.token_file.as_deref())?;
-        let mut builder = reqwest::Client::builder()
-            // A redirect would re-send neither the stream nor (rightly) the token: refuse it.
-            .redirect(reqwest::redirect::Policy::none())
-            // No progress for that long: no connection, or no byte of an answer.
-            .connect_timeout(a.timeout)
-            .read_timeout(a.timeout)
-            .user_agent(concat!("flowpack/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &a.ca_cert {
-            builder = builder.use_preconfigured_tls(tls_config(ca)?);
-        }
         Ok(Receiver {
             base,
-            http: builder.build().context("setting up the HTTP client")?,
+            http: http_client(a.ca_cert.as_deref(), a.timeout)?,
             token,
             retries: a.retries,
             timeout: a.timeout,
@@ -285,12 +275,79 @@ fn tls_refused(e: &reqwest::Error) -> bool {
         if c.is::<rustls::Error>() {
             return true;
         }
-        if let Some(inner) = c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        if let Some(inner) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
             return within(inner);
         }
         c.source().is_some_and(within)
     }
     within(e)
+}
+
+/// The HTTP client: no redirects (a redirect would re-send neither the stream nor, rightly, the
+/// token), `timeout` without progress (no connection, or no byte of an answer), and the CA
+/// file's certificates as the only roots when one is given.
+fn http_client(ca: Option<&Path>, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout)
+        .read_timeout(timeout)
+        .user_agent(concat!("flowpack/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = ca {
+        builder = builder.use_preconfigured_tls(tls_config(ca)?);
+    }
+    builder.build().context("setting up the HTTP client")
+}
+
+/// The sealing recipient a receiver publishes at `GET /v1/keys` (no token needed). Only over
+/// TLS, or plain HTTP to a loopback address: the answer decides who can open the secrets, so
+/// it must come from the receiver itself.
+pub fn fetch_recipient(
+    server: &str,
+    ca: Option<&Path>,
+) -> anyhow::Result<flowpack_shared::seal::SealingRecipient> {
+    let base = base_url(server)?;
+    let url = reqwest::Url::parse(&base)?;
+    let loopback = match url.host_str() {
+        Some(h) => {
+            h.eq_ignore_ascii_case("localhost")
+                || h.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        None => false,
+    };
+    if url.scheme() != "https" && !loopback {
+        bail!(
+            "--seal-to-server {server:?}: expected an https:// URL (plain http only to a loopback address)"
+        );
+    }
+    let http = http_client(ca, Duration::from_secs(60))?;
+    let keys_url = format!("{base}/v1/keys");
+    let v: Value = block_on(async {
+        let resp = http
+            .get(&keys_url)
+            .send()
+            .await
+            .with_context(|| format!("fetching {keys_url}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            bail!("{keys_url} answered HTTP {status}");
+        }
+        let body = resp
+            .bytes()
+            .await
+            .with_context(|| format!("reading {keys_url}"))?;
+        serde_json::from_slice(&body).with_context(|| format!("{keys_url}: not JSON"))
+    })??;
+    let text = v
+        .get("sealing_recipient")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow::anyhow!("{keys_url}: no sealing_recipient in the answer"))?;
+    flowpack_shared::seal::SealingRecipient::parse(text)
+        .map_err(|e| anyhow::anyhow!("{keys_url}: sealing_recipient: {e}"))
 }
 
 /// The base URL (no trailing slash) for an http(s) URL without query, fragment or user info.

@@ -125,6 +125,14 @@ fn build(
     open: &OpenFile,
 ) -> anyhow::Result<()> {
     let key = load_signing_key(&a.key)?;
+    let seal_to = match &a.seal_to_server {
+        Some(server) => {
+            let r = crate::client::fetch_recipient(server, a.ca_cert.as_deref())?;
+            errln!("flowpack: sealing to {r} (from {})", Escaped(server));
+            Some(r)
+        }
+        None => a.seal_to.clone(),
+    };
     let created_at = Timestamp::now();
     // `--expires` is at most ten years, so this fails only on a clock near the year 9999.
     let expires_at = created_at.checked_plus(a.expires).ok_or_else(|| {
@@ -139,7 +147,7 @@ fn build(
         environment: a.env.clone(),
         created_at,
         expires_at,
-        seal_to: a.seal_to.clone(),
+        seal_to,
         allow_plaintext: a.plaintext_secrets,
         level: 6,
     };

@@ -1722,3 +1722,39 @@ fn oversized_or_endless_key_files_are_refused_not_read_forever() {
         .fails_with_one_line();
     assert!(out.stderr.contains("not a PEM key"), "{out:#?}");
 }
+
+#[test]
+fn seal_to_server_fetches_the_recipient_from_the_receivers_keys() {
+    let env = Env::new();
+    let (url, server) = fake_receiver(
+        "200 OK",
+        &format!(r#"{{"sealing_recipient":"{RECIPIENT}"}}"#),
+    );
+    let out = env
+        .package(&fixture("sample"), "o.fpk", &["--seal-to-server", &url])
+        .ok();
+    let (head, _) = server.join().unwrap();
+    assert!(head.starts_with("GET /v1/keys HTTP/1.1"), "{head}");
+    assert!(
+        out.stderr.contains(RECIPIENT),
+        "says which recipient it sealed to: {out:#?}"
+    );
+    let v = inspect_json(&env, "o.fpk");
+    assert_eq!(v["sealed_to"], RECIPIENT, "{v}");
+    // Plain http to another host is refused before anything is sent.
+    let out = env.package(
+        &fixture("sample"),
+        "p.fpk",
+        &["--seal-to-server", "http://receiver.example"],
+    );
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(out.stderr.contains("https://"), "{out:#?}");
+    assert!(!env.path("p.fpk").exists());
+    // And it cannot be combined with --seal-to.
+    let out = env.package(
+        &fixture("sample"),
+        "q.fpk",
+        &["--seal-to", RECIPIENT, "--seal-to-server", &url],
+    );
+    assert_eq!(out.code, 2, "{out:#?}");
+}
