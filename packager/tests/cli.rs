@@ -467,6 +467,37 @@ fn unknown_field_error_names_file_and_field() {
     assert!(!out.stderr.contains(ERP_PASSWORD));
 }
 
+#[test]
+fn a_credential_parameter_of_another_type_than_it_needs_is_refused() {
+    let env = Env::new();
+    let project = env.copy_project("sample");
+    let path = project.join("orders-to-erp.mapping.json");
+    let text = fs::read_to_string(&path).unwrap().replace(
+        r#""credential": "erp","#,
+        r#""credential": "erp", "credential_type": "oauth2","#,
+    );
+    fs::write(&path, text).unwrap();
+    let out = env
+        .package(&project, "o.fpk", &["--seal-to", RECIPIENT])
+        .fails_with_one_line();
+    assert!(
+        out.stderr.contains("`orders-to-erp`")
+            && out.stderr.contains("`erp.credentials`")
+            && out.stderr.contains("needs a credential of type oauth2")
+            && out.stderr.contains("of type password"),
+        "{out:#?}"
+    );
+    assert!(!env.path("o.fpk").exists());
+    // The type it needs, stated rightly, packages.
+    let text = fs::read_to_string(&path).unwrap().replace(
+        r#""credential_type": "oauth2""#,
+        r#""credential_type": "password""#,
+    );
+    fs::write(&path, text).unwrap();
+    env.package(&project, "o.fpk", &["--seal-to", RECIPIENT])
+        .ok();
+}
+
 /// A canary in files outside the project, which no bundle may ever carry.
 const OUTSIDE_CANARY: &str = "canary-outside-the-project-61f0";
 

@@ -44,6 +44,10 @@ pub struct Parameter {
     /// For a credential parameter: the credential is supplied on the server.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub external: bool,
+    /// For a credential parameter: the type of credential it needs (a credential is specific
+    /// to what it authenticates). Packaging, deploying and resolving refuse another type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_type: Option<super::credential::CredentialType>,
 }
 
 /// A mapping definition.
@@ -112,6 +116,13 @@ impl Mapping {
                 }
                 _ => {}
             }
+            if p.credential_type.is_some() && p.kind != ParamType::Credential {
+                return Err(RecordError::new(
+                    origin,
+                    Some(&field(".credential_type")),
+                    "`credential_type` is only for parameters of type credential",
+                ));
+            }
         }
         // Two files whose names differ only in case would collide on case-insensitive disks
         // and are refused by the receiver's duplicate rule: refuse them here too.
@@ -126,6 +137,14 @@ impl Mapping {
             }
         }
         Ok(())
+    }
+
+    /// The type a credential parameter needs, if it says.
+    pub fn needed_type(&self, parameter: &str) -> Option<super::credential::CredentialType> {
+        self.parameters
+            .iter()
+            .find(|p| p.name.as_str() == parameter)
+            .and_then(|p| p.credential_type)
     }
 
     /// The credential parameters that name a credential of the project: (parameter, credential).
@@ -188,6 +207,27 @@ mod tests {
             );
         }
         assert!(err(r#"{"name":"m","files":["a.xsd","A.XSD"]}"#).contains("duplicate file"));
+    }
+
+    #[test]
+    fn credential_type_is_read_and_only_for_credential_parameters() {
+        let m = Mapping::parse(
+            "m.mapping.json",
+            br#"{"name":"m","parameters":[{"name":"c","type":"credential","credential":"erp","credential_type":"password"}]}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            m.needed_type("c"),
+            Some(crate::model::credential::CredentialType::Password)
+        );
+        assert!(
+            err(r#"{"name":"m","parameters":[{"name":"c","type":"string","credential_type":"password"}]}"#)
+                .contains("`credential_type` is only for parameters of type credential")
+        );
+        assert!(
+            err(r#"{"name":"m","parameters":[{"name":"c","type":"credential","external":true,"credential_type":"kerberos"}]}"#)
+                .contains("unknown credential type")
+        );
     }
 
     #[test]

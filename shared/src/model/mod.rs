@@ -109,6 +109,26 @@ pub fn check_project(
         }
     }
     for m in mappings {
+        for p in &m.parameters {
+            let (Some(cred), Some(needed)) = (&p.credential, p.credential_type) else {
+                continue;
+            };
+            if let Some(c) = credentials.iter().find(|c| c.name == *cred)
+                && c.kind != needed
+            {
+                return Err(RecordError::new(
+                    origin,
+                    None,
+                    format!(
+                        "mapping `{}` parameter `{}` needs a credential of type {}, but credential `{cred}` is of type {}",
+                        m.name,
+                        p.name,
+                        needed.as_str(),
+                        c.kind.as_str()
+                    ),
+                ));
+            }
+        }
         for (param, cred) in m.credential_refs() {
             if !creds.contains(cred.as_str()) {
                 return Err(RecordError::new(
