@@ -49,9 +49,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
 use crate::App;
+use crate::api::{Body, json_response};
 use crate::auth::{Perm, Principal};
 use crate::creds;
-use crate::http::{Body, json_response};
 use crate::oauth::{Material, Tokens};
 use crate::problem::{Problem, ProblemCode};
 use crate::store::{AuditRow, Db, Replay, Tx};
@@ -115,7 +115,7 @@ pub async fn handle(
                 .trim()
                 .to_ascii_lowercase()
         });
-    let query = match crate::http::query_params(&req, &["verify"]) {
+    let query = match crate::api::query_params(&req, &["verify"]) {
         Ok(q) => q,
         Err(e) => return Err(refuse(&app, &who, e)),
     };
@@ -167,7 +167,7 @@ pub async fn handle(
     let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(Problem::internal)?);
     let mut body = req.into_body();
     let mut total: u64 = 0;
-    while let Some(frame) = crate::http::next_frame(&app, &mut body).await {
+    while let Some(frame) = crate::api::next_frame(&app, &mut body).await {
         let frame = match frame {
             Ok(frame) => frame,
             Err(e) => return Err(refuse(&app, &who, e)),

@@ -11,12 +11,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod auth;
 pub mod conns;
 pub mod creds;
 pub mod datadir;
 pub mod deploy;
-pub mod http;
 pub mod oauth;
 pub mod outbound;
 pub mod problem;
@@ -120,6 +120,22 @@ impl App {
     }
 }
 
+/// Runs `f` on a blocking thread with a fresh connection to the store, tracked like all store
+/// work (see [`App::spawn_blocking`]).
+pub(crate) async fn blocking<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&App, &mut store::Db) -> Result<T, problem::Problem> + Send + 'static,
+) -> Result<T, problem::Problem> {
+    let worker = app.clone();
+    app.spawn_blocking(move || {
+        let app = worker;
+        let mut db = app.store.db()?;
+        f(&app, &mut db)
+    })
+    .await
+    .map_err(problem::Problem::internal)?
+}
+
 /// Trusts a signer's public key (PEM) for container prefixes (`/` when none are given).
 /// Returns the key id.
 pub fn trust_signer(
@@ -219,7 +235,7 @@ pub async fn run(
                 let guard = tracked.begin_request();
                 let app = app.clone();
                 async move {
-                    let resp = http::handle(app, req).await?;
+                    let resp = api::handle(app, req).await?;
                     Ok::<_, std::convert::Infallible>(
                         resp.map(|body| conns::Tracked::new(body, guard)),
                     )

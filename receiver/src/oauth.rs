@@ -37,9 +37,10 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use crate::App;
+use crate::api::{Body, json_response};
 use crate::auth::{Perm, Principal};
+use crate::blocking;
 use crate::creds::SecretKeys;
-use crate::http::{Body, blocking, json_response};
 pub use crate::outbound::{Outbound, shown};
 use crate::outbound::{Refused, SendFailure, UrlError};
 use crate::problem::{Problem, ProblemCode};
@@ -631,7 +632,7 @@ fn audit_error(principal: &str, action: &str, m: &Material, e: &Problem) -> Audi
 
 async fn audit(app: &Arc<App>, row: AuditRow) {
     let _ = blocking(app, move |_, db| {
-        crate::http::audit_alone(db, row);
+        crate::api::audit_alone(db, row);
         Ok(())
     })
     .await;
@@ -972,7 +973,7 @@ fn bad_state(detail: &str) -> Problem {
 
 /// `GET /v1/oauth/callback?code=…&state=…`: no bearer token; the state authenticates it.
 pub async fn callback(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
-    let q = |k: &str| crate::http::query_param(&req, k);
+    let q = |k: &str| crate::api::query_param(&req, k);
     let state = zeroize::Zeroizing::new(q("state")?.ok_or_else(|| {
         bad_state("the callback has no `state`: it must come from a flow started with POST /v1/credentials/{path}/authorize")
     })?);

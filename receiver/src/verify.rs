@@ -31,8 +31,9 @@ use hyper::{Response, StatusCode};
 use serde_json::json;
 
 use crate::App;
+use crate::api::{Body, json_response};
 use crate::auth::{Perm, Principal};
-use crate::http::{Body, blocking, json_response};
+use crate::blocking;
 use crate::oauth::{self, Grant, Material, Outbound, TokenError, Tokens};
 use crate::outbound::{Refused, SendFailure, TcpError, UrlError};
 use crate::problem::Problem;

@@ -1,0 +1,294 @@
+//! The handlers of the reads and writes that `api` answers itself: listings, containers,
+//! mappings, credential reads, PATCH and DELETE, resolution.
+
+use flowpack_shared::model::mapping::{Mapping, ParamType};
+use flowpack_shared::names::{ContainerPath, Name};
+use hyper::{Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::App;
+use crate::auth::{Perm, Principal};
+use crate::creds;
+use crate::problem::{Problem, ProblemCode};
+use crate::store::{self, AuditRow, Db};
+
+use super::answer::{empty, json_bytes_response};
+use super::extract::Page;
+use super::{Body, json_response};
+
+pub(crate) fn require(who: &Principal, perm: Perm, c: &ContainerPath) -> Result<(), Problem> {
+    if who.can(perm, c) {
+        Ok(())
+    } else {
+        Err(Problem::lacks(perm.as_str(), c))
+    }
+}
+
+pub(crate) fn existing_container(db: &Db, c: &ContainerPath) -> Result<i64, Problem> {
+    db.container_id(c)?
+        .ok_or_else(|| Problem::not_found(format!("container {c} does not exist")))
+}
+
+/// What a listing filtered to `page.container` may show: nothing is read unless the caller
+/// may read that container; unfiltered, the store keeps to the containers the caller can read.
+pub(crate) fn visible_for(who: &Principal, page: &Page) -> Result<store::Visible, Problem> {
+    match &page.container {
+        Some(c) => {
+            require(who, Perm::Read, c)?;
+            Ok(store::Visible::All)
+        }
+        None => Ok(who.visible()),
+    }
+}
+
+/// The page's rows and the `next` cursor: one row more than the page is read, so `next` is
+/// `null` exactly when nothing older is left.
+pub(crate) fn paged<T>(mut rows: Vec<T>, page: &Page, id: impl Fn(&T) -> i64) -> (Vec<T>, Value) {
+    let more = rows.len() > page.limit;
+    rows.truncate(page.limit);
+    let next = match rows.last() {
+        Some(last) if more => Value::from(id(last)),
+        _ => Value::Null,
+    };
+    (rows, next)
+}
+
+pub(crate) fn list_deployments(
+    db: &Db,
+    who: &Principal,
+    page: &Page,
+) -> Result<Response<Body>, Problem> {
+    let visible = visible_for(who, page)?;
+    let container = page.container.as_ref().map(ContainerPath::as_str);
+    let rows = db.deployments_page(&visible, container, page.before, page.limit + 1)?;
+    let (rows, next) = paged(rows, page, |(id, _)| *id);
+    let records = rows
+        .iter()
+        .map(|(_, record)| serde_json::from_str::<Value>(record))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Problem::internal)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"deployments": records, "next": next}),
+    ))
+}
+
+/// The audit trail, newest first. A refusal whose manifest could not be read names no
+/// container: only callers who can read everything see it.
+pub(crate) fn list_audit(db: &Db, who: &Principal, page: &Page) -> Result<Response<Body>, Problem> {
+    let visible = visible_for(who, page)?;
+    let container = page.container.as_ref().map(ContainerPath::as_str);
+    let rows = db.audit_page(&visible, container, page.before, page.limit + 1)?;
+    let (rows, next): (Vec<AuditRow>, Value) = paged(rows, page, |a| a.id);
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"audit": rows, "next": next}),
+    ))
+}
+
+pub(crate) fn show_container(
+    db: &Db,
+    who: &Principal,
+    c: &ContainerPath,
+) -> Result<Response<Body>, Problem> {
+    require(who, Perm::Read, c)?;
+    let id = existing_container(db, c)?;
+    let (containers, mappings, credentials) = db.children(id)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"path": c.as_str(), "containers": containers, "mappings": mappings, "credentials": credentials}),
+    ))
+}
+
+/// A live mapping and its parsed definition.
+pub(crate) fn load_mapping(
+    db: &Db,
+    c: &ContainerPath,
+    n: &Name,
+) -> Result<(i64, store::MappingRow, Mapping), Problem> {
+    let missing = || Problem::not_found(format!("mapping {} does not exist", c.object_path(n)));
+    let cid = db.container_id(c)?.ok_or_else(missing)?;
+    let row = db.mapping(cid, n.as_str())?.ok_or_else(missing)?;
+    let m =
+        Mapping::parse(&c.object_path(n), row.definition.as_bytes()).map_err(Problem::internal)?;
+    Ok((cid, row, m))
+}
+
+pub(crate) fn show_mapping(
+    db: &Db,
+    who: &Principal,
+    c: &ContainerPath,
+    n: &Name,
+) -> Result<Response<Body>, Problem> {
+    require(who, Perm::Read, c)?;
+    let (cid, row, m) = load_mapping(db, c, n)?;
+    let mut params = Vec::new();
+    for p in m
+        .parameters
+        .iter()
+        .filter(|p| p.kind == ParamType::Credential)
+    {
+        match &p.credential {
+            Some(cred) => {
+                let stored = db.credential(cid, cred.as_str())?;
+                let has_secrets = match &stored {
+                    Some(r) => !creds::needs_secrets(db, r.id)?,
+                    None => false,
+                };
+                params.push(json!({
+                    "name": p.name, "credential": c.object_path(cred),
+                    "stored": stored.is_some(), "has_secrets": has_secrets,
+                }));
+            }
+            None => params.push(json!({
+                "name": p.name, "credential": null, "external": true,
+                "stored": false, "has_secrets": false,
+            })),
+        }
+    }
+    let mut v = serde_json::to_value(&m).map_err(Problem::internal)?;
+    if let Value::Object(o) = &mut v {
+        o.insert("path".into(), Value::String(c.object_path(n)));
+        o.entry("description").or_insert(Value::Null);
+        o.insert("version".into(), Value::from(row.version));
+        o.insert("credential_parameters".into(), Value::Array(params));
+    }
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+pub(crate) fn resolve(
+    db: &Db,
+    who: &Principal,
+    c: &ContainerPath,
+    n: &Name,
+    body: &Value,
+) -> Result<Response<Body>, Problem> {
+    let (cid, _, m) = load_mapping(db, c, n)?;
+    let v = creds::resolve(db, who, c, cid, &m, body)?;
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+pub(crate) fn audit_row(
+    who: &Principal,
+    action: &str,
+    c: &ContainerPath,
+    target: String,
+) -> AuditRow {
+    AuditRow {
+        principal: Some(who.name.clone()),
+        action: action.into(),
+        container: Some(c.to_string()),
+        target: Some(target),
+        ..AuditRow::default()
+    }
+}
+
+pub(crate) fn delete_mapping(
+    db: &mut Db,
+    who: &Principal,
+    c: &ContainerPath,
+    n: &Name,
+) -> Result<Response<Body>, Problem> {
+    require(who, Perm::Write, c)?;
+    let tx = db.write()?;
+    let missing = || Problem::not_found(format!("mapping {} does not exist", c.object_path(n)));
+    let cid = tx.container_id(c)?.ok_or_else(missing)?;
+    if !tx.delete_mapping(cid, n.as_str())? {
+        return Err(missing());
+    }
+    let mut row = audit_row(who, "delete-mapping", c, c.object_path(n));
+    row.outcome = "deleted".into();
+    row.status = 204;
+    tx.insert_audit(&row)?;
+    tx.commit()?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+pub(crate) fn delete_credential(
+    db: &mut Db,
+    who: &Principal,
+    c: &ContainerPath,
+    n: &Name,
+) -> Result<Response<Body>, Problem> {
+    require(who, Perm::Write, c)?;
+    let path = c.object_path(n);
+    let tx = db.write()?;
+    let (cid, cred) = creds::find(&tx, c, n)?;
+    // A mapping references credentials of its own container (SPEC §2: of the same project).
+    let mut refs = Vec::new();
+    for (mname, def) in tx.mappings_in(cid)? {
+        let m = Mapping::parse(&mname, def.as_bytes()).map_err(Problem::internal)?;
+        if m.credential_refs().any(|(_, cred)| cred == n) {
+            refs.push(Name::parse(&mname).map_or(mname.clone(), |mn| c.object_path(&mn)));
+        }
+    }
+    if !refs.is_empty() {
+        drop(tx);
+        let e = Problem::conflict(
+            ProblemCode::CredentialInUse,
+            format!(
+                "credential {path} is referenced by mapping(s) {}; delete or redeploy them first",
+                refs.join(", ")
+            ),
+        )
+        .with("mappings", json!(refs));
+        let mut row = audit_row(who, "delete-credential", c, path.clone());
+        row.outcome = "refused".into();
+        row.status = 409;
+        row.code = Some(e.code.as_str().to_owned());
+        row.detail = Some(e.detail.clone());
+        audit_alone(db, row);
+        return Err(e);
+    }
+    tx.delete_credential(cred.id)?;
+    let mut row = audit_row(who, "delete-credential", c, path);
+    row.outcome = "deleted".into();
+    row.status = 204;
+    tx.insert_audit(&row)?;
+    tx.commit()?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}
+
+pub(crate) fn show_credential(
+    db: &Db,
+    who: &Principal,
+    c: &ContainerPath,
+    n: &Name,
+) -> Result<Response<Body>, Problem> {
+    require(who, Perm::Read, c)?;
+    Ok(json_bytes_response(StatusCode::OK, creds::show(db, c, n)?))
+}
+
+pub(crate) fn patch_credential(
+    app: &App,
+    db: &mut Db,
+    who: &Principal,
+    c: &ContainerPath,
+    n: &Name,
+    body: &Value,
+) -> Result<Response<Body>, Problem> {
+    require(who, Perm::Write, c)?;
+    let path = c.object_path(n);
+    let tx = db.write()?;
+    let (_, row) = creds::find(&tx, c, n)?;
+    creds::patch(&tx, &app.keys, &path, &row, body)?;
+    let (_, row) = creds::find(&tx, c, n)?;
+    let answer = creds::redacted(&tx, &path, &row)?;
+    let mut a = audit_row(who, "patch-credential", c, path.clone());
+    a.outcome = "updated".into();
+    a.status = 200;
+    tx.insert_audit(&a)?;
+    tx.commit()?;
+    Ok(json_bytes_response(StatusCode::OK, answer))
+}
+
+/// Writes an audit row in its own transaction, logging (not failing) when it cannot.
+pub fn audit_alone(db: &mut Db, row: AuditRow) {
+    let written = db.write().and_then(|tx| {
+        tx.insert_audit(&row)?;
+        tx.commit()
+    });
+    if let Err(e) = written {
+        tracing::error!(error = %e, "writing an audit row failed");
+    }
+}

@@ -1,0 +1,604 @@
+//! The route table: [`ROUTES`] lists every route (method, OpenAPI path template, handler) once,
+//! and [`route`] answers a request from it.
+//!
+//! Paths are looked up in a [`matchit`] router. An object path (`{path}`, e.g.
+//! `public/orders/erp`) has any number of segments and may be followed by an action
+//! (`/token`, `/resolve`, `/files/{file}`), which `matchit` cannot express in one pattern: each
+//! family of routes sharing a prefix (`/v1/credentials/`) is one catch-all pattern, and the
+//! family's routes are then tried in table order against the rest of the path. A route whose
+//! template ends in an action matches when the rest ends in it; a bare `{path}` matches any
+//! rest. So `GET /v1/credentials/a/token` reads the credential `/a/token`, while
+//! `POST /v1/credentials/a/token` asks for a token of `/a`.
+//!
+//! `HEAD` is answered wherever `GET` is (hyper sends the same head and no body). A path that
+//! exists with another method is `405` with an `Allow` header listing the path's methods.
+//!
+//! The order of checks is part of the contract: on the token-protected routes, the token is
+//! checked first (an unauthenticated caller learns nothing, not even whether a path exists),
+//! then the query (refused when it has any parameter the route does not take), then the
+//! method and the path's arguments.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use crate::App;
+use crate::auth::{self, Perm, Principal};
+use crate::problem::{Problem, ProblemCode};
+use crate::store::Db;
+
+use super::answer::{full, json_response, problem_response};
+use super::extract::{
+    Page, authenticate, bearer, container_path, no_query, object_path, query_params, read_json,
+};
+use super::reads::READS;
+use super::{Body, blocking, files, handlers};
+
+/// The OpenAPI document of this API, served at `GET /v1/openapi.json`.
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// A route's method. `HEAD` is not listed: it is answered wherever `GET` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verb {
+    Get,
+    Post,
+    Patch,
+    Delete,
+}
+
+impl Verb {
+    /// In the order an `Allow` header lists them.
+    const ALL: [Verb; 4] = [Verb::Get, Verb::Post, Verb::Patch, Verb::Delete];
+
+    fn method(self) -> Method {
+        match self {
+            Verb::Get => Method::GET,
+            Verb::Post => Method::POST,
+            Verb::Patch => Method::PATCH,
+            Verb::Delete => Method::DELETE,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "GET",
+            Verb::Post => "POST",
+            Verb::Patch => "PATCH",
+            Verb::Delete => "DELETE",
+        }
+    }
+
+    /// The verb a request's method is answered as (`HEAD` as `GET`), or `None` for a method
+    /// no route has.
+    fn of(method: &Method) -> Option<Verb> {
+        Some(match *method {
+            Method::GET | Method::HEAD => Verb::Get,
+            Method::POST => Verb::Post,
+            Method::PATCH => Verb::Patch,
+            Method::DELETE => Verb::Delete,
+            _ => return None,
+        })
+    }
+}
+
+/// What answers a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handler {
+    Health,
+    Keys,
+    OpenApi,
+    OAuthCallback,
+    Deploy,
+    ListDeployments,
+    ListAudit,
+    ShowContainer,
+    MappingFile,
+    ShowMapping,
+    Resolve,
+    DeleteMapping,
+    ShowCredential,
+    PatchCredential,
+    DeleteCredential,
+    Token,
+    Authorize,
+    Verify,
+}
+
+impl Handler {
+    /// Whether the route is open to callers without a token.
+    fn open(self) -> bool {
+        matches!(
+            self,
+            Handler::Health | Handler::Keys | Handler::OpenApi | Handler::OAuthCallback
+        )
+    }
+
+    /// Whether the handler reads the query itself; every other route refuses any parameter.
+    fn reads_query(self) -> bool {
+        matches!(
+            self,
+            Handler::OAuthCallback
+                | Handler::Deploy
+                | Handler::ListDeployments
+                | Handler::ListAudit
+        )
+    }
+}
+
+/// One route: a method, an OpenAPI path template and what answers it.
+struct Route {
+    verb: Verb,
+    template: &'static str,
+    handler: Handler,
+}
+
+const fn r(verb: Verb, template: &'static str, handler: Handler) -> Route {
+    Route {
+        verb,
+        template,
+        handler,
+    }
+}
+
+/// Every route of the API. Within a family (same prefix before `{path}`), routes are tried in
+/// this order: a `GET` of `…/files/{file}` comes before the bare `GET` of `{path}`, so a path
+/// with `/files/` in it names a mapping file (which the handler resolves further, see
+/// `files::mapping_file`).
+const ROUTES: &[Route] = &[
+    r(Verb::Get, "/healthz", Handler::Health),
+    r(Verb::Get, "/v1/keys", Handler::Keys),
+    r(Verb::Get, "/v1/openapi.json", Handler::OpenApi),
+    r(Verb::Get, "/v1/oauth/callback", Handler::OAuthCallback),
+    r(Verb::Post, "/v1/deployments", Handler::Deploy),
+    r(Verb::Get, "/v1/deployments", Handler::ListDeployments),
+    r(Verb::Get, "/v1/audit", Handler::ListAudit),
+    r(Verb::Get, "/v1/containers/{path}", Handler::ShowContainer),
+    r(
+        Verb::Get,
+        "/v1/mappings/{path}/files/{file}",
+        Handler::MappingFile,
+    ),
+    r(Verb::Get, "/v1/mappings/{path}", Handler::ShowMapping),
+    r(Verb::Post, "/v1/mappings/{path}/resolve", Handler::Resolve),
+    r(Verb::Delete, "/v1/mappings/{path}", Handler::DeleteMapping),
+    r(Verb::Get, "/v1/credentials/{path}", Handler::ShowCredential),
+    r(
+        Verb::Patch,
+        "/v1/credentials/{path}",
+        Handler::PatchCredential,
+    ),
+    r(
+        Verb::Delete,
+        "/v1/credentials/{path}",
+        Handler::DeleteCredential,
+    ),
+    r(Verb::Post, "/v1/credentials/{path}/token", Handler::Token),
+    r(
+        Verb::Post,
+        "/v1/credentials/{path}/authorize",
+        Handler::Authorize,
+    ),
+    r(Verb::Post, "/v1/credentials/{path}/verify", Handler::Verify),
+];
+
+/// Every route as (method, OpenAPI path template), `HEAD` included wherever `GET` is.
+pub fn routes() -> Vec<(Method, &'static str)> {
+    let mut out = Vec::new();
+    for route in ROUTES {
+        out.push((route.verb.method(), route.template));
+        if route.verb == Verb::Get {
+            out.push((Method::HEAD, route.template));
+        }
+    }
+    out
+}
+
+/// The placeholder of an object path in a template.
+const PATH: &str = "{path}";
+
+impl Route {
+    /// The family prefix (up to `{path}`) and what follows `{path}`; a template without
+    /// `{path}` is its own family, with nothing following.
+    fn split(&self) -> (&'static str, Option<&'static str>) {
+        match self.template.find(PATH) {
+            Some(i) => (&self.template[..i], Some(&self.template[i + PATH.len()..])),
+            None => (self.template, None),
+        }
+    }
+
+    /// Whether this route takes `rest` (what follows the family prefix), and if so the part
+    /// of it its handler reads: the object path, or for a `…/files/{file}` route, all of it.
+    fn takes<'p>(&self, rest: &'p str) -> Option<&'p str> {
+        match self.split().1 {
+            None | Some("") => Some(rest),
+            Some(action) => match action.split_once('{') {
+                // `/files/{file}`: the handler splits at a `/files/` itself.
+                Some((literal, _)) => rest.contains(literal).then_some(rest),
+                None => rest.strip_suffix(action),
+            },
+        }
+    }
+}
+
+/// The routes sharing a prefix.
+struct Family {
+    /// Indexes into [`ROUTES`], in table order.
+    routes: Vec<usize>,
+    /// Open to callers without a token.
+    open: bool,
+    /// An open family whose handler reads the query itself (the OAuth callback, which
+    /// answers `405` before looking at it); the other open ones refuse any parameter first.
+    own_query: bool,
+}
+
+struct Table {
+    router: matchit::Router<usize>,
+    families: Vec<Family>,
+}
+
+/// The catch-all parameter of a family's pattern.
+const REST: &str = "rest";
+
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut prefixes: Vec<&'static str> = Vec::new();
+        let mut families: Vec<Family> = Vec::new();
+        for (i, route) in ROUTES.iter().enumerate() {
+            let (prefix, _) = route.split();
+            match prefixes.iter().position(|p| *p == prefix) {
+                Some(f) => families[f].routes.push(i),
+                None => {
+                    prefixes.push(prefix);
+                    families.push(Family {
+                        routes: vec![i],
+                        open: route.handler.open(),
+                        own_query: route.handler.reads_query(),
+                    });
+                }
+            }
+        }
+        let mut router = matchit::Router::new();
+        for (f, prefix) in prefixes.iter().enumerate() {
+            let patterns = if let Some(bare) = prefix.strip_suffix('/') {
+                // `/v1/containers`, `/v1/containers/` and `/v1/containers/{*rest}`.
+                vec![
+                    bare.to_owned(),
+                    (*prefix).to_owned(),
+                    format!("{prefix}{{*{REST}}}"),
+                ]
+            } else if families[f].open {
+                vec![(*prefix).to_owned()]
+            } else {
+                // Token-protected paths take a trailing slash, as they always have.
+                vec![(*prefix).to_owned(), format!("{prefix}/")]
+            };
+            for p in patterns {
+                // The table is a constant: a pattern that does not insert is a bug that every
+                // test of the API would show at once.
+                #[allow(clippy::expect_used)]
+                router
+                    .insert(p, f)
+                    .expect("the route table's patterns do not conflict");
+            }
+        }
+        Table { router, families }
+    })
+}
+
+/// An answer and the principal it was given to (for the log line).
+pub(super) type Routed = Result<(Response<Body>, Option<String>), (Problem, Option<String>)>;
+
+/// What a request's path and method name in the table.
+enum Found<'p> {
+    /// A route, and the part of the path its handler reads.
+    Route(Handler, &'p str),
+    /// The path exists, not with this method: the methods it has.
+    OtherMethods(Vec<Verb>),
+    /// No such path.
+    Nothing,
+}
+
+/// Looks `path` up: what it names with `method`, and the family it belongs to.
+fn find<'p>(method: &Method, path: &'p str) -> (Found<'p>, Option<&'static Family>) {
+    let table = table();
+    let Ok(m) = table.router.at(path) else {
+        return (Found::Nothing, None);
+    };
+    let family = &table.families[*m.value];
+    let rest = m.params.get(REST).unwrap_or("");
+    let verb = Verb::of(method);
+    let mut allowed = Vec::new();
+    for &i in &family.routes {
+        let route = &ROUTES[i];
+        let Some(arg) = route.takes(rest) else {
+            continue;
+        };
+        if Some(route.verb) == verb {
+            return (Found::Route(route.handler, arg), Some(family));
+        }
+        if !allowed.contains(&route.verb) {
+            allowed.push(route.verb);
+        }
+    }
+    (Found::OtherMethods(allowed), Some(family))
+}
+
+/// `405` with an `Allow` header listing `verbs` (and `HEAD` with `GET`).
+fn method_not_allowed(verbs: &[Verb]) -> Response<Body> {
+    let mut allow = Vec::new();
+    for v in Verb::ALL.iter().filter(|v| verbs.contains(v)) {
+        allow.push(v.as_str());
+        if *v == Verb::Get {
+            allow.push("HEAD");
+        }
+    }
+    let mut resp = problem_response(Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ProblemCode::MethodNotAllowed,
+        "this method is not allowed on this path",
+    ));
+    if let Ok(v) = HeaderValue::from_str(&allow.join(", ")) {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
+}
+
+fn no_such_endpoint() -> Problem {
+    Problem::not_found("no such endpoint")
+}
+
+/// Answers `req`, whose method and path `handle` has already taken (for its log line).
+pub(super) async fn route(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    method: &Method,
+    path: &str,
+) -> Routed {
+    let (found, family) = find(method, path);
+    if let Some(family) = family
+        && family.open
+    {
+        return answer_open(app, req, family, found)
+            .await
+            .map_err(|e| (e, None));
+    }
+    if matches!(found, Found::Nothing) && !path.starts_with("/v1/") {
+        return Err((no_such_endpoint(), None));
+    }
+    if let Found::Route(handler, arg) = found
+        && let Some(read) = ReadRequest::of(handler, &req, arg)
+    {
+        return read_in_one_hop(&app, &req, read).await;
+    }
+    let who = match authenticate(&app, &req).await {
+        Ok(p) => p,
+        Err(e) => return Err((e, None)),
+    };
+    let name = Some(who.name.clone());
+    match answer_authenticated(app, who, req, found).await {
+        Ok(r) => Ok((r, name)),
+        Err(e) => Err((e, name)),
+    }
+}
+
+/// The routes open to callers without a token.
+async fn answer_open(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    family: &Family,
+    found: Found<'_>,
+) -> Result<(Response<Body>, Option<String>), Problem> {
+    if !family.own_query {
+        query_params(&req, &[])?;
+    }
+    let resp = match found {
+        Found::Nothing => return Err(no_such_endpoint()),
+        Found::OtherMethods(verbs) => method_not_allowed(&verbs),
+        Found::Route(Handler::Health, _) => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        Found::Route(Handler::Keys, _) => {
+            let v = json!({"sealing_recipient": app.identity.recipient().to_string()});
+            json_response(StatusCode::OK, &v)
+        }
+        Found::Route(Handler::OpenApi, _) => {
+            let mut r = Response::new(full(Bytes::from_static(OPENAPI.as_bytes())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        // No bearer token: the browser comes back from the authorization server with the
+        // state, which authenticates the callback.
+        Found::Route(Handler::OAuthCallback, _) => crate::oauth::callback(app, req).await?,
+        Found::Route(other, _) => {
+            return Err(Problem::internal(format!("{other:?} is not an open route")));
+        }
+    };
+    Ok((resp, None))
+}
+
+/// The token-protected routes, after authentication.
+async fn answer_authenticated(
+    app: Arc<App>,
+    who: Principal,
+    req: Request<Incoming>,
+    found: Found<'_>,
+) -> Result<Response<Body>, Problem> {
+    let handler = match &found {
+        Found::Route(handler, _) => Some(*handler),
+        _ => None,
+    };
+    if !handler.is_some_and(Handler::reads_query) {
+        no_query(&req)?;
+    }
+    let (handler, arg) = match found {
+        Found::Nothing => return Err(no_such_endpoint()),
+        Found::OtherMethods(verbs) => return Ok(method_not_allowed(&verbs)),
+        Found::Route(handler, arg) => (handler, arg),
+    };
+    match handler {
+        Handler::Deploy => crate::deploy::handle(app, who, req).await,
+        Handler::MappingFile => files::stream_mapping_file(&app, who, arg.to_owned()).await,
+        Handler::Resolve => {
+            let (c, n) = object_path(arg)?;
+            if !who.can(Perm::Use, &c) {
+                return Err(Problem::lacks(Perm::Use.as_str(), &c));
+            }
+            let body = read_json(&app, req).await?;
+            blocking(&app, move |_, db| {
+                handlers::resolve(db, &who, &c, &n, &body)
+            })
+            .await
+        }
+        Handler::DeleteMapping => {
+            let (c, n) = object_path(arg)?;
+            blocking(&app, move |_, db| {
+                handlers::delete_mapping(db, &who, &c, &n)
+            })
+            .await
+        }
+        Handler::Token => {
+            let (c, n) = object_path(arg)?;
+            crate::oauth::token(app, who, c, n).await
+        }
+        Handler::Authorize => {
+            let (c, n) = object_path(arg)?;
+            crate::oauth::authorize(app, who, c, n).await
+        }
+        Handler::Verify => {
+            let (c, n) = object_path(arg)?;
+            crate::verify::handle(app, who, c, n).await
+        }
+        Handler::PatchCredential => {
+            let (c, n) = object_path(arg)?;
+            if !who.can(Perm::Write, &c) {
+                return Err(Problem::lacks(Perm::Write.as_str(), &c));
+            }
+            let body = read_json(&app, req).await?;
+            blocking(&app, move |app, db| {
+                handlers::patch_credential(app, db, &who, &c, &n, &body)
+            })
+            .await
+        }
+        Handler::DeleteCredential => {
+            let (c, n) = object_path(arg)?;
+            blocking(&app, move |_, db| {
+                handlers::delete_credential(db, &who, &c, &n)
+            })
+            .await
+        }
+        // Open routes and reads are answered before authentication or in one hop.
+        other => Err(Problem::internal(format!(
+            "{other:?} reached the authenticated dispatch"
+        ))),
+    }
+}
+
+/// A read that runs in one blocking task on one connection, authentication included: a GET
+/// of deployments, the audit log, a container, a mapping or a credential. Its arguments are
+/// parsed before the task; a parse error is answered only after authentication, so an
+/// unauthenticated caller gets 401 whatever the path.
+enum ReadRequest {
+    Deployments(Result<Page, Problem>),
+    Audit(Result<Page, Problem>),
+    Container(Result<flowpack_shared::names::ContainerPath, Problem>),
+    Mapping(
+        Result<
+            (
+                flowpack_shared::names::ContainerPath,
+                flowpack_shared::names::Name,
+            ),
+            Problem,
+        >,
+    ),
+    Credential(
+        Result<
+            (
+                flowpack_shared::names::ContainerPath,
+                flowpack_shared::names::Name,
+            ),
+            Problem,
+        >,
+    ),
+}
+
+impl ReadRequest {
+    /// The read `handler` is, with its arguments parsed from `arg` and the query, or `None`
+    /// when it is not one (mapping files are streamed: see [`files::stream_mapping_file`]).
+    fn of(handler: Handler, req: &Request<Incoming>, arg: &str) -> Option<ReadRequest> {
+        Some(match handler {
+            Handler::ListDeployments => ReadRequest::Deployments(Page::parse(req)),
+            Handler::ListAudit => ReadRequest::Audit(Page::parse(req)),
+            Handler::ShowContainer => ReadRequest::Container(
+                no_query(req).and_then(|()| container_path(arg.trim_end_matches('/'))),
+            ),
+            Handler::ShowMapping => {
+                ReadRequest::Mapping(no_query(req).and_then(|()| object_path(arg)))
+            }
+            Handler::ShowCredential => {
+                ReadRequest::Credential(no_query(req).and_then(|()| object_path(arg)))
+            }
+            _ => return None,
+        })
+    }
+
+    fn answer(self, db: &Db, who: &Principal) -> Result<Response<Body>, Problem> {
+        match self {
+            ReadRequest::Deployments(page) => handlers::list_deployments(db, who, &page?),
+            ReadRequest::Audit(page) => handlers::list_audit(db, who, &page?),
+            ReadRequest::Container(c) => handlers::show_container(db, who, &c?),
+            ReadRequest::Mapping(p) => {
+                let (c, n) = p?;
+                handlers::show_mapping(db, who, &c, &n)
+            }
+            ReadRequest::Credential(p) => {
+                let (c, n) = p?;
+                handlers::show_credential(db, who, &c, &n)
+            }
+        }
+    }
+}
+
+/// Authenticates and answers `read` in one blocking task on one connection. The token and its
+/// grants are read from the database each time, so `token create` by another process takes
+/// effect at once. A credential read goes through [`READS`]; the others, whose answers grow
+/// with what the receiver holds, get a blocking thread each.
+async fn read_in_one_hop(app: &Arc<App>, req: &Request<Incoming>, read: ReadRequest) -> Routed {
+    let Some(token) = bearer(req).map(zeroize::Zeroizing::new) else {
+        return Err((Problem::unauthorized(), None));
+    };
+    let queued = matches!(read, ReadRequest::Credential(_));
+    let worker = app.clone();
+    let work = move || {
+        let db = worker.store.db().map_err(|e| (e.into(), None))?;
+        let who = match auth::authenticate(&db, &token) {
+            Ok(Some(who)) => who,
+            Ok(None) => return Err((Problem::unauthorized(), None)),
+            Err(e) => return Err((e.into(), None)),
+        };
+        let name = Some(who.name.clone());
+        match read.answer(&db, &who) {
+            Ok(r) => Ok((r, name)),
+            Err(e) => Err((e, name)),
+        }
+    };
+    if queued {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        READS.submit(app, move || {
+            // The caller may have gone away meanwhile: nobody is left to answer.
+            let _ = answer.send(work());
+        });
+        // The sender is dropped unanswered only if the read panicked.
+        answered
+            .await
+            .unwrap_or_else(|_| Err((Problem::internal("a queued read stopped"), None)))
+    } else {
+        let done = app.spawn_blocking(work).await;
+        done.unwrap_or_else(|e| Err((Problem::internal(e), None)))
+    }
+}
