@@ -97,9 +97,10 @@ pub struct BundleArgs {
     /// The environment to apply to credentials that define environments.
     #[arg(long = "env", value_name = "NAME")]
     pub env: Option<String>,
-    /// Seal secrets to this receiver's recipient (age1…, from `GET /v1/keys`).
+    /// Seal secrets to this receiver's recipient (age1…, from `GET /v1/keys`). Give it several
+    /// times to seal to several receivers: any of them can open the bundle.
     #[arg(long = "seal-to", value_name = "RECIPIENT", value_parser = parse_recipient)]
-    pub seal_to: Option<SealingRecipient>,
+    pub seal_to: Vec<SealingRecipient>,
     /// Seal secrets to the recipient this receiver publishes at GET /v1/keys, fetched over
     /// https:// (plain http:// only to a loopback address).
     #[arg(

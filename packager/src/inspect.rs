@@ -216,6 +216,7 @@ fn inspect_json(
         "signer_key_id": m.signer_key_id.to_string(),
         "signature_verified": verified,
         "sealed_to": m.sealing.as_ref().map(|s| s.recipient.as_str()),
+        "also_sealed_to": m.sealing.as_ref().map_or(&[][..], |s| &s.other_recipients[..]),
         "mappings": mappings,
         "credentials": credentials,
     })
@@ -260,7 +261,10 @@ fn print_inspect(
         );
     }
     match &m.sealing {
-        Some(s) => outln!("  sealed to:   {}", e(&s.recipient)),
+        Some(s) => {
+            let all: Vec<String> = s.recipients().map(e).collect();
+            outln!("  sealed to:   {}", all.join(", "));
+        }
         None => outln!("  sealed to:   (not sealed)"),
     }
     for mp in &payload.mappings {

@@ -129,7 +129,7 @@ fn build(
         Some(server) => {
             let r = crate::client::fetch_recipient(server, a.ca_cert.as_deref())?;
             errln!("flowpack: sealing to {r} (from {})", Escaped(server));
-            Some(r)
+            vec![r]
         }
         None => a.seal_to.clone(),
     };
@@ -226,7 +226,10 @@ fn print_summary(out: &Path, w: &Written) -> anyhow::Result<()> {
     outln!("  signer:      {}", m.signer_key_id);
     outln!("  expires:     {}", m.expires_at);
     if let Some(s) = &m.sealing {
-        outln!("  sealed to:   {}", s.recipient);
+        outln!(
+            "  sealed to:   {}",
+            s.recipients().collect::<Vec<_>>().join(", ")
+        );
     }
     let mapping_count = m
         .entries

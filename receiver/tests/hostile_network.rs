@@ -361,7 +361,7 @@ mod hostile_bundles {
             environment: None,
             created_at: now,
             expires_at: now.plus(time::Duration::days(7)),
-            seal_to: None,
+            seal_to: Vec::new(),
             allow_plaintext: false,
             level: 6,
         };

@@ -164,8 +164,13 @@ impl DataKey {
 
     /// The key wrapped for `to`: a binary age file, standard base64 (`wrapped_key`).
     pub fn wrap(&self, to: &SealingRecipient) -> Result<String, SealError> {
-        let recipient: &dyn age::Recipient = &to.0;
-        let enc = age::Encryptor::with_recipients(std::iter::once(recipient))
+        self.wrap_for(std::slice::from_ref(to))
+    }
+
+    /// Wraps the key for several recipients in one age file: any of their identities opens it.
+    pub fn wrap_for(&self, to: &[SealingRecipient]) -> Result<String, SealError> {
+        let recipients = to.iter().map(|r| &r.0 as &dyn age::Recipient);
+        let enc = age::Encryptor::with_recipients(recipients)
             .map_err(|e| SealError::Internal(e.to_string()))?;
         let mut out = Vec::new();
         let mut w = enc

@@ -49,6 +49,32 @@ fn sealed_bundle_round_trips_and_opens_only_for_its_receiver() {
 }
 
 #[test]
+fn a_bundle_sealed_to_several_receivers_opens_for_each_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, c) = project(dir.path());
+    let key = SigningKey::generate().unwrap();
+    let (a, b) = (SealingIdentity::generate(), SealingIdentity::generate());
+    let mut o = opts("/public/orders", None);
+    o.seal_to = vec![a.recipient(), b.recipient()];
+    let bytes = write(&key, &o, &m, &c);
+    for id in [&a, &b] {
+        let payload = verify(&bytes, &key, Some(id)).unwrap();
+        assert_eq!(
+            payload.credentials[0]
+                .plain_secret("password")
+                .map(|s| s.expose()),
+            Some(CANARY_PASSWORD)
+        );
+    }
+    let other = SealingIdentity::generate();
+    let e = verify(&bytes, &key, Some(&other)).unwrap_err();
+    assert_eq!(e.code(), "seal-recipient-mismatch");
+    for r in [&a, &b, &other] {
+        assert!(e.to_string().contains(&r.recipient().to_string()), "{e}");
+    }
+}
+
+#[test]
 fn flag_off_puts_no_byte_of_secret_in_the_bundle() {
     let dir = tempfile::tempdir().unwrap();
     let (m, mut c) = project(dir.path());

@@ -27,7 +27,7 @@ pub fn opts(container: &str, seal_to: Option<SealingRecipient>) -> BundleOptions
         environment: None,
         created_at: now,
         expires_at: now.plus(time::Duration::days(7)),
-        seal_to,
+        seal_to: seal_to.into_iter().collect(),
         allow_plaintext: false,
         level: 6,
     }

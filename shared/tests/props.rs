@@ -115,6 +115,7 @@ fn materialize(
                 description: None,
                 credential: Some(c.name.clone()),
                 external: false,
+                credential_type: None,
             })
             .collect();
         out.push(MappingInput {

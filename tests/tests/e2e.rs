@@ -412,3 +412,53 @@ fn hostile_corpus_is_refused_by_the_receiver_with_nothing_written() {
         wrong.join("\n")
     );
 }
+
+/// A release script seals one bundle to two receivers (say, two sites), reading each one's
+/// recipient from the receiver itself, and deploys the same file to both; a third receiver
+/// cannot open it.
+#[test]
+fn one_bundle_sealed_to_two_receivers_deploys_to_both_and_no_other() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let key = dir.join("signer.key");
+    ok(Command::new(bin("flowpack"))
+        .args(["keygen", "-o"])
+        .arg(&key));
+    let mut receivers: Vec<Receiver> = ["a", "b", "c"]
+        .into_iter()
+        .map(|n| Receiver::init(dir, n))
+        .collect();
+    for r in &mut receivers {
+        r.trust(&dir.join("signer.key.pub"), &[]);
+        r.serve();
+    }
+    let bundle = dir.join("both.fpk");
+    ok(Command::new(bin("flowpack"))
+        .arg("package")
+        .arg(root().join("fixtures/sample"))
+        .arg("-k")
+        .arg(&key)
+        .args(["-c", "/public/orders", "--seal-to", &receivers[0].recipient])
+        .args(["--seal-to", &receivers[1].recipient, "-o"])
+        .arg(&bundle));
+    for (i, r) in receivers.iter().enumerate() {
+        let out = run(Command::new(bin("flowpack"))
+            .arg("deploy")
+            .arg(&bundle)
+            .args(["--server", &r.url, "--json"])
+            .env("FLOWPACK_TOKEN", &r.admin_token));
+        if i < 2 {
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let (_, c) = r.get_json("/v1/credentials/public/orders/erp");
+            assert_eq!(c["password"]["set"], true, "{c}");
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{out:?}");
+            let problem: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(problem["code"], "seal-recipient-mismatch", "{problem}");
+        }
+    }
+}

@@ -311,7 +311,7 @@ pub fn bundle(
         created_at: opts.created_at,
         expires_at: opts.created_at.plus(opts.expires_in),
         allow_plaintext: opts.seal_to.is_none(),
-        seal_to: opts.seal_to.clone(),
+        seal_to: opts.seal_to.clone().into_iter().collect(),
         level: 6,
     };
     let mut out = Cursor::new(Vec::new());

@@ -153,10 +153,22 @@ impl SecretsState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sealing {
-    /// The receiver's `age1…` recipient.
+    /// The receiver's `age1…` recipient (the first one, when the bundle is sealed to several).
     pub recipient: String,
-    /// The data key as a binary age file, standard base64.
+    /// The other receivers' recipients, when the bundle is sealed to several: any of them can
+    /// open it. Absent when it is sealed to one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub other_recipients: Vec<String>,
+    /// The data key as a binary age file (one stanza per recipient), standard base64.
     pub wrapped_key: String,
+}
+
+impl Sealing {
+    /// Every recipient the bundle is sealed to, the first one first.
+    pub fn recipients(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.recipient.as_str())
+            .chain(self.other_recipients.iter().map(String::as_str))
+    }
 }
 
 /// One payload entry.

@@ -1,4 +1,4 @@
-//! Verifying a bundle: every rule of SPEC §4 "What the receiver accepts", checked before
+//! Verifying a bundle: every rule of what a receiver accepts (docs/FORMAT.md), checked before
 //! anything is trusted, each failure a distinct [`BundleError`].
 //!
 //! Three steps, so that the receiver can decide between them (replays, staleness):
@@ -21,7 +21,7 @@ use crate::model::mapping::Mapping;
 use crate::names::{ContainerPath, Name, RelPath};
 use crate::seal::{DataKey, SealContext, SealingIdentity};
 use crate::timefmt::Timestamp;
-use crate::zipfmt::{Entry, Limits, ZipReader};
+use crate::zipfmt::{Entry, Limits, ZipError, ZipReader};
 
 /// Largest `manifest.json`, inflated, that is read: a larger one is refused on its declared
 /// size, before a byte of it is inflated. Its bytes are kept once, for the signature (Ed25519
@@ -92,6 +92,12 @@ impl From<BundleError> for Refusal {
             manifest: None,
             verified: false,
         }
+    }
+}
+
+impl From<ZipError> for Refusal {
+    fn from(error: ZipError) -> Refusal {
+        BundleError::from(error).into()
     }
 }
 
@@ -380,9 +386,9 @@ impl<R: Read + Seek> OpenBundle<R> {
             return Ok(None);
         };
         let ours = identity.recipient().to_string();
-        if sealing.recipient != ours {
+        if !sealing.recipients().any(|r| r == ours) {
             return Err(BundleError::SealRecipientMismatch(
-                sealing.recipient.clone(),
+                sealing.recipients().collect::<Vec<_>>().join(", "),
                 ours,
             ));
         }
@@ -586,6 +592,11 @@ fn check_manifest(manifest: &Manifest) -> Result<(), BundleError> {
     if let Some(s) = &manifest.sealing {
         crate::seal::SealingRecipient::parse(&s.recipient)
             .map_err(|e| BundleError::BadManifest(format!("field `sealing.recipient`: {e}")))?;
+        for (i, r) in s.other_recipients.iter().enumerate() {
+            crate::seal::SealingRecipient::parse(r).map_err(|e| {
+                BundleError::BadManifest(format!("field `sealing.other_recipients[{i}]`: {e}"))
+            })?;
+        }
         // What can be checked without the receiver's identity is checked here, so that
         // `flowpack verify` refuses a malformed wrapped key too.
         DataKey::check_wrapped(&s.wrapped_key)

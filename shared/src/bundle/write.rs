@@ -73,8 +73,8 @@ pub struct BundleOptions {
     pub created_at: Timestamp,
     /// Expiry time.
     pub expires_at: Timestamp,
-    /// Seal secrets to this receiver.
-    pub seal_to: Option<SealingRecipient>,
+    /// Seal secrets to these receivers (any of them can open them); empty: not sealed.
+    pub seal_to: Vec<SealingRecipient>,
     /// Allow secrets in clear when not sealing.
     pub allow_plaintext: bool,
     /// Deflate level, 0–9.
@@ -187,7 +187,7 @@ pub fn write_bundle_with<W: Write + Seek>(
     let refused: Vec<String> = credentials
         .iter()
         .filter(|c| c.include_in_deployment && !c.secrets.is_empty())
-        .filter(|_| opts.seal_to.is_none() && !opts.allow_plaintext)
+        .filter(|_| opts.seal_to.is_empty() && !opts.allow_plaintext)
         .map(|c| c.name.to_string())
         .collect();
     if !refused.is_empty() {
@@ -195,20 +195,20 @@ pub fn write_bundle_with<W: Write + Seek>(
     }
 
     let bundle_id = BundleId::generate()?;
-    let data_key = match &opts.seal_to {
-        Some(_)
-            if credentials
-                .iter()
-                .any(|c| c.include_in_deployment && !c.secrets.is_empty()) =>
-        {
-            Some(DataKey::generate()?)
-        }
-        _ => None,
+    let data_key = if !opts.seal_to.is_empty()
+        && credentials
+            .iter()
+            .any(|c| c.include_in_deployment && !c.secrets.is_empty())
+    {
+        Some(DataKey::generate()?)
+    } else {
+        None
     };
-    let sealing = match (&opts.seal_to, &data_key) {
-        (Some(r), Some(k)) => Some(Sealing {
-            recipient: r.to_string(),
-            wrapped_key: k.wrap(r)?,
+    let sealing = match (opts.seal_to.split_first(), &data_key) {
+        (Some((first, others)), Some(k)) => Some(Sealing {
+            recipient: first.to_string(),
+            other_recipients: others.iter().map(ToString::to_string).collect(),
+            wrapped_key: k.wrap_for(&opts.seal_to)?,
         }),
         _ => None,
     };
@@ -635,7 +635,7 @@ mod tests {
             environment: None,
             created_at: now,
             expires_at: now.plus(time::Duration::days(1)),
-            seal_to: None,
+            seal_to: Vec::new(),
             allow_plaintext: false,
             level: 6,
         }
