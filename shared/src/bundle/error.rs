@@ -2,6 +2,8 @@
 
 use std::io;
 
+use crate::zipfmt::ZipError;
+
 /// How a refusal maps onto the receiver's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -223,21 +225,113 @@ impl BundleError {
         io::Error::new(io::ErrorKind::InvalidData, self)
     }
 
-    /// Recovers a [`BundleError`] carried through `io::Error` by [`BundleError::into_io`].
+    /// Recovers a [`BundleError`] (or a [`ZipError`]) carried through `io::Error` by
+    /// [`BundleError::into_io`] (or [`ZipError::into_io`]).
     pub fn from_io(e: io::Error) -> BundleError {
         if e.get_ref().is_some_and(|inner| inner.is::<BundleError>()) {
-            if let Some(inner) = e.into_inner() {
-                if let Ok(b) = inner.downcast::<BundleError>() {
-                    return *b;
-                }
-                return BundleError::Io(io::Error::other("unreachable downcast"));
+            // `is` just held, so both steps succeed; the fallback only satisfies the types.
+            return match e.into_inner().map(|inner| inner.downcast::<BundleError>()) {
+                Some(Ok(b)) => *b,
+                _ => BundleError::Io(io::Error::other("unreachable downcast")),
+            };
+        }
+        // Anything else, a truncated file included, is what the ZIP layer says it is.
+        ZipError::from_io(e).into()
+    }
+}
+
+impl From<ZipError> for BundleError {
+    /// Each ZIP refusal becomes the bundle refusal of the same name, which gives it its code
+    /// and class.
+    fn from(e: ZipError) -> BundleError {
+        use BundleError as B;
+        use ZipError as Z;
+        match e {
+            Z::NotAZip(s) => B::NotAZip(s),
+            Z::PrependedData(n) => B::PrependedData(n),
+            Z::TrailingData(n) => B::TrailingData(n),
+            Z::ArchiveComment(s) => B::ArchiveComment(s),
+            Z::MultipleEndRecords => B::MultipleEndRecords,
+            Z::Zip64Invalid(s) => B::Zip64Invalid(s),
+            Z::HeaderMismatch(name, what) => B::HeaderMismatch(name, what),
+            Z::EntryLayout(s) => B::EntryLayout(s),
+            Z::UnsupportedCompression(name, m) => B::UnsupportedCompression(name, m),
+            Z::EncryptedEntry(name) => B::EncryptedEntry(name),
+            Z::UnsupportedFeature(name, what) => B::UnsupportedFeature(name, what),
+            Z::NotRegularFile(name) => B::NotRegularFile(name),
+            Z::BadEntryName(name, why) => B::BadEntryName(name, why),
+            Z::DuplicateEntry(name) => B::DuplicateEntry(name),
+            Z::TooFewEntries => {
+                B::EntryOrder("a bundle starts with manifest.json and manifest.sig".into())
             }
-            return BundleError::Io(io::Error::other("unreachable downcast"));
+            Z::CrcMismatch(name) => B::CrcMismatch(name),
+            Z::TooManyEntries(n, limit) => B::TooManyEntries(n, limit),
+            Z::CompressionRatio(name, size, csize) => B::CompressionRatio(name, size, csize),
+            Z::SizeLimit(s) => B::SizeLimit(s),
+            Z::SizeMismatch(name, what) => B::SizeMismatch(name, what),
+            Z::Io(e) => B::Io(e),
         }
-        // Truncation surfaces as UnexpectedEof from the file; that is a malformed archive.
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            return BundleError::NotAZip("the archive is truncated".into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One of each ZIP refusal, with the code the hostile corpus expects for it.
+    fn zip_errors() -> Vec<(ZipError, &'static str)> {
+        let n = || "mappings/m/files/a.xml".to_owned();
+        vec![
+            (ZipError::NotAZip("x".into()), "not-a-zip"),
+            (ZipError::PrependedData(3), "prepended-data"),
+            (ZipError::TrailingData(3), "trailing-data"),
+            (ZipError::ArchiveComment("x".into()), "archive-comment"),
+            (ZipError::MultipleEndRecords, "multiple-end-records"),
+            (ZipError::Zip64Invalid("x".into()), "zip64-invalid"),
+            (ZipError::HeaderMismatch(n(), "flags"), "header-mismatch"),
+            (ZipError::EntryLayout("x".into()), "entry-layout"),
+            (
+                ZipError::UnsupportedCompression(n(), 12),
+                "unsupported-compression",
+            ),
+            (ZipError::EncryptedEntry(n()), "encrypted-entry"),
+            (
+                ZipError::UnsupportedFeature(n(), "x".into()),
+                "unsupported-feature",
+            ),
+            (ZipError::NotRegularFile(n()), "not-regular-file"),
+            (ZipError::BadEntryName(n(), "is odd"), "bad-entry-name"),
+            (ZipError::DuplicateEntry(n()), "duplicate-entry"),
+            (ZipError::TooFewEntries, "entry-order"),
+            (ZipError::CrcMismatch(n()), "crc-mismatch"),
+            (ZipError::TooManyEntries(9, 8), "too-many-entries"),
+            (ZipError::CompressionRatio(n(), 9, 1), "compression-ratio"),
+            (ZipError::SizeLimit("x".into()), "size-limit"),
+            (ZipError::SizeMismatch(n(), "x".into()), "size-mismatch"),
+            (ZipError::Io(io::Error::other("x")), "io"),
+        ]
+    }
+
+    #[test]
+    fn a_zip_refusal_keeps_its_message_and_code_as_a_bundle_refusal() {
+        for (z, code) in zip_errors() {
+            let message = z.to_string();
+            let b = BundleError::from(z);
+            assert_eq!(b.code(), code, "{message}");
+            assert_eq!(b.to_string(), message);
         }
-        BundleError::Io(e)
+    }
+
+    #[test]
+    fn a_zip_refusal_carried_through_io_comes_back_as_itself() {
+        for (z, code) in zip_errors() {
+            let message = z.to_string();
+            let b = BundleError::from_io(z.into_io());
+            assert_eq!((b.code(), b.to_string()), (code, message));
+        }
+        let truncated = io::Error::from(io::ErrorKind::UnexpectedEof);
+        assert_eq!(BundleError::from_io(truncated).code(), "not-a-zip");
+        let b = BundleError::from_io(BundleError::Expired("x".into()).into_io());
+        assert_eq!(b.code(), "expired");
     }
 }

@@ -18,12 +18,14 @@
 
 mod codec;
 mod compress;
+mod error;
 mod hashing;
 mod layout;
 mod read;
 mod write;
 
 pub use compress::{Compressed, Compressor, Spool};
+pub use error::ZipError;
 pub use hashing::HashingReader;
 pub use layout::check_entry_name;
 pub use read::{Entry, EntryReader, ZipReader};

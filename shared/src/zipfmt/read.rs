@@ -9,10 +9,10 @@ use super::codec::{
     CENTRAL_SIG, CentralHeader, EOCD_SIG, EndRecord, LocalHeader, S_IFMT, S_IFREG, Zip64EndRecord,
     Zip64Locator, array_at, canonical, rfind_sig, zip64_offset,
 };
+use super::error::ZipError;
 use super::hashing::HashingReader;
 use super::layout::check_entry_name;
 use super::{Limits, Method};
-use crate::bundle::error::BundleError;
 
 /// One entry of the central directory, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,16 +66,16 @@ const ZIP64_LOCATOR_LEN: u64 = Zip64Locator::LEN as u64;
 
 impl<R: Read + Seek> ZipReader<R> {
     /// Reads and checks the end records and the central directory.
-    pub fn open(mut r: R, limits: &Limits) -> Result<ZipReader<R>, BundleError> {
+    pub fn open(mut r: R, limits: &Limits) -> Result<ZipReader<R>, ZipError> {
         let len = r.seek(SeekFrom::End(0))?;
         if len > limits.max_bundle_size {
-            return Err(BundleError::SizeLimit(format!(
+            return Err(ZipError::SizeLimit(format!(
                 "the bundle is {len} bytes; the limit is {}",
                 limits.max_bundle_size
             )));
         }
         if len < EOCD_LEN {
-            return Err(BundleError::NotAZip("too short to be a ZIP archive".into()));
+            return Err(ZipError::NotAZip("too short to be a ZIP archive".into()));
         }
         let tail_len = len.min(EOCD_LEN + 0xFFFF + ZIP64_LOCATOR_LEN + ZIP64_EOCD_LEN);
         let tail_start = len - tail_len;
@@ -86,24 +86,22 @@ impl<R: Read + Seek> ZipReader<R> {
         let Some((at, eocd)) = rfind_sig(&tail, EOCD_SIG)
             .and_then(|at| Some((at, EndRecord::decode(array_at(&tail, at)?))))
         else {
-            return Err(BundleError::NotAZip(
+            return Err(ZipError::NotAZip(
                 "no end of central directory record".into(),
             ));
         };
         let eocd_pos = tail_start + at as u64;
         if eocd.comment_len > 0 {
-            return Err(BundleError::ArchiveComment(
-                "the archive has a comment".into(),
-            ));
+            return Err(ZipError::ArchiveComment("the archive has a comment".into()));
         }
         if eocd_pos + EOCD_LEN != len {
-            return Err(BundleError::TrailingData(len - eocd_pos - EOCD_LEN));
+            return Err(ZipError::TrailingData(len - eocd_pos - EOCD_LEN));
         }
         if eocd.disk != canonical::DISK
             || eocd.cd_disk != canonical::DISK
             || eocd.entries_on_disk != eocd.entries
         {
-            return Err(BundleError::NotAZip(
+            return Err(ZipError::NotAZip(
                 "multi-disk archives are not supported".into(),
             ));
         }
@@ -123,7 +121,7 @@ impl<R: Read + Seek> ZipReader<R> {
                 || loc.disk != u32::from(canonical::DISK)
                 || loc.total_disks != canonical::TOTAL_DISKS
             {
-                return Err(BundleError::Zip64Invalid(
+                return Err(ZipError::Zip64Invalid(
                     "the ZIP64 locator does not point at a ZIP64 end record just before it".into(),
                 ));
             }
@@ -131,16 +129,14 @@ impl<R: Read + Seek> ZipReader<R> {
             // maximal comment plus both ZIP64 records after the start of a full tail.
             let rel = (z64_pos - tail_start) as usize;
             let z = array_at(&tail, rel)
-                .ok_or_else(|| BundleError::Zip64Invalid("ZIP64 end record out of range".into()))?;
+                .ok_or_else(|| ZipError::Zip64Invalid("ZIP64 end record out of range".into()))?;
             let Some(z) = Zip64EndRecord::decode(z).filter(|z| {
                 z.record_size == canonical::ZIP64_RECORD_SIZE
                     && z.disk == u32::from(canonical::DISK)
                     && z.cd_disk == u32::from(canonical::DISK)
                     && z.entries_on_disk == z.entries
             }) else {
-                return Err(BundleError::Zip64Invalid(
-                    "malformed ZIP64 end record".into(),
-                ));
+                return Err(ZipError::Zip64Invalid("malformed ZIP64 end record".into()));
             };
             let (c, s, o) = (z.entries, z.cd_size, z.cd_offset);
             let agrees = |small: u64, big: u64, max: u64| small == max || small == big;
@@ -148,24 +144,22 @@ impl<R: Read + Seek> ZipReader<R> {
                 || !agrees(cd_size, s, 0xFFFF_FFFF)
                 || !agrees(cd_offset, o, 0xFFFF_FFFF)
             {
-                return Err(BundleError::Zip64Invalid(
+                return Err(ZipError::Zip64Invalid(
                     "the ZIP64 end record disagrees with the end record".into(),
                 ));
             }
             (count, cd_size, cd_offset) = (c, s, o);
             cd_end = z64_pos;
         } else if count == 0xFFFF || cd_size == 0xFFFF_FFFF || cd_offset == 0xFFFF_FFFF {
-            return Err(BundleError::Zip64Invalid(
+            return Err(ZipError::Zip64Invalid(
                 "the end record asks for ZIP64 values but there is no ZIP64 locator".into(),
             ));
         }
         if count > limits.max_entries {
-            return Err(BundleError::TooManyEntries(count, limits.max_entries));
+            return Err(ZipError::TooManyEntries(count, limits.max_entries));
         }
         if count < 2 {
-            return Err(BundleError::EntryOrder(
-                "a bundle starts with manifest.json and manifest.sig".into(),
-            ));
+            return Err(ZipError::TooFewEntries);
         }
         let cd_stop = cd_offset.checked_add(cd_size).filter(|&e| e <= cd_end);
         match cd_stop {
@@ -176,26 +170,26 @@ impl<R: Read + Seek> ZipReader<R> {
                 let mut gap = vec![0u8; (cd_end - stop).min(1 << 16) as usize];
                 r.read_exact(&mut gap)?;
                 if rfind_sig(&gap, EOCD_SIG).is_some() {
-                    return Err(BundleError::MultipleEndRecords);
+                    return Err(ZipError::MultipleEndRecords);
                 }
                 let shift = cd_end - stop;
                 r.seek(SeekFrom::Start(cd_offset + shift))?;
                 let mut sig = [0u8; 4];
                 if r.read_exact(&mut sig).is_ok() && u32::from_le_bytes(sig) == CENTRAL_SIG {
-                    return Err(BundleError::PrependedData(shift));
+                    return Err(ZipError::PrependedData(shift));
                 }
-                return Err(BundleError::EntryLayout(format!(
+                return Err(ZipError::EntryLayout(format!(
                     "{shift} unexplained bytes before the end of central directory record"
                 )));
             }
             None => {
-                return Err(BundleError::NotAZip(
+                return Err(ZipError::NotAZip(
                     "the central directory lies outside the archive".into(),
                 ));
             }
         }
         if cd_size < count * CentralHeader::LEN as u64 {
-            return Err(BundleError::NotAZip(
+            return Err(ZipError::NotAZip(
                 "the central directory is too small for its entry count".into(),
             ));
         }
@@ -207,11 +201,11 @@ impl<R: Read + Seek> ZipReader<R> {
         for i in 0..count {
             let e = read_central(&mut br, i, limits)?;
             if !folded.insert(e.name.to_lowercase()) {
-                return Err(BundleError::DuplicateEntry(e.name));
+                return Err(ZipError::DuplicateEntry(e.name));
             }
             total = total.saturating_add(e.size);
             if total > limits.max_total_uncompressed {
-                return Err(BundleError::SizeLimit(format!(
+                return Err(ZipError::SizeLimit(format!(
                     "the entries' uncompressed sizes add up to more than the limit of {} bytes",
                     limits.max_total_uncompressed
                 )));
@@ -220,20 +214,20 @@ impl<R: Read + Seek> ZipReader<R> {
         }
         let mut rest = [0u8; 1];
         if br.read(&mut rest)? != 0 {
-            return Err(BundleError::EntryLayout(
+            return Err(ZipError::EntryLayout(
                 "the central directory holds more than its entry count".into(),
             ));
         }
         drop(br);
         if let Some(first) = entries.first().filter(|e| e.offset != 0) {
-            return Err(BundleError::PrependedData(first.offset));
+            return Err(ZipError::PrependedData(first.offset));
         }
         // Local headers have no extra field and repeat the central name, so each entry's
         // extent is known here: entries must tile the archive from 0 to the central directory.
         let mut expected = 0u64;
         for e in &entries {
             if e.offset != expected {
-                return Err(BundleError::EntryLayout(format!(
+                return Err(ZipError::EntryLayout(format!(
                     "entry {} starts at {} but the previous entry ends at {} (overlapping or gapped entries)",
                     e.name, e.offset, expected
                 )));
@@ -241,7 +235,7 @@ impl<R: Read + Seek> ZipReader<R> {
             expected = e.offset + LOCAL_LEN + e.name.len() as u64 + e.compressed_size;
         }
         if expected != cd_offset {
-            return Err(BundleError::EntryLayout(format!(
+            return Err(ZipError::EntryLayout(format!(
                 "the last entry ends at {expected} but the central directory starts at {cd_offset}"
             )));
         }
@@ -261,12 +255,12 @@ impl<R: Read + Seek> ZipReader<R> {
     }
 
     /// Opens the next entry (they are read strictly in order), after checking its local header.
-    pub fn next_entry(&mut self) -> Result<Option<EntryReader<'_, R>>, BundleError> {
+    pub fn next_entry(&mut self) -> Result<Option<EntryReader<'_, R>>, ZipError> {
         let Some(e) = self.entries.get(self.next).cloned() else {
             return Ok(None);
         };
         if e.offset != self.pos {
-            return Err(BundleError::EntryLayout(format!(
+            return Err(ZipError::EntryLayout(format!(
                 "entry {} starts at {} but the previous entry ends at {} (overlapping or gapped entries)",
                 e.name, e.offset, self.pos
             )));
@@ -274,9 +268,9 @@ impl<R: Read + Seek> ZipReader<R> {
         let mut h = [0u8; LocalHeader::LEN];
         self.r
             .read_exact(&mut h)
-            .map_err(|_| BundleError::HeaderMismatch(e.name.clone(), "local header truncated"))?;
+            .map_err(|_| ZipError::HeaderMismatch(e.name.clone(), "local header truncated"))?;
         let Some(l) = LocalHeader::decode(&h) else {
-            return Err(BundleError::HeaderMismatch(
+            return Err(ZipError::HeaderMismatch(
                 e.name.clone(),
                 "no local header at the central directory's offset",
             ));
@@ -294,13 +288,13 @@ impl<R: Read + Seek> ZipReader<R> {
             (u64::from(l.size) == e.size, "uncompressed size"),
         ];
         if let Some((_, what)) = checks.iter().find(|(ok, _)| !ok) {
-            return Err(BundleError::HeaderMismatch(e.name.clone(), what));
+            return Err(ZipError::HeaderMismatch(e.name.clone(), what));
         }
         let name_len = u64::from(l.name_len);
         let extra_len = u64::from(l.extra_len);
         if extra_len != 0 {
             // Canonical form: a local extra field's bytes would be covered by nothing.
-            return Err(BundleError::HeaderMismatch(
+            return Err(ZipError::HeaderMismatch(
                 e.name.clone(),
                 "local extra field (bundles have none)",
             ));
@@ -308,9 +302,9 @@ impl<R: Read + Seek> ZipReader<R> {
         let mut name = vec![0u8; name_len as usize];
         self.r
             .read_exact(&mut name)
-            .map_err(|_| BundleError::HeaderMismatch(e.name.clone(), "local header truncated"))?;
+            .map_err(|_| ZipError::HeaderMismatch(e.name.clone(), "local header truncated"))?;
         if name != e.name.as_bytes() {
-            return Err(BundleError::HeaderMismatch(e.name.clone(), "name"));
+            return Err(ZipError::HeaderMismatch(e.name.clone(), "name"));
         }
         io::copy(&mut self.r.by_ref().take(extra_len), &mut io::sink())?;
         let data_start = self.pos + LOCAL_LEN + name_len + extra_len;
@@ -320,7 +314,7 @@ impl<R: Read + Seek> ZipReader<R> {
             .get(self.next + 1)
             .map_or(self.cd_offset, |n| n.offset);
         if data_end != following {
-            return Err(BundleError::EntryLayout(format!(
+            return Err(ZipError::EntryLayout(format!(
                 "entry {} ends at {} but the next record starts at {} (overlapping or gapped entries)",
                 e.name, data_end, following
             )));
@@ -340,12 +334,12 @@ impl<R: Read + Seek> ZipReader<R> {
     }
 }
 
-fn read_central(br: &mut impl BufRead, i: u64, limits: &Limits) -> Result<Entry, BundleError> {
-    let truncated = || BundleError::NotAZip(format!("central directory record {i} is truncated"));
+fn read_central(br: &mut impl BufRead, i: u64, limits: &Limits) -> Result<Entry, ZipError> {
+    let truncated = || ZipError::NotAZip(format!("central directory record {i} is truncated"));
     let mut h = [0u8; CentralHeader::LEN];
     br.read_exact(&mut h).map_err(|_| truncated())?;
     let Some(c) = CentralHeader::decode(&h) else {
-        return Err(BundleError::NotAZip(format!(
+        return Err(ZipError::NotAZip(format!(
             "central directory record {i} has a bad signature"
         )));
     };
@@ -354,23 +348,23 @@ fn read_central(br: &mut impl BufRead, i: u64, limits: &Limits) -> Result<Entry,
     br.read_exact(&mut raw_name).map_err(|_| truncated())?;
     br.read_exact(&mut extra).map_err(|_| truncated())?;
     let name = String::from_utf8(raw_name).map_err(|e| {
-        BundleError::BadEntryName(
+        ZipError::BadEntryName(
             String::from_utf8_lossy(e.as_bytes()).into_owned(),
             "is not UTF-8",
         )
     })?;
-    check_entry_name(&name).map_err(|why| BundleError::BadEntryName(name.clone(), why))?;
+    check_entry_name(&name).map_err(|why| ZipError::BadEntryName(name.clone(), why))?;
     if c.comment_len != 0 {
-        return Err(BundleError::ArchiveComment(format!(
+        return Err(ZipError::ArchiveComment(format!(
             "entry {name} has a comment"
         )));
     }
     let flags = c.flags;
     if flags & canonical::ENCRYPTION_FLAGS != 0 {
-        return Err(BundleError::EncryptedEntry(name));
+        return Err(ZipError::EncryptedEntry(name));
     }
     if flags & !canonical::ALLOWED_FLAGS != 0 {
-        return Err(BundleError::UnsupportedFeature(
+        return Err(ZipError::UnsupportedFeature(
             name,
             format!(
                 "general purpose flags {flags:#06x} (data descriptors, patched data and the like are not accepted)"
@@ -378,7 +372,7 @@ fn read_central(br: &mut impl BufRead, i: u64, limits: &Limits) -> Result<Entry,
         ));
     }
     let Some(method) = Method::from_code(c.method) else {
-        return Err(BundleError::UnsupportedCompression(name, c.method));
+        return Err(ZipError::UnsupportedCompression(name, c.method));
     };
     let made_by_os = c.made_by >> 8;
     let attrs = c.external_attrs;
@@ -389,17 +383,17 @@ fn read_central(br: &mut impl BufRead, i: u64, limits: &Limits) -> Result<Entry,
         _ => attrs & 0x10 == 0 && (attrs >> 16) & S_IFMT == 0,
     };
     if !regular {
-        return Err(BundleError::NotRegularFile(name));
+        return Err(ZipError::NotRegularFile(name));
     }
     if c.disk != canonical::DISK {
-        return Err(BundleError::NotAZip(format!(
+        return Err(ZipError::NotAZip(format!(
             "entry {name} claims another disk"
         )));
     }
     // Canonical form (docs/FORMAT.md): fields that nothing else covers have one permitted
     // value, so that no byte of an archive can change unnoticed.
     if c.made_by != canonical::MADE_BY {
-        return Err(BundleError::UnsupportedFeature(
+        return Err(ZipError::UnsupportedFeature(
             name,
             format!(
                 "version made by must be {:#06x} (Unix, 2.0)",
@@ -408,13 +402,13 @@ fn read_central(br: &mut impl BufRead, i: u64, limits: &Limits) -> Result<Entry,
         ));
     }
     if c.internal_attrs != canonical::INTERNAL_ATTRS {
-        return Err(BundleError::UnsupportedFeature(
+        return Err(ZipError::UnsupportedFeature(
             name,
             "internal attributes must be 0".into(),
         ));
     }
     if attrs != 0 && attrs != canonical::EXTERNAL_ATTRS {
-        return Err(BundleError::UnsupportedFeature(
+        return Err(ZipError::UnsupportedFeature(
             name,
             format!(
                 "external attributes must be 0 or {:#010x} (a regular file, mode 0644)",
@@ -427,28 +421,28 @@ fn read_central(br: &mut impl BufRead, i: u64, limits: &Limits) -> Result<Entry,
     let size = u64::from(c.size);
     let mut offset = u64::from(c.offset);
     if size == 0xFFFF_FFFF || csize == 0xFFFF_FFFF {
-        return Err(BundleError::SizeLimit(format!(
+        return Err(ZipError::SizeLimit(format!(
             "entry {name} uses ZIP64 sizes; entries of 4 GiB or more are not accepted"
         )));
     }
     if offset == 0xFFFF_FFFF {
         offset = zip64_offset(&extra).ok_or_else(|| {
-            BundleError::Zip64Invalid(format!("entry {name} lacks its ZIP64 offset"))
+            ZipError::Zip64Invalid(format!("entry {name} lacks its ZIP64 offset"))
         })?;
     } else if !extra.is_empty() {
-        return Err(BundleError::UnsupportedFeature(
+        return Err(ZipError::UnsupportedFeature(
             name,
             "extra fields are only allowed for a ZIP64 offset".into(),
         ));
     }
     if method == Method::Stored && csize != size {
-        return Err(BundleError::HeaderMismatch(
+        return Err(ZipError::HeaderMismatch(
             name,
             "stored entry with different compressed and uncompressed sizes",
         ));
     }
     if size > limits.ratio_threshold && (csize == 0 || size / csize.max(1) > limits.max_ratio) {
-        return Err(BundleError::CompressionRatio(name, size, csize));
+        return Err(ZipError::CompressionRatio(name, size, csize));
     }
     Ok(Entry {
         name,
@@ -480,7 +474,7 @@ impl<R: Read> Read for Inner<'_, R> {
 /// The data of one entry, inflated, bounded by its declared size, and checked at its end.
 ///
 /// Reading past the declared size, a short stream, compressed bytes left over, or a CRC
-/// mismatch all surface as an `io::Error` wrapping a [`BundleError`] *before* the final `Ok(0)`,
+/// mismatch all surface as an `io::Error` wrapping a [`ZipError`] *before* the final `Ok(0)`,
 /// so a consumer never sees a clean end of an entry that is not what its headers say.
 pub struct EntryReader<'a, R: Read> {
     hashing: HashingReader<Inner<'a, R>>,
@@ -501,8 +495,8 @@ impl<'a, R: Read> EntryReader<'a, R> {
     }
 
     /// Reads to the end and returns (size, SHA-256), checking everything [`EntryReader`] checks.
-    pub fn finish(mut self) -> Result<(u64, [u8; 32]), BundleError> {
-        io::copy(&mut self, &mut io::sink()).map_err(BundleError::from_io)?;
+    pub fn finish(mut self) -> Result<(u64, [u8; 32]), ZipError> {
+        io::copy(&mut self, &mut io::sink()).map_err(ZipError::from_io)?;
         Ok(self.digest())
     }
 
@@ -512,10 +506,10 @@ impl<'a, R: Read> EntryReader<'a, R> {
         (n, sha)
     }
 
-    fn check_end(&mut self) -> Result<(), BundleError> {
+    fn check_end(&mut self) -> Result<(), ZipError> {
         let name = &self.entry.name;
         if self.hashing.n != self.entry.size {
-            return Err(BundleError::SizeMismatch(
+            return Err(ZipError::SizeMismatch(
                 name.clone(),
                 format!(
                     "inflates to {} bytes but its headers say {}",
@@ -528,14 +522,14 @@ impl<'a, R: Read> EntryReader<'a, R> {
             Inner::Deflate(d) => d.get_ref().limit(),
         };
         if left != 0 {
-            return Err(BundleError::SizeMismatch(
+            return Err(ZipError::SizeMismatch(
                 name.clone(),
                 format!("{left} compressed bytes follow the end of its deflate stream"),
             ));
         }
         let crc = self.hashing.crc.clone().finalize();
         if crc != self.entry.crc {
-            return Err(BundleError::CrcMismatch(name.clone()));
+            return Err(ZipError::CrcMismatch(name.clone()));
         }
         Ok(())
     }
@@ -550,7 +544,7 @@ impl<R: Read> Read for EntryReader<'_, R> {
         let room = (self.entry.size + 1 - self.hashing.n).min(buf.len() as u64) as usize;
         let n = self.hashing.read(&mut buf[..room]).map_err(|e| {
             if e.kind() == io::ErrorKind::InvalidInput || e.kind() == io::ErrorKind::InvalidData {
-                BundleError::SizeMismatch(
+                ZipError::SizeMismatch(
                     self.entry.name.clone(),
                     format!("its deflate data is corrupt ({e})"),
                 )
@@ -560,7 +554,7 @@ impl<R: Read> Read for EntryReader<'_, R> {
             }
         })?;
         if self.hashing.n > self.entry.size {
-            return Err(BundleError::SizeMismatch(
+            return Err(ZipError::SizeMismatch(
                 self.entry.name.clone(),
                 format!(
                     "inflates to more than the {} bytes its headers say",
@@ -570,7 +564,7 @@ impl<R: Read> Read for EntryReader<'_, R> {
             .into_io());
         }
         if n == 0 {
-            self.check_end().map_err(BundleError::into_io)?;
+            self.check_end().map_err(ZipError::into_io)?;
             self.done = true;
         }
         Ok(n)
