@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# flowpack against what users would do instead (issue 6), side by side, in one run.
+# flowpack against what users would do instead, side by side, in one run.
 #
 #   bench/run.sh           the full benchmark (about 6½ minutes on 2 cores once built, 12 from a
 #                          fresh clone); appends a dated section to docs/PERFORMANCE.md

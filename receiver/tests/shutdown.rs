@@ -1,4 +1,4 @@
-//! Graceful shutdown with a deploy in flight (SPEC §5: one transaction; a 2xx is durable).
+//! Graceful shutdown with a deploy in flight (one transaction; a 2xx is durable).
 //!
 //! A large valid bundle is uploaded slowly; the shutdown signal arrives while it is still being
 //! uploaded, or while it is being applied. After a restart on the same data directory the state

@@ -1,4 +1,4 @@
-//! Ed25519 signing keys in OpenSSL's PEM forms, and key ids (SPEC §3).
+//! Ed25519 signing keys in OpenSSL's PEM forms, and key ids.
 //!
 //! Private keys are written as PKCS#8 **v1** (seed only), which is what `openssl genpkey
 //! -algorithm ed25519` writes and what OpenSSL 3 and Python `cryptography` load; ring's own
@@ -106,7 +106,7 @@ impl VerifyingKey {
         &self.0
     }
 
-    /// The key id (SPEC §3).
+    /// The key id.
     pub fn key_id(&self) -> KeyId {
         let digest = ring::digest::digest(&ring::digest::SHA256, &self.0);
         let mut id = [0u8; 8];

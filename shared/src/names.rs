@@ -11,7 +11,7 @@ use std::fmt;
 #[error("{0}")]
 pub struct NameError(pub String);
 
-/// A credential, mapping or parameter name: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}` (SPEC §1).
+/// A credential, mapping or parameter name: `[A-Za-z0-9][A-Za-z0-9._-]{0,127}`.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Name(String);
 
@@ -43,7 +43,7 @@ impl Name {
     }
 }
 
-/// A container path: `/` or `/seg/seg…`, each segment a [`Name`] (SPEC §5).
+/// A container path: `/` or `/seg/seg…`, each segment a [`Name`].
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ContainerPath(String);
 
@@ -150,7 +150,7 @@ impl ContainerPath {
 }
 
 /// A relative file path inside a mapping: `/`-separated segments, none empty, `.` or `..`, no
-/// backslash, colon, control character or NUL; at most 512 bytes (SPEC §2).
+/// backslash, colon, control character or NUL; at most 512 bytes.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RelPath(String);
 

@@ -1,4 +1,4 @@
-//! Sealing sensitive values to a receiver (SPEC §4).
+//! Sealing sensitive values to a receiver.
 //!
 //! A bundle gets one random 32-byte data key, wrapped for the receiver's age X25519 recipient
 //! (`wrapped_key`). Each sensitive value is ChaCha20-Poly1305 under that key with a fresh 12-byte

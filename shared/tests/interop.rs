@@ -1,4 +1,4 @@
-//! Interoperability with standard tools, exactly as SPEC §4 and §3 say: a third party verifies a
+//! Interoperability with standard tools, exactly as docs/FORMAT.md says: a third party verifies a
 //! bundle with unzip, openssl and sha256sum; a sealed value opens with the `age` CLI and an
 //! independent ChaCha20-Poly1305 (Python `cryptography`); keys cross between OpenSSL and us.
 //! These tests need openssl, unzip, sha256sum, age and python3 with cryptography (.ci/run

@@ -1,5 +1,5 @@
 //! PENDING (fails today; see tests/pending/README.md): `flowpack verify` could refuse a bad
-//! `sealing.wrapped_key` without the receiver's identity, as SPEC §4 / issue 5 want every
+//! `sealing.wrapped_key` without the receiver's identity, as docs/FORMAT.md wants every
 //! hostile bundle refused by `verify` too. An age file's header is public (it parses or it
 //! does not), and so is its payload's length: a wrapped 32-byte data key is a 64-byte payload
 //! (16-byte nonce, 32 bytes, 16-byte tag). Today `verify` never looks at `wrapped_key` unless it

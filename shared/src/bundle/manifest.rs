@@ -1,4 +1,4 @@
-//! `manifest.json`: what a bundle holds, signed (SPEC §4).
+//! `manifest.json`: what a bundle holds, signed.
 //!
 //! Its lists (`entries`, `credentials`) are read with a bound on their length while
 //! [`with_list_limit`] is in force, so that a hostile manifest cannot make a reader hold more
@@ -282,7 +282,7 @@ where
     d.deserialize_seq(Bounded(std::marker::PhantomData))
 }
 
-/// Where an entry path points, per the layout of SPEC §4.
+/// Where an entry path points, per the payload layout (docs/FORMAT.md §3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryPath {
     /// `mappings/<name>/mapping.json`.

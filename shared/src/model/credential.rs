@@ -1,4 +1,4 @@
-//! Credential records (SPEC §1): four types, each with its non-sensitive and sensitive fields.
+//! Credential records: four types, each with its non-sensitive and sensitive fields.
 //!
 //! The fields of each type are a table ([`fields_of`]); parsing walks the table, so a field is
 //! known, typed and checked in one place. Sensitive values are [`SecretValue`]s: plain (a
@@ -395,7 +395,7 @@ impl Credential {
         Ok(cred)
     }
 
-    /// True when none of the type's sensitive fields is set (SPEC §1).
+    /// True when none of the type's sensitive fields is set.
     pub fn needs_secrets(&self) -> bool {
         self.secrets.is_empty()
     }

@@ -1,4 +1,4 @@
-//! Mapping definitions (SPEC §2): parameters, credential references and the files they carry.
+//! Mapping definitions: parameters, credential references and the files they carry.
 
 use std::collections::BTreeSet;
 

@@ -1,4 +1,4 @@
-//! The records flowpack carries: credentials (SPEC §1) and mapping definitions (SPEC §2).
+//! The records flowpack carries: credentials and mapping definitions.
 //!
 //! Both are parsed strictly, once: unknown fields, wrong types and bad names are errors that name
 //! the file (or bundle entry) and the field at fault.
@@ -68,7 +68,7 @@ pub(crate) fn parse_object(
     }
 }
 
-/// Rules across a set of records (SPEC §2, §4): unique names, every credential reference
+/// Rules across a set of records: unique names, every credential reference
 /// resolved within the set, no mapping in a standalone credential bundle. The packager checks
 /// them before writing and the receiver again after reading, with the same code.
 pub fn check_project(
