@@ -9,6 +9,7 @@ use std::io::{Cursor, Read};
 use std::time::{Duration, Instant};
 
 use common::*;
+use flowpack_shared::bundle::Class;
 use flowpack_shared::bundle::read::{OpenBundle, TrustedSigner};
 use flowpack_shared::keys::SigningKey;
 use flowpack_shared::names::ContainerPath;
@@ -81,11 +82,11 @@ fn whitespace(n: usize) -> Vec<u8> {
         .collect()
 }
 
-fn open(bytes: &[u8], key: &SigningKey, limits: &Limits) -> Result<(), (String, u16, String)> {
+fn open(bytes: &[u8], key: &SigningKey, limits: &Limits) -> Result<(), (String, Class, String)> {
     let trust = trust_all(key);
     OpenBundle::open(Cursor::new(bytes), limits, &trust)
         .map(drop)
-        .map_err(|e| (e.code().to_owned(), e.status(), e.to_string()))
+        .map_err(|e| (e.code().to_owned(), e.class(), e.to_string()))
 }
 
 #[test]
@@ -98,8 +99,12 @@ fn a_manifest_over_32_mib_inflated_is_refused_as_too_large_unread() {
         m
     });
     let started = Instant::now();
-    let (code, status, detail) = open(&big, &key, &Limits::default()).unwrap_err();
-    assert_eq!((code.as_str(), status), ("too-large", 413), "{detail}");
+    let (code, class, detail) = open(&big, &key, &Limits::default()).unwrap_err();
+    assert_eq!(
+        (code.as_str(), class),
+        ("too-large", Class::TooLarge),
+        "{detail}"
+    );
     assert!(detail.contains("manifest.json"), "{detail}");
     assert!(detail.contains(&(32 * MIB).to_string()), "{detail}");
     // Refused on its declared size: nothing was inflated.
@@ -140,8 +145,12 @@ fn a_manifest_string_over_64_kib_is_refused_before_it_is_buffered_whole() {
         v["environment"] = serde_json::Value::String("e".repeat(8 * MIB));
         serde_json::to_vec(&v).unwrap()
     });
-    let (code, status, detail) = open(&long, &key, &Limits::default()).unwrap_err();
-    assert_eq!((code.as_str(), status), ("bad-manifest", 422), "{detail}");
+    let (code, class, detail) = open(&long, &key, &Limits::default()).unwrap_err();
+    assert_eq!(
+        (code.as_str(), class),
+        ("bad-manifest", Class::Refused),
+        "{detail}"
+    );
     assert!(detail.contains("65536 bytes"), "{detail}");
 
     // A string within the bound is read as before.
@@ -170,8 +179,12 @@ fn a_manifest_listing_more_items_than_the_entry_limit_is_refused_while_it_is_rea
         v["entries"] = serde_json::Value::Array(list);
         serde_json::to_vec(&v).unwrap()
     });
-    let (code, status, detail) = open(&long, &key, &limits).unwrap_err();
-    assert_eq!((code.as_str(), status), ("size-limit", 413), "{detail}");
+    let (code, class, detail) = open(&long, &key, &limits).unwrap_err();
+    assert_eq!(
+        (code.as_str(), class),
+        ("size-limit", Class::TooLarge),
+        "{detail}"
+    );
     assert!(detail.contains("field `entries"), "{detail}");
     assert!(detail.contains("more than 10 items"), "{detail}");
 }

@@ -1,19 +1,21 @@
-//! Every reason a bundle is refused, each with a stable code and an HTTP status.
+//! Every reason a bundle is refused, each with a stable code and a [`Class`]: what kind of
+//! refusal it is. Which answer a class gets (an HTTP status, an exit code) is the caller's
+//! business.
 
 use std::io;
 
 use crate::zipfmt::ZipError;
 
-/// How a refusal maps onto the receiver's answer.
+/// What kind of refusal an error is, for callers that answer each kind differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
-    /// The archive is not a well-formed bundle (400).
+    /// The archive is not a well-formed bundle.
     Malformed,
-    /// Over a configured limit (413).
+    /// Over a configured limit.
     TooLarge,
-    /// Well-formed but refused by verification (422).
+    /// Well-formed but refused by verification.
     Refused,
-    /// Reading failed for a reason of our own (500).
+    /// Reading failed for a reason of our own, not the bundle's.
     Internal,
 }
 
@@ -207,16 +209,6 @@ impl BundleError {
             }
             Io(_) => Class::Internal,
             _ => Class::Refused,
-        }
-    }
-
-    /// The HTTP status for this refusal.
-    pub fn status(&self) -> u16 {
-        match self.class() {
-            Class::Malformed => 400,
-            Class::TooLarge => 413,
-            Class::Refused => 422,
-            Class::Internal => 500,
         }
     }
 
