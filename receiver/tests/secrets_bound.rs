@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{Cursor, Read};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
@@ -499,25 +498,12 @@ async fn deploy_verify_runs_only_after_expiry_staleness_and_replay_checks() {
 
 /// `b` with its manifest's `bundle_id` replaced by `id` and signed again by `key`.
 fn with_bundle_id(b: &[u8], id: &str, key: &SigningKey) -> Vec<u8> {
-    use flowpack_shared::zipfmt::{Limits, Method as ZipMethod, ZipReader, ZipWriter};
-    let mut zr = ZipReader::open(Cursor::new(b.to_vec()), &Limits::default()).unwrap();
-    let mut entries = Vec::new();
-    while let Some(mut e) = zr.next_entry().unwrap() {
-        let name = e.entry().name.clone();
-        let mut data = Vec::new();
-        e.read_to_end(&mut data).unwrap();
-        entries.push((name, data));
-    }
+    let mut entries = entries_of(b);
     let mut m: Value = serde_json::from_slice(&entries[0].1).unwrap();
     m["bundle_id"] = json!(id);
     entries[0].1 = serde_json::to_vec_pretty(&m).unwrap();
     entries[1].1 = key.sign(&entries[0].1).to_vec();
-    let mut zw = ZipWriter::new(Cursor::new(Vec::new()));
-    for (name, data) in &entries {
-        zw.add(name, ZipMethod::Deflate, 6, &mut &data[..], &mut |_| {})
-            .unwrap();
-    }
-    zw.finish().unwrap().into_inner()
+    zip_of(&entries)
 }
 
 /// Two signers: `a` trusted for `/a` only, `b` for `/b` only; a bundle of each, unsealed.
@@ -538,12 +524,7 @@ async fn two_signers() -> (Server, Vec<u8>, Vec<u8>, SigningKey) {
 }
 
 fn bundle_id(b: &[u8]) -> String {
-    use flowpack_shared::zipfmt::{Limits, ZipReader};
-    let mut zr = ZipReader::open(Cursor::new(b.to_vec()), &Limits::default()).unwrap();
-    let mut e = zr.next_entry().unwrap().unwrap();
-    let mut data = Vec::new();
-    e.read_to_end(&mut data).unwrap();
-    let m: Value = serde_json::from_slice(&data).unwrap();
+    let m: Value = serde_json::from_slice(&entries_of(b)[0].1).unwrap();
     m["bundle_id"].as_str().unwrap().to_owned()
 }
 
@@ -641,22 +622,9 @@ async fn a_bad_signature_refusal_records_what_the_manifest_claims_unverified() {
 async fn a_bundle_refused_for_its_structure_is_audited_with_what_its_manifest_claims() {
     let (s, a, _, _) = two_signers().await;
     // The last payload entry is left out of the archive: refused after the manifest was read.
-    use flowpack_shared::zipfmt::{Limits, Method as ZipMethod, ZipReader, ZipWriter};
-    let mut zr = ZipReader::open(Cursor::new(a.clone()), &Limits::default()).unwrap();
-    let mut entries = Vec::new();
-    while let Some(mut e) = zr.next_entry().unwrap() {
-        let name = e.entry().name.clone();
-        let mut data = Vec::new();
-        e.read_to_end(&mut data).unwrap();
-        entries.push((name, data));
-    }
+    let mut entries = entries_of(&a);
     entries.pop();
-    let mut zw = ZipWriter::new(Cursor::new(Vec::new()));
-    for (name, data) in &entries {
-        zw.add(name, ZipMethod::Deflate, 6, &mut &data[..], &mut |_| {})
-            .unwrap();
-    }
-    let short = zw.finish().unwrap().into_inner();
+    let short = zip_of(&entries);
     let (st, v) = s.deploy(&s.admin, &short).await;
     assert_eq!(st, 422, "{v}");
     let (_, audit) = s.get(&s.admin, "/v1/audit").await;

@@ -319,10 +319,9 @@ pub fn bundle(
     out.into_inner()
 }
 
-/// Rewrites a bundle with `edit` applied to its last entry's data (same length, so only the
-/// digest can tell); the signed manifest is unchanged.
-pub fn tamper_last_entry(b: &[u8], edit: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
-    use flowpack_shared::zipfmt::{Limits, Method, ZipReader, ZipWriter};
+/// A bundle's entries, in order: (name, inflated bytes).
+pub fn entries_of(b: &[u8]) -> Vec<(String, Vec<u8>)> {
+    use flowpack_shared::zipfmt::{Limits, ZipReader};
     let mut zr = ZipReader::open(Cursor::new(b.to_vec()), &Limits::default()).unwrap();
     let mut entries = Vec::new();
     while let Some(mut e) = zr.next_entry().unwrap() {
@@ -331,14 +330,27 @@ pub fn tamper_last_entry(b: &[u8], edit: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
         e.read_to_end(&mut data).unwrap();
         entries.push((name, data));
     }
-    let last = entries.len() - 1;
-    edit(&mut entries[last].1);
+    entries
+}
+
+/// An archive of `entries`, in order, deflated.
+pub fn zip_of(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+    use flowpack_shared::zipfmt::{Method, ZipWriter};
     let mut zw = ZipWriter::new(Cursor::new(Vec::new()));
-    for (name, data) in &entries {
+    for (name, data) in entries {
         zw.add(name, Method::Deflate, 6, &mut &data[..], &mut |_| {})
             .unwrap();
     }
     zw.finish().unwrap().into_inner()
+}
+
+/// Rewrites a bundle with `edit` applied to its last entry's data (same length, so only the
+/// digest can tell); the signed manifest is unchanged.
+pub fn tamper_last_entry(b: &[u8], edit: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
+    let mut entries = entries_of(b);
+    let last = entries.len() - 1;
+    edit(&mut entries[last].1);
+    zip_of(&entries)
 }
 
 pub fn ts_minus(minutes: i64) -> Timestamp {
