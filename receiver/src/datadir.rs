@@ -20,13 +20,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use flowpack_shared::seal::{SealingIdentity, random};
 use flowpack_shared::secret::SecretBytes;
-use flowpack_shared::zipfmt::Limits;
-use serde::{Deserialize, Serialize};
 
-use crate::auth::{self, PermSet};
-use crate::creds::SecretKeys;
-use crate::outbound::AllowEntry;
+use crate::service::auth::{self, PermSet};
+use crate::service::creds::SecretKeys;
 use crate::store::Store;
+
+pub use crate::config::{Config, LimitsConfig};
 
 /// Paths inside a data directory.
 #[derive(Debug, Clone)]
@@ -138,71 +137,6 @@ fn clear_spool(dir: &DataDir) -> anyhow::Result<usize> {
         }
     }
     Ok(removed)
-}
-
-/// Limits on bundles, as `config.json` holds them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// Largest bundle, in bytes.
-    pub max_bundle_size: u64,
-    /// Most entries in a bundle.
-    pub max_entries: u64,
-    /// Largest total uncompressed size.
-    pub max_total_uncompressed: u64,
-    /// Largest compression ratio of an entry over 1 MiB.
-    pub max_ratio: u64,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        let l = Limits::default();
-        LimitsConfig {
-            max_bundle_size: l.max_bundle_size,
-            max_entries: l.max_entries,
-            max_total_uncompressed: l.max_total_uncompressed,
-            max_ratio: l.max_ratio,
-        }
-    }
-}
-
-impl LimitsConfig {
-    /// The limits as the bundle reader takes them.
-    pub fn to_limits(&self) -> Limits {
-        Limits {
-            max_bundle_size: self.max_bundle_size,
-            max_entries: self.max_entries,
-            max_total_uncompressed: self.max_total_uncompressed,
-            max_ratio: self.max_ratio,
-            ..Limits::default()
-        }
-    }
-}
-
-/// `config.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    /// Bundle limits.
-    pub limits: LimitsConfig,
-    /// CA certificates (PEM files) trusted for outbound OAuth calls, besides the system's roots.
-    pub extra_ca_files: Vec<PathBuf>,
-    /// Most connections served at once.
-    pub max_connections: usize,
-    /// Hosts the receiver may send requests to although they are not public addresses, and
-    /// over plain `http://` (docs/OUTBOUND.md): `"127.0.0.1"`, `"idp.internal:8443"`.
-    pub outbound_allow: Vec<AllowEntry>,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            limits: LimitsConfig::default(),
-            extra_ca_files: Vec::new(),
-            max_connections: 256,
-            outbound_allow: Vec::new(),
-        }
-    }
 }
 
 /// What `init` prints, once.

@@ -1,5 +1,5 @@
 //! flowpack's receiver: verifies signed bundles and applies them atomically to an embedded
-//! store, then answers questions about what it holds (SPEC §4–§6).
+//! store, then answers questions about what it holds.
 //!
 //! Which API to use when:
 //! - Create a data directory: [`datadir::init`]; load one: [`App::load`].
@@ -12,16 +12,15 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod auth;
+pub mod config;
 pub mod conns;
-pub mod creds;
 pub mod datadir;
-pub mod deploy;
-pub mod oauth;
 pub mod outbound;
 pub mod problem;
+pub mod service;
 pub mod store;
-pub mod verify;
+
+pub use service::auth;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -40,8 +39,8 @@ use tokio::task::JoinSet;
 pub use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
-use crate::creds::SecretKeys;
 use crate::datadir::{Config, DataDir};
+use crate::service::creds::SecretKeys;
 use crate::store::Store;
 
 /// Time source, injectable for tests.
@@ -62,7 +61,7 @@ pub struct App {
     /// Current time.
     pub clock: Clock,
     /// Outbound HTTP (OAuth token endpoints, verification) and the single-flight locks.
-    pub outbound: oauth::Outbound,
+    pub outbound: outbound::Outbound,
     /// How long shutdown waits for in-flight requests before closing their connections.
     pub shutdown_grace: Duration,
     /// How long a request body may go without a byte arriving before it is answered 408.
@@ -84,7 +83,7 @@ impl App {
     pub fn load(dir: &Path) -> anyhow::Result<App> {
         let dir = DataDir::new(dir);
         let loaded = datadir::load(&dir)?;
-        let outbound = oauth::Outbound::new(&loaded.config)?;
+        let outbound = outbound::Outbound::new(&loaded.config)?;
         Ok(App {
             outbound,
             dir,
@@ -94,7 +93,7 @@ impl App {
             config: loaded.config,
             clock: Arc::new(Timestamp::now),
             shutdown_grace: SHUTDOWN_GRACE,
-            body_idle: deploy::BODY_IDLE,
+            body_idle: service::deploy::BODY_IDLE,
             timeouts: conns::Timeouts::default(),
             work: TaskTracker::new(),
         })

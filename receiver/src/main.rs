@@ -1,4 +1,4 @@
-//! `flowpack-receiver`: the command line over the library (SPEC §6).
+//! `flowpack-receiver`: the command line over the library.
 //!
 //! Exit status: 0 success, 1 failure (one line on stderr), 2 usage error (clap).
 

@@ -314,6 +314,14 @@ impl Problem {
     pub fn unprocessable(code: ProblemCode, detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
     }
+    /// 413.
+    pub fn too_large(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::PAYLOAD_TOO_LARGE, ProblemCode::TooLarge, detail)
+    }
+    /// 502: an upstream server (a token endpoint) failed us.
+    pub fn bad_gateway(code: ProblemCode, detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::BAD_GATEWAY, code, detail)
+    }
     /// 500: the cause goes to the log only.
     pub fn internal(cause: impl Display) -> Self {
         tracing::error!(error = %cause, "internal error");

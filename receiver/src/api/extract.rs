@@ -14,9 +14,10 @@ use hyper::{Request, StatusCode};
 use serde_json::Value;
 
 use crate::App;
-use crate::auth::{self, Principal};
-use crate::creds::split_object_path;
 use crate::problem::{Problem, ProblemCode};
+use crate::service::auth::{self, Principal};
+use crate::service::catalog::Page;
+use crate::service::creds::split_object_path;
 
 use super::blocking;
 
@@ -184,53 +185,44 @@ pub(crate) fn no_query(req: &Request<Incoming>) -> Result<(), Problem> {
 const MAX_PAGE: usize = 1000;
 const DEFAULT_PAGE: usize = 100;
 
-/// Which page of a listing (deployments, audit) a request asks for.
-#[derive(Debug)]
-pub(crate) struct Page {
-    pub(crate) container: Option<ContainerPath>,
-    pub(crate) before: Option<i64>,
-    pub(crate) limit: usize,
-}
-
-impl Page {
-    /// Parses `?container=P&limit=N&before=ID`.
-    pub(crate) fn parse(req: &Request<Incoming>) -> Result<Page, Problem> {
-        let q = query_params(req, &["container", "limit", "before"])?;
-        let container = q
-            .get("container")
-            .map(|c| {
-                ContainerPath::parse(c).map_err(|e| Problem::bad_request(ProblemCode::BadPath, e.0))
-            })
-            .transpose()?;
-        let limit = match q.get("limit") {
-            None => DEFAULT_PAGE,
-            Some(l) => match l.parse::<usize>() {
-                Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-                _ => {
-                    return Err(Problem::bad_request(
-                        ProblemCode::BadQuery,
-                        format!("`limit` is a whole number from 1 to {MAX_PAGE}"),
-                    ));
-                }
-            },
-        };
-        let before = q
-            .get("before")
-            .map(|b| {
-                b.parse::<i64>().ok().filter(|b| *b > 0).ok_or_else(|| {
-                    Problem::bad_request(
-                        ProblemCode::BadQuery,
-                        "`before` is an id from a previous page's `next`",
-                    )
-                })
-            })
-            .transpose()?;
-        Ok(Page {
-            container,
-            before,
-            limit,
+/// Parses `?container=P&limit=N&before=ID`: which page of a listing (deployments, audit) a
+/// request asks for.
+pub(crate) fn page(req: &Request<Incoming>) -> Result<Page, Problem> {
+    let q = query_params(req, &["container", "limit", "before"])?;
+    let container = q
+        .get("container")
+        .map(|c| {
+            ContainerPath::parse(c).map_err(|e| Problem::bad_request(ProblemCode::BadPath, e.0))
         })
-    }
+        .transpose()?;
+    let limit = match q.get("limit") {
+        None => DEFAULT_PAGE,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                return Err(Problem::bad_request(
+                    ProblemCode::BadQuery,
+                    format!("`limit` is a whole number from 1 to {MAX_PAGE}"),
+                ));
+            }
+        },
+    };
+    let before = q
+        .get("before")
+        .map(|b| {
+            b.parse::<i64>().ok().filter(|b| *b > 0).ok_or_else(|| {
+                Problem::bad_request(
+                    ProblemCode::BadQuery,
+                    "`before` is an id from a previous page's `next`",
+                )
+            })
+        })
+        .transpose()?;
+    Ok(Page {
+        container,
+        before,
+        limit,
+    })
 }
 
 pub(crate) fn query_param(req: &Request<Incoming>, key: &str) -> Result<Option<String>, Problem> {

@@ -15,13 +15,13 @@ use hyper::body::{Frame, SizeHint};
 use hyper::header::{self, HeaderValue};
 
 use crate::App;
-use crate::auth::{Perm, Principal};
 use crate::problem::{Problem, ProblemCode};
+use crate::service::auth::{Perm, Principal};
 use crate::store::{Db, MappingFile};
 
-use super::Body;
 use super::extract::{object_path, percent_decode};
-use super::handlers::{load_mapping, show_mapping};
+use super::{Body, json_response};
+use crate::service::catalog::{load_mapping, show_mapping};
 
 /// Size of the pieces a mapping file is streamed in.
 const CHUNK: usize = 64 * 1024;
@@ -212,7 +212,8 @@ pub(crate) fn mapping_file<'db>(
         && let Ok(Some(cid)) = db.container_id(&c)
         && db.mapping(cid, n.as_str())?.is_some()
     {
-        return show_mapping(db, who, &c, &n).map(FileAnswer::Whole);
+        return show_mapping(db, who, &c, &n)
+            .map(|v| FileAnswer::Whole(json_response(hyper::StatusCode::OK, &v)));
     }
     Err(first_error.unwrap_or_else(|| Problem::not_found("no such mapping file")))
 }

@@ -11,9 +11,9 @@
 //! a precise, safe `detail`; internal faults get a generic 500 and a log line.
 
 mod answer;
+mod deploy;
 mod extract;
 mod files;
-mod handlers;
 mod reads;
 mod router;
 
@@ -26,8 +26,6 @@ use hyper::{Request, Response};
 use crate::App;
 
 pub use answer::{Body, full, json_response, problem_response};
-pub(crate) use extract::{next_frame, query_param, query_params};
-pub use handlers::audit_alone;
 pub use router::routes;
 
 pub(crate) use crate::blocking;

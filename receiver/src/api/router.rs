@@ -27,16 +27,19 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::App;
-use crate::auth::{self, Perm, Principal};
 use crate::problem::{Problem, ProblemCode};
+use crate::service::auth::{self, Perm, Principal};
+use crate::service::catalog::{self, Page};
+use crate::service::{oauth, verify};
 use crate::store::Db;
 
-use super::answer::{full, json_response, problem_response};
+use super::answer::{empty, full, json_bytes_response, json_response, problem_response};
 use super::extract::{
-    Page, authenticate, bearer, container_path, no_query, object_path, query_params, read_json,
+    authenticate, bearer, container_path, no_query, object_path, page, query_param, query_params,
+    read_json,
 };
 use super::reads::READS;
-use super::{Body, blocking, files, handlers};
+use super::{Body, blocking, files};
 
 /// The OpenAPI document of this API, served at `GET /v1/openapi.json`.
 const OPENAPI: &str = include_str!("openapi.json");
@@ -348,6 +351,21 @@ fn method_not_allowed(verbs: &[Verb]) -> Response<Body> {
     resp
 }
 
+/// `200` with a JSON document.
+fn ok(v: serde_json::Value) -> Response<Body> {
+    json_response(StatusCode::OK, &v)
+}
+
+/// `200` with a JSON document already serialized.
+fn ok_bytes(v: Vec<u8>) -> Response<Body> {
+    json_bytes_response(StatusCode::OK, v)
+}
+
+/// `204`.
+fn no_content((): ()) -> Response<Body> {
+    empty(StatusCode::NO_CONTENT)
+}
+
 fn no_such_endpoint() -> Problem {
     Problem::not_found("no such endpoint")
 }
@@ -414,7 +432,14 @@ async fn answer_open(
         }
         // No bearer token: the browser comes back from the authorization server with the
         // state, which authenticates the callback.
-        Found::Route(Handler::OAuthCallback, _) => crate::oauth::callback(app, req).await?,
+        Found::Route(Handler::OAuthCallback, _) => {
+            let params = oauth::CallbackParams {
+                state: query_param(&req, "state"),
+                code: query_param(&req, "code"),
+                error: query_param(&req, "error"),
+            };
+            ok(oauth::callback(app, params).await?)
+        }
         Found::Route(other, _) => {
             return Err(Problem::internal(format!("{other:?} is not an open route")));
         }
@@ -442,7 +467,7 @@ async fn answer_authenticated(
         Found::Route(handler, arg) => (handler, arg),
     };
     match handler {
-        Handler::Deploy => crate::deploy::handle(app, who, req).await,
+        Handler::Deploy => super::deploy::handle(app, who, req).await,
         Handler::MappingFile => files::stream_mapping_file(&app, who, arg.to_owned()).await,
         Handler::Resolve => {
             let (c, n) = object_path(arg)?;
@@ -451,28 +476,28 @@ async fn answer_authenticated(
             }
             let body = read_json(&app, req).await?;
             blocking(&app, move |_, db| {
-                handlers::resolve(db, &who, &c, &n, &body)
+                catalog::resolve(db, &who, &c, &n, &body).map(ok)
             })
             .await
         }
         Handler::DeleteMapping => {
             let (c, n) = object_path(arg)?;
             blocking(&app, move |_, db| {
-                handlers::delete_mapping(db, &who, &c, &n)
+                catalog::delete_mapping(db, &who, &c, &n).map(no_content)
             })
             .await
         }
         Handler::Token => {
             let (c, n) = object_path(arg)?;
-            crate::oauth::token(app, who, c, n).await
+            oauth::token(app, who, c, n).await.map(ok)
         }
         Handler::Authorize => {
             let (c, n) = object_path(arg)?;
-            crate::oauth::authorize(app, who, c, n).await
+            oauth::authorize(app, who, c, n).await.map(ok)
         }
         Handler::Verify => {
             let (c, n) = object_path(arg)?;
-            crate::verify::handle(app, who, c, n).await
+            verify::handle(app, who, c, n).await.map(ok)
         }
         Handler::PatchCredential => {
             let (c, n) = object_path(arg)?;
@@ -481,14 +506,14 @@ async fn answer_authenticated(
             }
             let body = read_json(&app, req).await?;
             blocking(&app, move |app, db| {
-                handlers::patch_credential(app, db, &who, &c, &n, &body)
+                catalog::patch_credential(app, db, &who, &c, &n, &body).map(ok_bytes)
             })
             .await
         }
         Handler::DeleteCredential => {
             let (c, n) = object_path(arg)?;
             blocking(&app, move |_, db| {
-                handlers::delete_credential(db, &who, &c, &n)
+                catalog::delete_credential(db, &who, &c, &n).map(no_content)
             })
             .await
         }
@@ -532,8 +557,8 @@ impl ReadRequest {
     /// when it is not one (mapping files are streamed: see [`files::stream_mapping_file`]).
     fn of(handler: Handler, req: &Request<Incoming>, arg: &str) -> Option<ReadRequest> {
         Some(match handler {
-            Handler::ListDeployments => ReadRequest::Deployments(Page::parse(req)),
-            Handler::ListAudit => ReadRequest::Audit(Page::parse(req)),
+            Handler::ListDeployments => ReadRequest::Deployments(page(req)),
+            Handler::ListAudit => ReadRequest::Audit(page(req)),
             Handler::ShowContainer => ReadRequest::Container(
                 no_query(req).and_then(|()| container_path(arg.trim_end_matches('/'))),
             ),
@@ -549,16 +574,16 @@ impl ReadRequest {
 
     fn answer(self, db: &Db, who: &Principal) -> Result<Response<Body>, Problem> {
         match self {
-            ReadRequest::Deployments(page) => handlers::list_deployments(db, who, &page?),
-            ReadRequest::Audit(page) => handlers::list_audit(db, who, &page?),
-            ReadRequest::Container(c) => handlers::show_container(db, who, &c?),
+            ReadRequest::Deployments(page) => catalog::list_deployments(db, who, &page?).map(ok),
+            ReadRequest::Audit(page) => catalog::list_audit(db, who, &page?).map(ok),
+            ReadRequest::Container(c) => catalog::show_container(db, who, &c?).map(ok),
             ReadRequest::Mapping(p) => {
                 let (c, n) = p?;
-                handlers::show_mapping(db, who, &c, &n)
+                catalog::show_mapping(db, who, &c, &n).map(ok)
             }
             ReadRequest::Credential(p) => {
                 let (c, n) = p?;
-                handlers::show_credential(db, who, &c, &n)
+                catalog::show_credential(db, who, &c, &n).map(ok_bytes)
             }
         }
     }

@@ -27,16 +27,14 @@ use std::time::Duration;
 use flowpack_shared::model::credential::{CredentialType, PublicValue};
 use flowpack_shared::names::{ContainerPath, Name};
 use flowpack_shared::timefmt::Timestamp;
-use hyper::{Response, StatusCode};
 use serde_json::json;
 
 use crate::App;
-use crate::api::{Body, json_response};
-use crate::auth::{Perm, Principal};
 use crate::blocking;
-use crate::oauth::{self, Grant, Material, Outbound, TokenError, Tokens};
 use crate::outbound::{Refused, SendFailure, TcpError, UrlError};
 use crate::problem::Problem;
+use crate::service::auth::{Perm, Principal};
+use crate::service::oauth::{self, Grant, Material, Outbound, TokenError, Tokens};
 use crate::store::AuditRow;
 
 /// How long a database connection attempt may take.
@@ -274,7 +272,7 @@ pub async fn handle(
     who: Principal,
     c: ContainerPath,
     n: Name,
-) -> Result<Response<Body>, Problem> {
+) -> Result<serde_json::Value, Problem> {
     if !who.can(Perm::Use, &c) {
         return Err(Problem::lacks(Perm::Use.as_str(), &c));
     }
@@ -347,5 +345,5 @@ pub async fn handle(
     if let Some(e) = refusal {
         return Err(e);
     }
-    Ok(json_response(StatusCode::OK, &v.to_json()))
+    Ok(v.to_json())
 }

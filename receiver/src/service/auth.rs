@@ -1,4 +1,4 @@
-//! Bearer tokens, principals and their grants (SPEC §5 "Permissions").
+//! Bearer tokens, principals and their grants.
 //!
 //! A token is `fpt_<id>_<secret>`: `id` is 16 hex digits (the lookup key), `secret` 32 random
 //! bytes in base64url. The database holds the id and SHA-256 of the secret only; the secret is

@@ -18,7 +18,7 @@
 //! neither read another container's record nor pre-empt its bundle by reusing its id.
 //!
 //! With `?verify=true` (`flowpack deploy --verify`), every credential that carries secrets is
-//! verified ([`crate::verify`]) as it will be after the apply, but only after every check that
+//! verified ([`crate::service::verify`]) as it will be after the apply, but only after every check that
 //! could refuse the bundle (trust, grant, replay, expiry, staleness) has passed, so a bundle
 //! that will be refused never causes an outbound request. The stored secrets join the bundle's
 //! fields only when the bundle leaves the credential's destination as it is: a secret is never
@@ -41,22 +41,17 @@ use flowpack_shared::bundle::{BundleError, BundleKind};
 use flowpack_shared::keys::{KeyId, VerifyingKey};
 use flowpack_shared::model::credential::Credential;
 use flowpack_shared::names::{ContainerPath, Name};
-use hyper::body::Incoming;
-use hyper::header;
-use hyper::{Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
 use crate::App;
-use crate::api::{Body, json_response};
-use crate::auth::{Perm, Principal};
-use crate::creds;
-use crate::oauth::{Material, Tokens};
 use crate::problem::{Problem, ProblemCode};
+use crate::service::auth::{Perm, Principal};
+use crate::service::creds;
+use crate::service::oauth::{Material, Tokens};
 use crate::store::{AuditRow, Db, Replay, Tx};
 
-/// Clock skew allowed for `created_at` (SPEC §4).
+/// Clock skew allowed for `created_at` (see docs/DECISIONS.md).
 const SKEW: time::Duration = time::Duration::minutes(5);
 
 /// SQLite's default largest blob; a bigger mapping file cannot be stored.
@@ -85,104 +80,38 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-fn too_large(max: u64) -> Problem {
-    Problem::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        ProblemCode::TooLarge,
-        format!("the bundle is larger than this receiver's limit of {max} bytes"),
-    )
+/// `413 too-large`: a bundle over the configured size.
+pub fn too_large(max: u64) -> Problem {
+    Problem::too_large(format!(
+        "the bundle is larger than this receiver's limit of {max} bytes"
+    ))
 }
 
-/// Handles the request: checks, spools, then applies on a blocking thread.
-pub async fn handle(
+/// Records the refusal of a deploy before its bundle was read, and gives the problem back.
+pub fn refuse(app: &Arc<App>, who: &Principal, e: Problem) -> Problem {
+    // The answer does not wait for the row: the job is queued once `audit` returns.
+    drop(audit(app, refusal_row(who, None, &e)));
+    e
+}
+
+/// Whether a deploy is new or the replay of one applied before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied now.
+    Created,
+    /// Applied before; the record is the original one.
+    Replayed,
+}
+
+/// Deploys the bundle spooled in `spooled` (the caller checked the request and may deploy
+/// somewhere): checks it, verifies its credentials when `verify`, and applies it; answers the
+/// deployment record.
+pub async fn deploy(
     app: Arc<App>,
     who: Principal,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Problem> {
-    let refuse = |app: &Arc<App>, who: &Principal, e: Problem| {
-        // The answer does not wait for the row: the job is queued once `audit` returns.
-        drop(audit(app, refusal_row(who, None, &e)));
-        e
-    };
-    let ct = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
-    let query = match crate::api::query_params(&req, &["verify"]) {
-        Ok(q) => q,
-        Err(e) => return Err(refuse(&app, &who, e)),
-    };
-    let verify = match query.get("verify").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => {
-            return Err(refuse(
-                &app,
-                &who,
-                Problem::bad_request(ProblemCode::BadQuery, "`verify` is `true` or `false`"),
-            ));
-        }
-    };
-    if ct.as_deref() != Some("application/zip") {
-        return Err(refuse(
-            &app,
-            &who,
-            Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ProblemCode::UnsupportedMediaType,
-                "a bundle is sent as Content-Type: application/zip",
-            ),
-        ));
-    }
-    if !who.has_any(Perm::Write) {
-        return Err(refuse(
-            &app,
-            &who,
-            Problem::forbidden("you lack `write` on every container"),
-        ));
-    }
-    let max = app.config.limits.max_bundle_size;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(refuse(&app, &who, too_large(max)));
-    }
-
-    let spool = app.dir.spool();
-    let tmp = app
-        .spawn_blocking(move || tempfile::NamedTempFile::new_in(spool))
-        .await
-        .map_err(Problem::internal)?
-        .map_err(|e| Problem::internal(format!("creating a spool file: {e}")))?;
-    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(Problem::internal)?);
-    let mut body = req.into_body();
-    let mut total: u64 = 0;
-    while let Some(frame) = crate::api::next_frame(&app, &mut body).await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(e) => return Err(refuse(&app, &who, e)),
-        };
-        if let Ok(data) = frame.into_data() {
-            total += data.len() as u64;
-            if total > max {
-                return Err(refuse(&app, &who, too_large(max)));
-            }
-            file.write_all(&data).await.map_err(Problem::internal)?;
-        }
-    }
-    file.flush().await.map_err(Problem::internal)?;
-    drop(file);
-
+    tmp: tempfile::NamedTempFile,
+    verify: bool,
+) -> Result<(Outcome, Value), Problem> {
     // Checks, and a credential bundle's payload, on the blocking pool, one bundle per core;
     // then verification of its credentials if asked for and nothing refused it; then the
     // decisions again and the writes in the group committer's next transaction.
@@ -211,8 +140,7 @@ pub async fn handle(
         _ => HashMap::new(),
     };
     let worker = app.clone();
-    let (status, record) = app
-        .store
+    app.store
         .write_grouped(app.work_token(), move |tx| {
             let result = match prepared {
                 Ok(p) => tx.savepoint(|tx| apply(&worker, tx, &who, p, &obtained))?,
@@ -226,8 +154,7 @@ pub async fn handle(
                 e
             })
         })
-        .await?;
-    Ok(json_response(status, &record))
+        .await
 }
 
 /// What was read of the manifest, for the audit trail.
@@ -369,7 +296,7 @@ async fn verify_bundle(
 async fn check_credentials(
     app: &Arc<App>,
     prepared: &Prepared,
-) -> Result<Vec<(Material, crate::verify::Verification)>, Problem> {
+) -> Result<Vec<(Material, crate::service::verify::Verification)>, Problem> {
     let file = prepared._spooled.reopen().map_err(Problem::internal)?;
     let permit = checking()
         .acquire_owned()
@@ -410,7 +337,7 @@ async fn check_one(
     target: ContainerPath,
     c: Credential,
     now: flowpack_shared::timefmt::Timestamp,
-) -> Result<(Material, crate::verify::Verification), Problem> {
+) -> Result<(Material, crate::service::verify::Verification), Problem> {
     let (c, target, id) = {
         let worker = app.clone();
         app.spawn_blocking(move || -> Result<_, Problem> {
@@ -437,7 +364,7 @@ async fn check_one(
         })
         .await
         .map_err(Problem::internal)??;
-    let v = crate::verify::check(&app.outbound, &m, now).await;
+    let v = crate::service::verify::check(&app.outbound, &m, now).await;
     let keep = match (&v.obtained, stored) {
         (Some(tokens), Some(stored))
             if m.secrets.contains_key("refresh_token") && !stored.carried_refresh =>
@@ -452,7 +379,7 @@ async fn check_one(
         app.spawn_blocking(move || -> Result<(), Problem> {
             let mut db = worker.store.db()?;
             let tx = db.write()?;
-            let kept = crate::oauth::store_tokens(
+            let kept = crate::service::oauth::store_tokens(
                 &tx,
                 &worker.keys,
                 stored.id,
@@ -712,7 +639,7 @@ fn apply(
     who: &Principal,
     prepared: Prepared,
     obtained: &HashMap<String, Tokens>,
-) -> Result<(StatusCode, Value), Failed> {
+) -> Result<(Outcome, Value), Failed> {
     let Prepared {
         mut bundle,
         info,
@@ -747,7 +674,7 @@ fn apply(
         }
         let row = deploy_audit(who, target, &info, "replayed", 200);
         tx.insert_audit(&row).map_err(|e| fail(e.into()))?;
-        return Ok((StatusCode::OK, record));
+        return Ok((Outcome::Replayed, record));
     }
     bundle
         .check_times(app.now(), SKEW)
@@ -834,7 +761,7 @@ fn apply(
                 .ok_or_else(|| fail(Problem::internal("an upserted credential vanished")))?;
             let public =
                 serde_json::from_str(&row.public).map_err(|e| fail(Problem::internal(e)))?;
-            crate::oauth::write_tokens(tx, &app.keys, row.id, &up.path, &public, tokens)
+            crate::service::oauth::write_tokens(tx, &app.keys, row.id, &up.path, &public, tokens)
                 .map_err(fail)?;
         }
         if up.needs_secrets {
@@ -864,7 +791,7 @@ fn apply(
     let row = deploy_audit(who, target, &info, "applied", 201);
     tx.insert_audit(&row).map_err(|e| fail(e.into()))?;
     tracing::info!(bundle_id = %m.bundle_id, container = %target, deployment = did, "bundle applied");
-    Ok((StatusCode::CREATED, record))
+    Ok((Outcome::Created, record))
 }
 
 /// The audit row of a deploy that got past verification.

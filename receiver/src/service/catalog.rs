@@ -1,20 +1,27 @@
-//! The handlers of the reads and writes that `api` answers itself: listings, containers,
-//! mappings, credential reads, PATCH and DELETE, resolution.
+//! What the receiver holds, read and changed on request: listings of deployments and of the
+//! audit trail, containers, mappings (and the resolution of their credential parameters),
+//! credential reads, PATCH and DELETE. Each function checks the caller's grant first.
 
 use flowpack_shared::model::mapping::{Mapping, ParamType};
 use flowpack_shared::names::{ContainerPath, Name};
-use hyper::{Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::App;
-use crate::auth::{Perm, Principal};
-use crate::creds;
 use crate::problem::{Problem, ProblemCode};
+use crate::service::auth::{Perm, Principal};
+use crate::service::creds;
 use crate::store::{self, AuditRow, Db};
 
-use super::answer::{empty, json_bytes_response};
-use super::extract::Page;
-use super::{Body, json_response};
+/// Which page of a listing (deployments, audit) to answer.
+#[derive(Debug)]
+pub struct Page {
+    /// Only what concerns this container (and below).
+    pub container: Option<ContainerPath>,
+    /// Only rows older than this id (a previous page's `next`).
+    pub before: Option<i64>,
+    /// At most this many rows.
+    pub limit: usize,
+}
 
 pub(crate) fn require(who: &Principal, perm: Perm, c: &ContainerPath) -> Result<(), Problem> {
     if who.can(perm, c) {
@@ -53,11 +60,7 @@ pub(crate) fn paged<T>(mut rows: Vec<T>, page: &Page, id: impl Fn(&T) -> i64) ->
     (rows, next)
 }
 
-pub(crate) fn list_deployments(
-    db: &Db,
-    who: &Principal,
-    page: &Page,
-) -> Result<Response<Body>, Problem> {
+pub(crate) fn list_deployments(db: &Db, who: &Principal, page: &Page) -> Result<Value, Problem> {
     let visible = visible_for(who, page)?;
     let container = page.container.as_ref().map(ContainerPath::as_str);
     let rows = db.deployments_page(&visible, container, page.before, page.limit + 1)?;
@@ -67,37 +70,30 @@ pub(crate) fn list_deployments(
         .map(|(_, record)| serde_json::from_str::<Value>(record))
         .collect::<Result<Vec<_>, _>>()
         .map_err(Problem::internal)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"deployments": records, "next": next}),
-    ))
+    Ok(json!({"deployments": records, "next": next}))
 }
 
 /// The audit trail, newest first. A refusal whose manifest could not be read names no
 /// container: only callers who can read everything see it.
-pub(crate) fn list_audit(db: &Db, who: &Principal, page: &Page) -> Result<Response<Body>, Problem> {
+pub(crate) fn list_audit(db: &Db, who: &Principal, page: &Page) -> Result<Value, Problem> {
     let visible = visible_for(who, page)?;
     let container = page.container.as_ref().map(ContainerPath::as_str);
     let rows = db.audit_page(&visible, container, page.before, page.limit + 1)?;
     let (rows, next): (Vec<AuditRow>, Value) = paged(rows, page, |a| a.id);
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"audit": rows, "next": next}),
-    ))
+    Ok(json!({"audit": rows, "next": next}))
 }
 
 pub(crate) fn show_container(
     db: &Db,
     who: &Principal,
     c: &ContainerPath,
-) -> Result<Response<Body>, Problem> {
+) -> Result<Value, Problem> {
     require(who, Perm::Read, c)?;
     let id = existing_container(db, c)?;
     let (containers, mappings, credentials) = db.children(id)?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"path": c.as_str(), "containers": containers, "mappings": mappings, "credentials": credentials}),
-    ))
+    Ok(
+        json!({"path": c.as_str(), "containers": containers, "mappings": mappings, "credentials": credentials}),
+    )
 }
 
 /// A live mapping and its parsed definition.
@@ -119,7 +115,7 @@ pub(crate) fn show_mapping(
     who: &Principal,
     c: &ContainerPath,
     n: &Name,
-) -> Result<Response<Body>, Problem> {
+) -> Result<Value, Problem> {
     require(who, Perm::Read, c)?;
     let (cid, row, m) = load_mapping(db, c, n)?;
     let mut params = Vec::new();
@@ -153,7 +149,7 @@ pub(crate) fn show_mapping(
         o.insert("version".into(), Value::from(row.version));
         o.insert("credential_parameters".into(), Value::Array(params));
     }
-    Ok(json_response(StatusCode::OK, &v))
+    Ok(v)
 }
 
 pub(crate) fn resolve(
@@ -162,10 +158,10 @@ pub(crate) fn resolve(
     c: &ContainerPath,
     n: &Name,
     body: &Value,
-) -> Result<Response<Body>, Problem> {
+) -> Result<Value, Problem> {
     let (cid, _, m) = load_mapping(db, c, n)?;
     let v = creds::resolve(db, who, c, cid, &m, body)?;
-    Ok(json_response(StatusCode::OK, &v))
+    Ok(v)
 }
 
 pub(crate) fn audit_row(
@@ -188,7 +184,7 @@ pub(crate) fn delete_mapping(
     who: &Principal,
     c: &ContainerPath,
     n: &Name,
-) -> Result<Response<Body>, Problem> {
+) -> Result<(), Problem> {
     require(who, Perm::Write, c)?;
     let tx = db.write()?;
     let missing = || Problem::not_found(format!("mapping {} does not exist", c.object_path(n)));
@@ -201,7 +197,7 @@ pub(crate) fn delete_mapping(
     row.status = 204;
     tx.insert_audit(&row)?;
     tx.commit()?;
-    Ok(empty(StatusCode::NO_CONTENT))
+    Ok(())
 }
 
 pub(crate) fn delete_credential(
@@ -209,12 +205,12 @@ pub(crate) fn delete_credential(
     who: &Principal,
     c: &ContainerPath,
     n: &Name,
-) -> Result<Response<Body>, Problem> {
+) -> Result<(), Problem> {
     require(who, Perm::Write, c)?;
     let path = c.object_path(n);
     let tx = db.write()?;
     let (cid, cred) = creds::find(&tx, c, n)?;
-    // A mapping references credentials of its own container (SPEC §2: of the same project).
+    // A mapping references credentials of its own container (of the same project).
     let mut refs = Vec::new();
     for (mname, def) in tx.mappings_in(cid)? {
         let m = Mapping::parse(&mname, def.as_bytes()).map_err(Problem::internal)?;
@@ -237,7 +233,7 @@ pub(crate) fn delete_credential(
         row.status = 409;
         row.code = Some(e.code.as_str().to_owned());
         row.detail = Some(e.detail.clone());
-        audit_alone(db, row);
+        super::audit::audit_alone(db, row);
         return Err(e);
     }
     tx.delete_credential(cred.id)?;
@@ -246,7 +242,7 @@ pub(crate) fn delete_credential(
     row.status = 204;
     tx.insert_audit(&row)?;
     tx.commit()?;
-    Ok(empty(StatusCode::NO_CONTENT))
+    Ok(())
 }
 
 pub(crate) fn show_credential(
@@ -254,9 +250,9 @@ pub(crate) fn show_credential(
     who: &Principal,
     c: &ContainerPath,
     n: &Name,
-) -> Result<Response<Body>, Problem> {
+) -> Result<Vec<u8>, Problem> {
     require(who, Perm::Read, c)?;
-    Ok(json_bytes_response(StatusCode::OK, creds::show(db, c, n)?))
+    creds::show(db, c, n)
 }
 
 pub(crate) fn patch_credential(
@@ -266,7 +262,7 @@ pub(crate) fn patch_credential(
     c: &ContainerPath,
     n: &Name,
     body: &Value,
-) -> Result<Response<Body>, Problem> {
+) -> Result<Vec<u8>, Problem> {
     require(who, Perm::Write, c)?;
     let path = c.object_path(n);
     let tx = db.write()?;
@@ -279,16 +275,5 @@ pub(crate) fn patch_credential(
     a.status = 200;
     tx.insert_audit(&a)?;
     tx.commit()?;
-    Ok(json_bytes_response(StatusCode::OK, answer))
-}
-
-/// Writes an audit row in its own transaction, logging (not failing) when it cannot.
-pub fn audit_alone(db: &mut Db, row: AuditRow) {
-    let written = db.write().and_then(|tx| {
-        tx.insert_audit(&row)?;
-        tx.commit()
-    });
-    if let Err(e) = written {
-        tracing::error!(error = %e, "writing an audit row failed");
-    }
+    Ok(answer)
 }

@@ -32,18 +32,15 @@ use flowpack_shared::model::credential::{
 use flowpack_shared::names::{ContainerPath, Name};
 use flowpack_shared::secret::Secret;
 use flowpack_shared::timefmt::Timestamp;
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use crate::App;
-use crate::api::{Body, json_response};
-use crate::auth::{Perm, Principal};
 use crate::blocking;
-use crate::creds::SecretKeys;
 pub use crate::outbound::{Outbound, shown};
 use crate::outbound::{Refused, SendFailure, UrlError};
 use crate::problem::{Problem, ProblemCode};
+use crate::service::auth::{Perm, Principal};
+use crate::service::creds::SecretKeys;
 use crate::store::{AuditRow, CredentialRow, Db, OAuthState, Tx};
 
 /// A token is refreshed when it expires within this margin.
@@ -188,7 +185,7 @@ impl Material {
 
 /// Loads a stored credential with its secrets; 404 when it does not exist.
 pub fn load(db: &Db, keys: &SecretKeys, c: &ContainerPath, n: &Name) -> Result<Material, Problem> {
-    let (_, row) = crate::creds::find(db, c, n)?;
+    let (_, row) = crate::service::creds::find(db, c, n)?;
     Material::from_row(db, keys, c.clone(), c.object_path(n), &row)
 }
 
@@ -307,8 +304,7 @@ impl TokenError {
             }
             TokenError::Refused(r) => m.refusal(r),
             TokenError::Provider { error, .. } => {
-                let e = Problem::new(
-                    StatusCode::BAD_GATEWAY,
+                let e = Problem::bad_gateway(
                     ProblemCode::TokenEndpointError,
                     m.scrub(&format!(
                         "credential {path}: the token endpoint refused the request ({tried}): {}",
@@ -320,8 +316,7 @@ impl TokenError {
                     None => e,
                 }
             }
-            TokenError::Transport(_) => Problem::new(
-                StatusCode::BAD_GATEWAY,
+            TokenError::Transport(_) => Problem::bad_gateway(
                 ProblemCode::TokenEndpointUnreachable,
                 m.scrub(&format!(
                     "credential {path}: no token from the token endpoint ({tried}): {}",
@@ -632,7 +627,7 @@ fn audit_error(principal: &str, action: &str, m: &Material, e: &Problem) -> Audi
 
 async fn audit(app: &Arc<App>, row: AuditRow) {
     let _ = blocking(app, move |_, db| {
-        crate::api::audit_alone(db, row);
+        crate::service::audit::audit_alone(db, row);
         Ok(())
     })
     .await;
@@ -710,14 +705,14 @@ pub async fn token(
     who: Principal,
     c: ContainerPath,
     n: Name,
-) -> Result<Response<Body>, Problem> {
+) -> Result<Value, Problem> {
     if !who.can(Perm::Use, &c) {
         return Err(Problem::lacks(Perm::Use.as_str(), &c));
     }
     let m = blocking(&app, move |app, db| load(db, &app.keys, &c, &n)).await?;
     usable(&m)?;
     if let Some(v) = fresh(&m, app.now()) {
-        return Ok(json_response(StatusCode::OK, &v));
+        return Ok(v);
     }
     let id = m.row_id()?;
     let flight = app.outbound.flight(id);
@@ -726,10 +721,10 @@ pub async fn token(
     let m = blocking(&app, move |app, db| load_by_id(db, &app.keys, id)).await?;
     usable(&m)?;
     if let Some(v) = fresh(&m, app.now()) {
-        return Ok(json_response(StatusCode::OK, &v));
+        return Ok(v);
     }
     let tokens = obtain(&app, &who.name, &m).await?;
-    Ok(json_response(StatusCode::OK, &tokens_answer(&tokens)))
+    Ok(tokens_answer(&tokens))
 }
 
 /// Obtains a new access token for stored credential `m` (its flight lock held): refresh when
@@ -852,7 +847,7 @@ pub async fn authorize(
     who: Principal,
     c: ContainerPath,
     n: Name,
-) -> Result<Response<Body>, Problem> {
+) -> Result<Value, Problem> {
     if !who.can(Perm::Write, &c) {
         return Err(Problem::lacks(Perm::Write.as_str(), &c));
     }
@@ -961,24 +956,32 @@ pub async fn authorize(
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({"authorize_url": url.as_str(), "expires_at": expires.to_string()}),
-    ))
+    Ok(json!({"authorize_url": url.as_str(), "expires_at": expires.to_string()}))
 }
 
 fn bad_state(detail: &str) -> Problem {
     Problem::bad_request(ProblemCode::InvalidState, detail)
 }
 
+/// The query parameters of an OAuth callback, each as read (a badly encoded one is a
+/// `400 bad-query`, answered in this order: `state`, `code`, `error`).
+#[derive(Debug)]
+pub struct CallbackParams {
+    /// `state`: authenticates the callback.
+    pub state: Result<Option<String>, Problem>,
+    /// `code`: the authorization code.
+    pub code: Result<Option<String>, Problem>,
+    /// `error`: the authorization server's refusal.
+    pub error: Result<Option<String>, Problem>,
+}
+
 /// `GET /v1/oauth/callback?code=…&state=…`: no bearer token; the state authenticates it.
-pub async fn callback(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Problem> {
-    let q = |k: &str| crate::api::query_param(&req, k);
-    let state = zeroize::Zeroizing::new(q("state")?.ok_or_else(|| {
+pub async fn callback(app: Arc<App>, q: CallbackParams) -> Result<Value, Problem> {
+    let state = zeroize::Zeroizing::new(q.state?.ok_or_else(|| {
         bad_state("the callback has no `state`: it must come from a flow started with POST /v1/credentials/{path}/authorize")
     })?);
-    let code = zeroize::Zeroizing::new(q("code")?);
-    let error = q("error")?;
+    let code = zeroize::Zeroizing::new(q.code?);
+    let error = q.error?;
     let state_hash = ring::digest::digest(&ring::digest::SHA256, state.as_bytes())
         .as_ref()
         .to_vec();
@@ -1088,14 +1091,11 @@ pub async fn callback(app: Arc<App>, req: Request<Incoming>) -> Result<Response<
             format!("credential {path} changed during its authorization; start again"),
         ));
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "authorized": path,
-            "expires_at": expires.map(|t| t.to_string()),
-            "message": "authorized: the receiver holds the tokens; you may close this page",
-        }),
-    ))
+    Ok(json!({
+        "authorized": path,
+        "expires_at": expires.map(|t| t.to_string()),
+        "message": "authorized: the receiver holds the tokens; you may close this page",
+    }))
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ use flowpack_shared::names::{ContainerPath, Name};
 use flowpack_shared::secret::{Secret, SecretBytes};
 use serde_json::{Map, Value, json};
 
-use crate::auth::{Perm, Principal};
 use crate::problem::{Problem, ProblemCode};
+use crate::service::auth::{Perm, Principal};
 use crate::store::{CredentialRow, Db, Tx};
 
 /// Keys derived from `secrets.key`.

@@ -1,0 +1,112 @@
+//! `POST /v1/deployments` as HTTP: the request's query, content type and declared length are
+//! checked, then the body is spooled to a temporary file in the data directory (never held in
+//! memory), bounded by the configured bundle size, and handed to [`deploy::deploy`]. Every
+//! refusal is audited ([`deploy::refuse`]).
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header;
+use hyper::{Request, Response, StatusCode};
+use tokio::io::AsyncWriteExt;
+
+use crate::App;
+use crate::problem::{Problem, ProblemCode};
+use crate::service::auth::{Perm, Principal};
+use crate::service::deploy::{self, Outcome};
+
+use super::extract::{next_frame, query_params};
+use super::{Body, json_response};
+
+/// `POST /v1/deployments`: checks the request, spools the body, then deploys it.
+pub(super) async fn handle(
+    app: Arc<App>,
+    who: Principal,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Problem> {
+    let refuse = deploy::refuse;
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let query = match query_params(&req, &["verify"]) {
+        Ok(q) => q,
+        Err(e) => return Err(refuse(&app, &who, e)),
+    };
+    let verify = match query.get("verify").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(refuse(
+                &app,
+                &who,
+                Problem::bad_request(ProblemCode::BadQuery, "`verify` is `true` or `false`"),
+            ));
+        }
+    };
+    if ct.as_deref() != Some("application/zip") {
+        return Err(refuse(
+            &app,
+            &who,
+            Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ProblemCode::UnsupportedMediaType,
+                "a bundle is sent as Content-Type: application/zip",
+            ),
+        ));
+    }
+    if !who.has_any(Perm::Write) {
+        return Err(refuse(
+            &app,
+            &who,
+            Problem::forbidden("you lack `write` on every container"),
+        ));
+    }
+    let max = app.config.limits.max_bundle_size;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(refuse(&app, &who, deploy::too_large(max)));
+    }
+
+    let spool = app.dir.spool();
+    let tmp = app
+        .spawn_blocking(move || tempfile::NamedTempFile::new_in(spool))
+        .await
+        .map_err(Problem::internal)?
+        .map_err(|e| Problem::internal(format!("creating a spool file: {e}")))?;
+    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(Problem::internal)?);
+    let mut body = req.into_body();
+    let mut total: u64 = 0;
+    while let Some(frame) = next_frame(&app, &mut body).await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => return Err(refuse(&app, &who, e)),
+        };
+        if let Ok(data) = frame.into_data() {
+            total += data.len() as u64;
+            if total > max {
+                return Err(refuse(&app, &who, deploy::too_large(max)));
+            }
+            file.write_all(&data).await.map_err(Problem::internal)?;
+        }
+    }
+    file.flush().await.map_err(Problem::internal)?;
+    drop(file);
+    let (outcome, record) = deploy::deploy(app, who, tmp, verify).await?;
+    let status = match outcome {
+        Outcome::Created => StatusCode::CREATED,
+        Outcome::Replayed => StatusCode::OK,
+    };
+    Ok(json_response(status, &record))
+}

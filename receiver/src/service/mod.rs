@@ -1,0 +1,16 @@
+//! The receiver's domain rules, below the HTTP API and above the store: who may do what
+//! ([`auth`]), deployments ([`deploy`]), credentials ([`creds`], [`oauth`], [`verify`]), what
+//! the receiver holds ([`catalog`]) and the audit trail ([`audit`]).
+//!
+//! Services take typed arguments (parsed paths, principals, JSON values) and return domain
+//! results or [`Problem`](crate::problem::Problem)s; they never build an HTTP response and
+//! never import `crate::api`. Store work runs on blocking threads through
+//! [`crate::blocking`] or [`App::spawn_blocking`](crate::App::spawn_blocking).
+
+pub mod audit;
+pub mod auth;
+pub mod catalog;
+pub mod creds;
+pub mod deploy;
+pub mod oauth;
+pub mod verify;
