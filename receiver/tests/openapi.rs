@@ -1604,3 +1604,39 @@ fn every_route_is_documented_and_every_documented_operation_is_routed() {
     assert!(instance_of("/v1/containers/{path}", "/v1/containers/"));
     assert!(!instance_of("/v1/mappings/{path}", "/v1/mapping/x"));
 }
+
+#[test]
+fn the_validator_refuses_answers_the_document_does_not_allow() {
+    let doc = document();
+    let v = Validator::new(&doc);
+    let schema = |name: &str| format!("#/components/schemas/{name}");
+    // A secret in clear where the document allows only its fingerprint.
+    let mut leaked = json!({"path": "/a/erp", "name": "erp", "type": "password",
+        "needs_secrets": false, "password": {"set": true, "fingerprint": "0123456789abcdef"}});
+    assert!(v.validate(&schema("Credential"), &leaked).is_ok());
+    leaked["password"] = json!("hunter2");
+    assert!(v.validate(&schema("Credential"), &leaked).is_err());
+    // A member the document does not know, and a wrong type inside a `$ref`.
+    assert!(
+        v.validate(&schema("Health"), &json!({"status": "ok", "uptime": 1}))
+            .is_err()
+    );
+    let page = json!({"deployments": [{"id": "1", "bundle_id": "0".repeat(32), "container": "/a",
+        "created": [], "updated": [], "needs_secrets": [], "replayed": false}], "next": null});
+    assert!(v.validate(&schema("DeploymentPage"), &page).is_err());
+    // A problem document without its code.
+    let problem = json!({"type": "urn:flowpack:problem:x", "title": "Conflict", "status": 409,
+        "detail": "d"});
+    assert!(v.validate(&schema("Problem"), &problem).is_err());
+    // The check itself: an undocumented status is refused.
+    let a = Answer {
+        status: 418,
+        content_type: "application/problem+json".into(),
+        headers: BTreeMap::new(),
+        body: Bytes::new(),
+    };
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        v.check(&Method::GET, "/healthz", &a);
+    }));
+    assert!(refused.is_err());
+}
