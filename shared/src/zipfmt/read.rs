@@ -125,8 +125,8 @@ impl<R: Read + Seek> ZipReader<R> {
                     "the ZIP64 locator does not point at a ZIP64 end record just before it".into(),
                 ));
             }
-            // Not below `tail_start`: the end record ends the file, so it sits a whole
-            // maximal comment plus both ZIP64 records after the start of a full tail.
+            // Not below `tail_start`: the end record ends the file, so either the tail is the
+            // whole file or the end record sits a maximal comment plus both ZIP64 records into it.
             let rel = (z64_pos - tail_start) as usize;
             let z = array_at(&tail, rel)
                 .ok_or_else(|| ZipError::Zip64Invalid("ZIP64 end record out of range".into()))?;
