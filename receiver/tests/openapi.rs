@@ -772,15 +772,22 @@ async fn every_answer_of_every_endpoint_conforms_to_the_document() {
     let creds_bundle = bundle(&k, &opts, &[], &creds);
     // Verified first: neither credential can pass (no refresh token yet; a destination the
     // outbound policy refuses), so the bundle is refused whole.
-    c.expect(
-        M::POST,
-        d,
-        "/v1/deployments?verify=true",
-        a,
-        zip(&creds_bundle),
-        (422, None),
-    )
-    .await;
+    let refused = c
+        .expect(
+            M::POST,
+            d,
+            "/v1/deployments?verify=true",
+            a,
+            zip(&creds_bundle),
+            (422, Some("credential-verification-failed")),
+        )
+        .await
+        .json();
+    assert_eq!(
+        refused["verifications"].as_array().map(Vec::len),
+        Some(2),
+        "{refused}"
+    );
     c.expect(M::POST, d, d, a, zip(&creds_bundle), (201, None))
         .await;
     // Listings.
