@@ -460,23 +460,27 @@ impl Client<'_> {
     }
 }
 
-/// A plain HTTP token endpoint on loopback that issues `access_token` to every request.
-async fn token_endpoint() -> String {
+/// A plain HTTP token endpoint on loopback that answers every request with `status` and
+/// `body`.
+async fn token_endpoint(status: u16, body: Value) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            let body = body.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req: hyper::Request<Incoming>| async {
-                    let _ = req.into_body().collect().await;
-                    let body = json!({"access_token": "issued-token", "token_type": "Bearer",
-                        "expires_in": 3600, "refresh_token": "issued-refresh"});
-                    Ok::<_, Infallible>(
-                        hyper::Response::builder()
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from(body.to_string())))
-                            .unwrap(),
-                    )
+                let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                    let body = body.clone();
+                    async move {
+                        let _ = req.into_body().collect().await;
+                        Ok::<_, Infallible>(
+                            hyper::Response::builder()
+                                .status(status)
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(body.to_string())))
+                                .unwrap(),
+                        )
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -753,7 +757,13 @@ async fn every_answer_of_every_endpoint_conforms_to_the_document() {
     // A standalone credential bundle: an oauth2 credential whose token endpoint is a loopback
     // mock (listed in outbound_allow), and a password credential whose check would go to a
     // loopback address that is not listed.
-    let idp = token_endpoint().await;
+    let idp = token_endpoint(
+        200,
+        json!({"access_token": "issued-token", "token_type": "Bearer",
+            "expires_in": 3600, "refresh_token": "issued-refresh"}),
+    )
+    .await;
+    let refusing = token_endpoint(401, json!({"error": "invalid_client"})).await;
     let mut opts = Opts::new("/public/orders").sealed(s.recipient());
     opts.kind = BundleKind::Credentials;
     let creds = [
@@ -765,13 +775,19 @@ async fn every_answer_of_every_endpoint_conforms_to_the_document() {
             "allow_usage_for": ["http"], "include_in_deployment": true,
         })),
         credential(json!({
+            "name": "batch", "type": "oauth2", "grant_type": "client_credentials",
+            "token_endpoint": format!("{refusing}/token"), "client_id": "batch",
+            "client_secret": "client-canary", "include_in_deployment": true,
+        })),
+        credential(json!({
             "name": "intranet", "type": "password", "username": "svc", "password": "pw-canary-2",
             "verify_url": "https://127.0.0.2:9/ping", "include_in_deployment": true,
         })),
     ];
     let creds_bundle = bundle(&k, &opts, &[], &creds);
-    // Verified first: neither credential can pass (no refresh token yet; a destination the
-    // outbound policy refuses), so the bundle is refused whole.
+    // Verified first: no credential can pass (no refresh token yet; a token endpoint that
+    // refuses the client; a destination the outbound policy refuses), so the bundle is refused
+    // whole.
     let refused = c
         .expect(
             M::POST,
@@ -785,7 +801,7 @@ async fn every_answer_of_every_endpoint_conforms_to_the_document() {
         .json();
     assert_eq!(
         refused["verifications"].as_array().map(Vec::len),
-        Some(2),
+        Some(3),
         "{refused}"
     );
     c.expect(M::POST, d, d, a, zip(&creds_bundle), (201, None))
@@ -1292,6 +1308,18 @@ async fn every_answer_of_every_endpoint_conforms_to_the_document() {
     // OAuth and verification.
     let tk = "/v1/credentials/{path}/token";
     let crm = "/v1/credentials/public/orders/crm";
+    let refused = c
+        .expect(
+            M::POST,
+            tk,
+            "/v1/credentials/public/orders/batch/token",
+            a,
+            Body::None,
+            (502, Some("token-endpoint-error")),
+        )
+        .await
+        .json();
+    assert_eq!(refused["oauth_error"], "invalid_client", "{refused}");
     c.expect(
         M::POST,
         tk,
@@ -1515,7 +1543,7 @@ async fn every_answer_of_every_endpoint_conforms_to_the_document() {
         );
     }
     let statuses: BTreeSet<u16> = seen.iter().map(|(_, _, st)| *st).collect();
-    for st in [400, 401, 403, 404, 405, 408, 409, 413, 415, 422] {
+    for st in [400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 502] {
         assert!(statuses.contains(&st), "no {st} answer was checked");
     }
     s.stop().await;
