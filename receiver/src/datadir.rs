@@ -197,7 +197,7 @@ pub fn init(dir: &DataDir) -> anyhow::Result<Initialized> {
     let config = serde_json::to_string_pretty(&Config::default())?;
     write_private(&dir.config(), format!("{config}\n").as_bytes())?;
 
-    let store = Store::create(&dir.store())?;
+    let store = Store::create(&dir.store(), crate::store::wall_clock())?;
     let admin_token = auth::create_token(&store, "admin", &[(auth::root(), PermSet::all())])?;
     Ok(Initialized {
         sealing_recipient: identity.recipient().to_string(),
@@ -248,7 +248,7 @@ pub fn load(dir: &DataDir) -> anyhow::Result<Loaded> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.config().display())),
     };
     fs::create_dir_all(dir.spool())?;
-    let store = Store::open(&dir.store())?;
+    let store = Store::open(&dir.store(), crate::store::wall_clock())?;
     Ok(Loaded {
         identity,
         keys,

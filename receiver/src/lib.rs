@@ -43,8 +43,8 @@ use crate::datadir::{Config, DataDir};
 use crate::service::creds::SecretKeys;
 use crate::store::Store;
 
-/// Time source, injectable for tests.
-pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+/// Time source, injectable for tests (the store's type: one clock can serve both).
+pub use store::Clock;
 
 /// The server's state: the data directory's keys, configuration and store.
 pub struct App {
@@ -91,7 +91,7 @@ impl App {
             identity: loaded.identity,
             keys: loaded.keys,
             config: loaded.config,
-            clock: Arc::new(Timestamp::now),
+            clock: store::wall_clock(),
             shutdown_grace: SHUTDOWN_GRACE,
             body_idle: service::deploy::BODY_IDLE,
             timeouts: conns::Timeouts::default(),

@@ -183,7 +183,7 @@ fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {
             data_dir.display()
         );
     }
-    Store::open(&dir.store())
+    Store::open(&dir.store(), flowpack_receiver::store::wall_clock())
 }
 
 fn serve(

@@ -6,6 +6,7 @@
 //! wiring (`lib.rs`, `main.rs`, `datadir.rs`) may use everything. Items of the crate root
 //! (`App`, `blocking`, `Clock`) are the services' and the API's context: only they may name
 //! them. Services also never name `hyper`: they return values and `Problem`s, never responses.
+//! Only `store/sqlite/` names `rusqlite`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -120,6 +121,13 @@ fn each_module_imports_only_its_layer_or_those_below() {
                     LAYERS[own].0
                 ));
             }
+        }
+        let in_engine = file.starts_with(src.join("store").join("sqlite"));
+        if !in_engine && text.contains("rusqlite") {
+            faults.push(format!(
+                "{}: names `rusqlite`; only store/sqlite/ knows the database engine",
+                file.display()
+            ));
         }
         if module == "service" && text.contains("hyper") {
             faults.push(format!(

@@ -1,0 +1,201 @@
+//! The storage interface, and its one engine: SQLite (`sqlite/`: the connection pool and
+//! handles in `mod.rs`, the group committer in `group.rs`, WAL checkpoints in `checkpoint.rs`,
+//! the schema and its migrations in `schema.rs`, every query in `queries.rs`). Only `sqlite/`
+//! names the database library; the rest of the receiver sees [`Store`], [`Db`], [`Tx`],
+//! [`MappingFile`], [`Error`] and the typed rows declared here.
+//!
+//! What another engine would have to provide to replace this module:
+//! - **Handles per request** ([`Store::db`]), used from a blocking thread; readers must not wait
+//!   for a deploy in progress and must see only committed data.
+//! - **Write transactions** ([`Db::write`]) that are serialized from their first read (a deploy
+//!   reads the replay and staleness facts it then relies on), atomic (a [`Tx`] dropped without
+//!   [`Tx::commit`], or cut short by a crash, leaves nothing behind) and durable when `commit`
+//!   returns: the HTTP layer answers 2xx only after that, so whatever a 2xx reported must survive
+//!   a crash or power loss the moment after.
+//! - **Blob streaming for mapping files**: a file is written from a reader of declared size
+//!   inside the deploy's transaction ([`Tx::write_mapping_file`]) and read back as a reader of
+//!   known length ([`Db::mapping_file`]), never whole in memory, from a snapshot that a
+//!   concurrent commit does not change.
+//!
+//! - **Group commit** ([`Store::write_grouped`]): many requests' writes, each atomic on its own,
+//!   made durable by one commit, so that concurrent deploys do not each wait for a disk sync.
+//!
+//! SQLite gives all of that with one file in WAL mode and `synchronous=FULL`, one connection per
+//! request at a time (long-lived ones, kept configured between requests, with their prepared
+//! statements) and `BEGIN IMMEDIATE` for writers. Deploys are written by one thread that owns
+//! a connection and commits queued jobs in batches, each job in a savepoint; a second thread
+//! checkpoints the WAL in the background. Mappings are versioned: `mapping_versions` keeps
+//! every version with its files, `mappings` points at the live one. Secrets are stored only as
+//! ciphertext (`credential_secrets`); see `service/creds.rs`.
+
+mod sqlite;
+
+use std::sync::Arc;
+
+use flowpack_shared::timefmt::Timestamp;
+
+pub use sqlite::{Db, MappingFile, Store, Tx};
+
+/// The time source the store stamps rows with (`created_at`, `updated_at`): given when the
+/// store is opened, never read from the wall clock inside it, so tests can set the time.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The wall clock, for a store or an [`App`](crate::App) that runs for real.
+pub fn wall_clock() -> Clock {
+    Arc::new(Timestamp::now)
+}
+
+/// A storage fault. Every one is internal: callers answer 500 and log it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// From the database engine (the engine's own error type stays inside its folder).
+    #[error("database: {0}")]
+    Engine(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The group commit a job was part of failed (the job's own writes were fine).
+    #[error("database: the group commit failed: {0}")]
+    Batch(String),
+    /// The group committer's thread is gone (it panicked); nothing more can be written.
+    #[error("database: the writer thread is gone")]
+    WriterGone,
+}
+
+/// The result of a storage operation.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<Error> for crate::problem::Problem {
+    /// Every storage fault is the receiver's own: a generic 500, the cause in the log.
+    fn from(e: Error) -> Self {
+        crate::problem::Problem::internal(e)
+    }
+}
+
+/// A principal's grants as stored: (prefix, comma-separated permissions).
+pub type GrantRows = Vec<(String, String)>;
+
+// ---------------------------------------------------------------------------------------------
+// Mappings
+
+/// The live version of a mapping.
+#[derive(Debug, Clone)]
+pub struct MappingRow {
+    /// Row id of the version.
+    pub version_id: i64,
+    /// Version number, from 1.
+    pub version: i64,
+    /// The definition's JSON.
+    pub definition: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credentials
+
+/// A stored credential without its secrets.
+#[derive(Debug, Clone)]
+pub struct CredentialRow {
+    /// Row id.
+    pub id: i64,
+    /// Type name.
+    pub kind: String,
+    /// The non-sensitive record as JSON (name, type, description, public fields).
+    pub public: String,
+    /// Changes whenever the record or its secrets change; a token refresh stores its result
+    /// only if this is still the value it started from ([`Tx::claim_token_version`]).
+    pub token_version: i64,
+    /// Its refresh token was refused: it must be authorized again (oauth2).
+    pub needs_authorization: bool,
+}
+
+/// A stored sensitive field: ciphertext and fingerprint.
+#[derive(Debug, Clone)]
+pub struct SecretRow {
+    /// Field name.
+    pub field: String,
+    /// nonce ‖ ciphertext ‖ tag.
+    pub ciphertext: Vec<u8>,
+    /// Keyed hash of the value (16 hex digits).
+    pub fingerprint: String,
+}
+
+/// A credential's stored secrets without their ciphertext: (field, fingerprint), by field.
+pub type SecretFingerprints = Vec<(String, String)>;
+
+// ---------------------------------------------------------------------------------------------
+// Pending authorization-code flows
+
+/// A pending authorization-code flow, found by the SHA-256 of its `state`.
+#[derive(Debug, Clone)]
+pub struct OAuthState {
+    /// The credential it authorizes.
+    pub credential_id: i64,
+    /// The credential's path when the flow started.
+    pub path: String,
+    /// The PKCE code verifier, encrypted at rest.
+    pub verifier: Vec<u8>,
+    /// Who started it.
+    pub principal: String,
+    /// When it expires (Unix milliseconds).
+    pub expires_at_ms: i64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deployments
+
+/// What the store knows of an applied bundle id: enough to decide whether a bundle carrying
+/// that id is the same bundle again.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// The deployment record (JSON).
+    pub record: String,
+    /// The container it was applied to.
+    pub container: String,
+    /// SHA-256 of the exact `manifest.json` applied; `None` for a deployment stored before the
+    /// digest was kept.
+    pub manifest_sha256: Option<Vec<u8>>,
+}
+
+/// Which containers a caller may see in a listing: all, or those under the given prefixes.
+#[derive(Debug, Clone)]
+pub enum Visible {
+    /// Every container, and rows that name none.
+    All,
+    /// Containers equal to or below one of these paths (none of them the root).
+    Under(Vec<String>),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit
+
+/// One audit row.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AuditRow {
+    /// Row id.
+    pub id: i64,
+    /// When (RFC 3339).
+    pub at: String,
+    /// Who (principal name), when known.
+    pub principal: Option<String>,
+    /// `deploy`, `delete-mapping`, `delete-credential`, `patch-credential`, `oauth-token`,
+    /// `oauth-authorize`, `oauth-callback`, `verify-credential`.
+    pub action: String,
+    /// The container concerned, when known.
+    pub container: Option<String>,
+    /// The object concerned (a mapping or credential path), if any.
+    pub target: Option<String>,
+    /// The bundle, when its manifest could be read.
+    pub bundle_id: Option<String>,
+    /// The signer key id, when the manifest could be read.
+    pub signer_key_id: Option<String>,
+    /// Whether the signature of the bundle named was verified: `false` when the bundle, its
+    /// signer and container are only what an unverified manifest claims; `None` when no
+    /// bundle is named.
+    pub verified: Option<bool>,
+    /// `applied`, `replayed`, `deleted`, `updated`, `refused`; for OAuth `obtained`,
+    /// `refreshed`, `started`, `authorized`, `failed`; for verification `ok` or `failed`.
+    pub outcome: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// The refusal's code.
+    pub code: Option<String>,
+    /// The refusal's detail (never a secret).
+    pub detail: Option<String>,
+}

@@ -1,0 +1,690 @@
+//! The SQLite engine of the storage interface.
+
+mod checkpoint;
+mod group;
+mod queries;
+mod schema;
+
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak, mpsc};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use self::group::{Finish, Job, group_commit};
+use self::schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
+use super::{Clock, Error, Result};
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        Error::Engine(Box::new(e))
+    }
+}
+
+/// The database file, its idle connections ([`Store::db`] takes one from there and its [`Db`]
+/// gives it back), and the two threads started on first use: the group committer
+/// ([`Store::write_grouped`]) and the checkpointer. Clones share all of it; the threads end
+/// when the last clone is dropped.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    /// The group committer's queue.
+    writer: OnceLock<Background<mpsc::Sender<Job>>>,
+    /// Wakes the checkpointer; a full queue means a checkpoint is already due.
+    checkpoints: OnceLock<Background<mpsc::SyncSender<()>>>,
+    /// Transactions the group committer has committed.
+    batches: AtomicU64,
+    /// What rows are stamped with.
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// At most this many idle connections are kept; one returned beyond that is closed. About the
+/// number of blocking threads that run requests at once (see `main.rs`).
+const MAX_IDLE: usize = 32;
+
+/// Prepared statements kept per connection ([`Connection::prepare_cached`]).
+const STATEMENT_CACHE: usize = 64;
+
+/// The most jobs the group committer puts in one transaction.
+const MAX_BATCH: usize = 256;
+
+/// The checkpointer's pause after a checkpoint: commits in the meantime wait for the next one.
+/// Bounds the checkpoints (each syncs the database file) to a few per second under load.
+const CHECKPOINT_PAUSE: Duration = Duration::from_millis(250);
+
+impl Db {
+    /// The store's time, as rows are stamped with it. Only writes ask, so the hot read path
+    /// never upgrades the weak reference.
+    fn now(&self) -> String {
+        match self.conn.home.upgrade() {
+            Some(home) => (home.clock)().to_string(),
+            // The store is gone (only a handle outliving it); its clock with it.
+            None => flowpack_shared::timefmt::Timestamp::now().to_string(),
+        }
+    }
+}
+
+impl Store {
+    /// Creates a new database with the schema.
+    pub fn create(path: &Path, clock: Clock) -> anyhow::Result<Store> {
+        let store = Store::at(path, clock);
+        let mut db = store.db()?;
+        let tx = db.write()?;
+        tx.conn().execute_batch(SCHEMA)?;
+        for step in MIGRATIONS {
+            tx.conn().execute_batch(step)?;
+        }
+        tx.conn()
+            .pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        // The root always exists, even before the first deploy.
+        tx.ensure_root()?;
+        tx.commit()?;
+        Ok(store)
+    }
+
+    /// Opens an existing database, upgrading an older schema in one transaction, and checks
+    /// its schema version.
+    pub fn open(path: &Path, clock: Clock) -> anyhow::Result<Store> {
+        let store = Store::at(path, clock);
+        let mut db = store.db()?;
+        let version = |db: &Db| -> Result<i64> {
+            Ok(db
+                .conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))?)
+        };
+        if (1..SCHEMA_VERSION).contains(&version(&db)?) {
+            let tx = db.write()?;
+            // Read again under the writer lock: another process may have upgraded meanwhile.
+            let mut v = version(&tx)?;
+            while let Some(step) = usize::try_from(v - 1).ok().and_then(|i| MIGRATIONS.get(i)) {
+                tx.conn().execute_batch(step)?;
+                v += 1;
+                tx.conn().pragma_update(None, "user_version", v)?;
+            }
+            tx.commit()?;
+        }
+        let v = version(&db)?;
+        if v != SCHEMA_VERSION {
+            anyhow::bail!(
+                "{}: schema version {v}, this receiver needs {SCHEMA_VERSION}",
+                path.display()
+            );
+        }
+        Ok(store)
+    }
+
+    fn at(path: &Path, clock: Clock) -> Store {
+        Store {
+            shared: Arc::new(Shared {
+                clock,
+                path: path.to_owned(),
+                idle: Mutex::new(Vec::new()),
+                writer: OnceLock::new(),
+                checkpoints: OnceLock::new(),
+                batches: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// A handle for one request. Its connection is taken from the idle ones, or opened when
+    /// there is none (see [`connect`]). Opening and configuring costs about a millisecond
+    /// (SQLite parses the schema), so connections are kept: the handle gives its connection
+    /// back when dropped.
+    pub fn db(&self) -> Result<Db> {
+        let reused = self
+            .shared
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let conn = match reused {
+            Some(conn) => conn,
+            None => connect(&self.shared.path)?,
+        };
+        Ok(Db {
+            conn: Pooled {
+                conn: Some(conn),
+                home: Arc::downgrade(&self.shared),
+            },
+        })
+    }
+
+    /// Runs `job` inside the group committer's next transaction and resolves, with what `job`
+    /// returned, once that transaction is durable (or with [`Error::Batch`] if its commit
+    /// failed, which undoes every job in it).
+    ///
+    /// Group commit: one thread owns a connection and takes the queued jobs in batches, each
+    /// job in its own savepoint, then commits once: one WAL sync for the whole batch instead
+    /// of one per request, and no request waits in SQLite's busy handler. What `job` writes is
+    /// kept even when it returns `Err`: a job that must be all-or-nothing uses
+    /// [`Tx::savepoint`] (a deploy keeps its refusal's audit row but not its partial apply). A
+    /// job that panics is rolled back alone. Every job holds the writer for its whole run, so
+    /// do the work that needs no lock (verification, parsing) before calling this.
+    ///
+    /// `keep` is dropped once the job's transaction has committed or rolled back (the server
+    /// passes its shutdown tracker's token, so that it waits for queued jobs).
+    pub fn write_grouped<T, E, K, F>(
+        &self,
+        keep: K,
+        job: F,
+    ) -> impl std::future::Future<Output = std::result::Result<T, E>> + Send + 'static + use<T, E, K, F>
+    where
+        T: Send + 'static,
+        E: From<Error> + Send + 'static,
+        K: Send + 'static,
+        F: FnOnce(&Tx<'_>) -> std::result::Result<T, E> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |tx: std::result::Result<&Tx<'_>, &Error>| -> Finish {
+            let outcome = match tx {
+                Ok(tx) => job(tx),
+                Err(e) => Err(E::from(Error::Batch(e.to_string()))),
+            };
+            Box::new(move |committed: std::result::Result<(), &Error>| {
+                let outcome = match (outcome, committed) {
+                    (Ok(_), Err(e)) => Err(E::from(Error::Batch(e.to_string()))),
+                    (outcome, _) => outcome,
+                };
+                drop(keep);
+                // The caller may have gone (its connection closed): the job is done anyway.
+                let _ = reply.send(outcome);
+            })
+        });
+        let sent = self.writer().send(job).is_ok();
+        async move {
+            if !sent {
+                return Err(E::from(Error::WriterGone));
+            }
+            // Built only when needed: making the error logs it.
+            answer
+                .await
+                .unwrap_or_else(|_| Err(E::from(Error::WriterGone)))
+        }
+    }
+
+    /// How many transactions the group committer has committed.
+    pub fn batches_committed(&self) -> u64 {
+        self.shared.batches.load(Ordering::Relaxed)
+    }
+
+    /// The group committer's queue, starting its thread on first use.
+    fn writer(&self) -> &mpsc::Sender<Job> {
+        self.shared
+            .writer
+            .get_or_init(|| {
+                let (send, jobs) = mpsc::channel();
+                let home = Arc::downgrade(&self.shared);
+                let path = self.shared.path.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("store-writer".into())
+                    .spawn(move || group_commit(&path, &home, &jobs))
+                    // The queue's receiver is dropped with the closure: every send fails, and
+                    // callers get `WriterGone`.
+                    .inspect_err(
+                        |e| tracing::error!(error = %e, "starting the writer thread failed"),
+                    )
+                    .ok();
+                Background {
+                    send: Some(send),
+                    thread: spawned,
+                }
+            })
+            .sender()
+    }
+}
+
+/// A background thread of the store and the channel that feeds it.
+struct Background<S> {
+    /// `Some` until dropped.
+    send: Option<S>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<S> Background<S> {
+    fn sender(&self) -> &S {
+        // Invariant: `send` is `None` only inside `drop`.
+        self.send
+            .as_ref()
+            .expect("a background sender is present until dropped")
+    }
+}
+
+impl<S> Drop for Background<S> {
+    /// Closes the channel and waits for the thread to finish what it holds (queued jobs, a
+    /// checkpoint under way) and close its connection, so that once the last [`Store`] is
+    /// gone nothing touches the database files (the last connection to close removes the
+    /// WAL). Not when the thread itself drops the last [`Store`].
+    fn drop(&mut self) {
+        drop(self.send.take());
+        if let Some(t) = self.thread.take()
+            && t.thread().id() != std::thread::current().id()
+            && t.join().is_err()
+        {
+            tracing::error!("a store thread panicked");
+        }
+    }
+}
+
+/// Opens a connection: WAL mode with `synchronous=FULL` and foreign keys on, waiting up to
+/// 30 s for a busy writer, and no automatic checkpoints (the checkpointer runs them, off
+/// the committing request's path).
+fn connect(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // Once a checkpoint resets the log, a log grown past this by a large deploy is truncated.
+    conn.pragma_update(None, "journal_size_limit", 256 * 1024 * 1024)?;
+    // Freed pages are overwritten, so a cleared secret's ciphertext does not linger.
+    conn.pragma_update(None, "secure_delete", true)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// A connection on loan from a [`Store`]'s idle list, given back on drop: only outside a
+/// transaction (one left open is rolled back first, and the connection closed if that fails),
+/// so the next request never inherits another's transaction or snapshot.
+struct Pooled {
+    /// `Some` until dropped.
+    conn: Option<Connection>,
+    /// The store it goes back to; also told of commits.
+    home: Weak<Shared>,
+}
+
+impl Deref for Pooled {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        // Invariant: `conn` is `None` only inside `drop`.
+        self.conn
+            .as_ref()
+            .expect("a pooled connection is present until dropped")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if !conn.is_autocommit()
+            && let Err(e) = conn.execute_batch("ROLLBACK")
+        {
+            tracing::error!(error = %e, "rolling back a returned connection failed; closing it");
+            return;
+        }
+        let Some(home) = self.home.upgrade() else {
+            return;
+        };
+        let mut idle = home.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
+    }
+}
+
+/// A handle on the database for one request: reads see committed data only. Writes go through
+/// [`Db::write`] or [`Store::write_grouped`].
+pub struct Db {
+    conn: Pooled,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    /// Starts a write transaction (`BEGIN IMMEDIATE`): it takes the single writer lock before
+    /// its first read, so what it reads stays true until it commits, and concurrent writers
+    /// serialize here.
+    pub fn write(&mut self) -> Result<Tx<'_>> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(Tx { db: self })
+    }
+}
+
+/// A write transaction. [`Tx::commit`] makes it durable (`synchronous=FULL`: the WAL is synced
+/// before `commit` returns); dropped without it, it rolls back. Reads inside it go through
+/// [`Deref`] to [`Db`] and see its own writes.
+#[derive(Debug)]
+pub struct Tx<'db> {
+    db: &'db mut Db,
+}
+
+impl Tx<'_> {
+    /// Commits. On failure the transaction rolls back when `self` drops.
+    pub fn commit(self) -> Result<()> {
+        self.commit_quietly()?;
+        if let Some(home) = self.db.conn.home.upgrade() {
+            home.committed();
+        }
+        Ok(())
+    }
+
+    /// Commits without waking the checkpointer.
+    fn commit_quietly(&self) -> Result<()> {
+        self.db.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    /// Runs `f` in a savepoint: kept if it returns `Ok`, undone (and only it) if it returns
+    /// `Err`. The outer error is the savepoint's own statements failing.
+    pub fn savepoint<T, E>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> std::result::Result<T, E>,
+    ) -> Result<std::result::Result<T, E>> {
+        self.conn().execute_batch("SAVEPOINT part")?;
+        let out = f(self);
+        match &out {
+            Ok(_) => self.conn().execute_batch("RELEASE part")?,
+            Err(_) => self
+                .conn()
+                .execute_batch("ROLLBACK TO part; RELEASE part")?,
+        }
+        Ok(out)
+    }
+
+    fn conn(&self) -> &Connection {
+        &self.db.conn
+    }
+}
+
+impl Deref for Tx<'_> {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        self.db
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        // After a successful COMMIT the connection is back in autocommit mode.
+        if !self.db.conn.is_autocommit()
+            && let Err(e) = self.db.conn.execute_batch("ROLLBACK")
+        {
+            tracing::error!(error = %e, "rolling back a transaction failed");
+        }
+    }
+}
+
+/// A stored mapping file being read: an [`std::io::Read`] of known length over the blob, from
+/// the snapshot taken when it was opened.
+pub struct MappingFile<'db> {
+    blob: rusqlite::blob::Blob<'db>,
+    len: u64,
+}
+
+impl std::fmt::Debug for MappingFile<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappingFile")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MappingFile<'_> {
+    /// The file's size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for an empty file.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::io::Read for MappingFile<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.blob.read(buf)
+    }
+}
+
+#[cfg(test)]
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowpack_shared::names::ContainerPath;
+
+    fn principals(db: &Db) -> i64 {
+        db.conn
+            .query_row("SELECT count(*) FROM principals", [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn connection_returned_mid_transaction_is_rolled_back_before_reuse() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::create(&tmp.path().join("store.db"), crate::store::wall_clock())
+            .unwrap_or_else(|e| panic!("{e}"));
+        {
+            let db = store.db().unwrap_or_else(|e| panic!("{e}"));
+            db.conn
+                .execute_batch(
+                    "BEGIN IMMEDIATE; INSERT INTO principals (name, created_at) VALUES ('x', 'now')",
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut db = store.db().unwrap_or_else(|e| panic!("{e}"));
+        assert!(db.conn.is_autocommit());
+        assert_eq!(principals(&db), 0);
+        // The writer lock was released with it.
+        let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
+        drop(tx);
+    }
+
+    #[test]
+    fn reused_connection_sees_a_commit_from_another_process() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = tmp.path().join("store.db");
+        let store =
+            Store::create(&path, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(principals(&store.db().unwrap_or_else(|e| panic!("{e}"))), 0);
+        // `token create` opens its own store, as another process does.
+        let other =
+            Store::open(&path, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}"));
+        let mut db = other.db().unwrap_or_else(|e| panic!("{e}"));
+        let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
+        tx.ensure_principal("ci").unwrap_or_else(|e| panic!("{e}"));
+        tx.commit().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(principals(&store.db().unwrap_or_else(|e| panic!("{e}"))), 1);
+    }
+
+    fn names(db: &Db) -> Vec<String> {
+        let mut st = db
+            .conn
+            .prepare("SELECT name FROM principals ORDER BY name")
+            .unwrap_or_else(|e| panic!("{e}"));
+        st.query_map([], |r| r.get(0))
+            .and_then(Iterator::collect)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn queued_jobs_commit_together_and_a_panicking_job_is_rolled_back_alone() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::create(&tmp.path().join("store.db"), crate::store::wall_clock())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (started, running) = mpsc::channel();
+        let (release, gate) = mpsc::channel::<()>();
+        // The first job holds the writer until released, so the next two queue behind it and
+        // are taken as one batch.
+        let first = store.write_grouped((), move |tx| {
+            let _ = started.send(());
+            let _ = gate.recv();
+            tx.ensure_principal("first")
+        });
+        running.recv().unwrap_or_else(|e| panic!("{e}"));
+        let doomed = store.write_grouped((), |tx| -> Result<i64> {
+            tx.ensure_principal("doomed")?;
+            panic!("a job panics after writing");
+        });
+        let keep = Arc::new(());
+        let third = store.write_grouped(keep.clone(), |tx| tx.ensure_principal("third"));
+        release.send(()).unwrap_or_else(|e| panic!("{e}"));
+
+        first.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(doomed.await, Err(Error::WriterGone)));
+        third.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            Arc::strong_count(&keep),
+            1,
+            "`keep` is dropped before the answer"
+        );
+        assert_eq!(store.batches_committed(), 2);
+        let db = store.db().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(names(&db), ["first", "third"]);
+    }
+
+    #[tokio::test]
+    async fn a_job_keeps_what_it_wrote_outside_a_failed_savepoint() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::create(&tmp.path().join("store.db"), crate::store::wall_clock())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let refused: Result<()> = store
+            .write_grouped((), |tx| {
+                let inner = tx.savepoint(|tx| {
+                    tx.ensure_principal("undone")?;
+                    Err(Error::Batch("refused".into()))
+                })?;
+                tx.ensure_principal("audit")?;
+                inner
+            })
+            .await;
+        assert!(matches!(refused, Err(Error::Batch(_))));
+        let db = store.db().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(names(&db), ["audit"]);
+        // The failed job did not stop the writer.
+        store
+            .write_grouped((), |tx| tx.ensure_principal("later"))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(names(&db), ["audit", "later"]);
+    }
+
+    fn path(s: &str) -> ContainerPath {
+        ContainerPath::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Stored (name, value) pairs as a test writes them: grants or secrets' fingerprints.
+    type Pairs<'a> = &'a [(&'a str, &'a str)];
+
+    fn rows(r: Pairs<'_>) -> Vec<(String, String)> {
+        r.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect()
+    }
+
+    #[test]
+    fn principal_by_token_gives_hash_name_and_every_grant() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::create(&tmp.path().join("store.db"), crate::store::wall_clock())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut db = store.db().unwrap_or_else(|e| panic!("{e}"));
+        let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
+        let principals: [(&str, &str, Pairs<'_>); 3] = [
+            ("0000000000000000", "none", &[]),
+            ("0000000000000001", "one", &[("/a", "read")]),
+            (
+                "0000000000000002",
+                "two",
+                &[("/a", "read,use"), ("/b/c", "write")],
+            ),
+        ];
+        for (id, name, grants) in principals {
+            let pid = tx.ensure_principal(name).unwrap_or_else(|e| panic!("{e}"));
+            for (prefix, perms) in grants {
+                tx.add_grant(pid, prefix, perms)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            tx.insert_token(id, pid, name.as_bytes())
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        tx.commit().unwrap_or_else(|e| panic!("{e}"));
+
+        for (id, name, grants) in principals {
+            let (hash, got_name, mut got) = db
+                .principal_by_token(id)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|| panic!("token {id} not found"));
+            got.sort();
+            assert_eq!(hash, name.as_bytes());
+            assert_eq!(got_name, name);
+            assert_eq!(got, rows(grants), "grants of {name}");
+        }
+        assert!(
+            db.principal_by_token("00000000000000ff")
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn credential_at_gives_row_and_fingerprints_by_field() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::create(&tmp.path().join("store.db"), crate::store::wall_clock())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut db = store.db().unwrap_or_else(|e| panic!("{e}"));
+        let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
+        let cid = tx
+            .ensure_container(&path("/a/b"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (bare, _) = tx
+            .upsert_credential(cid, "bare", "basic", r#"{"name":"bare"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (sealed, _) = tx
+            .upsert_credential(cid, "sealed", "oauth2", r#"{"name":"sealed"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Written out of order: they come back sorted by field.
+        tx.set_secret(sealed, "refresh_token", b"ct1", "00000000000000aa")
+            .unwrap_or_else(|e| panic!("{e}"));
+        tx.set_secret(sealed, "client_secret", b"ct2", "00000000000000bb")
+            .unwrap_or_else(|e| panic!("{e}"));
+        tx.commit().unwrap_or_else(|e| panic!("{e}"));
+
+        let at = |c: &str, n: &str| {
+            db.credential_at(&path(c), n)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (row, secrets) = at("/a/b", "bare").unwrap_or_else(|| panic!("bare not found"));
+        assert_eq!(
+            (row.id, row.kind.as_str(), row.public.as_str()),
+            (bare, "basic", r#"{"name":"bare"}"#)
+        );
+        assert!(!row.needs_authorization);
+        assert!(secrets.is_empty());
+        let (row, secrets) = at("/a/b", "sealed").unwrap_or_else(|| panic!("sealed not found"));
+        let stored = db
+            .credential(cid, "sealed")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("sealed not found"));
+        assert_eq!((row.id, row.token_version), (sealed, stored.token_version));
+        assert_eq!(row.kind, "oauth2");
+        assert_eq!(
+            secrets,
+            rows(&[
+                ("client_secret", "00000000000000bb"),
+                ("refresh_token", "00000000000000aa")
+            ])
+        );
+        assert!(at("/a/b", "nope").is_none());
+        assert!(at("/a", "bare").is_none());
+        assert!(at("/x/b", "bare").is_none());
+    }
+}
