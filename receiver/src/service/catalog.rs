@@ -10,7 +10,7 @@ use crate::App;
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
 use crate::service::creds;
-use crate::store::{self, AuditRow, Db};
+use crate::store::{self, AuditRow, ContainerId, Db};
 
 /// Which page of a listing (deployments, audit) to answer.
 #[derive(Debug)]
@@ -31,7 +31,7 @@ pub(crate) fn require(who: &Principal, perm: Perm, c: &ContainerPath) -> Result<
     }
 }
 
-pub(crate) fn existing_container(db: &Db, c: &ContainerPath) -> Result<i64, Problem> {
+pub(crate) fn existing_container(db: &Db, c: &ContainerPath) -> Result<ContainerId, Problem> {
     db.container_id(c)?
         .ok_or_else(|| Problem::not_found(format!("container {c} does not exist")))
 }
@@ -101,7 +101,7 @@ pub(crate) fn load_mapping(
     db: &Db,
     c: &ContainerPath,
     n: &Name,
-) -> Result<(i64, store::MappingRow, Mapping), Problem> {
+) -> Result<(ContainerId, store::MappingRow, Mapping), Problem> {
     let missing = || Problem::not_found(format!("mapping {} does not exist", c.object_path(n)));
     let cid = db.container_id(c)?.ok_or_else(missing)?;
     let row = db.mapping(cid, n.as_str())?.ok_or_else(missing)?;

@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
-use crate::store::{CredentialRow, Db, Tx};
+use crate::store::{ContainerId, CredentialId, CredentialRow, Db, Tx};
 
 /// Keys derived from `secrets.key`.
 pub struct SecretKeys {
@@ -213,7 +213,7 @@ fn is_token_field(field: &str) -> bool {
 }
 
 /// True when the stored credential has no secret.
-pub fn needs_secrets(db: &Db, credential: i64) -> Result<bool, Problem> {
+pub fn needs_secrets(db: &Db, credential: CredentialId) -> Result<bool, Problem> {
     Ok(db.secrets(credential)?.is_empty())
 }
 
@@ -252,7 +252,7 @@ pub fn same_destination(
 /// authorizations are dropped. Returns whether secrets were forgotten.
 fn unbind_moved_secrets(
     tx: &Tx<'_>,
-    id: i64,
+    id: CredentialId,
     before: &CredentialRow,
     kind: CredentialType,
     after_public: &Map<String, Value>,
@@ -279,7 +279,7 @@ fn unbind_moved_secrets(
 pub fn upsert_from_bundle(
     tx: &Tx<'_>,
     keys: &SecretKeys,
-    container_id: i64,
+    container_id: ContainerId,
     container: &ContainerPath,
     c: &Credential,
 ) -> Result<Upserted, Problem> {
@@ -425,7 +425,7 @@ pub fn resolve(
     db: &Db,
     who: &Principal,
     container: &ContainerPath,
-    container_id: i64,
+    container_id: ContainerId,
     mapping: &Mapping,
     body: &Value,
 ) -> Result<Value, Problem> {
@@ -689,7 +689,7 @@ fn not_found(path: &str) -> Problem {
 }
 
 /// The stored credential `n` of container `c` and its container's id; 404 when either is missing.
-pub fn find(db: &Db, c: &ContainerPath, n: &Name) -> Result<(i64, CredentialRow), Problem> {
+pub fn find(db: &Db, c: &ContainerPath, n: &Name) -> Result<(ContainerId, CredentialRow), Problem> {
     let missing = || not_found(&c.object_path(n));
     let cid = db.container_id(c)?.ok_or_else(missing)?;
     let row = db.credential(cid, n.as_str())?.ok_or_else(missing)?;

@@ -49,7 +49,7 @@ use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
 use crate::service::creds;
 use crate::service::oauth::{Material, Tokens};
-use crate::store::{AuditRow, Db, Replay, Tx};
+use crate::store::{AuditRow, CredentialId, Db, Replay, Tx};
 
 /// Clock skew allowed for `created_at` (see docs/DECISIONS.md).
 const SKEW: time::Duration = time::Duration::minutes(5);
@@ -351,7 +351,7 @@ async fn check_one(
         .await
         .map_err(Problem::internal)??
     };
-    let flight = id.map(|id| app.outbound.flight(id));
+    let flight = id.map(|id| app.outbound.flight(id.0));
     let _in_flight = match &flight {
         Some(f) => Some(f.lock().await),
         None => None,
@@ -402,7 +402,7 @@ async fn check_one(
 
 /// The stored side of a credential verified with a bundle's fields.
 struct Stored {
-    id: i64,
+    id: CredentialId,
     version: i64,
     /// The stored non-sensitive record (not the bundle's: the bundle may yet be refused).
     public: Map<String, Value>,
@@ -790,7 +790,7 @@ fn apply(
         .map_err(|e| fail(e.into()))?;
     let row = deploy_audit(who, target, &info, "applied", 201);
     tx.insert_audit(&row).map_err(|e| fail(e.into()))?;
-    tracing::info!(bundle_id = %m.bundle_id, container = %target, deployment = did, "bundle applied");
+    tracing::info!(bundle_id = %m.bundle_id, container = %target, deployment = did.0, "bundle applied");
     Ok((Outcome::Created, record))
 }
 

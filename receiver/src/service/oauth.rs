@@ -41,7 +41,7 @@ use crate::outbound::{Refused, SendFailure, UrlError};
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
 use crate::service::creds::SecretKeys;
-use crate::store::{AuditRow, CredentialRow, Db, OAuthState, Tx};
+use crate::store::{AuditRow, CredentialId, CredentialRow, Db, OAuthState, Tx};
 
 /// A token is refreshed when it expires within this margin.
 pub const REFRESH_SKEW: time::Duration = time::Duration::seconds(60);
@@ -83,7 +83,7 @@ pub fn known_oauth_error(code: &str) -> Option<&'static str> {
 /// A credential with its secrets opened: what an outbound request is made from.
 pub struct Material {
     /// The stored row, or `None` for a credential of a bundle not applied yet.
-    pub id: Option<i64>,
+    pub id: Option<CredentialId>,
     /// The token version read with it.
     pub version: i64,
     /// Its container.
@@ -177,7 +177,7 @@ impl Material {
         e
     }
 
-    fn row_id(&self) -> Result<i64, Problem> {
+    fn row_id(&self) -> Result<CredentialId, Problem> {
         self.id
             .ok_or_else(|| Problem::internal("a bundle credential used as a stored one"))
     }
@@ -190,7 +190,7 @@ pub fn load(db: &Db, keys: &SecretKeys, c: &ContainerPath, n: &Name) -> Result<M
 }
 
 /// Loads a stored credential by row id; 404 when it was deleted.
-pub fn load_by_id(db: &Db, keys: &SecretKeys, id: i64) -> Result<Material, Problem> {
+pub fn load_by_id(db: &Db, keys: &SecretKeys, id: CredentialId) -> Result<Material, Problem> {
     let (container, name, row) = db
         .credential_by_id(id)?
         .ok_or_else(|| Problem::not_found("the credential was deleted"))?;
@@ -547,7 +547,7 @@ pub async fn request_token(
 pub fn write_tokens(
     tx: &Tx<'_>,
     keys: &SecretKeys,
-    id: i64,
+    id: CredentialId,
     path: &str,
     public: &Map<String, Value>,
     tokens: &Tokens,
@@ -579,7 +579,7 @@ pub fn write_tokens(
 pub fn store_tokens(
     tx: &Tx<'_>,
     keys: &SecretKeys,
-    id: i64,
+    id: CredentialId,
     version: i64,
     path: &str,
     public: &Map<String, Value>,
@@ -715,7 +715,7 @@ pub async fn token(
         return Ok(v);
     }
     let id = m.row_id()?;
-    let flight = app.outbound.flight(id);
+    let flight = app.outbound.flight(id.0);
     let _in_flight = flight.lock().await;
     // Whoever held the lock before may have refreshed: read again.
     let m = blocking(&app, move |app, db| load_by_id(db, &app.keys, id)).await?;
@@ -1008,7 +1008,7 @@ pub async fn callback(app: Arc<App>, q: CallbackParams) -> Result<Value, Problem
         ));
     }
     let id = pending.credential_id;
-    let flight = app.outbound.flight(id);
+    let flight = app.outbound.flight(id.0);
     let _in_flight = flight.lock().await;
     let m = blocking(&app, move |app, db| load_by_id(db, &app.keys, id)).await?;
     let principal = pending.principal.clone();

@@ -282,7 +282,7 @@ pub async fn handle(
     // credential's destination gets one request at a time from this receiver.
     let (m, _in_flight) = match m.id {
         Some(id) => {
-            let guard = app.outbound.flight(id).lock_owned().await;
+            let guard = app.outbound.flight(id.0).lock_owned().await;
             let m = blocking(&app, move |app, db| oauth::load_by_id(db, &app.keys, id)).await?;
             (m, Some(guard))
         }

@@ -36,6 +36,32 @@ use flowpack_shared::timefmt::Timestamp;
 
 pub use sqlite::{Db, MappingFile, Store, Tx};
 
+/// Declares row ids: a distinct type per table, so that a credential's id is never passed
+/// where a container's is expected.
+macro_rules! row_ids {
+    ($( $(#[$doc:meta])* $name:ident, )*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+        #[serde(transparent)]
+        pub struct $name(pub i64);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    )*};
+}
+
+row_ids! {
+    /// A container's row id.
+    ContainerId,
+    /// A credential's row id.
+    CredentialId,
+    /// A deployment's row id.
+    DeploymentId,
+}
+
 /// The time source the store stamps rows with (`created_at`, `updated_at`): given when the
 /// store is opened, never read from the wall clock inside it, so tests can set the time.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -93,7 +119,7 @@ pub struct MappingRow {
 #[derive(Debug, Clone)]
 pub struct CredentialRow {
     /// Row id.
-    pub id: i64,
+    pub id: CredentialId,
     /// Type name.
     pub kind: String,
     /// The non-sensitive record as JSON (name, type, description, public fields).
@@ -126,7 +152,7 @@ pub type SecretFingerprints = Vec<(String, String)>;
 #[derive(Debug, Clone)]
 pub struct OAuthState {
     /// The credential it authorizes.
-    pub credential_id: i64,
+    pub credential_id: CredentialId,
     /// The credential's path when the flow started.
     pub path: String,
     /// The PKCE code verifier, encrypted at rest.

@@ -17,6 +17,25 @@ use self::group::{Finish, Job, group_commit};
 use self::schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
 use super::{Clock, Error, Result};
 
+/// Row ids are stored as the integers they wrap.
+macro_rules! sql_ids {
+    ($($name:ident),*) => {$(
+        impl rusqlite::types::ToSql for super::$name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.0))
+            }
+        }
+
+        impl rusqlite::types::FromSql for super::$name {
+            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                i64::column_result(v).map(super::$name)
+            }
+        }
+    )*};
+}
+
+sql_ids!(ContainerId, CredentialId, DeploymentId);
+
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Error {
         Error::Engine(Box::new(e))

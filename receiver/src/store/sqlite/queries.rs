@@ -7,8 +7,8 @@ use rusqlite::{OptionalExtension, params};
 
 use super::{Db, MappingFile, Tx};
 use crate::store::{
-    AuditRow, CredentialRow, GrantRows, MappingRow, OAuthState, Replay, Result, SecretFingerprints,
-    SecretRow, Visible,
+    AuditRow, ContainerId, CredentialId, CredentialRow, DeploymentId, GrantRows, MappingRow,
+    OAuthState, Replay, Result, SecretFingerprints, SecretRow, Visible,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ impl Db {
 
 impl Db {
     /// The id of a container, if it exists.
-    pub fn container_id(&self, path: &ContainerPath) -> Result<Option<i64>> {
+    pub fn container_id(&self, path: &ContainerPath) -> Result<Option<ContainerId>> {
         Ok(self
             .conn
             .prepare_cached("SELECT id FROM containers WHERE path = ?1")?
@@ -140,7 +140,7 @@ impl Db {
     }
 
     /// What a container holds: child container names, mapping names, credential names (sorted).
-    pub fn children(&self, id: i64) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
+    pub fn children(&self, id: ContainerId) -> Result<(Vec<String>, Vec<String>, Vec<String>)> {
         let list = |sql: &str| -> Result<Vec<String>> {
             let mut st = self.conn.prepare_cached(sql)?;
             let rows = st.query_map(params![id], |r| r.get(0))?;
@@ -155,7 +155,7 @@ impl Db {
 }
 
 impl Tx<'_> {
-    pub(super) fn ensure_root(&self) -> Result<i64> {
+    pub(super) fn ensure_root(&self) -> Result<ContainerId> {
         let conn = self.conn();
         conn.execute(
             "INSERT OR IGNORE INTO containers (path, parent_id, name, created_at) VALUES ('/', NULL, NULL, ?1)",
@@ -169,7 +169,7 @@ impl Tx<'_> {
     }
 
     /// The id of a container, creating it and its missing ancestors.
-    pub fn ensure_container(&self, path: &ContainerPath) -> Result<i64> {
+    pub fn ensure_container(&self, path: &ContainerPath) -> Result<ContainerId> {
         let conn = self.conn();
         let mut parent = self.ensure_root()?;
         for p in path.lineage().into_iter().skip(1) {
@@ -180,7 +180,7 @@ impl Tx<'_> {
                         "INSERT INTO containers (path, parent_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
                         params![p.as_str(), parent, p.last_segment(), self.now()],
                     )?;
-                    conn.last_insert_rowid()
+                    ContainerId(conn.last_insert_rowid())
                 }
             };
         }
@@ -190,7 +190,7 @@ impl Tx<'_> {
 
 impl Db {
     /// The live version of mapping `name` in a container.
-    pub fn mapping(&self, container: i64, name: &str) -> Result<Option<MappingRow>> {
+    pub fn mapping(&self, container: ContainerId, name: &str) -> Result<Option<MappingRow>> {
         Ok(self
             .conn
             .query_row(
@@ -209,7 +209,7 @@ impl Db {
     }
 
     /// Every live mapping of a container: (name, definition).
-    pub fn mappings_in(&self, container: i64) -> Result<Vec<(String, String)>> {
+    pub fn mappings_in(&self, container: ContainerId) -> Result<Vec<(String, String)>> {
         let mut st = self.conn.prepare_cached(
             "SELECT m.name, v.definition FROM mappings m JOIN mapping_versions v ON v.id = m.version_id
              WHERE m.container_id = ?1 ORDER BY m.name",
@@ -243,7 +243,12 @@ impl Db {
 impl Tx<'_> {
     /// Starts a new version of a mapping (the next number after every earlier one) and returns
     /// its row id. Its definition is filled in by [`Tx::finish_mapping_version`].
-    pub fn new_mapping_version(&self, container: i64, name: &Name, deployment: i64) -> Result<i64> {
+    pub fn new_mapping_version(
+        &self,
+        container: ContainerId,
+        name: &Name,
+        deployment: DeploymentId,
+    ) -> Result<i64> {
         let conn = self.conn();
         let version: i64 = conn.query_row(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM mapping_versions WHERE container_id = ?1 AND name = ?2",
@@ -261,7 +266,7 @@ impl Tx<'_> {
     /// Sets a version's definition and makes it the live one. Returns true when it replaced one.
     pub fn finish_mapping_version(
         &self,
-        container: i64,
+        container: ContainerId,
         name: &Name,
         version_id: i64,
         definition: &str,
@@ -314,7 +319,7 @@ impl Tx<'_> {
     }
 
     /// Removes a live mapping (its versions stay in the history). True when it existed.
-    pub fn delete_mapping(&self, container: i64, name: &str) -> Result<bool> {
+    pub fn delete_mapping(&self, container: ContainerId, name: &str) -> Result<bool> {
         Ok(self.conn().execute(
             "DELETE FROM mappings WHERE container_id = ?1 AND name = ?2",
             params![container, name],
@@ -340,7 +345,7 @@ fn credential_row_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Crede
 
 impl Db {
     /// Credential `name` in a container.
-    pub fn credential(&self, container: i64, name: &str) -> Result<Option<CredentialRow>> {
+    pub fn credential(&self, container: ContainerId, name: &str) -> Result<Option<CredentialRow>> {
         Ok(self
             .conn
             .prepare_cached(&format!(
@@ -379,7 +384,10 @@ impl Db {
     }
 
     /// A credential by row id, with its path (container path and name).
-    pub fn credential_by_id(&self, id: i64) -> Result<Option<(String, String, CredentialRow)>> {
+    pub fn credential_by_id(
+        &self,
+        id: CredentialId,
+    ) -> Result<Option<(String, String, CredentialRow)>> {
         Ok(self
             .conn
             .query_row(
@@ -392,7 +400,7 @@ impl Db {
     }
 
     /// The stored sensitive fields of a credential.
-    pub fn secrets(&self, credential: i64) -> Result<Vec<SecretRow>> {
+    pub fn secrets(&self, credential: CredentialId) -> Result<Vec<SecretRow>> {
         let mut st = self.conn.prepare_cached(
             "SELECT field, ciphertext, fingerprint FROM credential_secrets WHERE credential_id = ?1 ORDER BY field",
         )?;
@@ -412,11 +420,11 @@ impl Tx<'_> {
     /// existed, the row as it was before.
     pub fn upsert_credential(
         &self,
-        container: i64,
+        container: ContainerId,
         name: &str,
         kind: &str,
         public: &str,
-    ) -> Result<(i64, Option<CredentialRow>)> {
+    ) -> Result<(CredentialId, Option<CredentialRow>)> {
         let conn = self.conn();
         if let Some(row) = self.credential(container, name)? {
             conn.execute(
@@ -437,13 +445,13 @@ impl Tx<'_> {
             "INSERT INTO credentials (container_id, name, type, public, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![container, name, kind, public, self.now()],
         )?;
-        Ok((conn.last_insert_rowid(), None))
+        Ok((CredentialId(conn.last_insert_rowid()), None))
     }
 
     /// Sets one sensitive field.
     pub fn set_secret(
         &self,
-        credential: i64,
+        credential: CredentialId,
         field: &str,
         ciphertext: &[u8],
         fingerprint: &str,
@@ -457,7 +465,7 @@ impl Tx<'_> {
     }
 
     /// Clears one sensitive field.
-    pub fn clear_secret(&self, credential: i64, field: &str) -> Result<()> {
+    pub fn clear_secret(&self, credential: CredentialId, field: &str) -> Result<()> {
         self.conn().execute(
             "DELETE FROM credential_secrets WHERE credential_id = ?1 AND field = ?2",
             params![credential, field],
@@ -465,7 +473,7 @@ impl Tx<'_> {
         self.bump_token_version(credential)
     }
 
-    fn bump_token_version(&self, credential: i64) -> Result<()> {
+    fn bump_token_version(&self, credential: CredentialId) -> Result<()> {
         self.conn().execute(
             "UPDATE credentials SET token_version = token_version + 1 WHERE id = ?1",
             params![credential],
@@ -476,7 +484,7 @@ impl Tx<'_> {
     /// Compare and swap: advances the credential's token version if it still is `expected`.
     /// False when something changed the credential since `expected` was read (a deploy, a
     /// PATCH, another refresh): the caller must then not store what it obtained.
-    pub fn claim_token_version(&self, credential: i64, expected: i64) -> Result<bool> {
+    pub fn claim_token_version(&self, credential: CredentialId, expected: i64) -> Result<bool> {
         Ok(self.conn().execute(
             "UPDATE credentials SET token_version = token_version + 1
              WHERE id = ?1 AND token_version = ?2",
@@ -485,7 +493,7 @@ impl Tx<'_> {
     }
 
     /// Replaces a credential's non-sensitive record (its name and type unchanged).
-    pub fn set_credential_public(&self, credential: i64, public: &str) -> Result<()> {
+    pub fn set_credential_public(&self, credential: CredentialId, public: &str) -> Result<()> {
         self.conn().execute(
             "UPDATE credentials SET public = ?1, updated_at = ?2 WHERE id = ?3",
             params![public, self.now(), credential],
@@ -494,7 +502,7 @@ impl Tx<'_> {
     }
 
     /// Sets or clears the `needs_authorization` mark.
-    pub fn set_needs_authorization(&self, credential: i64, on: bool) -> Result<()> {
+    pub fn set_needs_authorization(&self, credential: CredentialId, on: bool) -> Result<()> {
         self.conn().execute(
             "UPDATE credentials SET needs_authorization = ?1 WHERE id = ?2",
             params![on, credential],
@@ -503,7 +511,7 @@ impl Tx<'_> {
     }
 
     /// Deletes a credential and its secrets.
-    pub fn delete_credential(&self, credential: i64) -> Result<()> {
+    pub fn delete_credential(&self, credential: CredentialId) -> Result<()> {
         let conn = self.conn();
         conn.execute(
             "DELETE FROM credential_secrets WHERE credential_id = ?1",
@@ -517,7 +525,7 @@ impl Tx<'_> {
 impl Tx<'_> {
     /// Forgets every pending flow of a credential (its destination changed: a code obtained
     /// for the old one must not be exchanged with the new one).
-    pub fn delete_oauth_states(&self, credential: i64) -> Result<()> {
+    pub fn delete_oauth_states(&self, credential: CredentialId) -> Result<()> {
         self.conn().execute(
             "DELETE FROM oauth_states WHERE credential_id = ?1",
             params![credential],
@@ -658,18 +666,18 @@ impl Tx<'_> {
         container: &str,
         created_at_ms: i64,
         manifest_sha256: &[u8],
-    ) -> Result<i64> {
+    ) -> Result<DeploymentId> {
         let conn = self.conn();
         conn.execute(
             "INSERT INTO deployments (bundle_id, container, created_at_ms, applied_at, record, manifest_sha256)
              VALUES (?1, ?2, ?3, ?4, '{}', ?5)",
             params![bundle_id, container, created_at_ms, self.now(), manifest_sha256],
         )?;
-        Ok(conn.last_insert_rowid())
+        Ok(DeploymentId(conn.last_insert_rowid()))
     }
 
     /// Sets a deployment's record.
-    pub fn set_deployment_record(&self, id: i64, record: &str) -> Result<()> {
+    pub fn set_deployment_record(&self, id: DeploymentId, record: &str) -> Result<()> {
         self.conn().execute(
             "UPDATE deployments SET record = ?1 WHERE id = ?2",
             params![record, id],
