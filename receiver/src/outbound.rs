@@ -21,6 +21,7 @@
 //!   from the network or the provider, which may quote the URL (an API key in its query) or
 //!   echo the request.
 
+pub mod dblogin;
 pub mod scrub;
 
 use std::collections::HashMap;
@@ -630,6 +631,31 @@ impl Outbound {
         port: u16,
         timeout: Duration,
     ) -> Result<tokio::net::TcpStream, TcpError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (kept, _) = self.resolve_checked(host, port, timeout).await?;
+        let attempt = async {
+            for a in kept {
+                if let Ok(s) = tokio::net::TcpStream::connect(a).await {
+                    return Ok(s);
+                }
+            }
+            Err(TcpError::CouldNotConnect)
+        };
+        tokio::time::timeout_at(deadline, attempt)
+            .await
+            .unwrap_or(Err(TcpError::CouldNotConnect))
+    }
+
+    /// The addresses of `host`:`port` that the policy lets the receiver connect to (every
+    /// address of a listed host, at most [`MAX_ADDRESSES`]), and whether the host is listed:
+    /// for a client that connects by itself to the addresses it is given (never resolving the
+    /// name again).
+    pub async fn resolve_checked(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<(Vec<SocketAddr>, bool), TcpError> {
         // A bare IPv6 address is a fine `host` for a database, though not in a URL.
         let parsed = match host.parse::<Ipv6Addr>() {
             Ok(ip) => Host::Ipv6(ip),
@@ -663,17 +689,7 @@ impl Outbound {
                 None => TcpError::CouldNotConnect,
             });
         }
-        let attempt = async {
-            for a in kept {
-                if let Ok(s) = tokio::net::TcpStream::connect(a).await {
-                    return Ok(s);
-                }
-            }
-            Err(TcpError::CouldNotConnect)
-        };
-        tokio::time::timeout(timeout, attempt)
-            .await
-            .unwrap_or(Err(TcpError::CouldNotConnect))
+        Ok((kept, listed))
     }
 
     /// The single-flight lock of credential `id`: one OAuth refresh or verification of a

@@ -832,8 +832,8 @@ async fn dry_verification_passes_and_fails_for_each_type() {
         json!({"name": "key-query", "type": "api_key", "placement": "query", "parameter_name": "api_key", "key": "right-key", "verify_url": url}),
         json!({"name": "key-query-bad", "type": "api_key", "placement": "query", "parameter_name": "api_key", "key": "wrong-key", "verify_url": url}),
         json!({"name": "key-remote-http", "type": "api_key", "key": "right-key", "verify_url": "http://api.example.com/check"}),
-        json!({"name": "db-open", "type": "database", "host": "127.0.0.1", "port": open_port, "password": "db-pw"}),
-        json!({"name": "db-closed", "type": "database", "host": "127.0.0.1", "port": closed, "password": "db-pw"}),
+        json!({"name": "db-no-driver", "type": "database", "host": "127.0.0.1", "port": open_port, "password": "db-pw"}),
+        json!({"name": "db-closed", "type": "database", "driver": "postgresql", "host": "127.0.0.1", "port": closed, "password": "db-pw"}),
         client_credentials(&o, "oauth-good", "header"),
         bad_client,
     ])
@@ -847,11 +847,12 @@ async fn dry_verification_passes_and_fails_for_each_type() {
         ("key-header-bad", false, "header X-API-Key", "401"),
         ("key-query", true, "query parameter", ""),
         ("key-query-bad", false, "query parameter", "401"),
-        ("db-open", true, "TCP connection to 127.0.0.1", ""),
+        // A TCP connection alone verifies nothing: without a driver to log in with, it fails.
+        ("db-no-driver", false, "login to 127.0.0.1", "`driver`"),
         (
             "db-closed",
             false,
-            "TCP connection to 127.0.0.1",
+            "postgresql login to 127.0.0.1",
             "could not connect",
         ),
         ("oauth-good", true, "grant_type=client_credentials", ""),

@@ -31,14 +31,14 @@ use serde_json::json;
 
 use crate::App;
 use crate::blocking;
-use crate::outbound::{Refused, SendFailure, TcpError, UrlError};
+use crate::outbound::{Refused, SendFailure, UrlError, dblogin};
 use crate::problem::Problem;
 use crate::service::auth::{Perm, Principal};
 use crate::service::oauth::{self, Grant, Material, Outbound, TokenError, Tokens};
 use crate::store::AuditRow;
 
-/// How long a database connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a database login (connection, TLS, authentication and `SELECT 1`) may take.
+const DB_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The outcome of one dry verification.
 #[derive(Debug)]
@@ -255,14 +255,28 @@ async fn check_database(out: &Outbound, m: &Material) -> Verification {
             "the credential has no `port`, and its driver has no usual port",
         );
     };
-    let tried = format!("TCP connection to {host}:{port}");
-    // Only "connected", "could not connect" or "refused by policy": which of closed, filtered,
-    // timed out or unknown would turn the receiver into a port scanner.
-    match out.connect_tcp(host, port, CONNECT_TIMEOUT).await {
-        Ok(_) => Verification::passed(tried),
-        Err(TcpError::Invalid(e)) => Verification::failed("nothing", e),
-        Err(TcpError::Refused(r)) => Verification::refused(tried, r),
-        Err(TcpError::CouldNotConnect) => Verification::failed(tried, "could not connect"),
+    let driver = m.text("driver").unwrap_or_default();
+    let what = if driver.is_empty() {
+        "database"
+    } else {
+        driver
+    };
+    let tried = format!("{what} login to {host}:{port} with SELECT 1");
+    // A TCP connection alone verifies nothing: log in and run a query. The answer is one of a
+    // few fixed phrases (never the server's text): which of closed, filtered, timed out or
+    // unknown a failed connection was is not told, or the receiver would be a port scanner.
+    let login = dblogin::Login {
+        driver,
+        host,
+        port,
+        database: m.text("database"),
+        username: m.text("username"),
+        password: m.secret("password"),
+    };
+    match dblogin::login(out, &login, DB_LOGIN_TIMEOUT).await {
+        Ok(()) => Verification::passed(tried),
+        Err(dblogin::LoginError::Refused(r)) => Verification::refused(tried, r),
+        Err(e) => Verification::failed(tried, e.detail()),
     }
 }
 
