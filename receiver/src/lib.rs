@@ -7,7 +7,9 @@
 //! - TLS from PEM files: [`tls_acceptor`].
 //! - Administration while serving: [`auth::create_token`], [`trust_signer`]; both write to
 //!   the database, which `serve` reads on every request.
-//! - Storage: only through [`store`], the one module that knows the database engine.
+//! - The HTTP API: [`api`]; [`api::routes`] lists every route. Refusals: [`problem`].
+//! - Domain rules: [`service`]. Storage: only through [`store`], whose `sqlite` folder is the
+//!   one place that knows the database engine. ARCHITECTURE.md draws the layers.
 
 #![forbid(unsafe_code)]
 
@@ -93,7 +95,7 @@ impl App {
             config: loaded.config,
             clock: store::wall_clock(),
             shutdown_grace: SHUTDOWN_GRACE,
-            body_idle: service::deploy::BODY_IDLE,
+            body_idle: api::BODY_IDLE,
             timeouts: conns::Timeouts::default(),
             work: TaskTracker::new(),
         })

@@ -4,7 +4,7 @@
 //!
 //! Everything that touches the database runs on a blocking thread with its own
 //! [`Db`](crate::store::Db) handle, tracked so that shutdown waits for it: through
-//! [`crate::blocking`], or for a credential read, through the queue that at most one blocking
+//! `crate::blocking`, or for a credential read, through the queue that at most one blocking
 //! thread per core drains (`reads.rs`). Mapping files are streamed from a blocking thread
 //! through a bounded channel. URL paths are parsed into `ContainerPath`/`Name`/`RelPath` before
 //! anything else looks at them and are never used to build a filesystem path. Client faults get
@@ -29,6 +29,9 @@ pub use answer::{Body, full, json_response, problem_response};
 pub use router::routes;
 
 pub(crate) use crate::blocking;
+
+/// How long a request body may go without a byte arriving, by default ([`App::body_idle`]).
+pub const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Answers one request (never fails: errors become problem documents).
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {

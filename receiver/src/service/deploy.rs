@@ -1,7 +1,8 @@
 //! `POST /v1/deployments`: verify → decide → apply, in one transaction.
 //!
-//! The body is spooled to a temporary file in the data directory (never held in memory),
-//! bounded by the configured bundle size. Then, on the blocking pool ([`prepare`]): the
+//! The body is spooled (by `api::deploy`) to a temporary file in the data directory (never
+//! held in memory), bounded by the configured bundle size. Then, on the blocking pool
+//! (`prepare`): the
 //! bundle's structure, signature and signer trust are checked with trust read from the
 //! database, and the caller's `write` grant on the target; a standalone credential bundle's
 //! payload is read and its sealed values opened. Then, as a job of the store's group committer
@@ -34,7 +35,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Seek, SeekFrom};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use flowpack_shared::bundle::read::{OpenBundle, Payload, TrustedSigner};
 use flowpack_shared::bundle::{BundleError, BundleKind};
@@ -59,9 +59,6 @@ const MAX_FILE: u64 = 1_000_000_000;
 
 /// Outbound verification requests of one deploy in flight at once.
 pub const VERIFY_FANOUT: usize = 16;
-
-/// How long a request body may go without a byte arriving, by default ([`App::body_idle`]).
-pub const BODY_IDLE: Duration = Duration::from_secs(30);
 
 /// Permits to open and check a bundle: one per core, for the whole process.
 fn checking() -> Arc<Semaphore> {

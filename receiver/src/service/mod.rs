@@ -5,7 +5,7 @@
 //! Services take typed arguments (parsed paths, principals, JSON values) and return domain
 //! results or [`Problem`](crate::problem::Problem)s; they never build an HTTP response and
 //! never import `crate::api`. Store work runs on blocking threads through
-//! [`crate::blocking`] or [`App::spawn_blocking`](crate::App::spawn_blocking).
+//! `crate::blocking` or `App::spawn_blocking`.
 
 pub mod audit;
 pub mod auth;

@@ -373,7 +373,7 @@ pub fn describe(m: &Material, grant: Grant<'_>) -> String {
     )
 }
 
-/// Reads at most [`MAX_ANSWER`] bytes of an answer.
+/// Reads at most `MAX_ANSWER` bytes of an answer.
 pub async fn bounded_body(mut r: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
     let mut out = Vec::new();
     while let Some(chunk) = r.chunk().await? {

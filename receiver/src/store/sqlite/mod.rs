@@ -161,7 +161,7 @@ impl Store {
     }
 
     /// A handle for one request. Its connection is taken from the idle ones, or opened when
-    /// there is none (see [`connect`]). Opening and configuring costs about a millisecond
+    /// there is none (see `connect`). Opening and configuring costs about a millisecond
     /// (SQLite parses the schema), so connections are kept: the handle gives its connection
     /// back when dropped.
     pub fn db(&self) -> Result<Db> {
