@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use flowpack_shared::names::RelPath;
+use flowpack_shared::names::{ContainerPath, Name, RelPath};
 use http_body_util::BodyExt;
 use hyper::Response;
 use hyper::body::{Frame, SizeHint};
@@ -16,25 +16,17 @@ use hyper::header::{self, HeaderValue};
 
 use crate::App;
 use crate::problem::{Problem, ProblemCode};
-use crate::service::auth::{Perm, Principal};
-use crate::store::{Db, MappingFile};
+use crate::service::auth::Principal;
+use crate::store::MappingFile;
 
 use super::extract::{object_path, percent_decode};
 use super::{Body, json_response};
-use crate::service::catalog::{load_mapping, show_mapping};
+use crate::service::catalog::{self, FileAnswer, FileCandidate};
 
 /// Size of the pieces a mapping file is streamed in.
 const CHUNK: usize = 64 * 1024;
 /// Pieces buffered between the reading thread and the connection.
 const CHUNKS_IN_FLIGHT: usize = 4;
-
-/// What `GET /v1/mappings/{path}/files/{file}` names.
-pub(crate) enum FileAnswer<'db> {
-    /// A mapping file, to stream.
-    File(MappingFile<'db>),
-    /// A whole answer: the path named a mapping in a container called `files`.
-    Whole(Response<Body>),
-}
 
 /// `GET /v1/mappings/{path}/files/{file}`: the file is read from the store in pieces of
 /// [`CHUNK`] bytes on a blocking thread and sent through a bounded channel, so neither a large
@@ -55,10 +47,11 @@ pub(crate) async fn stream_mapping_file(
                 return;
             }
         };
-        let mut file = match mapping_file(&db, &who, &tail) {
+        let (candidates, whole) = file_candidates(&tail);
+        let mut file = match catalog::mapping_file(&db, &who, candidates, whole) {
             Ok(FileAnswer::File(f)) => f,
-            Ok(FileAnswer::Whole(r)) => {
-                let _ = answer.send(Ok(r));
+            Ok(FileAnswer::Mapping(v)) => {
+                let _ = answer.send(Ok(json_response(hyper::StatusCode::OK, &v)));
                 return;
             }
             Err(e) => {
@@ -161,59 +154,32 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
-/// Finds what a `…/files/…` path names. The path is split at the first `/files/` whose left
-/// side names a live mapping, so containers may themselves be named `files`.
-pub(crate) fn mapping_file<'db>(
-    db: &'db Db,
-    who: &Principal,
-    tail: &str,
-) -> Result<FileAnswer<'db>, Problem> {
-    let mut first_error = None;
+/// The ways a `…/files/…` path splits into a mapping and a file: at each `/files/` whose left
+/// side is an object path, in order, and the whole path as a mapping in a container named
+/// `files`. Which one names a live mapping is the catalog's to find.
+fn file_candidates(tail: &str) -> (Vec<FileCandidate>, Option<(ContainerPath, Name)>) {
+    let mut candidates = Vec::new();
     for (i, _) in tail.match_indices("/files/") {
         let (left, file) = (&tail[..i], &tail[i + "/files/".len()..]);
-        let Ok((c, n)) = object_path(left) else {
+        let Ok((container, name)) = object_path(left) else {
             continue;
         };
-        if !who.can(Perm::Read, &c) {
-            first_error.get_or_insert(Problem::lacks(Perm::Read.as_str(), &c));
-            continue;
-        }
-        let (_, row, m) = match load_mapping(db, &c, &n) {
-            Ok(x) => x,
-            Err(e) => {
-                first_error.get_or_insert(e);
-                continue;
-            }
-        };
-        let decoded = file
-            .split('/')
-            .map(|seg| percent_decode(seg).filter(|s| !s.contains('/')))
-            .collect::<Option<Vec<_>>>()
-            .map(|segs| segs.join("/"))
-            .ok_or_else(|| {
-                Problem::bad_request(ProblemCode::BadPath, "invalid percent-encoding")
-            })?;
-        let rel = RelPath::parse(&decoded)
-            .map_err(|e| Problem::bad_request(ProblemCode::BadPath, e.0))?;
-        if !m.files.contains(&rel) {
-            return Err(Problem::not_found(format!(
-                "mapping {} has no file {rel}",
-                c.object_path(&n)
-            )));
-        }
-        let file = db
-            .mapping_file(row.version_id, rel.as_str())?
-            .ok_or_else(|| Problem::internal("a listed mapping file has no blob"))?;
-        return Ok(FileAnswer::File(file));
+        candidates.push(FileCandidate {
+            container,
+            name,
+            file: file_path(file),
+        });
     }
-    // No split names a mapping: the whole path may be a mapping in a container named `files`.
-    if let Ok((c, n)) = object_path(tail)
-        && who.can(Perm::Read, &c)
-        && let Ok(Some(cid)) = db.container_id(&c)
-        && db.mapping(cid, n.as_str())?.is_some()
-    {
-        return show_mapping(db, who, &c, &n)
-            .map(|v| FileAnswer::Whole(json_response(hyper::StatusCode::OK, &v)));
-    }
-    Err(first_error.unwrap_or_else(|| Problem::not_found("no such mapping file")))
+    (candidates, object_path(tail).ok())
+}
+
+/// A mapping file's path from the URL: each segment percent-decoded, none holding a `/`.
+fn file_path(file: &str) -> Result<RelPath, Problem> {
+    let decoded = file
+        .split('/')
+        .map(|seg| percent_decode(seg).filter(|s| !s.contains('/')))
+        .collect::<Option<Vec<_>>>()
+        .map(|segs| segs.join("/"))
+        .ok_or_else(|| Problem::bad_request(ProblemCode::BadPath, "invalid percent-encoding"))?;
+    RelPath::parse(&decoded).map_err(|e| Problem::bad_request(ProblemCode::BadPath, e.0))
 }

@@ -3,14 +3,14 @@
 //! credential reads, PATCH and DELETE. Each function checks the caller's grant first.
 
 use flowpack_shared::model::mapping::{Mapping, ParamType};
-use flowpack_shared::names::{ContainerPath, Name};
+use flowpack_shared::names::{ContainerPath, Name, RelPath};
 use serde_json::{Value, json};
 
 use crate::App;
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
 use crate::service::creds;
-use crate::store::{self, AuditRow, ContainerId, Db};
+use crate::store::{self, AuditRow, ContainerId, Db, MappingFile};
 
 /// Which page of a listing (deployments, audit) to answer.
 #[derive(Debug)]
@@ -276,4 +276,74 @@ pub(crate) fn patch_credential(
     tx.insert_audit(&a)?;
     tx.commit()?;
     Ok(answer)
+}
+
+/// One way a `…/files/…` path may split: a mapping's path and its file's (or why the file's
+/// part of the URL is no path).
+#[derive(Debug)]
+pub struct FileCandidate {
+    /// The mapping's container.
+    pub container: ContainerPath,
+    /// The mapping's name.
+    pub name: Name,
+    /// The file's path inside the mapping.
+    pub file: Result<RelPath, Problem>,
+}
+
+/// What `GET /v1/mappings/{path}/files/{file}` names.
+#[derive(Debug)]
+pub enum FileAnswer<'db> {
+    /// A mapping file, to stream.
+    File(MappingFile<'db>),
+    /// A mapping (the path named a mapping in a container called `files`), as `show_mapping`.
+    Mapping(Value),
+}
+
+/// Finds what a `…/files/…` path names: the first candidate whose mapping is live and
+/// readable (so containers may themselves be named `files`), else `whole` when it names a
+/// live mapping, else the first refusal met (or 404).
+pub fn mapping_file<'db>(
+    db: &'db Db,
+    who: &Principal,
+    candidates: Vec<FileCandidate>,
+    whole: Option<(ContainerPath, Name)>,
+) -> Result<FileAnswer<'db>, Problem> {
+    let mut first_error = None;
+    for FileCandidate {
+        container: c,
+        name: n,
+        file,
+    } in candidates
+    {
+        if !who.can(Perm::Read, &c) {
+            first_error.get_or_insert(Problem::lacks(Perm::Read.as_str(), &c));
+            continue;
+        }
+        let (_, row, m) = match load_mapping(db, &c, &n) {
+            Ok(x) => x,
+            Err(e) => {
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
+        let rel = file?;
+        if !m.files.contains(&rel) {
+            return Err(Problem::not_found(format!(
+                "mapping {} has no file {rel}",
+                c.object_path(&n)
+            )));
+        }
+        let file = db
+            .mapping_file(row.version_id, rel.as_str())?
+            .ok_or_else(|| Problem::internal("a listed mapping file has no blob"))?;
+        return Ok(FileAnswer::File(file));
+    }
+    if let Some((c, n)) = whole
+        && who.can(Perm::Read, &c)
+        && let Ok(Some(cid)) = db.container_id(&c)
+        && db.mapping(cid, n.as_str())?.is_some()
+    {
+        return show_mapping(db, who, &c, &n).map(FileAnswer::Mapping);
+    }
+    Err(first_error.unwrap_or_else(|| Problem::not_found("no such mapping file")))
 }
