@@ -2,10 +2,10 @@
 //!
 //! The body is spooled (by `api::deploy`) to a temporary file in the data directory (never
 //! held in memory), bounded by the configured bundle size. Then, on the blocking pool
-//! (`prepare`): the
-//! bundle's structure, signature and signer trust are checked with trust read from the
-//! database, and the caller's `write` grant on the target; a standalone credential bundle's
-//! payload is read and its sealed values opened. Then, as a job of the store's group committer
+//! (`prepare`): the bundle's structure, signature and signer trust are checked with trust read
+//! from the database, and the caller's `write` grant on the target; a standalone credential
+//! bundle's payload is read and its sealed values opened. Then, as a job of the store's group
+//! committer
 //! ([`crate::store::Store::write_grouped`], which serializes it with every other deploy, so
 //! none can race the replay and staleness checks): replay, expiry and staleness, then the
 //! payload is written (a mapping bundle's files streamed straight from the spool file), all in
