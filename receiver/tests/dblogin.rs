@@ -177,3 +177,118 @@ async fn a_closed_port_and_an_unknown_driver_are_failures_not_passes() {
     let r = login(&outbound(&["127.0.0.1"]), &l, TIMEOUT).await;
     assert!(matches!(r, Err(LoginError::UnsupportedDriver)), "{r:?}");
 }
+
+/// A fake PostgreSQL server on loopback: it declines TLS, and once it has a startup message,
+/// answers as `reply` says. Reports how many bytes it wrote and whether the client closed.
+async fn fake_postgres(
+    reply: &'static str,
+) -> (
+    u16,
+    tokio::sync::mpsc::UnboundedReceiver<(u64, bool)>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut c, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                // SSLRequest (answered N) or the startup message.
+                loop {
+                    let mut len = [0u8; 4];
+                    if c.read_exact(&mut len).await.is_err() {
+                        return;
+                    }
+                    let mut rest = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                    if c.read_exact(&mut rest).await.is_err() {
+                        return;
+                    }
+                    if rest[..4] == 80877103u32.to_be_bytes() {
+                        if c.write_all(b"N").await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    break;
+                }
+                let mut written = 0u64;
+                match reply {
+                    // An error message that claims 400 MB, streamed until the client leaves.
+                    "huge" => {
+                        let mut head = vec![b'E'];
+                        head.extend_from_slice(&400_000_000u32.to_be_bytes());
+                        let _ = c.write_all(&head).await;
+                        let chunk = vec![b'x'; 64 * 1024];
+                        while written < 400_000_000 && c.write_all(&chunk).await.is_ok() {
+                            written += chunk.len() as u64;
+                        }
+                        let _ = tx.send((written, true));
+                    }
+                    // Logged in, ready for queries, then silent: is the connection closed?
+                    _ => {
+                        let mut ok = vec![b'R', 0, 0, 0, 8, 0, 0, 0, 0];
+                        ok.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+                        let _ = c.write_all(&ok).await;
+                        let mut buf = [0u8; 1024];
+                        let closed = loop {
+                            match tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+                                .await
+                            {
+                                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                                Ok(Ok(_)) => continue,
+                                Err(_) => break false,
+                            }
+                        };
+                        let _ = tx.send((written, closed));
+                    }
+                }
+            });
+        }
+    });
+    (port, rx, task)
+}
+
+fn fake_login(port: u16) -> Login<'static> {
+    Login {
+        driver: "postgresql",
+        host: "127.0.0.1",
+        port,
+        database: Some("d"),
+        username: Some("u"),
+        password: None,
+    }
+}
+
+#[tokio::test]
+async fn a_postgres_server_announcing_a_huge_message_is_cut_off_not_buffered() {
+    let (port, mut seen, task) = fake_postgres("huge").await;
+    let started = std::time::Instant::now();
+    let r = login(&outbound(&["127.0.0.1"]), &fake_login(port), TIMEOUT).await;
+    assert!(r.is_err(), "{r:?}");
+    let (written, _) = seen.recv().await.unwrap();
+    // The client stops reading at its cap; what the server got out is what the socket
+    // buffers held, far from the 400 MB it announced.
+    assert!(written < 64 << 20, "the client read {written} bytes");
+    assert!(started.elapsed() < TIMEOUT, "{:?}", started.elapsed());
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_postgres_server_that_never_answers_the_query_gets_its_connection_closed() {
+    let (port, mut seen, task) = fake_postgres("hang").await;
+    let r = login(
+        &outbound(&["127.0.0.1"]),
+        &fake_login(port),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(r.is_err(), "{r:?}");
+    let (_, closed) = seen.recv().await.unwrap();
+    assert!(closed, "the connection was left open after the timeout");
+    task.abort();
+}

@@ -141,8 +141,14 @@ fn routes_lists_every_route_once_with_head_beside_get() {
         assert!(template.starts_with('/'), "{template}");
     }
     for (method, template) in &routes {
+        // The OAuth callback's GET spends its single-use state: no HEAD there.
+        let head = *template != "/v1/oauth/callback";
         if method == Method::GET {
-            assert!(seen.contains(&(Method::HEAD, *template)), "HEAD {template}");
+            assert_eq!(
+                seen.contains(&(Method::HEAD, *template)),
+                head,
+                "HEAD {template}"
+            );
         }
     }
     for expected in [
@@ -158,4 +164,12 @@ fn routes_lists_every_route_once_with_head_beside_get() {
     ] {
         assert!(seen.contains(&expected), "{expected:?}");
     }
+}
+
+#[tokio::test]
+async fn head_of_the_oauth_callback_is_405_and_spends_no_state() {
+    let s = Server::start().await;
+    let (st, allow) = allow(&s, Method::HEAD, None, "/v1/oauth/callback?state=x&code=y").await;
+    assert_eq!((st, allow.as_str()), (405, "GET"));
+    s.stop().await;
 }

@@ -188,16 +188,23 @@ const ROUTES: &[Route] = &[
     r(Verb::Post, "/v1/credentials/{path}/verify", Handler::Verify),
 ];
 
-/// Every route as (method, OpenAPI path template), `HEAD` included wherever `GET` is.
+/// Every route as (method, OpenAPI path template), `HEAD` included wherever `GET` is, except
+/// the OAuth callback (see [`head_allowed`]).
 pub fn routes() -> Vec<(Method, &'static str)> {
     let mut out = Vec::new();
     for route in ROUTES {
         out.push((route.verb.method(), route.template));
-        if route.verb == Verb::Get {
+        if route.verb == Verb::Get && head_allowed(route.handler) {
             out.push((Method::HEAD, route.template));
         }
     }
     out
+}
+
+/// Whether `HEAD` is answered like `GET`: everywhere but the OAuth callback, whose `GET`
+/// spends the single-use `state` (a `HEAD` must change nothing).
+fn head_allowed(handler: Handler) -> bool {
+    !matches!(handler, Handler::OAuthCallback)
 }
 
 /// The placeholder of an object path in a template.
@@ -432,6 +439,13 @@ async fn answer_open(
         }
         // No bearer token: the browser comes back from the authorization server with the
         // state, which authenticates the callback.
+        // A HEAD must change nothing; the callback's GET spends its single-use state.
+        Found::Route(Handler::OAuthCallback, _) if req.method() == Method::HEAD => {
+            let mut resp = method_not_allowed(&[Verb::Get]);
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            resp
+        }
         Found::Route(Handler::OAuthCallback, _) => {
             let params = oauth::CallbackParams {
                 state: query_param(&req, "state"),

@@ -88,7 +88,7 @@ impl From<TcpError> for LoginError {
 /// The kind of database a driver name stands for.
 fn kind(driver: &str) -> Option<Kind> {
     match driver.to_ascii_lowercase().as_str() {
-        "postgresql" | "postgres" | "pgsql" => Some(Kind::Postgres),
+        "postgresql" | "postgres" | "pgsql" | "pg" => Some(Kind::Postgres),
         "mysql" | "mariadb" => Some(Kind::Mysql),
         _ => None,
     }
@@ -155,7 +155,7 @@ async fn postgres_once(
 ) -> Result<(), LoginError> {
     use tokio_postgres::error::SqlState;
 
-    let stream = out.connect_tcp(l.host, l.port, timeout).await?;
+    let stream = Capped::new(out.connect_tcp(l.host, l.port, timeout).await?);
     let mut config = tokio_postgres::Config::new();
     config.ssl_mode(ssl);
     if let Some(u) = l.username {
@@ -169,7 +169,7 @@ async fn postgres_once(
     }
     let mut make = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config()?);
     let tls = <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
-        tokio::net::TcpStream,
+        Capped,
     >>::make_tls_connect(&mut make, l.host)
     .map_err(|_| LoginError::Tls)?;
     let (client, connection) = config.connect_raw(stream, tls).await.map_err(|e| {
@@ -184,11 +184,79 @@ async fn postgres_once(
             None => LoginError::Tls,
         }
     })?;
-    let driving = tokio::spawn(connection);
+    // Aborted when dropped, also when the caller's timeout cancels this future: a server
+    // that never answers the query must not keep a connection and a task alive.
+    let _driving = AbortOnDrop(tokio::spawn(connection));
     let queried = client.simple_query("SELECT 1").await;
-    drop(client);
-    driving.abort();
     queried.map(drop).map_err(|_| LoginError::Failed)
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Most bytes a login may read from a server: a login and `SELECT 1` take a few KiB, while a
+/// hostile server may announce a message of 2 GiB that the driver would buffer whole.
+const MAX_READ: u64 = 1 << 20;
+
+/// A TCP stream that fails once more than [`MAX_READ`] bytes have been read from it.
+struct Capped {
+    inner: tokio::net::TcpStream,
+    read: u64,
+}
+
+impl Capped {
+    fn new(inner: tokio::net::TcpStream) -> Capped {
+        Capped { inner, read: 0 }
+    }
+}
+
+impl tokio::io::AsyncRead for Capped {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.read >= MAX_READ {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "the server sent more than a login needs",
+            )));
+        }
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let got = (buf.filled().len() - before) as u64;
+        self.read += got;
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 async fn mysql(out: &Outbound, l: &Login<'_>, timeout: Duration) -> Result<(), LoginError> {
