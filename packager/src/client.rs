@@ -117,7 +117,7 @@ impl std::fmt::Debug for Receiver {
 impl Receiver {
     /// A client for the receiver that `a` names, with its token read now.
     pub fn new(a: &ServerArgs, what: &'static str) -> anyhow::Result<Receiver> {
-        let base = base_url(&a.server)?;
+        let base = base_url("--server", &a.server)?;
         let token = read_token(a.token_file.as_deref())?;
         Ok(Receiver {
             base,
@@ -182,24 +182,37 @@ impl Receiver {
     async fn once(&self, request: reqwest::RequestBuilder) -> Result<Answer, Failure> {
         let mut resp = request.send().await.map_err(|e| self.no_answer(&e))?;
         let status = resp.status();
-        let mut body = Vec::new();
-        loop {
-            match resp.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > MAX_ANSWER {
-                        return Err(self.failure(
-                            FailureKind::Failed,
-                            format!("the answer is larger than {MAX_ANSWER} bytes (HTTP {status})"),
-                            Some(status),
-                            None,
-                        ));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(e) => return Err(self.no_answer(&e)),
+        // The whole answer within the timeout: a server trickling a byte at a time must not
+        // hold a release script forever.
+        let read = tokio::time::timeout(self.timeout, read_capped(&mut resp, MAX_ANSWER)).await;
+        let body = match read {
+            Ok(Ok(Some(body))) => body,
+            Ok(Ok(None)) => {
+                return Err(self.failure(
+                    FailureKind::of(status),
+                    format!(
+                        "{}: the answer is larger than {MAX_ANSWER} bytes (HTTP {status})",
+                        self.what
+                    ),
+                    Some(status),
+                    None,
+                ));
             }
-        }
+            Ok(Err(e)) => return Err(self.no_answer(&e)),
+            Err(_) => {
+                return Err(self.failure(
+                    FailureKind::Unreachable,
+                    format!(
+                        "{}: the answer from {} did not arrive within {} s",
+                        self.what,
+                        self.base,
+                        self.timeout.as_secs()
+                    ),
+                    None,
+                    None,
+                ));
+            }
+        };
         let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(Answer { status, json });
@@ -286,6 +299,21 @@ fn tls_refused(e: &reqwest::Error) -> bool {
     within(e)
 }
 
+/// The body of `resp`, or `None` when it is longer than `max` bytes.
+async fn read_capped(
+    resp: &mut reqwest::Response,
+    max: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
 /// The HTTP client: no redirects (a redirect would re-send neither the stream nor, rightly, the
 /// token), `timeout` without progress (no connection, or no byte of an answer), and the CA
 /// file's certificates as the only roots when one is given.
@@ -308,7 +336,7 @@ pub fn fetch_recipient(
     server: &str,
     ca: Option<&Path>,
 ) -> anyhow::Result<flowpack_shared::seal::SealingRecipient> {
-    let base = base_url(server)?;
+    let base = base_url("--seal-to-server", server)?;
     let url = reqwest::Url::parse(&base)?;
     let loopback = match url.host_str() {
         Some(h) => {
@@ -324,10 +352,11 @@ pub fn fetch_recipient(
             "--seal-to-server {server:?}: expected an https:// URL (plain http only to a loopback address)"
         );
     }
-    let http = http_client(ca, Duration::from_secs(60))?;
+    const WAIT: Duration = Duration::from_secs(60);
+    let http = http_client(ca, WAIT)?;
     let keys_url = format!("{base}/v1/keys");
     let v: Value = block_on(async {
-        let resp = http
+        let mut resp = http
             .get(&keys_url)
             .send()
             .await
@@ -336,10 +365,12 @@ pub fn fetch_recipient(
         if !status.is_success() {
             bail!("{keys_url} answered HTTP {status}");
         }
-        let body = resp
-            .bytes()
+        // A recipient is some 60 bytes: a few KiB is plenty, read within the wait.
+        let body = tokio::time::timeout(WAIT, read_capped(&mut resp, 16 << 10))
             .await
-            .with_context(|| format!("reading {keys_url}"))?;
+            .map_err(|_| anyhow::anyhow!("{keys_url}: no whole answer within 60 s"))?
+            .with_context(|| format!("reading {keys_url}"))?
+            .ok_or_else(|| anyhow::anyhow!("{keys_url}: the answer is larger than 16 KiB"))?;
         serde_json::from_slice(&body).with_context(|| format!("{keys_url}: not JSON"))
     })??;
     let text = v
@@ -350,14 +381,19 @@ pub fn fetch_recipient(
         .map_err(|e| anyhow::anyhow!("{keys_url}: sealing_recipient: {e}"))
 }
 
-/// The base URL (no trailing slash) for an http(s) URL without query, fragment or user info.
-fn base_url(server: &str) -> anyhow::Result<String> {
-    let bad = |why: &str| anyhow::anyhow!("--server {server:?}: {why}");
+/// The base URL (no trailing slash) for an http(s) URL without query, fragment or user info
+/// (a password in a URL would be sent, and shown in every message that names the URL).
+fn base_url(option: &str, server: &str) -> anyhow::Result<String> {
+    let bad = |why: &str| anyhow::anyhow!("{option}: {why}");
     let base = reqwest::Url::parse(server).map_err(|e| bad(&e.to_string()))?;
     if !matches!(base.scheme(), "http" | "https") {
         return Err(bad("expected an http:// or https:// URL"));
     }
-    if base.query().is_some() || base.fragment().is_some() || !base.username().is_empty() {
+    if base.query().is_some()
+        || base.fragment().is_some()
+        || !base.username().is_empty()
+        || base.password().is_some()
+    {
         return Err(bad(
             "expected a base URL without credentials, query or fragment",
         ));

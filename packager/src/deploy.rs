@@ -80,7 +80,7 @@ fn print_record(r: &Value) -> anyhow::Result<()> {
     if let Some(id) = r.get("id") {
         let id = match id {
             Value::String(s) => clean(s),
-            other => other.to_string(),
+            other => clean(&other.to_string()),
         };
         outln!("  deployment:    {id}");
     }

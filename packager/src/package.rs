@@ -116,6 +116,10 @@ fn resolve_all(files: &[CredentialFile], env: Option<&str>) -> anyhow::Result<Ve
     Ok(credentials)
 }
 
+/// Most receivers one bundle may be sealed to: each adds an age stanza to the wrapped key,
+/// which a receiver reads up to 4 KiB.
+const MAX_RECIPIENTS: usize = 20;
+
 /// Writes the bundle to `a.output` atomically and prints a summary.
 fn build(
     a: &BundleArgs,
@@ -133,6 +137,14 @@ fn build(
         }
         None => a.seal_to.clone(),
     };
+    if seal_to.len() > MAX_RECIPIENTS {
+        return Err(UsageError(format!(
+            "invalid value for '--seal-to <RECIPIENT>': at most {MAX_RECIPIENTS} recipients (given {}): \
+             a receiver opens a wrapped key of up to 4 KiB, about 25 stanzas",
+            seal_to.len()
+        ))
+        .into());
+    }
     let created_at = Timestamp::now();
     // `--expires` is at most ten years, so this fails only on a clock near the year 9999.
     let expires_at = created_at.checked_plus(a.expires).ok_or_else(|| {

@@ -21,6 +21,15 @@ fn api_path(p: &flowpack_shared::names::ContainerPath) -> &str {
     p.as_str().trim_start_matches('/')
 }
 
+/// Any value from the receiver as text for a terminal: escaped and bounded, whatever its type
+/// (a number where one is expected, or whatever a hostile receiver put there).
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => clean(s),
+        other => clean(&other.to_string()),
+    }
+}
+
 fn strings(v: &Value, key: &str) -> Vec<String> {
     v.get(key)
         .and_then(Value::as_array)
@@ -81,10 +90,7 @@ fn show_object(v: &Value) -> anyhow::Result<()> {
         return print_json(v);
     };
     for (k, val) in o {
-        let text = match val {
-            Value::String(s) => clean(s),
-            other => clean(&other.to_string()),
-        };
+        let text = shown(val);
         outln!("{:<24} {text}", format!("{}:", clean(k)));
     }
     Ok(())
@@ -120,8 +126,8 @@ pub fn audit(a: &ListArgs) -> anyhow::Result<()> {
         .into_iter()
         .flatten()
     {
-        let id = r.get("id").map(Value::to_string).unwrap_or_default();
-        let status = r.get("status").map(Value::to_string).unwrap_or_default();
+        let id = r.get("id").map(shown).unwrap_or_default();
+        let status = r.get("status").map(shown).unwrap_or_default();
         outln!(
             "{id:>6}  {}  {:<10} {:<18} {:<9} {status:>3}  {}  {}",
             text(r, "at"),
@@ -151,7 +157,7 @@ pub fn history(a: &ListArgs) -> anyhow::Result<()> {
         .into_iter()
         .flatten()
     {
-        let id = d.get("id").map(Value::to_string).unwrap_or_default();
+        let id = d.get("id").map(shown).unwrap_or_default();
         let text = |k: &str| {
             d.get(k)
                 .and_then(Value::as_str)

@@ -1789,3 +1789,122 @@ fn seal_to_server_fetches_the_recipient_from_the_receivers_keys() {
     );
     assert_eq!(out.code, 2, "{out:#?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Found by an attacker's review of the release-script features
+
+/// A server that sends a head announcing `len` bytes, then one byte a second.
+fn trickling_receiver(len: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = std::io::Read::read(&mut s, &mut buf);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len}\r\n\r\n"
+                );
+                if std::io::Write::write_all(&mut s, head.as_bytes()).is_err() {
+                    return;
+                }
+                for _ in 0..len {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    if std::io::Write::write_all(&mut s, b" ").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn a_receiver_trickling_its_answer_is_cut_off_at_the_timeout() {
+    let env = Env::new();
+    let url = trickling_receiver(100_000);
+    let started = std::time::Instant::now();
+    let out = env.run_with(
+        ["ls", "/apps", "--server", &url, "--timeout", "2s"],
+        &[("FLOWPACK_TOKEN", "tok")],
+    );
+    assert_eq!(out.code, 3, "{out:#?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn values_of_any_type_from_the_receiver_are_escaped() {
+    let env = Env::new();
+    let evil = "\u{1b}[2J\u{202e}\u{2028}\u{9b}";
+    let audit = serde_json::json!({
+        "audit": [{"id": {"x": evil}, "status": [evil], "at": "t", "action": "deploy"}],
+        "next": null
+    });
+    let (url, server) = fake_receiver("200 OK", &audit.to_string());
+    let out = env
+        .run_with(["audit", "--server", &url], &[("FLOWPACK_TOKEN", "tok")])
+        .ok();
+    server.join().unwrap();
+    assert_no_raw_control("audit", &out.stdout);
+    let record = serde_json::json!({"id": [evil], "bundle_id": "b", "container": "/c",
+        "created": [], "updated": [], "needs_secrets": [], "replayed": false});
+    env.package(&fixture("sample"), "o.fpk", &["--seal-to", RECIPIENT])
+        .ok();
+    let (url, server) = fake_receiver("201 Created", &record.to_string());
+    let out = env
+        .run_with(
+            ["deploy", "o.fpk", "--server", &url],
+            &[("FLOWPACK_TOKEN", "tok")],
+        )
+        .ok();
+    server.join().unwrap();
+    assert_no_raw_control("deploy", &out.stdout);
+}
+
+#[test]
+fn a_password_in_the_server_url_is_refused_and_never_shown() {
+    let env = Env::new();
+    let out = env.run_with(
+        ["ls", "/apps", "--server", "http://:hunter2@127.0.0.1:1"],
+        &[("FLOWPACK_TOKEN", "tok")],
+    );
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(!out.all().contains("hunter2"), "{out:#?}");
+    let out = env.package(
+        &fixture("sample"),
+        "o.fpk",
+        &["--seal-to-server", "http://:hunter2@127.0.0.1:1"],
+    );
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(!out.all().contains("hunter2"), "{out:#?}");
+}
+
+#[test]
+fn seal_to_server_reads_a_bounded_answer() {
+    let env = Env::new();
+    let huge = format!(r#"{{"sealing_recipient":"{}"}}"#, "a".repeat(100_000));
+    let (url, server) = fake_receiver("200 OK", &huge);
+    let out = env.package(&fixture("sample"), "o.fpk", &["--seal-to-server", &url]);
+    let _ = server.join();
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(out.stderr.contains("larger than 16 KiB"), "{out:#?}");
+}
+
+#[test]
+fn more_recipients_than_a_receiver_can_open_are_a_usage_error() {
+    let env = Env::new();
+    let mut args: Vec<String> = Vec::new();
+    for _ in 0..21 {
+        args.extend(["--seal-to".to_owned(), RECIPIENT.to_owned()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = env.package(&fixture("sample"), "o.fpk", &args);
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(out.stderr.contains("at most 20"), "{out:#?}");
+    assert!(!env.path("o.fpk").exists());
+}
