@@ -80,6 +80,8 @@ problem_codes! {
     // Credentials.
     /// A credential that a mapping still references.
     CredentialInUse = "credential-in-use",
+    /// A create of a credential that already exists (change it with PATCH).
+    Exists = "exists",
     /// A PATCH of a field that cannot be changed.
     ReadOnlyField = "read-only-field",
     /// A record that breaks a model rule (also a bundle's payload record).
