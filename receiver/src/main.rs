@@ -37,12 +37,12 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
     },
-    /// Manages trusted signer keys.
+    /// Manages trusted signer keys: add, list, remove.
     Trust {
         #[command(subcommand)]
         command: TrustCommand,
     },
-    /// Manages API tokens.
+    /// Manages API tokens: create, list, revoke.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
@@ -77,6 +77,23 @@ enum TrustCommand {
         #[arg(long = "containers", value_parser = parse_container)]
         containers: Vec<ContainerPath>,
     },
+    /// Lists the trusted keys: key id, the container prefixes each may deploy to, when added.
+    List {
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Prints JSON: {"signers": [{"key_id", "containers", "added_at"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stops trusting a key: its bundles are refused from the next deploy on.
+    Remove {
+        /// The key id (16 hex digits, as `trust add` and `trust list` print it).
+        key_id: String,
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -91,6 +108,30 @@ enum TokenCommand {
         /// PREFIX=read,write,use; repeatable.
         #[arg(long = "grant", value_parser = parse_grant)]
         grants: Vec<(ContainerPath, auth::PermSet)>,
+        /// How long the token is accepted: a whole number and a unit, m (minutes), h (hours)
+        /// or d (days), e.g. 30m, 12h or 90d; from 1m to 3650d. Without it: until revoked.
+        #[arg(long = "expires", value_name = "DURATION", value_parser = parse_duration)]
+        expires: Option<time::Duration>,
+    },
+    /// Lists the tokens: principal, token id, grants, created, expires, last used (to the
+    /// minute); never a secret.
+    List {
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Prints JSON: {"tokens": [{"id", "principal", "grants", "created_at",
+        /// "expires_at", "expired", "last_used_at"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revokes a token by its id, or every token of a principal by its name; refused from the
+    /// next request on.
+    Revoke {
+        /// A token id (the 16 hex digits after `fpt_`) or a principal's name.
+        id_or_name: String,
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
     },
 }
 
@@ -100,6 +141,11 @@ fn parse_container(s: &str) -> Result<ContainerPath, String> {
 
 fn parse_grant(s: &str) -> Result<(ContainerPath, auth::PermSet), String> {
     auth::parse_grant(s)
+}
+
+/// clap shows the value and names `--expires` itself, and exits 2.
+fn parse_duration(s: &str) -> Result<time::Duration, flowpack_shared::timefmt::DurationError> {
+    flowpack_shared::timefmt::parse_duration(s)
 }
 
 fn main() {
@@ -126,13 +172,23 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             print_line(&format!("admin_token: {}", done.admin_token.as_str()))?;
             Ok(())
         }
-        Command::Trust {
-            command:
-                TrustCommand::Add {
-                    public_key,
-                    data_dir,
-                    containers,
-                },
+        Command::Trust { command } => trust(command),
+        Command::Token { command } => token(command),
+        Command::Serve {
+            data_dir,
+            listen,
+            tls_cert,
+            tls_key,
+        } => serve(data_dir, listen, tls_cert.zip(tls_key)),
+    }
+}
+
+fn trust(command: TrustCommand) -> anyhow::Result<()> {
+    match command {
+        TrustCommand::Add {
+            public_key,
+            data_dir,
+            containers,
         } => {
             let pem = std::fs::read_to_string(&public_key)
                 .with_context(|| format!("reading {}", public_key.display()))?;
@@ -150,28 +206,152 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             };
             print_line(&format!("trusted signer {id} for {list}"))
         }
-        Command::Token {
-            command:
-                TokenCommand::Create {
-                    name,
-                    data_dir,
-                    grants,
-                },
+        TrustCommand::List { data_dir, json } => {
+            let store = open_store(&data_dir)?;
+            let signers = store.db()?.signers()?;
+            let rows: Vec<(String, Vec<String>, String)> = signers
+                .into_iter()
+                .map(|s| {
+                    // Written by `trust add` as a JSON array of paths.
+                    let containers = serde_json::from_str(&s.containers).unwrap_or_default();
+                    (s.key_id, containers, s.added_at)
+                })
+                .collect();
+            if json {
+                let list: Vec<_> = rows
+                    .iter()
+                    .map(|(key_id, containers, added_at)| {
+                        serde_json::json!({
+                            "key_id": key_id,
+                            "containers": containers,
+                            "added_at": added_at,
+                        })
+                    })
+                    .collect();
+                return print_line(&serde_json::json!({ "signers": list }).to_string());
+            }
+            let table: Vec<[String; 3]> = rows
+                .into_iter()
+                .map(|(key_id, containers, added_at)| [key_id, added_at, containers.join(",")])
+                .collect();
+            print_table(&["KEY ID", "ADDED", "CONTAINERS"], &table)
+        }
+        TrustCommand::Remove { key_id, data_dir } => {
+            let store = open_store(&data_dir)?;
+            let mut db = store.db()?;
+            let tx = db.write()?;
+            let removed = tx.delete_signer(&key_id)?;
+            tx.commit()?;
+            if !removed {
+                bail!("no trusted signer has key id {key_id:?}");
+            }
+            print_line(&format!("removed trusted signer {key_id}"))
+        }
+    }
+}
+
+fn token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create {
+            name,
+            data_dir,
+            grants,
+            expires,
         } => {
             if flowpack_shared::names::Name::parse(&name).is_err() {
                 bail!("invalid principal name {name:?}: use A-Z a-z 0-9 . _ -");
             }
             let store = open_store(&data_dir)?;
-            let token = auth::create_token(&store, &name, &grants)?;
+            let expires_at = expires.map(|d| store.db().map(|db| db.time().plus(d)));
+            let token = auth::create_token_until(&store, &name, &grants, expires_at.transpose()?)?;
             print_line(token.as_str())
         }
-        Command::Serve {
+        TokenCommand::List { data_dir, json } => {
+            let store = open_store(&data_dir)?;
+            let tokens = auth::list_tokens(&store)?;
+            if json {
+                return print_line(&serde_json::json!({ "tokens": tokens }).to_string());
+            }
+            let never = || "never".to_owned();
+            let table: Vec<[String; 6]> = tokens
+                .into_iter()
+                .map(|t| {
+                    let grants = t
+                        .grants
+                        .iter()
+                        .map(|g| format!("{}={}", g.prefix, g.perms.join(",")))
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    let expires = match t.expires_at {
+                        Some(at) if t.expired => format!("{at} (expired)"),
+                        Some(at) => at.to_string(),
+                        None => never(),
+                    };
+                    let used = t.last_used_at.map_or_else(never, |at| at.to_string());
+                    [t.principal, t.id, t.created_at, expires, used, grants]
+                })
+                .collect();
+            print_table(
+                &[
+                    "PRINCIPAL",
+                    "TOKEN ID",
+                    "CREATED",
+                    "EXPIRES",
+                    "LAST USED",
+                    "GRANTS",
+                ],
+                &table,
+            )
+        }
+        TokenCommand::Revoke {
+            id_or_name,
             data_dir,
-            listen,
-            tls_cert,
-            tls_key,
-        } => serve(data_dir, listen, tls_cert.zip(tls_key)),
+        } => {
+            let store = open_store(&data_dir)?;
+            match auth::revoke(&store, &id_or_name)? {
+                Some(auth::Revoked::Token { id, principal }) => {
+                    print_line(&format!("revoked token {id} of {principal}"))
+                }
+                Some(auth::Revoked::Principal { name, ids }) if ids.is_empty() => {
+                    print_line(&format!("{name} has no token to revoke"))
+                }
+                Some(auth::Revoked::Principal { name, ids }) => print_line(&format!(
+                    "revoked {} token{} of {name}: {}",
+                    ids.len(),
+                    if ids.len() == 1 { "" } else { "s" },
+                    ids.join(", ")
+                )),
+                None => bail!("no token id or principal {id_or_name:?}"),
+            }
+        }
     }
+}
+
+/// Prints a header and rows in columns two spaces apart (the last column unpadded).
+fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> anyhow::Result<()> {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; N]| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        text.trim_end().to_owned()
+    };
+    let mut out = line(*header);
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(row.each_ref().map(String::as_str)));
+    }
+    print_line(&out)
 }
 
 fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {

@@ -1,16 +1,28 @@
-//! Bearer tokens, principals and their grants.
+//! Bearer tokens, principals and their grants, and their administration (issue with an
+//! optional expiry, list, revoke).
 //!
-//! A token is `fpt_<id>_<secret>`: `id` is 16 hex digits (the lookup key), `secret` 32 random
-//! bytes in base64url. The database holds the id and SHA-256 of the secret only; the secret is
-//! compared in constant time. Tokens and grants are read from the database on every request,
-//! so `token create` takes effect while `serve` runs.
+//! A token is `fpt_<id>_<secret>`: `id` is 16 hex digits (the lookup key, which listings
+//! show), `secret` 32 random bytes in base64url. The database holds the id and SHA-256 of the
+//! secret only; the secret is compared in constant time. Tokens and grants are read from the
+//! database on every request, with no cache, so `token create` and `token revoke` take effect
+//! while `serve` runs.
 
 use base64::Engine;
 use flowpack_shared::names::ContainerPath;
 use flowpack_shared::seal::random;
 use subtle::ConstantTimeEq;
 
+use flowpack_shared::timefmt::Timestamp;
+
+use crate::problem::Problem;
 use crate::store::{self, Db, Store};
+
+/// How stale a token's recorded last use may be. Authentication reads the recorded time in
+/// the statement it already runs and queues an update only when it is older than this, off
+/// the request's path ([`Db::note_token_used`]): a token in steady use costs one small write
+/// a minute, batched with the deploys' commits, and no request waits for the writer lock or
+/// the disk. "Last used" is therefore exact to the minute.
+pub const LAST_USED_RESOLUTION_MS: i64 = 60_000;
 
 /// A permission on a container prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,11 +171,22 @@ fn sha256(b: &[u8]) -> ring::digest::Digest {
     ring::digest::digest(&ring::digest::SHA256, b)
 }
 
-/// Creates principal `name` if needed, adds the grants, and issues a new token for it.
+/// Creates principal `name` if needed, adds the grants, and issues a new token for it that
+/// never expires.
 pub fn create_token(
     store: &Store,
     name: &str,
     grants: &[(ContainerPath, PermSet)],
+) -> anyhow::Result<TokenText> {
+    create_token_until(store, name, grants, None)
+}
+
+/// Like [`create_token`], for a token that is refused from `expires_at` on (`None`: never).
+pub fn create_token_until(
+    store: &Store,
+    name: &str,
+    grants: &[(ContainerPath, PermSet)],
+    expires_at: Option<Timestamp>,
 ) -> anyhow::Result<TokenText> {
     let id = hex::encode(random::<8>().map_err(|e| anyhow::anyhow!("{e}"))?);
     let secret = zeroize::Zeroizing::new(random::<32>().map_err(|e| anyhow::anyhow!("{e}"))?);
@@ -176,7 +199,12 @@ pub fn create_token(
     for (prefix, perms) in grants {
         tx.add_grant(pid, prefix.as_str(), &perms.to_text())?;
     }
-    tx.insert_token(&id, pid, sha256(secret_text.as_bytes()).as_ref())?;
+    tx.insert_token(
+        &id,
+        pid,
+        sha256(secret_text.as_bytes()).as_ref(),
+        expires_at.map(Timestamp::unix_millis),
+    )?;
     tx.commit()?;
     Ok(zeroize::Zeroizing::new(format!(
         "fpt_{id}_{}",
@@ -184,8 +212,35 @@ pub fn create_token(
     )))
 }
 
-/// Finds the principal a token belongs to; `None` for any token that is not valid.
-pub fn authenticate(db: &Db, token: &str) -> store::Result<Option<Principal>> {
+/// Why [`authenticate`] could not answer with a principal or `None`.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The store failed (500).
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// The token is valid (its secret matched) but past its expiry (401).
+    #[error("the token has expired")]
+    Expired,
+}
+
+impl From<AuthError> for Problem {
+    /// An expired token is a 401 that says so, and only that: the caller already holds the
+    /// token, and nothing is said of any other. An unknown token's 401 stays the generic one.
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Store(e) => e.into(),
+            AuthError::Expired => Problem {
+                detail: "this token has expired; ask an administrator for a new one".into(),
+                ..Problem::unauthorized()
+            },
+        }
+    }
+}
+
+/// Finds the principal a token belongs to; `None` for any token that is not valid (malformed,
+/// unknown, revoked, or a wrong secret), [`AuthError::Expired`] for a valid one past its
+/// expiry. Records the token's use (see [`LAST_USED_RESOLUTION_MS`]).
+pub fn authenticate(db: &Db, token: &str) -> Result<Option<Principal>, AuthError> {
     let Some(rest) = token.strip_prefix("fpt_") else {
         return Ok(None);
     };
@@ -196,21 +251,135 @@ pub fn authenticate(db: &Db, token: &str) -> store::Result<Option<Principal>> {
         return Ok(None);
     }
     let presented = sha256(secret.as_bytes());
-    let Some((stored, name, rows)) = db.principal_by_token(id)? else {
+    let Some(found) = db.principal_by_token(id)? else {
         return Ok(None);
     };
     // Both are SHA-256 digests; a stored hash of another length compares unequal.
-    if !bool::from(stored.as_slice().ct_eq(presented.as_ref())) {
+    if !bool::from(found.secret_sha256.as_slice().ct_eq(presented.as_ref())) {
         return Ok(None);
     }
+    // Expiry is told only to a caller that holds the secret: the id alone (which listings
+    // show) learns nothing.
+    let now = db.time().unix_millis();
+    if found.expires_at_ms.is_some_and(|at| now >= at) {
+        return Err(AuthError::Expired);
+    }
+    if found
+        .last_used_at_ms
+        .is_none_or(|at| now.saturating_sub(at) >= LAST_USED_RESOLUTION_MS)
+    {
+        db.note_token_used(id, now);
+    }
     let mut grants = Vec::new();
-    for (prefix, perms) in rows {
+    for (prefix, perms) in found.grants {
         // Rows are written by this program; a row that does not parse grants nothing.
         if let (Ok(p), Ok(s)) = (ContainerPath::parse(&prefix), PermSet::parse(&perms)) {
             grants.push((p, s));
         }
     }
-    Ok(Some(Principal { name, grants }))
+    Ok(Some(Principal {
+        name: found.principal,
+        grants,
+    }))
+}
+
+/// A token as `token list` shows it: never its secret, nor the secret's hash.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenInfo {
+    /// The token id: the 16 hex digits after `fpt_`.
+    pub id: String,
+    /// Its principal.
+    pub principal: String,
+    /// The principal's grants.
+    pub grants: Vec<GrantInfo>,
+    /// When it was issued.
+    pub created_at: String,
+    /// When it expires; `None`: never.
+    pub expires_at: Option<Timestamp>,
+    /// True when it has expired.
+    pub expired: bool,
+    /// When it was last used (to the minute, see [`LAST_USED_RESOLUTION_MS`]); `None`: never.
+    pub last_used_at: Option<Timestamp>,
+}
+
+/// A grant as listed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GrantInfo {
+    /// The container prefix.
+    pub prefix: String,
+    /// `read`, `write`, `use`.
+    pub perms: Vec<String>,
+}
+
+/// Every token, by principal name, then issue time.
+pub fn list_tokens(store: &Store) -> anyhow::Result<Vec<TokenInfo>> {
+    let db = store.db()?;
+    let now = db.time();
+    let time = |ms: Option<i64>| ms.and_then(Timestamp::from_unix_millis);
+    Ok(db
+        .tokens()?
+        .into_iter()
+        .map(|t| TokenInfo {
+            expired: time(t.expires_at_ms).is_some_and(|at| now >= at),
+            expires_at: time(t.expires_at_ms),
+            last_used_at: time(t.last_used_at_ms),
+            grants: t
+                .grants
+                .into_iter()
+                .map(|(prefix, perms)| GrantInfo {
+                    prefix,
+                    perms: perms
+                        .split(',')
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                })
+                .collect(),
+            id: t.id,
+            principal: t.principal,
+            created_at: t.created_at,
+        })
+        .collect())
+}
+
+/// What [`revoke`] revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revoked {
+    /// One token, by its id.
+    Token {
+        /// The token id.
+        id: String,
+        /// Its principal.
+        principal: String,
+    },
+    /// Every token of a principal, by its name (the principal and its grants stay, for the
+    /// next token issued to it).
+    Principal {
+        /// The principal.
+        name: String,
+        /// The ids of the tokens revoked (none when it had none left).
+        ids: Vec<String>,
+    },
+}
+
+/// Revokes token `what` (a token id), or else every token of principal `what`; `None` when
+/// `what` is neither. Takes effect at the next request, as every request reads its token.
+pub fn revoke(store: &Store, what: &str) -> anyhow::Result<Option<Revoked>> {
+    let mut db = store.db()?;
+    let tx = db.write()?;
+    let is_id = what.len() == 16 && what.bytes().all(|b| b.is_ascii_hexdigit());
+    let revoked = match is_id.then(|| tx.delete_token(what)).transpose()?.flatten() {
+        Some(principal) => Some(Revoked::Token {
+            id: what.to_owned(),
+            principal,
+        }),
+        None => tx.delete_tokens_of(what)?.map(|ids| Revoked::Principal {
+            name: what.to_owned(),
+            ids,
+        }),
+    };
+    tx.commit()?;
+    Ok(revoked)
 }
 
 #[cfg(test)]

@@ -98,6 +98,49 @@ impl From<Error> for crate::problem::Problem {
 /// A principal's grants as stored: (prefix, comma-separated permissions).
 pub type GrantRows = Vec<(String, String)>;
 
+/// What authenticating a token needs to know of it, read in one statement.
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    /// SHA-256 of the token's secret.
+    pub secret_sha256: Vec<u8>,
+    /// Its principal's name.
+    pub principal: String,
+    /// Its principal's grants.
+    pub grants: GrantRows,
+    /// When it expires (Unix milliseconds); `None`: never.
+    pub expires_at_ms: Option<i64>,
+    /// When it was last recorded as used (Unix milliseconds); `None`: never.
+    pub last_used_at_ms: Option<i64>,
+}
+
+/// A token as an administrator lists it: never its secret nor the secret's hash.
+#[derive(Debug, Clone)]
+pub struct TokenListing {
+    /// The token id (the part of the token before its secret).
+    pub id: String,
+    /// Its principal's name.
+    pub principal: String,
+    /// Its principal's grants.
+    pub grants: GrantRows,
+    /// When it was issued (RFC 3339).
+    pub created_at: String,
+    /// When it expires (Unix milliseconds); `None`: never.
+    pub expires_at_ms: Option<i64>,
+    /// When it was last recorded as used (Unix milliseconds); `None`: never.
+    pub last_used_at_ms: Option<i64>,
+}
+
+/// A trusted signer as an administrator lists it.
+#[derive(Debug, Clone)]
+pub struct SignerListing {
+    /// The key id (16 hex digits).
+    pub key_id: String,
+    /// The container prefixes it may deploy to, as stored (a JSON array of paths).
+    pub containers: String,
+    /// When it was trusted (RFC 3339).
+    pub added_at: String,
+}
+
 // ---------------------------------------------------------------------------------------------
 // Mappings
 

@@ -5,6 +5,7 @@ mod group;
 mod queries;
 mod schema;
 
+use std::collections::HashSet;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,7 @@ use rusqlite::Connection;
 use self::group::{Finish, Job, group_commit};
 use self::schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
 use super::{Clock, Error, Result};
+use flowpack_shared::timefmt::Timestamp;
 
 /// Row ids are stored as the integers they wrap.
 macro_rules! sql_ids {
@@ -62,6 +64,9 @@ struct Shared {
     batches: AtomicU64,
     /// What rows are stamped with.
     clock: Clock,
+    /// Tokens whose use is queued to be recorded ([`Db::note_token_used`]) and not yet
+    /// committed.
+    touching: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -87,14 +92,64 @@ const MAX_BATCH: usize = 256;
 const CHECKPOINT_PAUSE: Duration = Duration::from_millis(250);
 
 impl Db {
-    /// The store's time, as rows are stamped with it. Only writes ask, so the hot read path
-    /// never upgrades the weak reference.
+    /// The store's time, as rows are stamped with it.
     fn now(&self) -> String {
+        self.time().to_string()
+    }
+
+    /// The store's time: what rows are stamped with, and what a token's expiry and last use
+    /// are compared with. Costs one upgrade of a weak reference (two atomic operations).
+    pub fn time(&self) -> Timestamp {
         match self.conn.home.upgrade() {
-            Some(home) => (home.clock)().to_string(),
+            Some(home) => (home.clock)(),
             // The store is gone (only a handle outliving it); its clock with it.
-            None => flowpack_shared::timefmt::Timestamp::now().to_string(),
+            None => Timestamp::now(),
         }
+    }
+
+    /// Records, off the caller's path, that token `id` was used at `at_ms` (Unix
+    /// milliseconds): the update is queued to the group committer and the caller does not
+    /// wait for it, neither for the writer lock nor for the disk. At most one update per token
+    /// is queued at a time, so a burst of requests that all see the old value queues one.
+    /// Best effort: an update lost to a failed batch or a shutdown is made at the next use.
+    pub fn note_token_used(&self, id: &str, at_ms: i64) {
+        /// Takes the token off the queued set once its update has committed or failed: only
+        /// then do new readers see the new value, or need to queue again.
+        struct Queued {
+            set: Arc<Mutex<HashSet<String>>>,
+            id: String,
+        }
+        impl Drop for Queued {
+            fn drop(&mut self) {
+                self.set
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&self.id);
+            }
+        }
+        let Some(home) = self.conn.home.upgrade() else {
+            return;
+        };
+        let set = home.touching.clone();
+        if !set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.to_owned())
+        {
+            return;
+        }
+        let queued = Queued {
+            set,
+            id: id.to_owned(),
+        };
+        let id = id.to_owned();
+        let store = Store { shared: home };
+        // The job is queued by this call; the future only carries its answer, which nobody
+        // needs.
+        let answer = store.write_grouped(queued, move |tx| -> Result<()> {
+            tx.set_token_last_used(&id, at_ms)
+        });
+        drop(answer);
     }
 }
 
@@ -156,6 +211,7 @@ impl Store {
                 writer: OnceLock::new(),
                 checkpoints: OnceLock::new(),
                 batches: AtomicU64::new(0),
+                touching: Arc::default(),
             }),
         }
     }
@@ -478,7 +534,6 @@ impl std::io::Read for MappingFile<'_> {
 }
 
 #[cfg(test)]
-#[cfg(test)]
 mod tests {
     use super::*;
     use flowpack_shared::names::ContainerPath;
@@ -632,25 +687,155 @@ mod tests {
                 tx.add_grant(pid, prefix, perms)
                     .unwrap_or_else(|e| panic!("{e}"));
             }
-            tx.insert_token(id, pid, name.as_bytes())
+            tx.insert_token(id, pid, name.as_bytes(), None)
                 .unwrap_or_else(|e| panic!("{e}"));
         }
         tx.commit().unwrap_or_else(|e| panic!("{e}"));
 
         for (id, name, grants) in principals {
-            let (hash, got_name, mut got) = db
+            let mut got = db
                 .principal_by_token(id)
                 .unwrap_or_else(|e| panic!("{e}"))
                 .unwrap_or_else(|| panic!("token {id} not found"));
-            got.sort();
-            assert_eq!(hash, name.as_bytes());
-            assert_eq!(got_name, name);
-            assert_eq!(got, rows(grants), "grants of {name}");
+            got.grants.sort();
+            assert_eq!(got.secret_sha256, name.as_bytes());
+            assert_eq!(got.principal, name);
+            assert_eq!(got.grants, rows(grants), "grants of {name}");
+            assert_eq!((got.expires_at_ms, got.last_used_at_ms), (None, None));
         }
         assert!(
             db.principal_by_token("00000000000000ff")
                 .unwrap_or_else(|e| panic!("{e}"))
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn a_version_3_database_opens_and_upgrades_keeping_its_tokens() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = tmp.path().join("store.db");
+        {
+            // A database as version 3 of this receiver made it: the base schema and the first
+            // two steps, with a principal, its grant and a token.
+            let conn = connect(&path).unwrap_or_else(|e| panic!("{e}"));
+            conn.execute_batch(SCHEMA).unwrap_or_else(|e| panic!("{e}"));
+            for step in &MIGRATIONS[..2] {
+                conn.execute_batch(step).unwrap_or_else(|e| panic!("{e}"));
+            }
+            conn.execute_batch(
+                "PRAGMA user_version = 3;
+                 INSERT INTO principals (id, name, created_at) VALUES (7, 'ci', '2026-01-01T00:00:00.000Z');
+                 INSERT INTO grants VALUES (7, '/public', 'read');
+                 INSERT INTO tokens (id, principal_id, secret_sha256, created_at)
+                 VALUES ('00000000000000aa', 7, x'01', '2026-01-01T00:00:00.000Z');",
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let has_expiry = conn.prepare("SELECT expires_at_ms FROM tokens").is_ok();
+            assert!(!has_expiry, "the fixture must be the old schema");
+        }
+        let store =
+            Store::open(&path, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}"));
+        let mut db = store.db().unwrap_or_else(|e| panic!("{e}"));
+        let version: i64 = db
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(version, SCHEMA_VERSION);
+        let old = db
+            .principal_by_token("00000000000000aa")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("the old token is gone"));
+        assert_eq!(
+            (
+                old.principal.as_str(),
+                old.expires_at_ms,
+                old.last_used_at_ms
+            ),
+            ("ci", None, None)
+        );
+        assert_eq!(old.grants, rows(&[("/public", "read")]));
+        // New tokens carry an expiry.
+        let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
+        tx.insert_token("00000000000000bb", 7, b"x", Some(1_000))
+            .unwrap_or_else(|e| panic!("{e}"));
+        tx.commit().unwrap_or_else(|e| panic!("{e}"));
+        let listed = db.tokens().unwrap_or_else(|e| panic!("{e}"));
+        let ids: Vec<(&str, Option<i64>)> = listed
+            .iter()
+            .map(|t| (t.id.as_str(), t.expires_at_ms))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("00000000000000aa", None),
+                ("00000000000000bb", Some(1_000))
+            ]
+        );
+        // Opening again changes nothing.
+        drop(db);
+        drop(store);
+        Store::open(&path, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[tokio::test]
+    async fn a_token_use_is_recorded_by_the_writer_once_while_queued() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::create(&tmp.path().join("store.db"), crate::store::wall_clock())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut db = store.db().unwrap_or_else(|e| panic!("{e}"));
+        let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
+        let pid = tx.ensure_principal("ci").unwrap_or_else(|e| panic!("{e}"));
+        tx.insert_token("00000000000000aa", pid, b"x", None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        tx.commit().unwrap_or_else(|e| panic!("{e}"));
+
+        // Hold the writer, so that the uses queue behind this job.
+        let (started, running) = mpsc::channel();
+        let (release, gate) = mpsc::channel::<()>();
+        let held = store.write_grouped((), move |_| -> Result<()> {
+            let _ = started.send(());
+            let _ = gate.recv();
+            Ok(())
+        });
+        running.recv().unwrap_or_else(|e| panic!("{e}"));
+        db.note_token_used("00000000000000aa", 5_000);
+        // Queued already: not queued again (this later time is not recorded).
+        db.note_token_used("00000000000000aa", 6_000);
+        let last_used = |db: &Db| {
+            db.principal_by_token("00000000000000aa")
+                .unwrap_or_else(|e| panic!("{e}"))
+                .and_then(|t| t.last_used_at_ms)
+        };
+        assert_eq!(last_used(&db), None, "recorded off the caller's path");
+        release.send(()).unwrap_or_else(|e| panic!("{e}"));
+        held.await.unwrap_or_else(|e| panic!("{e}"));
+        // The writer takes jobs in order: once a later job is answered, the use is committed.
+        store
+            .write_grouped((), |_| -> Result<()> { Ok(()) })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(last_used(&db), Some(5_000));
+        // Committed: the next use is queued again; an earlier time never overwrites a later.
+        db.note_token_used("00000000000000aa", 4_000);
+        db.note_token_used("00000000000000ff", 4_000);
+        store
+            .write_grouped((), |_| -> Result<()> { Ok(()) })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(last_used(&db), Some(5_000));
+        db.note_token_used("00000000000000aa", 7_000);
+        store
+            .write_grouped((), |_| -> Result<()> { Ok(()) })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(last_used(&db), Some(7_000));
+        assert!(
+            store
+                .shared
+                .touching
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
         );
     }
 

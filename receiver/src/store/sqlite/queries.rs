@@ -8,7 +8,8 @@ use rusqlite::{OptionalExtension, params};
 use super::{Db, MappingFile, Tx};
 use crate::store::{
     AuditRow, ContainerId, CredentialId, CredentialRow, DeploymentId, GrantRows, MappingRow,
-    OAuthState, Replay, Result, SecretFingerprints, SecretRow, Visible,
+    OAuthState, Replay, Result, SecretFingerprints, SecretRow, SignerListing, TokenAuth,
+    TokenListing, Visible,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -62,13 +63,82 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Stores a token's id and the SHA-256 of its secret.
-    pub fn insert_token(&self, id: &str, principal: i64, sha256: &[u8]) -> Result<()> {
+    /// Stores a token's id, the SHA-256 of its secret and when it expires (Unix milliseconds;
+    /// `None`: never).
+    pub fn insert_token(
+        &self,
+        id: &str,
+        principal: i64,
+        sha256: &[u8],
+        expires_at_ms: Option<i64>,
+    ) -> Result<()> {
         self.conn().execute(
-            "INSERT INTO tokens (id, principal_id, secret_sha256, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![id, principal, sha256, self.now()],
+            "INSERT INTO tokens (id, principal_id, secret_sha256, created_at, expires_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, principal, sha256, self.now(), expires_at_ms],
         )?;
         Ok(())
+    }
+
+    /// Deletes token `id`; returns its principal's name, or `None` when there is no such token.
+    pub fn delete_token(&self, id: &str) -> Result<Option<String>> {
+        let conn = self.conn();
+        let principal: Option<String> = conn
+            .query_row(
+                "SELECT p.name FROM tokens t JOIN principals p ON p.id = t.principal_id
+                 WHERE t.id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if principal.is_some() {
+            conn.execute("DELETE FROM tokens WHERE id = ?1", params![id])?;
+        }
+        Ok(principal)
+    }
+
+    /// Deletes every token of principal `name` (the principal and its grants stay); returns
+    /// the ids deleted, sorted, or `None` when there is no such principal.
+    pub fn delete_tokens_of(&self, name: &str) -> Result<Option<Vec<String>>> {
+        let conn = self.conn();
+        let principal: Option<i64> = conn
+            .query_row(
+                "SELECT id FROM principals WHERE name = ?1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(principal) = principal else {
+            return Ok(None);
+        };
+        let mut st = conn.prepare("SELECT id FROM tokens WHERE principal_id = ?1 ORDER BY id")?;
+        let ids = st
+            .query_map(params![principal], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        conn.execute(
+            "DELETE FROM tokens WHERE principal_id = ?1",
+            params![principal],
+        )?;
+        Ok(Some(ids))
+    }
+
+    /// Records that token `id` was used at `at_ms` (Unix milliseconds), unless a later use is
+    /// already recorded.
+    pub fn set_token_last_used(&self, id: &str, at_ms: i64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE tokens SET last_used_at_ms = ?2
+             WHERE id = ?1 AND (last_used_at_ms IS NULL OR last_used_at_ms < ?2)",
+            params![id, at_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Stops trusting signer `key_id`. False when it was not trusted.
+    pub fn delete_signer(&self, key_id: &str) -> Result<bool> {
+        Ok(self.conn().execute(
+            "DELETE FROM trusted_signers WHERE key_id = ?1",
+            params![key_id],
+        )? > 0)
     }
 
     /// Trusts a signer key for the given prefixes (replacing earlier prefixes).
@@ -90,27 +160,87 @@ impl Tx<'_> {
 }
 
 impl Db {
-    /// A token's stored hash, its principal's name and the principal's grants (prefix,
-    /// comma-separated permissions), in one statement: the grants come as a left join, one row
-    /// per grant, or one row with no grant.
-    pub fn principal_by_token(&self, id: &str) -> Result<Option<(Vec<u8>, String, GrantRows)>> {
+    /// What authenticating token `id` needs: its stored hash, expiry and last use, its
+    /// principal's name and the principal's grants (prefix, comma-separated permissions), in
+    /// one statement: the grants come as a left join, one row per grant, or one row with no
+    /// grant.
+    pub fn principal_by_token(&self, id: &str) -> Result<Option<TokenAuth>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT t.secret_sha256, p.name, g.prefix, g.perms FROM tokens t
-             JOIN principals p ON p.id = t.principal_id
+            "SELECT t.secret_sha256, p.name, t.expires_at_ms, t.last_used_at_ms, g.prefix, g.perms
+             FROM tokens t JOIN principals p ON p.id = t.principal_id
              LEFT JOIN grants g ON g.principal_id = p.id WHERE t.id = ?1",
         )?;
         let mut rows = st.query(params![id])?;
-        let mut found: Option<(Vec<u8>, String, GrantRows)> = None;
+        let mut found: Option<TokenAuth> = None;
         while let Some(r) = rows.next()? {
-            let (_, _, grants) = match &mut found {
+            let token = match &mut found {
                 Some(f) => f,
-                None => found.insert((r.get(0)?, r.get(1)?, Vec::new())),
+                None => found.insert(TokenAuth {
+                    secret_sha256: r.get(0)?,
+                    principal: r.get(1)?,
+                    expires_at_ms: r.get(2)?,
+                    last_used_at_ms: r.get(3)?,
+                    grants: Vec::new(),
+                }),
             };
-            if let (Some(prefix), Some(perms)) = (r.get(2)?, r.get(3)?) {
-                grants.push((prefix, perms));
+            if let (Some(prefix), Some(perms)) = (r.get(4)?, r.get(5)?) {
+                token.grants.push((prefix, perms));
             }
         }
         Ok(found)
+    }
+
+    /// Every token, by principal name, then issue time and id, with its principal's grants
+    /// (sorted by prefix); never a secret's hash.
+    pub fn tokens(&self) -> Result<Vec<TokenListing>> {
+        let mut grants: std::collections::HashMap<String, GrantRows> =
+            std::collections::HashMap::new();
+        let mut st = self.conn.prepare(
+            "SELECT p.name, g.prefix, g.perms FROM grants g JOIN principals p ON p.id = g.principal_id
+             ORDER BY p.name, g.prefix",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            grants
+                .entry(r.get(0)?)
+                .or_default()
+                .push((r.get(1)?, r.get(2)?));
+        }
+        let mut st = self.conn.prepare(
+            "SELECT t.id, p.name, t.created_at, t.expires_at_ms, t.last_used_at_ms
+             FROM tokens t JOIN principals p ON p.id = t.principal_id
+             ORDER BY p.name, t.created_at, t.id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(TokenListing {
+                id: r.get(0)?,
+                principal: r.get(1)?,
+                created_at: r.get(2)?,
+                expires_at_ms: r.get(3)?,
+                last_used_at_ms: r.get(4)?,
+                grants: Vec::new(),
+            })
+        })?;
+        let mut list = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        for t in &mut list {
+            t.grants = grants.get(&t.principal).cloned().unwrap_or_default();
+        }
+        Ok(list)
+    }
+
+    /// Every trusted signer, by key id.
+    pub fn signers(&self) -> Result<Vec<SignerListing>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT key_id, containers, added_at FROM trusted_signers ORDER BY key_id")?;
+        let rows = st.query_map([], |r| {
+            Ok(SignerListing {
+                key_id: r.get(0)?,
+                containers: r.get(1)?,
+                added_at: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// A trusted signer: the raw public key and its allowed prefixes (JSON array of paths).

@@ -1,7 +1,7 @@
 //! The database's schema, and the migrations from each older version (`PRAGMA user_version`).
 
 /// Schema version in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// From version 1 to 2 (OAuth, issue 7): the token version a refresh compares and swaps, the
 /// `needs_authorization` mark, and the pending authorization-code flows.
@@ -27,8 +27,17 @@ ALTER TABLE audit ADD COLUMN verified INTEGER;
 CREATE INDEX audit_container ON audit(container, id);
 "#;
 
+/// From version 3 to 4: a token may expire, and remembers when it was last used (Unix
+/// milliseconds, like the other times compared on a request's path; `NULL`: never expires,
+/// never used). Tokens issued before keep no expiry.
+const MIGRATE_3_TO_4: &str = r#"
+ALTER TABLE tokens ADD COLUMN expires_at_ms INTEGER;
+ALTER TABLE tokens ADD COLUMN last_used_at_ms INTEGER;
+CREATE INDEX tokens_principal ON tokens(principal_id);
+"#;
+
 /// The steps from each version to the next: `MIGRATIONS[i]` upgrades version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[MIGRATE_1_TO_2, MIGRATE_2_TO_3];
+pub(super) const MIGRATIONS: &[&str] = &[MIGRATE_1_TO_2, MIGRATE_2_TO_3, MIGRATE_3_TO_4];
 
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE principals (
