@@ -19,6 +19,8 @@
 //!
 //! - **Group commit** ([`Store::write_grouped`]): many requests' writes, each atomic on its own,
 //!   made durable by one commit, so that concurrent deploys do not each wait for a disk sync.
+//!   Bookkeeping a reader notices (a token's last use, [`Db::note_token_used`]) is queued
+//!   there too, so that the read waits for no writer.
 //!
 //! SQLite gives all of that with one file in WAL mode and `synchronous=FULL`, one connection per
 //! request at a time (long-lived ones, kept configured between requests, with their prepared
