@@ -228,11 +228,16 @@ pub async fn run(
         };
         let app = app.clone();
         let tls = tls.clone();
+        let transport = api::Transport {
+            peer,
+            tls: tls.is_some(),
+        };
         let watcher = graceful.watcher();
         let registry = registry.clone();
         connections.spawn(async move {
             let tracked = conn.clone();
-            let service = hyper::service::service_fn(move |req| {
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+                req.extensions_mut().insert(transport);
                 let guard = tracked.begin_request();
                 let app = app.clone();
                 async move {

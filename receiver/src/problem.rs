@@ -82,6 +82,8 @@ problem_codes! {
     CredentialInUse = "credential-in-use",
     /// A create of a credential that already exists (change it with PATCH).
     Exists = "exists",
+    /// Secrets in clear sent over a channel that may not carry them (neither TLS nor loopback).
+    SecretsInClear = "secrets-in-clear",
     /// A PATCH of a field that cannot be changed.
     ReadOnlyField = "read-only-field",
     /// A record that breaks a model rule (also a bundle's payload record).

@@ -875,8 +875,8 @@ async fn dry_verification_passes_and_fails_for_each_type() {
         }
         no_secret(&v);
     }
-    // A client_credentials verification changes nothing: its token is not stored.
-    assert!(e.record("oauth-good").await.get("access_token").is_none());
+    // A client_credentials verification keeps the token it obtained ("authorize and save").
+    assert_eq!(e.record("oauth-good").await["access_token"]["set"], true);
     // Plain http:// to a host not listed in outbound_allow: refused, nothing sent.
     let (st, v) = e.verify("key-remote-http").await;
     assert_eq!(
@@ -943,8 +943,11 @@ async fn deploy_verify_refuses_a_bundle_with_a_failing_credential_and_applies_a_
     let (st, v) = e.deploy_raw(&[good_pw, oauth, no_secrets], true).await;
     assert_eq!(st, 201, "{v}");
     assert_eq!(e.record("erp").await["password"]["set"], true);
-    // The verification's client_credentials token was a dry run: not stored.
-    assert!(e.record("idp").await.get("access_token").is_none());
+    // The verification's client_credentials token is kept with the apply, and served.
+    assert_eq!(e.record("idp").await["access_token"]["set"], true);
+    let requests = o.stats().await["token_requests"].clone();
+    assert_eq!(e.token("idp").await.0, 200);
+    assert_eq!(o.stats().await["token_requests"], requests);
 }
 
 #[tokio::test]
@@ -970,4 +973,191 @@ async fn deploy_verify_keeps_what_a_refresh_obtained() {
     let (st, _) = e.token("ac").await;
     assert_eq!(st, 200);
     assert_eq!(o.count("refresh_token").await, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A token the caller reports rejected; verification that keeps what it obtained
+
+/// `POST …/token` with a JSON body.
+async fn token_with(e: &Env, name: &str, body: Value) -> (u16, Value) {
+    e.s.send(
+        Method::POST,
+        &e.s.admin,
+        &format!("/v1/credentials/apps/{name}/token"),
+        Some(body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn concurrent_callers_reporting_the_same_rejected_token_share_one_request() {
+    let o = OAuthServer::start();
+    let e = Env::start().await;
+    // The stored token is one the provider issued earlier (the mock server issues the same
+    // token twice within a second, so the first one is not obtained in this test).
+    let mut rec = client_credentials(&o, "revoked", "header");
+    rec["access_token"] = json!("revoked-canary-token");
+    rec["expires_at"] = json!(Timestamp::now().plus(time::Duration::days(1)).to_string());
+    e.deploy(&[rec]).await;
+    let (st, old) = e.token("revoked").await;
+    assert_eq!(st, 200, "{old}");
+    let old_token = token_of(&old);
+    assert_eq!(old_token, "revoked-canary-token");
+    assert_eq!(o.stats().await["token_requests"], 0);
+
+    // The token has not expired, but a resource server refused it: every caller reports it.
+    // The provider takes 300 ms, so all callers wait while the one request is in flight.
+    o.control(Method::POST, "config?delay_ms=300").await;
+    const CALLERS: usize = 50;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let url = e.s.url("/v1/credentials/apps/revoked/token");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..CALLERS {
+        let (client, url, admin) = (client.clone(), url.clone(), e.s.admin.clone());
+        let body = json!({"rejected": old_token});
+        tasks.spawn(async move {
+            let r = client
+                .post(url)
+                .bearer_auth(admin)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            answer(r).await
+        });
+    }
+    let mut tokens = std::collections::BTreeSet::new();
+    while let Some(r) = tasks.join_next().await {
+        let (st, v) = r.unwrap();
+        assert_eq!(st, 200, "{v}");
+        tokens.insert(token_of(&v));
+    }
+    let stats = o.stats().await;
+    assert_eq!(
+        tokens.len(),
+        1,
+        "every caller gets the same new token; old among them: {}; {stats}",
+        tokens.contains(&old_token)
+    );
+    assert!(!tokens.contains(&old_token));
+    assert_eq!(stats["token_requests"], 1, "{stats}");
+
+    // Reporting the old token again: it was replaced, so the current one is answered and
+    // nothing is asked of the provider.
+    let (st, v) = token_with(&e, "revoked", json!({"rejected": old_token})).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(tokens.contains(&token_of(&v)));
+    assert_eq!(o.stats().await["token_requests"], 1);
+    // The rejected token is in no audit row.
+    let audit = format!("{:?}", e.audit().await);
+    assert!(!audit.contains(&old_token) && !tokens.iter().any(|t| audit.contains(t)));
+}
+
+#[tokio::test]
+async fn a_token_without_expiry_is_served_until_reported_rejected() {
+    let o = OAuthServer::start();
+    let e = Env::start().await;
+    let mut rec = client_credentials(&o, "forever", "header");
+    rec["access_token"] = json!("no-expiry-canary-token");
+    e.deploy(&[rec]).await;
+    e.advance(10 * 365 * 86_400);
+    let (st, v) = e.token("forever").await;
+    assert_eq!((st, token_of(&v).as_str()), (200, "no-expiry-canary-token"));
+    assert!(v["expires_at"].is_null(), "{v}");
+    // An empty body and a body without `rejected` keep that behaviour.
+    let (st, v) = token_with(&e, "forever", json!({})).await;
+    assert_eq!((st, token_of(&v).as_str()), (200, "no-expiry-canary-token"));
+    // A token that was never the stored one: the current one is answered.
+    let (st, v) = token_with(&e, "forever", json!({"rejected": "some-other-token"})).await;
+    assert_eq!((st, token_of(&v).as_str()), (200, "no-expiry-canary-token"));
+    assert_eq!(o.stats().await["token_requests"], 0);
+
+    let (st, v) = token_with(&e, "forever", json!({"rejected": "no-expiry-canary-token"})).await;
+    assert_eq!(st, 200, "{v}");
+    assert_ne!(token_of(&v), "no-expiry-canary-token");
+    assert_eq!(o.stats().await["token_requests"], 1);
+    let (_, again) = e.token("forever").await;
+    assert_eq!(token_of(&again), token_of(&v));
+    assert_eq!(o.stats().await["token_requests"], 1);
+}
+
+#[tokio::test]
+async fn a_token_request_body_of_the_wrong_shape_is_refused_naming_the_field() {
+    let o = OAuthServer::start();
+    let e = Env::start().await;
+    e.deploy(&[client_credentials(&o, "shape", "header")]).await;
+    for (body, field) in [
+        (json!({"rejected": 5}), "`rejected`"),
+        (json!({"rejected": "t", "retry": true}), "retry"),
+        (json!(["rejected"]), "object"),
+    ] {
+        let (st, v) = token_with(&e, "shape", body.clone()).await;
+        assert_eq!(
+            (st, v["code"].as_str()),
+            (422, Some("bad-request-body")),
+            "{v}"
+        );
+        assert!(v["detail"].as_str().unwrap().contains(field), "{body}: {v}");
+    }
+    let r =
+        e.s.client
+            .post(e.s.url("/v1/credentials/apps/shape/token"))
+            .bearer_auth(&e.s.admin)
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+    let (st, v) = answer(r).await;
+    assert_eq!((st, v["code"].as_str()), (400, Some("bad-json")), "{v}");
+    assert_eq!(o.stats().await["token_requests"], 0);
+}
+
+#[tokio::test]
+async fn verification_by_client_credentials_or_password_keeps_the_token_it_obtained() {
+    let o = OAuthServer::start();
+    let e = Env::start().await;
+    e.deploy(&[
+        client_credentials(&o, "cc-kept", "header"),
+        password_grant(&o, "pw-kept", "wonderland"),
+    ])
+    .await;
+    for name in ["cc-kept", "pw-kept"] {
+        let before = o.stats().await["token_requests"].as_u64().unwrap();
+        let (st, v) = e.verify(name).await;
+        assert_eq!((st, &v["ok"]), (200, &json!(true)), "{name}: {v}");
+        assert_eq!(
+            o.stats().await["token_requests"].as_u64().unwrap(),
+            before + 1
+        );
+        let rec = e.record(name).await;
+        assert_eq!(rec["access_token"]["set"], true, "{name}: {rec}");
+        assert!(rec["expires_at"].is_string(), "{name}: {rec}");
+        // The kept token is served: no second request.
+        let (st, t) = e.token(name).await;
+        assert_eq!(st, 200, "{name}: {t}");
+        assert_eq!(
+            o.stats().await["token_requests"].as_u64().unwrap(),
+            before + 1,
+            "{name}"
+        );
+        assert!(!rec.to_string().contains(&token_of(&t)));
+    }
+    let audit = e.audit().await;
+    let kept: Vec<_> = audit
+        .iter()
+        .filter(|a| a["action"] == "oauth-token")
+        .map(|a| {
+            (
+                a["target"].as_str().unwrap(),
+                a["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        [("/apps/cc-kept", "obtained"), ("/apps/pw-kept", "obtained")]
+    );
 }

@@ -1285,6 +1285,61 @@ async fn every_answer_of_every_endpoint_conforms_to_the_document() {
         (200, None),
     )
     .await;
+    // Create on the server: in a container that does not exist yet, secrets in clear from
+    // loopback; never over an existing one.
+    let created_path = "/v1/credentials/public/created/api";
+    let created = c
+        .expect(
+            M::PUT,
+            cp_,
+            created_path,
+            a,
+            Body::Json(
+                json!({"type": "api_key", "key": "put-canary-1", "placement": "header",
+                "parameter_name": "X-API-Key", "allow_usage_for": ["http"]}),
+            ),
+            (201, None),
+        )
+        .await
+        .json();
+    assert_eq!(created["key"]["set"], true);
+    assert_eq!(created["path"], "/public/created/api");
+    c.expect(
+        M::PUT,
+        cp_,
+        created_path,
+        a,
+        Body::Json(json!({"type": "api_key"})),
+        (409, Some("exists")),
+    )
+    .await;
+    c.expect(
+        M::PUT,
+        cp_,
+        "/v1/credentials/public/created/other",
+        a,
+        Body::Json(json!({"type": "api_key", "kee": "x"})),
+        (422, Some("bad-record")),
+    )
+    .await;
+    c.expect(
+        M::PUT,
+        cp_,
+        "/v1/credentials/public/created/other",
+        a,
+        Body::Raw("application/json", b"[1,".to_vec()),
+        (400, Some("bad-json")),
+    )
+    .await;
+    c.expect(
+        M::PUT,
+        cp_,
+        "/v1/credentials/public/created/other",
+        r,
+        Body::Json(json!({"type": "api_key"})),
+        (403, Some("forbidden")),
+    )
+    .await;
     c.expect(
         M::DELETE,
         cp_,
@@ -1308,6 +1363,15 @@ async fn every_answer_of_every_endpoint_conforms_to_the_document() {
 
     // OAuth and verification.
     let tk = "/v1/credentials/{path}/token";
+    c.expect(
+        M::POST,
+        tk,
+        &format!("{erp}/token"),
+        a,
+        Body::Json(json!({"rejected": 5})),
+        (422, Some("bad-request-body")),
+    )
+    .await;
     let crm = "/v1/credentials/public/orders/crm";
     let refused = c
         .expect(

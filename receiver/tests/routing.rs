@@ -44,14 +44,15 @@ async fn method_not_allowed_lists_the_paths_methods_in_allow() {
             Method::POST,
             admin,
             "/v1/credentials/a/c",
-            "GET, HEAD, PATCH, DELETE",
+            "GET, HEAD, PUT, PATCH, DELETE",
         ),
-        // `/token` after an object path is an action only for POST.
+        // `/token` after an object path is an action only for POST (for the other methods it
+        // is the credential `/a/c/token`).
         (
-            Method::PUT,
+            Method::OPTIONS,
             admin,
             "/v1/credentials/a/c/token",
-            "GET, HEAD, POST, PATCH, DELETE",
+            "GET, HEAD, POST, PUT, PATCH, DELETE",
         ),
     ];
     for (method, token, path, expected) in cases {

@@ -71,6 +71,19 @@ pub(crate) async fn authenticate(
 }
 
 pub(crate) async fn read_json(app: &App, req: Request<Incoming>) -> Result<Value, Problem> {
+    read_optional_json(app, req).await?.ok_or_else(|| {
+        Problem::bad_request(
+            ProblemCode::BadJson,
+            "the body is empty; a JSON document is expected",
+        )
+    })
+}
+
+/// A JSON body that may be absent: `None` for an empty body (or only whitespace).
+pub(crate) async fn read_optional_json(
+    app: &App,
+    req: Request<Incoming>,
+) -> Result<Option<Value>, Problem> {
     let mut incoming = req.into_body();
     let mut body = Vec::new();
     while let Some(frame) = next_frame(app, &mut incoming).await {
@@ -85,8 +98,11 @@ pub(crate) async fn read_json(app: &App, req: Request<Incoming>) -> Result<Value
             body.extend_from_slice(&data);
         }
     }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
     // serde_json's message gives only a line and column, never the content.
-    serde_json::from_slice(&body).map_err(|e| {
+    serde_json::from_slice(&body).map(Some).map_err(|e| {
         Problem::bad_request(
             ProblemCode::BadJson,
             format!("the body is not valid JSON: {e}"),

@@ -30,6 +30,26 @@ pub use router::routes;
 
 pub(crate) use crate::blocking;
 
+/// How a request reached the receiver, put into each request's extensions by `run`: the
+/// client's address and whether the connection is TLS. Handlers that take secrets in clear
+/// (`PUT /v1/credentials/{path}`) read it; a request without it is treated as neither TLS
+/// nor loopback.
+#[derive(Debug, Clone, Copy)]
+pub struct Transport {
+    /// The client's address, as the socket reports it.
+    pub peer: std::net::SocketAddr,
+    /// The connection is TLS.
+    pub tls: bool,
+}
+
+impl Transport {
+    /// Whether a request may carry secrets in clear: over TLS, or from a loopback client
+    /// (which never crossed a network; an IPv4-mapped IPv6 loopback address counts).
+    pub fn may_carry_secrets(&self) -> bool {
+        self.tls || self.peer.ip().to_canonical().is_loopback()
+    }
+}
+
 /// How long a request body may go without a byte arriving, by default ([`App::body_idle`]).
 pub const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -51,4 +71,29 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
         "request"
     );
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Transport;
+
+    #[test]
+    fn secrets_in_clear_only_over_tls_or_from_loopback() {
+        let at = |a: &str, tls: bool| Transport {
+            peer: a.parse().unwrap_or_else(|_| panic!("{a}")),
+            tls,
+        };
+        for (peer, tls, ok) in [
+            ("127.0.0.1:5000", false, true),
+            ("127.9.9.9:5000", false, true),
+            ("[::1]:5000", false, true),
+            ("[::ffff:127.0.0.1]:5000", false, true),
+            ("192.0.2.7:5000", false, false),
+            ("[2001:db8::1]:5000", false, false),
+            ("[::ffff:192.0.2.7]:5000", false, false),
+            ("192.0.2.7:5000", true, true),
+        ] {
+            assert_eq!(at(peer, tls).may_carry_secrets(), ok, "{peer} tls={tls}");
+        }
+    }
 }

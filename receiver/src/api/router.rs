@@ -30,13 +30,13 @@ use crate::App;
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{self, Perm, Principal};
 use crate::service::catalog::{self, Page};
-use crate::service::{oauth, verify};
+use crate::service::{creds, oauth, verify};
 use crate::store::Db;
 
 use super::answer::{empty, full, json_bytes_response, json_response, problem_response};
 use super::extract::{
     authenticate, bearer, container_path, no_query, object_path, page, query_param, query_params,
-    read_json,
+    read_json, read_optional_json,
 };
 use super::reads::READS;
 use super::{Body, blocking, files};
@@ -49,18 +49,20 @@ const OPENAPI: &str = include_str!("openapi.json");
 enum Verb {
     Get,
     Post,
+    Put,
     Patch,
     Delete,
 }
 
 impl Verb {
     /// In the order an `Allow` header lists them.
-    const ALL: [Verb; 4] = [Verb::Get, Verb::Post, Verb::Patch, Verb::Delete];
+    const ALL: [Verb; 5] = [Verb::Get, Verb::Post, Verb::Put, Verb::Patch, Verb::Delete];
 
     fn method(self) -> Method {
         match self {
             Verb::Get => Method::GET,
             Verb::Post => Method::POST,
+            Verb::Put => Method::PUT,
             Verb::Patch => Method::PATCH,
             Verb::Delete => Method::DELETE,
         }
@@ -70,6 +72,7 @@ impl Verb {
         match self {
             Verb::Get => "GET",
             Verb::Post => "POST",
+            Verb::Put => "PUT",
             Verb::Patch => "PATCH",
             Verb::Delete => "DELETE",
         }
@@ -81,6 +84,7 @@ impl Verb {
         Some(match *method {
             Method::GET | Method::HEAD => Verb::Get,
             Method::POST => Verb::Post,
+            Method::PUT => Verb::Put,
             Method::PATCH => Verb::Patch,
             Method::DELETE => Verb::Delete,
             _ => return None,
@@ -104,6 +108,7 @@ enum Handler {
     Resolve,
     DeleteMapping,
     ShowCredential,
+    CreateCredential,
     PatchCredential,
     DeleteCredential,
     Token,
@@ -169,6 +174,11 @@ const ROUTES: &[Route] = &[
     r(Verb::Post, "/v1/mappings/{path}/resolve", Handler::Resolve),
     r(Verb::Delete, "/v1/mappings/{path}", Handler::DeleteMapping),
     r(Verb::Get, "/v1/credentials/{path}", Handler::ShowCredential),
+    r(
+        Verb::Put,
+        "/v1/credentials/{path}",
+        Handler::CreateCredential,
+    ),
     r(
         Verb::Patch,
         "/v1/credentials/{path}",
@@ -503,7 +513,12 @@ async fn answer_authenticated(
         }
         Handler::Token => {
             let (c, n) = object_path(arg)?;
-            oauth::token(app, who, c, n).await.map(ok)
+            if !who.can(Perm::Use, &c) {
+                return Err(Problem::lacks(Perm::Use.as_str(), &c));
+            }
+            let body = read_optional_json(&app, req).await?;
+            let rejected = oauth::rejected_token(body.as_ref())?;
+            oauth::token(app, who, c, n, rejected).await.map(ok)
         }
         Handler::Authorize => {
             let (c, n) = object_path(arg)?;
@@ -512,6 +527,22 @@ async fn answer_authenticated(
         Handler::Verify => {
             let (c, n) = object_path(arg)?;
             verify::handle(app, who, c, n).await.map(ok)
+        }
+        Handler::CreateCredential => {
+            let (c, n) = object_path(arg)?;
+            if !who.can(Perm::Write, &c) {
+                return Err(Problem::lacks(Perm::Write.as_str(), &c));
+            }
+            let secrets_allowed = req
+                .extensions()
+                .get::<super::Transport>()
+                .is_some_and(super::Transport::may_carry_secrets);
+            let body = read_json(&app, req).await?;
+            blocking(&app, move |app, db| {
+                creds::create(&app.keys, db, &who, &c, &n, &body, secrets_allowed)
+                    .map(|v| json_bytes_response(StatusCode::CREATED, v))
+            })
+            .await
         }
         Handler::PatchCredential => {
             let (c, n) = object_path(arg)?;

@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
-use crate::store::{ContainerId, CredentialId, CredentialRow, Db, Tx};
+use crate::store::{AuditRow, ContainerId, CredentialId, CredentialRow, Db, Tx};
 
 /// Keys derived from `secrets.key`.
 pub struct SecretKeys {
@@ -409,6 +409,115 @@ pub fn patch(
     Ok(())
 }
 
+/// Creates credential `n` in container `c` from an admin's record (`PUT
+/// /v1/credentials/{path}`): the fields of its type, sensitive ones in clear; `name` equal to
+/// the path's last segment or absent. Missing containers are created, as a deploy does. A
+/// credential of that name already there is `409 exists`: it is changed with PATCH, never
+/// replaced. `secrets_allowed` says whether the request came over a channel that may carry
+/// secrets in clear (TLS or a loopback client); a record with secrets over another is
+/// refused. Every outcome but an internal fault is audited (`create-credential`, `created` or
+/// `refused`). Returns the redacted record.
+pub fn create(
+    keys: &SecretKeys,
+    db: &mut Db,
+    who: &Principal,
+    c: &ContainerPath,
+    n: &Name,
+    body: &Value,
+    secrets_allowed: bool,
+) -> Result<Vec<u8>, Problem> {
+    let path = c.object_path(n);
+    let audit = |outcome: &str, status: u16| AuditRow {
+        principal: Some(who.name.clone()),
+        action: "create-credential".into(),
+        container: Some(c.to_string()),
+        target: Some(path.clone()),
+        outcome: outcome.into(),
+        status,
+        ..AuditRow::default()
+    };
+    let created = (|| {
+        if !who.can(Perm::Write, c) {
+            return Err(Problem::lacks(Perm::Write.as_str(), c));
+        }
+        let record = new_record(&path, n, body)?;
+        if !record.secrets.is_empty() && !secrets_allowed {
+            let mut e = Problem::forbidden(format!(
+                "credential {path}: the record carries secrets in clear, which this receiver takes only over TLS or from a loopback client; send it over HTTPS, or create it without secrets and fill them in later"
+            ));
+            e.code = ProblemCode::SecretsInClear;
+            return Err(e);
+        }
+        let tx = db.write()?;
+        if let Some(cid) = tx.container_id(c)?
+            && tx.credential(cid, n.as_str())?.is_some()
+        {
+            return Err(Problem::conflict(
+                ProblemCode::Exists,
+                format!(
+                    "credential {path} already exists; change it with PATCH /v1/credentials{path}"
+                ),
+            ));
+        }
+        let cid = tx.ensure_container(c)?;
+        let public = serde_json::to_string(&record.public_json()).map_err(Problem::internal)?;
+        let (id, _) = tx.upsert_credential(cid, n.as_str(), record.kind.as_str(), &public)?;
+        for (field, value) in &record.secrets {
+            if let SecretValue::Plain(secret) = value {
+                let ct = keys.encrypt(&path, field, secret)?;
+                tx.set_secret(id, field, &ct, &keys.fingerprint(secret))?;
+            }
+        }
+        let row = tx
+            .credential(cid, n.as_str())?
+            .ok_or_else(|| Problem::internal("a created credential vanished"))?;
+        let answer = redacted(&tx, &path, &row)?;
+        tx.insert_audit(&audit("created", 201))?;
+        tx.commit()?;
+        Ok(answer)
+    })();
+    if let Err(e) = &created
+        && e.code != ProblemCode::Internal
+    {
+        let mut row = audit("refused", e.status.as_u16());
+        row.code = Some(e.code.as_str().to_owned());
+        row.detail = Some(e.detail.clone());
+        super::audit::audit_alone(db, row);
+    }
+    created
+}
+
+/// The record of a create, checked by the model's rules for an admin's record.
+fn new_record(path: &str, n: &Name, body: &Value) -> Result<Credential, Problem> {
+    let Value::Object(map) = body else {
+        return Err(Problem::unprocessable(
+            ProblemCode::BadRequestBody,
+            "the body must be a JSON object: a credential record such as {\"type\": \"password\", \"username\": \"svc\", \"password\": \"…\"}",
+        ));
+    };
+    let mut map = map.clone();
+    match map.get("name") {
+        None => {
+            map.insert("name".into(), Value::String(n.as_str().to_owned()));
+        }
+        Some(Value::String(s)) if s == n.as_str() => {}
+        Some(other) => {
+            let given = match other {
+                Value::String(s) => flowpack_shared::names::quoted(s).to_string(),
+                _ => "not a string".to_owned(),
+            };
+            return Err(Problem::unprocessable(
+                ProblemCode::BadRecord,
+                format!(
+                    "{path}: field `name`: {given} differs from the path's last segment `{n}`; leave it out or make it equal"
+                ),
+            ));
+        }
+    }
+    Credential::from_map(path, &map, RecordForm::Admin)
+        .map_err(|e| Problem::unprocessable(ProblemCode::BadRecord, e.to_string()))
+}
+
 /// One problem found while resolving.
 struct ParamProblem {
     code: ProblemCode,
@@ -497,7 +606,24 @@ pub fn resolve(
         let deployed_type = deployed
             .as_ref()
             .and_then(|r| CredentialType::parse(&r.kind));
-        let type_ok = |t: CredentialType| deployed_type.is_none_or(|d| d == t);
+        // A step-given credential must be of the type the parameter names
+        // (`credential_type`), and of the deployed credential's type: a credential is specific
+        // to what it authenticates. `what` names the credential in the detail.
+        let mismatch = |t: CredentialType, what: &str| -> Option<String> {
+            match (p.credential_type, deployed_type) {
+                (Some(needed), _) if needed != t => Some(format!(
+                    "{what} is of type {}, the parameter needs a {} credential (credential_type)",
+                    t.as_str(),
+                    needed.as_str()
+                )),
+                (_, Some(d)) if d != t => Some(format!(
+                    "{what} is of type {}, the mapping was deployed with a {} credential",
+                    t.as_str(),
+                    d.as_str()
+                )),
+                _ => None,
+            }
+        };
         let result: Result<Value, ParamProblem> = match steps.get(pname) {
             Some(step) => match step_source(step) {
                 Some(StepSource::Inline(obj)) => {
@@ -509,14 +635,12 @@ pub fn resolve(
                     let origin = format!("parameters.{pname}.inline");
                     match Credential::from_map(&origin, &obj, RecordForm::Admin) {
                         Err(e) => Err(problem(ProblemCode::BadRecord, e.to_string())),
-                        Ok(c) if !type_ok(c.kind) => Err(problem(
-                            ProblemCode::TypeMismatch,
-                            format!(
-                                "the inline credential is of type {}, the mapping was deployed with a {} credential",
-                                c.kind.as_str(),
-                                deployed_type.map_or("?", CredentialType::as_str)
-                            ),
-                        )),
+                        Ok(c) if mismatch(c.kind, "the inline credential").is_some() => {
+                            Err(problem(
+                                ProblemCode::TypeMismatch,
+                                mismatch(c.kind, "the inline credential").unwrap_or_default(),
+                            ))
+                        }
                         Ok(c) if c.needs_secrets() => Err(problem(
                             ProblemCode::MissingSecrets,
                             "the inline credential carries no secret".into(),
@@ -552,7 +676,7 @@ pub fn resolve(
                                 )));
                             }
                             let path = c.object_path(&n);
-                            server_credential(db, &c, &n, &path, usage, &type_ok, deployed_type)?
+                            server_credential(db, &c, &n, &path, usage, &mismatch)?
                                 .map_err(|(code, d)| problem(code, d))
                         }
                     }
@@ -643,8 +767,7 @@ fn server_credential(
     name: &Name,
     path: &str,
     usage: Usage,
-    type_ok: &dyn Fn(CredentialType) -> bool,
-    deployed_type: Option<CredentialType>,
+    mismatch: &dyn Fn(CredentialType, &str) -> Option<String>,
 ) -> Result<Checked, Problem> {
     let Some(cid) = db.container_id(container)? else {
         return Ok(Err((
@@ -659,28 +782,23 @@ fn server_credential(
         )));
     };
     let c = public_credential(path, &row)?;
-    Ok(if !type_ok(c.kind) {
-        Err((
-            ProblemCode::TypeMismatch,
-            format!(
-                "credential {path} is of type {}, the mapping was deployed with a {} credential",
-                c.kind.as_str(),
-                deployed_type.map_or("?", CredentialType::as_str)
-            ),
-        ))
-    } else if needs_secrets(db, row.id)? {
-        Err((
-            ProblemCode::MissingSecrets,
-            format!("credential {path} has no secrets"),
-        ))
-    } else if !c.allows(usage) {
-        Err((
-            ProblemCode::UsageNotAllowed,
-            format!("credential {path} does not allow usage {}", usage.as_str()),
-        ))
-    } else {
-        Ok(json!({"source": "server", "credential": path, "type": c.kind.as_str()}))
-    })
+    Ok(
+        if let Some(detail) = mismatch(c.kind, &format!("credential {path}")) {
+            Err((ProblemCode::TypeMismatch, detail))
+        } else if needs_secrets(db, row.id)? {
+            Err((
+                ProblemCode::MissingSecrets,
+                format!("credential {path} has no secrets"),
+            ))
+        } else if !c.allows(usage) {
+            Err((
+                ProblemCode::UsageNotAllowed,
+                format!("credential {path} does not allow usage {}", usage.as_str()),
+            ))
+        } else {
+            Ok(json!({"source": "server", "credential": path, "type": c.kind.as_str()}))
+        },
+    )
 }
 
 /// The 404 for a credential (or its container) that does not exist.

@@ -699,28 +699,73 @@ fn needs_authorization(m: &Material, why: &str) -> Problem {
     )
 }
 
-/// `POST /v1/credentials/{path}/token`.
+/// The body of `POST /v1/credentials/{path}/token`, parsed: `None` for an empty body or one
+/// without `rejected`, else the access token the caller says a resource server refused.
+pub fn rejected_token(body: Option<&Value>) -> Result<Option<Secret>, Problem> {
+    let bad = |d: &str| Problem::unprocessable(ProblemCode::BadRequestBody, d);
+    let Some(body) = body else { return Ok(None) };
+    let Value::Object(o) = body else {
+        return Err(bad(
+            "the body must be empty or an object: {\"rejected\": \"<the access token that was refused>\"}",
+        ));
+    };
+    if let Some(k) = o.keys().find(|k| *k != "rejected") {
+        return Err(bad(&format!(
+            "unknown field {}; the only field is `rejected`",
+            flowpack_shared::names::quoted(k)
+        )));
+    }
+    match o.get("rejected") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(Secret::new(s.clone()))),
+        Some(_) => Err(bad(
+            "field `rejected`: expected a string, the access token that was refused",
+        )),
+    }
+}
+
+/// True when `rejected` is `m`'s stored access token, compared in constant time (the
+/// comparison tells nothing of the stored token but its length).
+fn is_stored_token(m: &Material, rejected: Option<&Secret>) -> bool {
+    use subtle::ConstantTimeEq;
+    match (m.secret("access_token"), rejected) {
+        (Some(stored), Some(r)) => {
+            bool::from(stored.expose().as_bytes().ct_eq(r.expose().as_bytes()))
+        }
+        _ => false,
+    }
+}
+
+/// `POST /v1/credentials/{path}/token`. With `rejected` equal to the stored access token, a
+/// new one is obtained even if the stored one has not expired: the provider revoked it. Any
+/// other `rejected` (an older token, already replaced) is answered with the current token.
 pub async fn token(
     app: Arc<App>,
     who: Principal,
     c: ContainerPath,
     n: Name,
+    rejected: Option<Secret>,
 ) -> Result<Value, Problem> {
     if !who.can(Perm::Use, &c) {
         return Err(Problem::lacks(Perm::Use.as_str(), &c));
     }
     let m = blocking(&app, move |app, db| load(db, &app.keys, &c, &n)).await?;
     usable(&m)?;
-    if let Some(v) = fresh(&m, app.now()) {
+    if !is_stored_token(&m, rejected.as_ref())
+        && let Some(v) = fresh(&m, app.now())
+    {
         return Ok(v);
     }
     let id = m.row_id()?;
     let flight = app.outbound.flight(id.0);
     let _in_flight = flight.lock().await;
-    // Whoever held the lock before may have refreshed: read again.
+    // Whoever held the lock before may have refreshed: read again. A token reported rejected
+    // that is no longer the stored one was replaced meanwhile: the current one is answered.
     let m = blocking(&app, move |app, db| load_by_id(db, &app.keys, id)).await?;
     usable(&m)?;
-    if let Some(v) = fresh(&m, app.now()) {
+    if !is_stored_token(&m, rejected.as_ref())
+        && let Some(v) = fresh(&m, app.now())
+    {
         return Ok(v);
     }
     let tokens = obtain(&app, &who.name, &m).await?;

@@ -2,10 +2,12 @@
 //! one request that shows whether the credential works, answered as `{"ok", "tried", "error"}`
 //! without a secret in it.
 //!
-//! - `oauth2`: a token request by the credential's grant. A `client_credentials` or `password`
-//!   token is discarded (nothing changes); an `authorization_code` credential is checked by a
-//!   refresh, and since providers may rotate refresh tokens, what that refresh obtained is kept
-//!   like any refresh (compare and swap). `implicit` has nothing to request: not ok.
+//! - `oauth2`: a token request by the credential's grant. What it obtained is kept like any
+//!   token the receiver obtains (compare and swap on the token version): a `client_credentials`
+//!   or `password` token is a valid token the next `…/token` call can serve ("authorize and
+//!   save"), and an `authorization_code` credential is checked by a refresh, whose result must
+//!   be kept since providers may rotate refresh tokens. `implicit` has nothing to request: not
+//!   ok.
 //! - `password`: `GET verify_url` with HTTP Basic authentication; ok on 2xx.
 //! - `api_key`: `GET verify_url` with the key in the header or query parameter the record names
 //!   (`placement`, `parameter_name`; defaults `header` and `X-API-Key`, or `api_key` in the
@@ -49,8 +51,12 @@ pub struct Verification {
     pub tried: String,
     /// What failed (no secret).
     pub error: Option<String>,
-    /// Tokens a refresh obtained, which must be kept (the old refresh token may be spent).
+    /// Tokens the verification obtained, to keep: a refresh's (the old refresh token may be
+    /// spent) or a new token of the credential's own grant.
     pub obtained: Option<Tokens>,
+    /// How `obtained` was obtained: `refreshed` (a refresh token) or `obtained` (the
+    /// credential's own grant), as the audit trail names it.
+    pub obtained_by: &'static str,
     /// Set when the outbound policy refused the destination: nothing was sent. Answer it with
     /// [`Material::refusal`] (`422 outbound-not-allowed`).
     pub refused: Option<Refused>,
@@ -63,6 +69,7 @@ impl Verification {
             tried: tried.into(),
             error: Some(error.into()),
             obtained: None,
+            obtained_by: "obtained",
             refused: None,
         }
     }
@@ -73,6 +80,7 @@ impl Verification {
             tried: tried.into(),
             error: None,
             obtained: None,
+            obtained_by: "obtained",
             refused: None,
         }
     }
@@ -181,8 +189,9 @@ async fn check_oauth2(out: &Outbound, m: &Material, now: Timestamp) -> Verificat
     match oauth::request_token(out, m, grant, now).await {
         Ok(tokens) => {
             let mut v = Verification::passed(tried);
+            v.obtained = Some(tokens);
             if matches!(grant, Grant::Refresh(_)) {
-                v.obtained = Some(tokens);
+                v.obtained_by = "refreshed";
             }
             v
         }
@@ -327,8 +336,10 @@ pub async fn handle(
     if let (Some(tokens), Some(id)) = (obtained, m.id) {
         rows.push(AuditRow {
             action: "oauth-token".into(),
-            outcome: "refreshed".into(),
-            detail: Some("access token refreshed by a verification".into()),
+            outcome: v.obtained_by.into(),
+            status: 200,
+            code: None,
+            detail: Some(format!("access token {} by a verification", v.obtained_by)),
             ..rows[0].clone()
         });
         let (version, path, public) = (m.version, m.path.clone(), m.public.clone());
