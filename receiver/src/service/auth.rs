@@ -399,6 +399,59 @@ mod tests {
         assert!(!who.can(Perm::Read, &p("/")));
     }
 
+    #[tokio::test]
+    async fn last_use_is_recorded_at_most_once_a_minute_and_expiry_is_checked_on_the_clock() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicI64, Ordering};
+        let start = Timestamp::now().unix_millis();
+        let ms = Arc::new(AtomicI64::new(start));
+        let clock_ms = ms.clone();
+        let clock: store::Clock = Arc::new(move || {
+            Timestamp::from_unix_millis(clock_ms.load(Ordering::SeqCst))
+                .unwrap_or_else(Timestamp::now)
+        });
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store =
+            Store::create(&tmp.path().join("store.db"), clock).unwrap_or_else(|e| panic!("{e}"));
+        let expires = Timestamp::from_unix_millis(start + 3 * 60_000);
+        let token =
+            create_token_until(&store, "ci", &[], expires).unwrap_or_else(|e| panic!("{e}"));
+        let id = &token[4..20];
+        // Authenticates at `at` (milliseconds after the start), waits until the writer has
+        // committed what that queued, and returns the recorded last use.
+        let use_at = |at: i64| {
+            ms.store(start + at, Ordering::SeqCst);
+            let db = store.db().unwrap_or_else(|e| panic!("{e}"));
+            let who = authenticate(&db, &token);
+            let written = store.write_grouped((), |_| -> store::Result<()> { Ok(()) });
+            async move {
+                written.await.unwrap_or_else(|e| panic!("{e}"));
+                let used = db
+                    .principal_by_token(id)
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .and_then(|t| t.last_used_at_ms)
+                    .map(|t| t - start);
+                (who.map(|w| w.map(|p| p.name)), used)
+            }
+        };
+        let ci = || Some("ci".to_owned());
+        let (who, used) = use_at(0).await;
+        assert_eq!((who.ok(), used), (Some(ci()), Some(0)));
+        let (_, used) = use_at(59_999).await;
+        assert_eq!(used, Some(0), "within the minute: not written again");
+        let (_, used) = use_at(60_000).await;
+        assert_eq!(used, Some(60_000));
+        let (_, used) = use_at(179_999).await;
+        assert_eq!(used, Some(179_999));
+        let (who, used) = use_at(180_000).await;
+        assert!(matches!(who, Err(AuthError::Expired)), "{who:?}");
+        assert_eq!(
+            used,
+            Some(179_999),
+            "an expired token's use is not recorded"
+        );
+    }
+
     #[test]
     fn grant_argument_is_parsed_strictly() {
         assert!(parse_grant("/public=read,write").is_ok());
