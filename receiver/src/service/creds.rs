@@ -633,26 +633,26 @@ pub fn resolve(
                         obj.insert("name".into(), Value::String(n.to_owned()));
                     }
                     let origin = format!("parameters.{pname}.inline");
-                    match Credential::from_map(&origin, &obj, RecordForm::Admin) {
-                        Err(e) => Err(problem(ProblemCode::BadRecord, e.to_string())),
-                        Ok(c) if mismatch(c.kind, "the inline credential").is_some() => {
-                            Err(problem(
-                                ProblemCode::TypeMismatch,
-                                mismatch(c.kind, "the inline credential").unwrap_or_default(),
-                            ))
-                        }
-                        Ok(c) if c.needs_secrets() => Err(problem(
+                    let parsed = Credential::from_map(&origin, &obj, RecordForm::Admin);
+                    let wrong_type = parsed
+                        .as_ref()
+                        .ok()
+                        .and_then(|c| mismatch(c.kind, "the inline credential"));
+                    match (parsed, wrong_type) {
+                        (Err(e), _) => Err(problem(ProblemCode::BadRecord, e.to_string())),
+                        (Ok(_), Some(detail)) => Err(problem(ProblemCode::TypeMismatch, detail)),
+                        (Ok(c), None) if c.needs_secrets() => Err(problem(
                             ProblemCode::MissingSecrets,
                             "the inline credential carries no secret".into(),
                         )),
-                        Ok(c) if !c.allows(usage) => Err(problem(
+                        (Ok(c), None) if !c.allows(usage) => Err(problem(
                             ProblemCode::UsageNotAllowed,
                             format!(
                                 "the inline credential does not allow usage {}",
                                 usage.as_str()
                             ),
                         )),
-                        Ok(c) => Ok(json!({"source": "inline", "type": c.kind.as_str()})),
+                        (Ok(c), None) => Ok(json!({"source": "inline", "type": c.kind.as_str()})),
                     }
                 }
                 Some(StepSource::Server(text)) => {
