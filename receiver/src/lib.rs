@@ -5,8 +5,10 @@
 //! - Create a data directory: [`datadir::init`]; load one: [`App::load`].
 //! - Serve: bind a listener and call [`run`] with a shutdown future (tests bind `127.0.0.1:0`).
 //! - TLS from PEM files: [`tls_acceptor`].
-//! - Administration while serving: [`auth::create_token`], [`trust_signer`]; both write to
-//!   the database, which `serve` reads on every request.
+//! - Administration while serving: [`auth::create_token`] (and `create_token_until`, with an
+//!   expiry), [`trust_signer`], and the listing, revoking and removing functions of [`auth`]
+//!   that the `token` and `trust` subcommands call; all write to the database, which `serve`
+//!   reads on every request.
 //! - The HTTP API: [`api`]; [`api::routes`] lists every route. Refusals: [`problem`].
 //! - Domain rules: [`service`]. Storage: only through [`store`], whose `sqlite` folder is the
 //!   one place that knows the database engine. ARCHITECTURE.md draws the layers.

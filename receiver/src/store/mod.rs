@@ -245,8 +245,9 @@ pub struct AuditRow {
     pub at: String,
     /// Who (principal name), when known.
     pub principal: Option<String>,
-    /// `deploy`, `delete-mapping`, `delete-credential`, `patch-credential`, `oauth-token`,
-    /// `oauth-authorize`, `oauth-callback`, `verify-credential`.
+    /// `deploy`, `create-credential`, `delete-mapping`, `delete-credential`,
+    /// `patch-credential`, `oauth-token`, `oauth-authorize`, `oauth-callback`,
+    /// `verify-credential`.
     pub action: String,
     /// The container concerned, when known.
     pub container: Option<String>,
