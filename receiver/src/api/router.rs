@@ -199,7 +199,7 @@ const ROUTES: &[Route] = &[
 ];
 
 /// Every route as (method, OpenAPI path template), `HEAD` included wherever `GET` is, except
-/// the OAuth callback (see [`head_allowed`]).
+/// the OAuth callback, whose `GET` spends its single-use state.
 pub fn routes() -> Vec<(Method, &'static str)> {
     let mut out = Vec::new();
     for route in ROUTES {
