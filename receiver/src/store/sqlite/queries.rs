@@ -762,19 +762,38 @@ impl Db {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<(i64, String)>> {
-        let (cond, mut args) = visible.condition("container");
-        let mut sql = format!("SELECT id, record FROM deployments WHERE {cond} AND id < ?");
-        args.push(SqlValue::Integer(before.unwrap_or(i64::MAX)));
-        if let Some(c) = container {
+        let page = Page {
+            visible,
+            container,
+            before,
+            limit,
+        };
+        self.page("SELECT id, record FROM deployments", &page, |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+    }
+
+    /// The rows `select` (a `SELECT … FROM table` whose table has `id` and `container`)
+    /// yields for `page`, newest first.
+    fn page<T>(
+        &self,
+        select: &str,
+        page: &Page<'_>,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>> {
+        let (cond, mut args) = page.visible.condition("container");
+        let mut sql = format!("{select} WHERE {cond} AND id < ?");
+        args.push(SqlValue::Integer(page.before.unwrap_or(i64::MAX)));
+        if let Some(c) = page.container {
             sql.push_str(" AND container = ?");
             args.push(SqlValue::Text(c.to_owned()));
         }
         sql.push_str(" ORDER BY id DESC LIMIT ?");
-        args.push(SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+        args.push(SqlValue::Integer(
+            i64::try_from(page.limit).unwrap_or(i64::MAX),
+        ));
         let mut st = self.conn.prepare(&sql)?;
-        let rows = st.query_map(rusqlite::params_from_iter(&args), |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
+        let rows = st.query_map(rusqlite::params_from_iter(&args), row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -852,20 +871,17 @@ impl Db {
         before: Option<i64>,
         limit: usize,
     ) -> Result<Vec<AuditRow>> {
-        let (cond, mut args) = visible.condition("container");
-        let mut sql = format!(
+        let page = Page {
+            visible,
+            container,
+            before,
+            limit,
+        };
+        self.page(
             "SELECT id, at, principal, action, container, target, bundle_id, signer_key_id, outcome, status, code, detail, verified
-             FROM audit WHERE {cond} AND id < ?"
-        );
-        args.push(SqlValue::Integer(before.unwrap_or(i64::MAX)));
-        if let Some(c) = container {
-            sql.push_str(" AND container = ?");
-            args.push(SqlValue::Text(c.to_owned()));
-        }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
-        args.push(SqlValue::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
-        let mut st = self.conn.prepare(&sql)?;
-        let rows = st.query_map(rusqlite::params_from_iter(&args), |r| {
+             FROM audit",
+            &page,
+            |r| {
             Ok(AuditRow {
                 id: r.get(0)?,
                 at: r.get(1)?,
@@ -880,8 +896,16 @@ impl Db {
                 code: r.get(10)?,
                 detail: r.get(11)?,
                 verified: r.get(12)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+                })
+            },
+        )
     }
+}
+
+/// Which page of a listing: see [`Db::deployments_page`].
+struct Page<'a> {
+    visible: &'a Visible,
+    container: Option<&'a str>,
+    before: Option<i64>,
+    limit: usize,
 }
