@@ -460,14 +460,8 @@ pub fn create(
             ));
         }
         let cid = tx.ensure_container(c)?;
-        let public = serde_json::to_string(&record.public_json()).map_err(Problem::internal)?;
-        let (id, _) = tx.upsert_credential(cid, n.as_str(), record.kind.as_str(), &public)?;
-        for (field, value) in &record.secrets {
-            if let SecretValue::Plain(secret) = value {
-                let ct = keys.encrypt(&path, field, secret)?;
-                tx.set_secret(id, field, &ct, &keys.fingerprint(secret))?;
-            }
-        }
+        // Written as a deploy writes a credential: one way to store records and secrets.
+        upsert_from_bundle(&tx, keys, cid, c, &record)?;
         let row = tx
             .credential(cid, n.as_str())?
             .ok_or_else(|| Problem::internal("a created credential vanished"))?;
