@@ -5,29 +5,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
+use common::bin::{run, serve};
 use common::*;
 use flowpack_receiver::auth;
 use flowpack_shared::keys::SigningKey;
 use flowpack_shared::timefmt::Timestamp;
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_flowpack-receiver");
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Runs a command that must succeed; its standard output.
 fn ok(args: &[&str]) -> String {
     let (code, out, err) = run(args);
     assert_eq!(code, 0, "{args:?}: {err}");
@@ -46,55 +34,7 @@ fn fails(args: &[&str]) -> String {
 
 /// A data directory made by `init`; its admin token.
 fn init(dir: &Path) -> String {
-    let out = ok(&["init", "--data-dir", dir.to_str().unwrap()]);
-    out.lines()
-        .find_map(|l| l.strip_prefix("admin_token: "))
-        .unwrap()
-        .to_owned()
-}
-
-/// `serve` on 127.0.0.1:0, killed when dropped.
-struct Serving {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(dir: &Path) -> Serving {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let base = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("first line: {first:?}"))
-        .to_owned();
-    // Drained, so that the server never blocks on a full pipe.
-    let mut stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-    });
-    Serving { child, base }
+    common::bin::init(dir).1
 }
 
 /// The secret part of a token (after `fpt_<id>_`).

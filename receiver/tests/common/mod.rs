@@ -2,6 +2,8 @@
 //! shared writer, and a reqwest client.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod bin;
+
 use std::io::{Cursor, Read};
 use std::path::Path;
 use std::sync::Arc;
