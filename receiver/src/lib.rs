@@ -239,7 +239,11 @@ pub async fn run(
         connections.spawn(async move {
             let tracked = conn.clone();
             let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
-                req.extensions_mut().insert(transport);
+                // Only a create (PUT) asks how the request came: the extension map is an
+                // allocation the hot GET path need not pay.
+                if req.method() == hyper::Method::PUT {
+                    req.extensions_mut().insert(transport);
+                }
                 let guard = tracked.begin_request();
                 let app = app.clone();
                 async move {
