@@ -468,6 +468,21 @@ fn parse_public(kind: FieldKind, value: &Value) -> Result<PublicValue, String> {
         FieldKind::Text => PublicValue::Text(text()?),
         FieldKind::Url => {
             let s = text()?;
+            // Checked first, and the value never quoted: user info would put a password in a
+            // field that is stored and shown in clear.
+            let after_scheme = s.split_once("://").map_or(s.as_str(), |(_, r)| r);
+            let authority = after_scheme
+                .split(['/', '?', '#'])
+                .next()
+                .unwrap_or_default();
+            if authority.contains('@') {
+                return Err(
+                    "a URL must not carry a user name or password (before `@`): give them in \
+                     the credential's username and sensitive fields, which are encrypted and \
+                     never shown"
+                        .into(),
+                );
+            }
             let rest = s
                 .strip_prefix("https://")
                 .or_else(|| s.strip_prefix("http://"))
@@ -712,6 +727,26 @@ mod tests {
             .map(|e| e.to_string());
         let e = e.unwrap_or_default();
         assert!(e.contains("field `key`") && !e.contains("canary-9"), "{e}");
+    }
+
+    #[test]
+    fn a_url_with_user_info_is_refused_without_quoting_it() {
+        for url in [
+            "https://u:canary-pw-1@idp.example/token",
+            "http://:canary-pw-1@127.0.0.1/",
+            "ftp://u:canary-pw-1@h/",
+        ] {
+            let json = format!(r#"{{"name":"erp","type":"password","verify_url":"{url}"}}"#);
+            let e = file(&json).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(
+                e.contains("field `verify_url`") && e.contains("user name or password"),
+                "{e}"
+            );
+            assert!(!e.contains("canary-pw-1"), "{e}");
+        }
+        // An `@` in the path or query is no user info.
+        let ok = r#"{"name":"erp","type":"password","verify_url":"https://h.example/a@b?c=@"}"#;
+        assert!(file(ok).is_ok());
     }
 
     #[test]
