@@ -34,6 +34,7 @@ Exit status:
   3  the receiver could not be reached, or did not answer within --timeout
   4  the receiver refused the token (401) or its grants (403)
   5  conflict (409): a stale bundle, a bundle id already used, a credential in use
+  6  deploy --dry-run and diff: the plan has changes (0: it has none)
 With --json, a failure of a command that talks to a receiver prints the problem document
 (application/problem+json) on standard output.
 
@@ -59,6 +60,12 @@ pub enum Command {
     /// Upload a bundle to a receiver (POST /v1/deployments). Safe to retry: a bundle applied
     /// already is answered as a replay and changes nothing.
     Deploy(DeployArgs),
+    /// Show what deploying a bundle would change on a receiver, object by object, without
+    /// changing anything (the same as deploy --dry-run). Exit status 0: no changes, 6: changes.
+    Diff(DiffArgs),
+    /// Put back what a deployment left on a receiver (mappings and credentials as it wrote
+    /// them), as a new deployment that can itself be rolled back.
+    Rollback(RollbackArgs),
     /// List a container of a receiver: its containers, mappings and credentials.
     Ls(LsArgs),
     /// Show a mapping or a credential of a receiver (credentials redacted, as the receiver
@@ -214,8 +221,34 @@ pub struct DeployArgs {
     /// Have the receiver verify every credential that carries secrets (a token request, a
     /// request to its verify_url, a connection to its database) and refuse the whole bundle
     /// if one fails.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dry_run")]
     pub verify: bool,
+    /// Change nothing: have the receiver check the bundle exactly as for a deploy and print
+    /// the plan of what the deploy would change (exit status 0: no changes, 6: changes).
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+}
+
+/// `flowpack diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The bundle.
+    #[arg(value_name = "BUNDLE")]
+    pub bundle: PathBuf,
+    /// The receiver, token, TLS, timeout and retries.
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// `flowpack rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The deployment whose objects to put back (an id from `flowpack history`).
+    #[arg(value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+    pub id: u64,
+    /// The receiver, token, TLS, timeout and retries.
+    #[command(flatten)]
+    pub server: ServerArgs,
 }
 
 /// `flowpack ls`.

@@ -64,6 +64,10 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(failure.kind.exit_status());
             }
+            if e.downcast_ref::<deploy::PlanHasChanges>().is_some() {
+                // The plan is printed; the status says it has changes (as `diff` does).
+                return ExitCode::from(6);
+            }
             if let Some(usage) = e.downcast_ref::<cli::UsageError>() {
                 // Found after parsing, still the command line's fault: clap's format, exit 2.
                 Cli::command()
@@ -85,6 +89,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::inspect(&a),
         Command::Verify(a) => inspect::verify(&a),
         Command::Deploy(a) => deploy::deploy(&a),
+        Command::Diff(a) => deploy::diff(&a),
+        Command::Rollback(a) => deploy::rollback(&a),
         Command::Ls(a) => remote::ls(&a),
         Command::Get(a) => remote::get(&a),
         Command::Audit(a) => remote::audit(&a),

@@ -76,6 +76,8 @@ problem_codes! {
     BundleIdConflict = "bundle-id-conflict",
     /// A credential of a bundle deployed with verification failed it.
     CredentialVerificationFailed = "credential-verification-failed",
+    /// A rollback of a deployment whose objects were not recorded (made by an older version).
+    NotRestorable = "not-restorable",
 
     // Credentials.
     /// A credential that a mapping still references.

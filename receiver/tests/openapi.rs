@@ -672,12 +672,37 @@ async fn every_answer_of_every_endpoint_conforms_to_the_document() {
     c.expect(
         M::POST,
         d,
-        "/v1/deployments?dry_run=true",
+        "/v1/deployments?dryrun=true",
         a,
         zip(&good),
         (400, Some("bad-query")),
     )
     .await;
+    c.expect(
+        M::POST,
+        d,
+        "/v1/deployments?dry_run=true&verify=true",
+        a,
+        zip(&good),
+        (400, Some("bad-query")),
+    )
+    .await;
+    let planned = c
+        .expect(
+            M::POST,
+            d,
+            "/v1/deployments?dry_run=true",
+            a,
+            zip(&good),
+            (200, None),
+        )
+        .await
+        .json();
+    assert_eq!(
+        planned["changes"].as_array().map(Vec::len),
+        Some(2),
+        "{planned}"
+    );
     c.expect(
         M::POST,
         d,
@@ -745,6 +770,105 @@ async fn every_answer_of_every_endpoint_conforms_to_the_document() {
         .await
         .json();
     assert_eq!(replay["replayed"], true);
+    let replan = c
+        .expect(
+            M::POST,
+            d,
+            "/v1/deployments?dry_run=true",
+            a,
+            zip(&good),
+            (200, None),
+        )
+        .await
+        .json();
+    assert_eq!(replan["replay"], true);
+    // One deployment, and a rollback to it.
+    let one = "/v1/deployments/{id}";
+    let id = rec["id"].as_i64().unwrap();
+    let shown = c
+        .expect(
+            M::GET,
+            one,
+            &format!("/v1/deployments/{id}"),
+            r,
+            Body::None,
+            (200, None),
+        )
+        .await
+        .json();
+    assert_eq!(shown, rec);
+    c.expect(
+        M::GET,
+        one,
+        "/v1/deployments/99999",
+        a,
+        Body::None,
+        (404, Some("not-found")),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        one,
+        &format!("/v1/deployments/{id}"),
+        o,
+        Body::None,
+        (404, Some("not-found")),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        one,
+        &format!("/v1/deployments/{id}"),
+        None,
+        Body::None,
+        (401, Some("unauthorized")),
+    )
+    .await;
+    c.expect(
+        M::GET,
+        one,
+        &format!("/v1/deployments/{id}?x=1"),
+        a,
+        Body::None,
+        (400, Some("bad-query")),
+    )
+    .await;
+    let back = "/v1/deployments/{id}/rollback";
+    let rb = format!("/v1/deployments/{id}/rollback");
+    c.expect(M::POST, back, &rb, r, Body::None, (403, Some("forbidden")))
+        .await;
+    c.expect(
+        M::POST,
+        back,
+        &rb,
+        None,
+        Body::None,
+        (401, Some("unauthorized")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        back,
+        "/v1/deployments/99999/rollback",
+        a,
+        Body::None,
+        (404, Some("not-found")),
+    )
+    .await;
+    c.expect(
+        M::POST,
+        back,
+        &format!("{rb}?x=1"),
+        a,
+        Body::None,
+        (400, Some("bad-query")),
+    )
+    .await;
+    let rolled = c
+        .expect(M::POST, back, &rb, a, Body::None, (201, None))
+        .await
+        .json();
+    assert_eq!(rolled["rollback_of"], id);
     let old = bundle(
         &k,
         &Opts::new("/public/orders")

@@ -36,20 +36,31 @@ pub(super) async fn handle(
                 .trim()
                 .to_ascii_lowercase()
         });
-    let query = match query_params(&req, &["verify"]) {
+    let query = match query_params(&req, &["verify", "dry_run"]) {
         Ok(q) => q,
         Err(e) => return Err(refuse(&app, &who, e)),
     };
-    let verify = match query.get("verify").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => {
+    let flag = |name: &str| match query.get(name).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(Problem::bad_request(
+            ProblemCode::BadQuery,
+            format!("`{name}` is `true` or `false`"),
+        )),
+    };
+    let (verify, dry_run) = match (flag("verify"), flag("dry_run")) {
+        (Ok(true), Ok(true)) => {
             return Err(refuse(
                 &app,
                 &who,
-                Problem::bad_request(ProblemCode::BadQuery, "`verify` is `true` or `false`"),
+                Problem::bad_request(
+                    ProblemCode::BadQuery,
+                    "`dry_run` and `verify` cannot be combined: a verification may have to store the token it obtained, and a dry run writes nothing; plan first, then deploy with `verify=true`",
+                ),
             ));
         }
+        (Ok(verify), Ok(dry_run)) => (verify, dry_run),
+        (Err(e), _) | (_, Err(e)) => return Err(refuse(&app, &who, e)),
     };
     if ct.as_deref() != Some("application/zip") {
         return Err(refuse(
@@ -103,10 +114,10 @@ pub(super) async fn handle(
     }
     file.flush().await.map_err(Problem::internal)?;
     drop(file);
-    let (outcome, record) = deploy::deploy(app, who, tmp, verify).await?;
+    let (outcome, record) = deploy::deploy(app, who, tmp, verify, dry_run).await?;
     let status = match outcome {
         Outcome::Created => StatusCode::CREATED,
-        Outcome::Replayed => StatusCode::OK,
+        Outcome::Replayed | Outcome::Planned => StatusCode::OK,
     };
     Ok(json_response(status, &record))
 }

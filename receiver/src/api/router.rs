@@ -101,6 +101,8 @@ enum Handler {
     OAuthCallback,
     Deploy,
     ListDeployments,
+    ShowDeployment,
+    Rollback,
     ListAudit,
     ShowContainer,
     MappingFile,
@@ -163,6 +165,12 @@ const ROUTES: &[Route] = &[
     r(Verb::Get, "/v1/oauth/callback", Handler::OAuthCallback),
     r(Verb::Post, "/v1/deployments", Handler::Deploy),
     r(Verb::Get, "/v1/deployments", Handler::ListDeployments),
+    r(
+        Verb::Post,
+        "/v1/deployments/{id}/rollback",
+        Handler::Rollback,
+    ),
+    r(Verb::Get, "/v1/deployments/{id}", Handler::ShowDeployment),
     r(Verb::Get, "/v1/audit", Handler::ListAudit),
     r(Verb::Get, "/v1/containers/{path}", Handler::ShowContainer),
     r(
@@ -217,16 +225,18 @@ fn head_allowed(handler: Handler) -> bool {
     !matches!(handler, Handler::OAuthCallback)
 }
 
-/// The placeholder of an object path in a template.
-const PATH: &str = "{path}";
-
 impl Route {
-    /// The family prefix (up to `{path}`) and what follows `{path}`; a template without
-    /// `{path}` is its own family, with nothing following.
+    /// The family prefix (up to its first placeholder: `{path}`, an object path of any depth,
+    /// or `{id}`) and what follows the placeholder; a template without one is its own family,
+    /// with nothing following.
     fn split(&self) -> (&'static str, Option<&'static str>) {
-        match self.template.find(PATH) {
-            Some(i) => (&self.template[..i], Some(&self.template[i + PATH.len()..])),
-            None => (self.template, None),
+        let t = self.template;
+        match t
+            .find('{')
+            .and_then(|i| Some((i, i + t[i..].find('}')? + 1)))
+        {
+            Some((start, end)) => (&t[..start], Some(&t[end..])),
+            None => (t, None),
         }
     }
 
@@ -283,6 +293,10 @@ fn table() -> &'static Table {
             }
         }
         let mut router = matchit::Router::new();
+        // A family's bare or trailing-slash pattern that another family already has (a
+        // listing `/v1/deployments` beside its items `/v1/deployments/{id}`) stays the
+        // first one's.
+        let mut taken: Vec<String> = Vec::new();
         for (f, prefix) in prefixes.iter().enumerate() {
             let patterns = if let Some(bare) = prefix.strip_suffix('/') {
                 // `/v1/containers`, `/v1/containers/` and `/v1/containers/{*rest}`.
@@ -298,6 +312,10 @@ fn table() -> &'static Table {
                 vec![(*prefix).to_owned(), format!("{prefix}/")]
             };
             for p in patterns {
+                if taken.contains(&p) {
+                    continue;
+                }
+                taken.push(p.clone());
                 // The table is a constant: a pattern that does not insert is a bug that every
                 // test of the API would show at once.
                 #[allow(clippy::expect_used)]
@@ -385,6 +403,20 @@ fn no_content((): ()) -> Response<Body> {
 
 fn no_such_endpoint() -> Problem {
     Problem::not_found("no such endpoint")
+}
+
+/// A deployment id from a path: digits only, as the listing shows them.
+fn deployment_id(arg: &str) -> Result<crate::store::DeploymentId, Problem> {
+    let arg = arg.trim_end_matches('/');
+    match arg.parse::<i64>() {
+        Ok(n) if n > 0 && arg.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(crate::store::DeploymentId(n))
+        }
+        _ => Err(Problem::not_found(format!(
+            "no deployment {}: a deployment id is a positive number",
+            flowpack_shared::names::quoted(arg)
+        ))),
+    }
 }
 
 /// Answers `req`, whose method and path `handle` has already taken (for its log line).
@@ -492,6 +524,11 @@ async fn answer_authenticated(
     };
     match handler {
         Handler::Deploy => super::deploy::handle(app, who, req).await,
+        Handler::Rollback => {
+            let id = deployment_id(arg)?;
+            let record = crate::service::rollback::rollback(app, who, id).await?;
+            Ok(json_response(StatusCode::CREATED, &record))
+        }
         Handler::MappingFile => files::stream_mapping_file(&app, who, arg.to_owned()).await,
         Handler::Resolve => {
             let (c, n) = object_path(arg)?;
@@ -575,6 +612,7 @@ async fn answer_authenticated(
 /// unauthenticated caller gets 401 whatever the path.
 enum ReadRequest {
     Deployments(Result<Page, Problem>),
+    Deployment(Result<crate::store::DeploymentId, Problem>),
     Audit(Result<Page, Problem>),
     Container(Result<flowpack_shared::names::ContainerPath, Problem>),
     Mapping(
@@ -603,6 +641,9 @@ impl ReadRequest {
     fn of(handler: Handler, req: &Request<Incoming>, arg: &str) -> Option<ReadRequest> {
         Some(match handler {
             Handler::ListDeployments => ReadRequest::Deployments(page(req)),
+            Handler::ShowDeployment => {
+                ReadRequest::Deployment(no_query(req).and_then(|()| deployment_id(arg)))
+            }
             Handler::ListAudit => ReadRequest::Audit(page(req)),
             Handler::ShowContainer => ReadRequest::Container(
                 no_query(req).and_then(|()| container_path(arg.trim_end_matches('/'))),
@@ -620,6 +661,7 @@ impl ReadRequest {
     fn answer(self, db: &Db, who: &Principal) -> Result<Response<Body>, Problem> {
         match self {
             ReadRequest::Deployments(page) => catalog::list_deployments(db, who, &page?).map(ok),
+            ReadRequest::Deployment(id) => catalog::show_deployment(db, who, id?).map(ok),
             ReadRequest::Audit(page) => catalog::list_audit(db, who, &page?).map(ok),
             ReadRequest::Container(c) => catalog::show_container(db, who, &c?).map(ok),
             ReadRequest::Mapping(p) => {

@@ -73,6 +73,22 @@ pub(crate) fn list_deployments(db: &Db, who: &Principal, page: &Page) -> Result<
     Ok(json!({"deployments": records, "next": next}))
 }
 
+/// One deployment's record. A deployment in a container the caller cannot read is answered
+/// as one that does not exist: ids are sequential, and would tell what happens elsewhere.
+pub(crate) fn show_deployment(
+    db: &Db,
+    who: &Principal,
+    id: crate::store::DeploymentId,
+) -> Result<Value, Problem> {
+    let missing = || Problem::not_found(format!("no deployment {id}"));
+    let d = db.deployment(id)?.ok_or_else(missing)?;
+    let visible = ContainerPath::parse(&d.container).is_ok_and(|c| who.can(Perm::Read, &c));
+    if !visible {
+        return Err(missing());
+    }
+    serde_json::from_str(&d.record).map_err(Problem::internal)
+}
+
 /// The audit trail, newest first. A refusal whose manifest could not be read names no
 /// container: only callers who can read everything see it.
 pub(crate) fn list_audit(db: &Db, who: &Principal, page: &Page) -> Result<Value, Problem> {

@@ -393,6 +393,7 @@ pub fn patch(
     for f in cleared {
         tx.clear_secret(row.id, f)?;
     }
+    tx.set_changed_outside(row.id, true)?;
     if let Some(before) = before {
         let carried: Vec<&str> = parsed.secrets.keys().copied().collect();
         unbind_moved_secrets(tx, row.id, &before, kind, &parsed.public_json(), &carried)?;
@@ -465,6 +466,8 @@ pub fn create(
         let row = tx
             .credential(cid, n.as_str())?
             .ok_or_else(|| Problem::internal("a created credential vanished"))?;
+        // Not written by a deployment: a bundle that replaces it is told so (drift).
+        tx.set_changed_outside(row.id, true)?;
         let answer = redacted(&tx, &path, &row)?;
         tx.insert_audit(&audit("created", 201))?;
         tx.commit()?;

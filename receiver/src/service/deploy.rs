@@ -47,8 +47,8 @@ use tokio::sync::Semaphore;
 use crate::App;
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
-use crate::service::creds;
 use crate::service::oauth::{Material, Tokens};
+use crate::service::{creds, plan};
 use crate::store::{AuditRow, CredentialId, Db, Replay, Tx};
 
 /// Clock skew allowed for `created_at` (see docs/DECISIONS.md).
@@ -98,16 +98,20 @@ pub enum Outcome {
     Created,
     /// Applied before; the record is the original one.
     Replayed,
+    /// A dry run: the answer is the plan, nothing was applied.
+    Planned,
 }
 
 /// Deploys the bundle spooled in `spooled` (the caller checked the request and may deploy
 /// somewhere): checks it, verifies its credentials when `verify`, and applies it; answers the
-/// deployment record.
+/// deployment record. With `dry_run`, every check is made as for the deploy, and the answer
+/// is the plan of what the deploy would change; nothing is written but the audit row.
 pub async fn deploy(
     app: Arc<App>,
     who: Principal,
     tmp: tempfile::NamedTempFile,
     verify: bool,
+    dry_run: bool,
 ) -> Result<(Outcome, Value), Problem> {
     // Checks, and a credential bundle's payload, on the blocking pool, one bundle per core;
     // then verification of its credentials if asked for and nothing refused it; then the
@@ -131,7 +135,7 @@ pub async fn deploy(
         .map_err(|_| Problem::internal("checking a bundle stopped"))?;
     let obtained = match &prepared {
         // A payload already found bad is refused by the writer, after the replay checks.
-        Ok(p) if verify && !p.replay && !matches!(p.payload, Some(Err(_))) => {
+        Ok(p) if verify && !dry_run && !p.replay && !matches!(p.payload, Some(Err(_))) => {
             verify_bundle(&app, &who, p).await?
         }
         _ => HashMap::new(),
@@ -140,12 +144,16 @@ pub async fn deploy(
     app.store
         .write_grouped(app.work_token(), move |tx| {
             let result = match prepared {
-                Ok(p) => tx.savepoint(|tx| apply(&worker, tx, &who, p, &obtained))?,
+                Ok(p) => tx.savepoint(|tx| apply(&worker, tx, &who, p, &obtained, dry_run))?,
                 Err(failed) => Err(failed),
             };
             result.map_err(|(e, info)| {
                 // Kept: only `apply`'s savepoint was undone.
-                if let Err(ae) = tx.insert_audit(&refusal_row(&who, info.as_deref(), &e)) {
+                let mut row = refusal_row(&who, info.as_deref(), &e);
+                if dry_run {
+                    row = plan_row(row);
+                }
+                if let Err(ae) = tx.insert_audit(&row) {
                     tracing::error!(error = %ae, "writing an audit row failed");
                 }
                 e
@@ -628,7 +636,8 @@ fn stale(db: &Db, m: &flowpack_shared::bundle::manifest::Manifest) -> Result<(),
 }
 
 /// Applies a prepared bundle in the writer's transaction: replay, expiry and staleness, then
-/// the payload. Returns the status and the deployment record.
+/// the payload. Returns the outcome and the deployment record; with `dry_run`, the plan, and
+/// nothing is written but the audit row.
 /// `obtained`: tokens a verification's refresh obtained, stored over the bundle's.
 fn apply(
     app: &App,
@@ -636,6 +645,7 @@ fn apply(
     who: &Principal,
     prepared: Prepared,
     obtained: &HashMap<String, Tokens>,
+    dry_run: bool,
 ) -> Result<(Outcome, Value), Failed> {
     let Prepared {
         mut bundle,
@@ -666,6 +676,20 @@ fn apply(
         .map_err(|e| fail(e.into()))?;
         let mut record: Value =
             serde_json::from_str(&known.record).map_err(|e| fail(Problem::internal(e)))?;
+        if dry_run {
+            let plan = json!({
+                "dry_run": true,
+                "replay": true,
+                "bundle_id": m.bundle_id.as_str(),
+                "container": target.as_str(),
+                "deployment": record.get("id").cloned().unwrap_or(Value::Null),
+                "changes": [],
+            });
+            let row = deploy_audit(who, target, &info, "planned", 200);
+            tx.insert_audit(&plan_row(row))
+                .map_err(|e| fail(e.into()))?;
+            return Ok((Outcome::Planned, plan));
+        }
         if let Value::Object(o) = &mut record {
             o.insert("replayed".into(), Value::Bool(true));
         }
@@ -678,6 +702,34 @@ fn apply(
         .map_err(|e| fail(e.into()))?;
     stale(tx, &m).map_err(fail)?;
 
+    // What is stored now, before anything is written: the plan compares against it.
+    let known_container = tx.container_id(target).map_err(|e| fail(e.into()))?;
+    let files_same = plan::files_unchanged(tx, known_container, &m).map_err(fail)?;
+    if dry_run {
+        let payload = match payload {
+            Some(read) => read,
+            None => bundle.read_payload(Some(&app.identity), &mut |n, p, size, data| {
+                file_size_ok(n, p, size)?;
+                drain(n, p, size, data)
+            }),
+        }
+        .map_err(|e| fail(e.into()))?;
+        check_kind(&m, &payload).map_err(fail)?;
+        let changes =
+            changes_of(app, tx, known_container, target, &payload, &files_same).map_err(fail)?;
+        let plan = json!({
+            "dry_run": true,
+            "replay": false,
+            "bundle_id": m.bundle_id.as_str(),
+            "container": target.as_str(),
+            "changes": changes,
+        });
+        let row = deploy_audit(who, target, &info, "planned", 200);
+        tx.insert_audit(&plan_row(row))
+            .map_err(|e| fail(e.into()))?;
+        return Ok((Outcome::Planned, plan));
+    }
+
     let created_ms = m.created_at.unix_millis();
     let cid = tx.ensure_container(target).map_err(|e| fail(e.into()))?;
     let did = tx
@@ -685,9 +737,14 @@ fn apply(
             m.bundle_id.as_str(),
             target.as_str(),
             created_ms,
-            &manifest_sha256,
+            Some(&manifest_sha256),
         )
         .map_err(|e| fail(e.into()))?;
+    let digests: HashMap<&str, [u8; 32]> = m
+        .entries
+        .iter()
+        .map(|e| (e.path.as_str(), e.sha256.0))
+        .collect();
     let mut versions: HashMap<Name, i64> = HashMap::new();
     let payload = if let Some(read) = payload {
         read.map_err(|e| fail(e.into()))?
@@ -698,12 +755,16 @@ fn apply(
                            size: u64,
                            data: &mut dyn std::io::Read|
          -> std::io::Result<()> {
-            if size > MAX_FILE {
-                return Err(BundleError::SizeLimit(format!(
-                    "mapping {name}: file {path} is {size} bytes; this receiver stores files up to {MAX_FILE} bytes"
-                ))
-                .into_io());
+            file_size_ok(name, path, size)?;
+            if files_same.contains_key(name) {
+                // The live version has these very files: they are not stored twice.
+                return drain(name, path, size, data);
             }
+            let digest = digests
+                .get(format!("mappings/{name}/files/{path}").as_str())
+                .ok_or_else(|| {
+                    std::io::Error::other("a mapping file the manifest does not list")
+                })?;
             let vid = match versions.get(name) {
                 Some(v) => *v,
                 None => {
@@ -714,73 +775,102 @@ fn apply(
                     v
                 }
             };
-            tx.write_mapping_file(vid, path.as_str(), size, data)
+            tx.write_mapping_file(vid, path.as_str(), size, digest, data)
         };
         bundle
             .read_payload(Some(&app.identity), &mut on_file)
             .map_err(|e| fail(e.into()))?
     };
-    if m.kind == BundleKind::Credentials && !payload.mappings.is_empty() {
-        return Err(fail(Problem::unprocessable(
-            ProblemCode::BadRecord,
-            "a standalone credential bundle carries mappings",
-        )));
-    }
+    check_kind(&m, &payload).map_err(fail)?;
+    let changes =
+        changes_of(app, tx, known_container, target, &payload, &files_same).map_err(fail)?;
+    let (mapping_changes, credential_changes) = changes.split_at(payload.mappings.len());
 
     let mut created = Vec::new();
     let mut updated = Vec::new();
+    let mut unchanged = Vec::new();
     let mut needs = Vec::new();
     let mut cleared = Vec::new();
-    for mapping in &payload.mappings {
-        let vid = match versions.get(&mapping.name) {
-            Some(v) => *v,
-            None => tx
-                .new_mapping_version(cid, &mapping.name, did)
-                .map_err(|e| fail(e.into()))?,
+    let mut drift = Vec::new();
+    let mut listed = |change: &plan::Change| {
+        let list = match change.action {
+            plan::Action::Create => &mut created,
+            plan::Action::Update => &mut updated,
+            plan::Action::Unchanged => &mut unchanged,
         };
-        let def = serde_json::to_string(mapping).map_err(|e| fail(Problem::internal(e)))?;
-        let replaced = tx
-            .finish_mapping_version(cid, &mapping.name, vid, &def)
-            .map_err(|e| fail(e.into()))?;
-        let path = target.object_path(&mapping.name);
-        if replaced {
-            updated.push(path);
-        } else {
-            created.push(path);
+        list.push(change.path.clone());
+        if change.drift {
+            drift.push(change.path.clone());
         }
-    }
-    for c in &payload.credentials {
-        let up = creds::upsert_from_bundle(tx, &app.keys, cid, target, c).map_err(fail)?;
-        if let Some(tokens) = obtained.get(c.name.as_str()) {
-            let row = tx
-                .credential(cid, c.name.as_str())
+    };
+    for (mapping, change) in payload.mappings.iter().zip(mapping_changes) {
+        listed(change);
+        let live = if change.action == plan::Action::Unchanged {
+            tx.mapping(cid, mapping.name.as_str())
                 .map_err(|e| fail(e.into()))?
-                .ok_or_else(|| fail(Problem::internal("an upserted credential vanished")))?;
+                .ok_or_else(|| fail(Problem::internal("an unchanged mapping vanished")))?
+                .version_id
+        } else {
+            let vid = match versions.get(&mapping.name) {
+                Some(v) => *v,
+                None => tx
+                    .new_mapping_version(cid, &mapping.name, did)
+                    .map_err(|e| fail(e.into()))?,
+            };
+            if let Some(old) = files_same.get(&mapping.name) {
+                tx.copy_mapping_files(*old, vid)
+                    .map_err(|e| fail(e.into()))?;
+            }
+            let def = serde_json::to_string(mapping).map_err(|e| fail(Problem::internal(e)))?;
+            tx.finish_mapping_version(cid, &mapping.name, vid, &def)
+                .map_err(|e| fail(e.into()))?;
+            vid
+        };
+        tx.record_deployment_mapping(did, mapping.name.as_str(), live)
+            .map_err(|e| fail(e.into()))?;
+    }
+    for (c, change) in payload.credentials.iter().zip(credential_changes) {
+        listed(change);
+        let path = &change.path;
+        if change.action != plan::Action::Unchanged {
+            let up = creds::upsert_from_bundle(tx, &app.keys, cid, target, c).map_err(fail)?;
+            if up.secrets_cleared {
+                cleared.push(up.path.clone());
+            }
+        }
+        let row = tx
+            .credential(cid, c.name.as_str())
+            .map_err(|e| fail(e.into()))?
+            .ok_or_else(|| fail(Problem::internal("an upserted credential vanished")))?;
+        tx.set_changed_outside(row.id, false)
+            .map_err(|e| fail(e.into()))?;
+        if let Some(tokens) = obtained.get(c.name.as_str()) {
             let public =
                 serde_json::from_str(&row.public).map_err(|e| fail(Problem::internal(e)))?;
-            crate::service::oauth::write_tokens(tx, &app.keys, row.id, &up.path, &public, tokens)
+            crate::service::oauth::write_tokens(tx, &app.keys, row.id, path, &public, tokens)
                 .map_err(fail)?;
         }
-        if up.needs_secrets {
-            needs.push(up.path.clone());
+        if creds::needs_secrets(tx, row.id).map_err(fail)? {
+            needs.push(path.clone());
         }
-        if up.secrets_cleared {
-            cleared.push(up.path.clone());
-        }
-        if up.created {
-            created.push(up.path);
-        } else {
-            updated.push(up.path);
-        }
+        tx.record_credential_version(did, cid, c.name.as_str())
+            .map_err(|e| fail(e.into()))?;
     }
     let record = json!({
         "id": did,
         "bundle_id": m.bundle_id.as_str(),
         "container": target.as_str(),
+        "at": app.now().to_string(),
+        "principal": who.name,
+        "signer_key_id": m.signer_key_id.to_string(),
+        "environment": m.environment,
+        "rollback_of": Value::Null,
         "created": created,
         "updated": updated,
+        "unchanged": unchanged,
         "needs_secrets": needs,
         "secrets_cleared": cleared,
+        "drift": drift,
         "replayed": false,
     });
     tx.set_deployment_record(did, &record.to_string())
@@ -789,6 +879,77 @@ fn apply(
     tx.insert_audit(&row).map_err(|e| fail(e.into()))?;
     tracing::info!(bundle_id = %m.bundle_id, container = %target, deployment = did.0, "bundle applied");
     Ok((Outcome::Created, record))
+}
+
+/// Refuses a mapping file larger than the store keeps.
+fn file_size_ok(
+    name: &Name,
+    path: &flowpack_shared::names::RelPath,
+    size: u64,
+) -> std::io::Result<()> {
+    if size > MAX_FILE {
+        return Err(BundleError::SizeLimit(format!(
+            "mapping {name}: file {path} is {size} bytes; this receiver stores files up to {MAX_FILE} bytes"
+        ))
+        .into_io());
+    }
+    Ok(())
+}
+
+/// Refuses a standalone credential bundle that carries mappings.
+fn check_kind(
+    m: &flowpack_shared::bundle::manifest::Manifest,
+    payload: &Payload,
+) -> Result<(), Problem> {
+    if m.kind == BundleKind::Credentials && !payload.mappings.is_empty() {
+        return Err(Problem::unprocessable(
+            ProblemCode::BadRecord,
+            "a standalone credential bundle carries mappings",
+        ));
+    }
+    Ok(())
+}
+
+/// The change of every object of a payload (its mappings first, then its credentials, each in
+/// bundle order), against what the store holds before the write; refuses a change of type of
+/// a credential that a mapping outside the bundle uses.
+fn changes_of(
+    app: &App,
+    db: &Db,
+    container: Option<crate::store::ContainerId>,
+    target: &ContainerPath,
+    payload: &Payload,
+    files_same: &HashMap<Name, i64>,
+) -> Result<Vec<plan::Change>, Problem> {
+    let mut changes = Vec::new();
+    for mapping in &payload.mappings {
+        let same = files_same.contains_key(&mapping.name);
+        changes.push(plan::mapping_change(db, container, target, mapping, same)?);
+    }
+    let mut retyped = Vec::new();
+    for c in &payload.credentials {
+        let (change, row) = plan::credential_change(db, &app.keys, container, target, c)?;
+        if let Some(row) = row
+            && row.kind != c.kind.as_str()
+        {
+            retyped.push((&c.name, row.kind, c.kind.as_str()));
+        }
+        changes.push(change);
+    }
+    let retyped: Vec<(&Name, &str, &str)> = retyped
+        .iter()
+        .map(|(n, old, new)| (*n, old.as_str(), *new))
+        .collect();
+    let replaced: std::collections::HashSet<&str> =
+        payload.mappings.iter().map(|m| m.name.as_str()).collect();
+    plan::check_types_in_use(db, container, target, &retyped, &replaced)?;
+    Ok(changes)
+}
+
+/// The audit row of a dry run: the deploy's, under the action `plan`.
+fn plan_row(mut row: AuditRow) -> AuditRow {
+    row.action = "plan".into();
+    row
 }
 
 /// The audit row of a deploy that got past verification.

@@ -13,4 +13,6 @@ pub mod catalog;
 pub mod creds;
 pub mod deploy;
 pub mod oauth;
+pub mod plan;
+pub mod rollback;
 pub mod verify;

@@ -224,6 +224,36 @@ pub struct Replay {
     pub manifest_sha256: Option<Vec<u8>>,
 }
 
+/// A deployment as stored.
+#[derive(Debug, Clone)]
+pub struct DeploymentRow {
+    /// Its id.
+    pub id: DeploymentId,
+    /// The container it was applied to.
+    pub container: String,
+    /// Its record (JSON).
+    pub record: String,
+    /// The `created_at` of its bundle (Unix milliseconds), which staleness compares.
+    pub created_at_ms: i64,
+}
+
+/// A credential as a deployment left it: the record and its secrets' ciphertext.
+#[derive(Debug, Clone)]
+pub struct CredentialVersion {
+    /// Row id of the version.
+    pub id: i64,
+    /// The credential's name.
+    pub name: String,
+    /// Type name.
+    pub kind: String,
+    /// The non-sensitive record as JSON.
+    pub public: String,
+    /// Whether it needed authorization then.
+    pub needs_authorization: bool,
+    /// Its secrets then (erased when the credential was deleted since).
+    pub secrets: Vec<SecretRow>,
+}
+
 /// Which containers a caller may see in a listing: all, or those under the given prefixes.
 #[derive(Debug, Clone)]
 pub enum Visible {
@@ -245,7 +275,7 @@ pub struct AuditRow {
     pub at: String,
     /// Who (principal name), when known.
     pub principal: Option<String>,
-    /// `deploy`, `create-credential`, `delete-mapping`, `delete-credential`,
+    /// `deploy`, `plan`, `rollback`, `create-credential`, `delete-mapping`, `delete-credential`,
     /// `patch-credential`, `oauth-token`, `oauth-authorize`, `oauth-callback`,
     /// `verify-credential`.
     pub action: String,

@@ -150,9 +150,14 @@ impl Server {
     }
 
     pub async fn deploy(&self, token: &str, bundle: &[u8]) -> (u16, Value) {
+        self.deploy_to(token, "/v1/deployments", bundle).await
+    }
+
+    /// `POST` of a bundle to `path` (`/v1/deployments` with a query).
+    pub async fn deploy_to(&self, token: &str, path: &str, bundle: &[u8]) -> (u16, Value) {
         let r = self
             .client
-            .post(self.url("/v1/deployments"))
+            .post(self.url(path))
             .bearer_auth(token)
             .header("content-type", "application/zip")
             .body(bundle.to_vec())

@@ -2,6 +2,7 @@
 
 mod checkpoint;
 mod group;
+mod history;
 mod queries;
 mod schema;
 

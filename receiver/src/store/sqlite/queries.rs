@@ -420,11 +420,14 @@ impl Tx<'_> {
     }
 
     /// Streams one file of a mapping version into the database as a blob of `size` bytes.
+    /// `sha256` is the digest the bundle's manifest gives (the reader checks the bytes against
+    /// it, and the transaction rolls back when they differ).
     pub fn write_mapping_file(
         &self,
         version_id: i64,
         path: &str,
         size: u64,
+        sha256: &[u8; 32],
         data: &mut dyn std::io::Read,
     ) -> std::io::Result<()> {
         fn io(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
@@ -433,8 +436,8 @@ impl Tx<'_> {
         let conn = self.conn();
         let len = i64::try_from(size).map_err(io)?;
         conn.execute(
-            "INSERT INTO mapping_files (version_id, path, data) VALUES (?1, ?2, zeroblob(?3))",
-            params![version_id, path, len],
+            "INSERT INTO mapping_files (version_id, path, data, sha256) VALUES (?1, ?2, zeroblob(?3), ?4)",
+            params![version_id, path, len, sha256.as_slice()],
         )
         .map_err(io)?;
         let row = conn.last_insert_rowid();
@@ -640,9 +643,16 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Deletes a credential and its secrets.
+    /// Deletes a credential and its secrets, the secrets its deployments recorded included (a
+    /// deleted secret must be gone; its records stay, so a rollback restores it without them).
     pub fn delete_credential(&self, credential: CredentialId) -> Result<()> {
         let conn = self.conn();
+        conn.execute(
+            "DELETE FROM credential_version_secrets WHERE version_id IN (
+               SELECT v.id FROM credential_versions v JOIN credentials c
+               ON c.container_id = v.container_id AND c.name = v.name WHERE c.id = ?1)",
+            params![credential],
+        )?;
         conn.execute(
             "DELETE FROM credential_secrets WHERE credential_id = ?1",
             params![credential],
@@ -808,13 +818,14 @@ impl Db {
 }
 
 impl Tx<'_> {
-    /// Inserts a deployment with a placeholder record; returns its id.
+    /// Inserts a deployment with a placeholder record; returns its id. `manifest_sha256` is
+    /// `None` for a rollback, which applies no bundle.
     pub fn insert_deployment(
         &self,
         bundle_id: &str,
         container: &str,
         created_at_ms: i64,
-        manifest_sha256: &[u8],
+        manifest_sha256: Option<&[u8]>,
     ) -> Result<DeploymentId> {
         let conn = self.conn();
         conn.execute(

@@ -1,7 +1,7 @@
 //! The database's schema, and the migrations from each older version (`PRAGMA user_version`).
 
 /// Schema version in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// From version 1 to 2 (OAuth, issue 7): the token version a refresh compares and swaps, the
 /// `needs_authorization` mark, and the pending authorization-code flows.
@@ -36,8 +36,47 @@ ALTER TABLE tokens ADD COLUMN last_used_at_ms INTEGER;
 CREATE INDEX tokens_principal ON tokens(principal_id);
 "#;
 
+/// From version 4 to 5 (history and rollback): a mapping file keeps the SHA-256 its bundle's
+/// manifest gave it (`NULL` for files stored before: hashed when compared); a credential
+/// remembers whether it was changed outside deployments since it was last deployed (drift);
+/// every deployment records which mapping version and which credential record (with its
+/// secrets, encrypted as the live ones are) it left, so that it can be restored.
+const MIGRATE_4_TO_5: &str = r#"
+ALTER TABLE mapping_files ADD COLUMN sha256 BLOB;
+ALTER TABLE credentials ADD COLUMN changed_outside INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE deployment_mappings (
+  deployment_id INTEGER NOT NULL REFERENCES deployments(id),
+  name TEXT NOT NULL,
+  version_id INTEGER NOT NULL REFERENCES mapping_versions(id),
+  PRIMARY KEY (deployment_id, name)
+);
+CREATE TABLE credential_versions (
+  id INTEGER PRIMARY KEY,
+  deployment_id INTEGER NOT NULL REFERENCES deployments(id),
+  container_id INTEGER NOT NULL REFERENCES containers(id),
+  name TEXT NOT NULL,
+  type TEXT NOT NULL,
+  public TEXT NOT NULL,
+  needs_authorization INTEGER NOT NULL,
+  UNIQUE (deployment_id, name)
+);
+CREATE INDEX credential_versions_object ON credential_versions(container_id, name);
+CREATE TABLE credential_version_secrets (
+  version_id INTEGER NOT NULL REFERENCES credential_versions(id) ON DELETE CASCADE,
+  field TEXT NOT NULL,
+  ciphertext BLOB NOT NULL,
+  fingerprint TEXT NOT NULL,
+  PRIMARY KEY (version_id, field)
+);
+"#;
+
 /// The steps from each version to the next: `MIGRATIONS[i]` upgrades version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[MIGRATE_1_TO_2, MIGRATE_2_TO_3, MIGRATE_3_TO_4];
+pub(super) const MIGRATIONS: &[&str] = &[
+    MIGRATE_1_TO_2,
+    MIGRATE_2_TO_3,
+    MIGRATE_3_TO_4,
+    MIGRATE_4_TO_5,
+];
 
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE principals (
