@@ -857,6 +857,42 @@ async fn sighup_gives_new_connections_the_new_certificate_while_an_upload_comple
     let (st, v) = upload.await.unwrap();
     assert_eq!(st, 201, "{v}");
 
+    // Limits apply from the next request on.
+    write_config(
+        &dir,
+        &json!({"tls_cert": "tls/cert.pem", "tls_key": "tls/key.pem", "listen": "127.0.0.1:0",
+                "limits": {"max_bundle_size": 1000}}),
+    );
+    srv.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = new_client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        let samples = parse_exposition(&r.text().await.unwrap());
+        if value(&samples, "flowpack_reloads_total", &[("outcome", "ok")]) == 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second reload was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(b.len() > 1000);
+    let r = new_client
+        .post(format!("{base}/v1/deployments"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/zip")
+        .body(b.clone())
+        .send()
+        .await
+        .unwrap();
+    let (st, v) = answer(r).await;
+    assert_eq!((st, v["code"].as_str()), (413, Some("too-large")), "{v}");
+
     // A reload with a broken certificate keeps the one in force, and says which file.
     std::fs::write(
         dir.join("tls/cert.pem"),
@@ -875,7 +911,7 @@ async fn sighup_gives_new_connections_the_new_certificate_while_an_upload_comple
         if value(&samples, "flowpack_reloads_total", &[("outcome", "failed")]) == 1.0 {
             assert_eq!(
                 value(&samples, "flowpack_reloads_total", &[("outcome", "ok")]),
-                1.0
+                2.0
             );
             break;
         }
