@@ -1,16 +1,19 @@
-//! `config.json`: the receiver's limits, connection cap and outbound policy, as the data
-//! directory holds them ([`crate::datadir`] reads and writes the file). Apart from the data
-//! directory so that the infrastructure it configures (`outbound`) need not import it.
+//! `config.json`: the receiver's limits, connection cap, outbound policy, and how `serve`
+//! listens and logs, as the data directory holds them ([`crate::datadir`] writes the file;
+//! [`read`] reads it). Apart from the data directory so that the infrastructure it configures
+//! (`outbound`) need not import it.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use flowpack_shared::zipfmt::Limits;
 use serde::{Deserialize, Serialize};
 
 use crate::outbound::AllowEntry;
 
 /// Limits on bundles, as `config.json` holds them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Largest bundle, in bytes.
@@ -49,9 +52,24 @@ impl LimitsConfig {
 }
 
 /// `config.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// The address `serve` listens on (`--listen` overrides it); without it, [`DEFAULT_LISTEN`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// The TLS certificate chain (PEM), relative to the data directory unless absolute
+    /// (`--tls-cert` overrides it). Given with `tls_key` or not at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// The TLS private key (PEM), relative to the data directory unless absolute
+    /// (`--tls-key` overrides it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// How the log is written (`--log-format` overrides it).
+    pub log_format: LogFormat,
+    /// Where the receiver keeps its data.
+    pub store: StoreKind,
     /// Bundle limits.
     pub limits: LimitsConfig,
     /// CA certificates (PEM files) trusted for outbound OAuth calls, besides the system's roots.
@@ -63,13 +81,180 @@ pub struct Config {
     pub outbound_allow: Vec<AllowEntry>,
 }
 
+/// The address `serve` listens on when neither `--listen` nor `config.json` names one.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
+
 impl Default for Config {
     fn default() -> Self {
         Config {
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            log_format: LogFormat::Text,
+            store: StoreKind::Sqlite,
             limits: LimitsConfig::default(),
             extra_ca_files: Vec::new(),
             max_connections: 256,
             outbound_allow: Vec::new(),
         }
+    }
+}
+
+impl Config {
+    /// The TLS certificate and key files, relative paths taken from `data_dir`; `None` when
+    /// neither is set. Fails when only one of them is.
+    pub fn tls_files(&self, data_dir: &Path) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some((data_dir.join(cert), data_dir.join(key)))),
+            (Some(_), None) => anyhow::bail!("`tls_cert` is set without `tls_key`: give both"),
+            (None, Some(_)) => anyhow::bail!("`tls_key` is set without `tls_cert`: give both"),
+        }
+    }
+}
+
+/// How the log is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text per event (`key=value` fields).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where the receiver keeps its data: only `"sqlite"` (the data directory's `store.db`) in
+/// this version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreKind {
+    /// SQLite in the data directory.
+    #[default]
+    Sqlite,
+}
+
+impl Serialize for StoreKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            StoreKind::Sqlite => s.serialize_str("sqlite"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StoreKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StoreKind, D::Error> {
+        // The value is never quoted back: a database URL may carry a password.
+        let text = zeroize::Zeroizing::new(String::deserialize(d)?);
+        if *text == "sqlite" {
+            return Ok(StoreKind::Sqlite);
+        }
+        let lower = text.to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            return Err(serde::de::Error::custom(
+                "a PostgreSQL store is not supported by this version of flowpack-receiver; use \"sqlite\" or leave `store` out",
+            ));
+        }
+        Err(serde::de::Error::custom(
+            "`store` is \"sqlite\" (its value is not shown: it may be a database URL)",
+        ))
+    }
+}
+
+/// Reads `config.json` at `path` (a missing file is the default configuration). An error
+/// names the file, and the field where it is (`limits.max_entries: …`).
+pub fn read(path: &Path) -> anyhow::Result<Config> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    parse(&bytes).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Parses the text of `config.json`.
+pub fn parse(bytes: &[u8]) -> anyhow::Result<Config> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let at = e.path().to_string();
+        let inner = e.into_inner();
+        if at.is_empty() || at == "." {
+            anyhow::anyhow!("{inner}")
+        } else {
+            anyhow::anyhow!("`{at}`: {inner}")
+        }
+    })?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> String {
+        match parse(text.as_bytes()) {
+            Ok(c) => panic!("{text} parsed: {c:?}"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn new_keys_parse_and_default() {
+        let c = parse(br#"{"listen": "0.0.0.0:8443", "tls_cert": "tls/cert.pem", "tls_key": "/etc/k.pem", "log_format": "json", "store": "sqlite"}"#)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            c.listen,
+            Some("0.0.0.0:8443".parse().unwrap_or_else(|e| panic!("{e}")))
+        );
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(
+            c.tls_files(Path::new("/data"))
+                .unwrap_or_else(|e| panic!("{e:#}")),
+            Some((
+                PathBuf::from("/data/tls/cert.pem"),
+                PathBuf::from("/etc/k.pem")
+            ))
+        );
+        let d = parse(b"{}").unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(d, Config::default());
+        // What `init` writes parses back to the same.
+        let written = serde_json::to_string_pretty(&Config::default()).unwrap_or_default();
+        assert_eq!(parse(written.as_bytes()).ok(), Some(Config::default()));
+        assert!(!written.contains("null"), "{written}");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = error(r#"{"log_fromat": "json"}"#);
+        assert!(e.contains("log_fromat"), "{e}");
+        let e = error(r#"{"limits": {"max_entires": 1}}"#);
+        assert!(e.contains("limits.max_entires"), "{e}");
+        let e = error(r#"{"log_format": "xml"}"#);
+        assert!(e.contains("`log_format`") && e.contains("xml"), "{e}");
+    }
+
+    #[test]
+    fn a_postgres_store_is_refused_without_quoting_the_url() {
+        let e = error(r#"{"store": "postgres://flow:hunter2-canary@db.internal/flowpack"}"#);
+        assert!(
+            e.contains("`store`") && e.contains("not supported by this version"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2-canary"), "{e}");
+        let e = error(r#"{"store": "mysql://u:hunter2-canary@db/x"}"#);
+        assert!(
+            e.contains("`store`") && !e.contains("hunter2-canary"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn one_tls_file_without_the_other_is_refused() {
+        let c = parse(br#"{"tls_cert": "c.pem"}"#).unwrap_or_else(|e| panic!("{e:#}"));
+        let e = c
+            .tls_files(Path::new("/d"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("tls_key"), "{e}");
     }
 }

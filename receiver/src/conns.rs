@@ -54,20 +54,10 @@ const RESERVED_FDS: u64 = 64;
 
 /// Raises the soft limit on open files to the hard limit (a server that holds many
 /// connections needs more than the usual 1,024), then returns the most connections that
-/// limit leaves room for, capped at `configured`.
-pub fn connection_cap(configured: usize) -> usize {
+/// limit leaves room for.
+pub fn connection_room() -> usize {
     let fds = raise_open_files_limit();
-    let room = usize::try_from(fds.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX);
-    let cap = configured.min(room).max(1);
-    if cap < configured {
-        tracing::warn!(
-            configured,
-            cap,
-            open_files = fds,
-            "the limit on open files allows fewer connections than max_connections"
-        );
-    }
-    cap
+    usize::try_from(fds.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX)
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force.
@@ -328,10 +318,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
-/// The open connections, and the cap on them.
+/// The open connections, and the room for them.
 #[derive(Debug)]
 pub struct Registry {
-    cap: usize,
+    /// The most connections the limit on open files leaves room for.
+    room: usize,
     inner: Mutex<Inner>,
 }
 
@@ -342,17 +333,21 @@ struct Inner {
     /// When a new connection was last refused for want of an idle one to close (logged at
     /// most every few seconds).
     last_full_warning: Option<Instant>,
+    /// The last configured cap found over the room (warned about once).
+    warned_over_room: Option<usize>,
 }
 
 impl Registry {
-    /// A registry that keeps at most `cap` connections open.
-    pub fn new(cap: usize) -> Registry {
+    /// A registry that keeps at most `room` connections open, whatever the cap given to
+    /// [`Registry::admit`].
+    pub fn new(room: usize) -> Registry {
         Registry {
-            cap: cap.max(1),
+            room: room.max(1),
             inner: Mutex::new(Inner {
                 next_id: 0,
                 open: HashMap::new(),
                 last_full_warning: None,
+                warned_over_room: None,
             }),
         }
     }
@@ -364,12 +359,23 @@ impl Registry {
     }
 
     /// Registers a connection just accepted, closing the longest-idle connection first when
-    /// the cap is reached. `None` when every open connection is in the middle of a request:
-    /// the new one is then closed at once.
-    pub fn admit(&self) -> Option<Arc<Conn>> {
+    /// the cap is reached: `configured` (`max_connections`, read for each connection so that a
+    /// reload applies to the next one), or the room the limit on open files leaves if that is
+    /// lower. `None` when every open connection is in the middle of a request: the new one is
+    /// then closed at once.
+    pub fn admit(&self, configured: usize) -> Option<Arc<Conn>> {
         let now = Instant::now();
         let mut inner = self.inner();
-        if inner.open.len() >= self.cap {
+        let cap = configured.min(self.room).max(1);
+        if cap < configured && inner.warned_over_room != Some(configured) {
+            inner.warned_over_room = Some(configured);
+            tracing::warn!(
+                configured,
+                cap,
+                "the limit on open files allows fewer connections than max_connections"
+            );
+        }
+        if inner.open.len() >= cap {
             let oldest = inner
                 .open
                 .values()
@@ -394,7 +400,7 @@ impl Registry {
                     if warn {
                         inner.last_full_warning = Some(now);
                         tracing::warn!(
-                            cap = self.cap,
+                            cap,
                             "every connection is busy with a request; refusing new connections"
                         );
                     }
@@ -439,21 +445,21 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_busy_connection_is_never_evicted_and_the_longest_idle_goes_first() {
         let r = Registry::new(2);
-        let a = r.admit().unwrap();
+        let a = r.admit(usize::MAX).unwrap();
         tokio::time::advance(Duration::from_secs(1)).await;
-        let b = r.admit().unwrap();
+        let b = r.admit(usize::MAX).unwrap();
         // Full: the longest idle (a) makes room.
-        let c = r.admit().unwrap();
+        let c = r.admit(usize::MAX).unwrap();
         assert!(a.state().evicted);
         assert!(!b.state().evicted);
         assert_eq!(r.open(), 2);
         // Both open ones busy: a new connection is refused.
         let _gb = b.begin_request();
         let _gc = c.begin_request();
-        assert!(r.admit().is_none());
+        assert!(r.admit(usize::MAX).is_none());
         // One done: it is idle, and goes when room is needed.
         drop(_gc);
-        let _d = r.admit().unwrap();
+        let _d = r.admit(usize::MAX).unwrap();
         assert!(c.state().evicted);
         assert!(!b.state().evicted);
     }
@@ -462,19 +468,19 @@ mod tests {
     async fn the_watchdog_times_heads_and_keep_alive_apart() {
         let t = Timeouts::default();
         let r = Registry::new(8);
-        let c = r.admit().unwrap();
+        let c = r.admit(usize::MAX).unwrap();
         let started = Instant::now();
         assert_eq!(c.watchdog(t).await, Closed::HeadTimeout);
         assert_eq!(started.elapsed(), t.head);
 
         // Served once: idle for keep_alive, then a slow head for `head` from its first byte.
-        let c = r.admit().unwrap();
+        let c = r.admit(usize::MAX).unwrap();
         drop(c.begin_request());
         let idle = Instant::now();
         assert_eq!(c.watchdog(t).await, Closed::KeepAliveTimeout);
         assert_eq!(idle.elapsed(), t.keep_alive);
 
-        let c = r.admit().unwrap();
+        let c = r.admit(usize::MAX).unwrap();
         drop(c.begin_request());
         tokio::time::advance(Duration::from_secs(30)).await;
         c.received();
@@ -483,7 +489,7 @@ mod tests {
         assert_eq!(first_byte.elapsed(), t.head);
 
         // Busy: no deadline until the request is done.
-        let c = r.admit().unwrap();
+        let c = r.admit(usize::MAX).unwrap();
         let g = c.begin_request();
         let waited = tokio::time::timeout(Duration::from_secs(3600), c.watchdog(t)).await;
         assert!(waited.is_err());

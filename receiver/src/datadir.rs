@@ -241,12 +241,7 @@ pub fn load(dir: &DataDir) -> anyhow::Result<Loaded> {
         anyhow::anyhow!("{}: expected exactly 32 bytes", dir.secrets_key().display())
     })?;
     let keys = SecretKeys::derive(&SecretBytes::new(master));
-    let config: Config = match fs::read(dir.config()) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .with_context(|| format!("reading {}", dir.config().display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::default(),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.config().display())),
-    };
+    let config = crate::config::read(&dir.config())?;
     fs::create_dir_all(dir.spool())?;
     let store = Store::open(&dir.store(), crate::store::wall_clock())?;
     Ok(Loaded {

@@ -4,7 +4,11 @@
 //! Which API to use when:
 //! - Create a data directory: [`datadir::init`]; load one: [`App::load`].
 //! - Serve: bind a listener and call [`run`] with a shutdown future (tests bind `127.0.0.1:0`).
-//! - TLS from PEM files: [`tls_acceptor`].
+//! - TLS from PEM files: [`tls_acceptor`]; with a certificate to replace while serving:
+//!   [`tls::ServerCert`] and [`tls::acceptor`].
+//! - What `serve` runs with (`config.json` and the flags over it) and its reload on `SIGHUP`:
+//!   [`reload`]; the log's format: [`logs`]; readiness: [`App::check_store`]; the counters of
+//!   `GET /metrics`: [`metrics`].
 //! - Administration while serving: [`auth::create_token`] (and `create_token_until`, with an
 //!   expiry), [`trust_signer`], and the listing, revoking and removing functions of [`auth`]
 //!   that the `token` and `trust` subcommands call; all write to the database, which `serve`
@@ -19,10 +23,14 @@ pub mod api;
 pub mod config;
 pub mod conns;
 pub mod datadir;
+pub mod logs;
+pub mod metrics;
 pub mod outbound;
 pub mod problem;
+pub mod reload;
 pub mod service;
 pub mod store;
+pub mod tls;
 
 pub use service::auth;
 
@@ -32,15 +40,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use flowpack_shared::keys::VerifyingKey;
 use flowpack_shared::names::ContainerPath;
 use flowpack_shared::seal::SealingIdentity;
 use flowpack_shared::timefmt::Timestamp;
 use hyper_util::rt::TokioIo;
+pub use tls::TlsAcceptor;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-pub use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::datadir::{Config, DataDir};
@@ -60,8 +67,8 @@ pub struct App {
     pub identity: SealingIdentity,
     /// At-rest and fingerprint keys.
     pub keys: SecretKeys,
-    /// `config.json`.
-    pub config: Config,
+    /// `config.json` as in force: read with [`App::config`]; replaced whole by a reload.
+    config: arc_swap::ArcSwap<Config>,
     /// Current time.
     pub clock: Clock,
     /// Outbound HTTP (OAuth token endpoints, verification) and the single-flight locks.
@@ -72,6 +79,14 @@ pub struct App {
     pub body_idle: Duration,
     /// How long connections may wait for a request head or stay idle between requests.
     pub timeouts: conns::Timeouts,
+    /// How long `GET /readyz` waits for the store before answering `503`.
+    pub ready_timeout: Duration,
+    /// The counters `GET /metrics` shows.
+    pub metrics: metrics::Metrics,
+    /// A readiness check is waiting for the store (see `api/ready.rs`).
+    pub(crate) probing: std::sync::atomic::AtomicBool,
+    /// The database file's identity (device, inode) when it was opened.
+    store_file: Option<(u64, u64)>,
     /// Work on blocking threads (everything that touches the store): shutdown waits for it.
     work: TaskTracker,
 }
@@ -87,6 +102,7 @@ impl App {
     pub fn load(dir: &Path) -> anyhow::Result<App> {
         let dir = DataDir::new(dir);
         let loaded = datadir::load(&dir)?;
+        let store_file = file_identity(&dir.store());
         let outbound = outbound::Outbound::new(&loaded.config)?;
         Ok(App {
             outbound,
@@ -94,13 +110,51 @@ impl App {
             store: loaded.store,
             identity: loaded.identity,
             keys: loaded.keys,
-            config: loaded.config,
+            config: arc_swap::ArcSwap::from_pointee(loaded.config),
             clock: store::wall_clock(),
             shutdown_grace: SHUTDOWN_GRACE,
             body_idle: api::BODY_IDLE,
             timeouts: conns::Timeouts::default(),
+            ready_timeout: READY_TIMEOUT,
+            metrics: metrics::Metrics::new(api::route_labels()),
+            probing: std::sync::atomic::AtomicBool::new(false),
+            store_file,
             work: TaskTracker::new(),
         })
+    }
+
+    /// The configuration in force (`config.json`, as last loaded or reloaded). Cheap: no lock,
+    /// no reference count touched.
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// Puts `config` in force, for what is read from it from now on (limits, the connection
+    /// cap). The outbound policy is [`App::outbound`]'s: see [`outbound::Outbound::reload`].
+    pub fn set_config(&self, config: Config) {
+        self.config.store(Arc::new(config));
+    }
+
+    /// Changes the configuration in force with `f` (tests, before serving).
+    pub fn edit_config(&self, f: impl FnOnce(&mut Config)) {
+        let mut c = Config::clone(&self.config.load());
+        f(&mut c);
+        self.set_config(c);
+    }
+
+    /// Whether the store can serve: a round trip to it on a pooled connection, and its file
+    /// still the one opened (a database file removed or replaced under a running receiver
+    /// would take its writes nowhere anyone reads). Blocks: run it on a blocking thread.
+    pub fn check_store(&self) -> anyhow::Result<()> {
+        self.store.db()?.ping()?;
+        let path = self.dir.store();
+        if file_identity(&path) != self.store_file {
+            anyhow::bail!(
+                "{} was removed or replaced since the receiver opened it; restart the receiver",
+                path.display()
+            );
+        }
+        Ok(())
     }
 
     /// The current time, from [`App::clock`].
@@ -121,6 +175,12 @@ impl App {
     pub(crate) fn work_token(&self) -> tokio_util::task::task_tracker::TaskTrackerToken {
         self.work.token()
     }
+}
+
+/// A file's device and inode, `None` if it cannot be read.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Runs `f` on a blocking thread with a fresh connection to the store, tracked like all store
@@ -161,30 +221,17 @@ pub fn trust_signer(
 }
 
 /// A TLS acceptor from a PEM certificate chain and a PEM private key, with ring's provider.
+/// To replace the certificate while serving, build it with [`tls::acceptor`] from a
+/// [`tls::ServerCert`] and call [`tls::ServerCert::reload`].
 pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("reading {}", cert.display()))?;
-    if certs.is_empty() {
-        anyhow::bail!("{}: no certificate found", cert.display());
-    }
-    let key =
-        PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading {}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("loading the TLS certificate and key")?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    tls::acceptor(Arc::new(tls::ServerCert::load(cert, key)?))
 }
 
 /// How long shutdown waits for in-flight requests, by default.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+
+/// How long `GET /readyz` waits for the store, by default.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves HTTP (or HTTPS with `tls`) on `listener` until `shutdown` completes, then stops
 /// accepting and waits up to [`App::shutdown_grace`] for in-flight requests to be answered.
@@ -203,9 +250,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let registry = Arc::new(conns::Registry::new(conns::connection_cap(
-        app.config.max_connections,
-    )));
+    let registry = Arc::new(conns::Registry::new(conns::connection_room()));
     let timeouts = app.timeouts;
     // Every connection's task, so that those left after the grace period can be closed.
     let mut connections = JoinSet::new();
@@ -224,7 +269,7 @@ pub async fn run(
             () = &mut shutdown => break,
         };
         while connections.try_join_next().is_some() {}
-        let Some(conn) = registry.admit() else {
+        let Some(conn) = registry.admit(app.config().max_connections) else {
             // Every connection is in the middle of a request: this one is closed unserved.
             continue;
         };
@@ -247,7 +292,7 @@ pub async fn run(
                 let guard = tracked.begin_request();
                 let app = app.clone();
                 async move {
-                    let resp = api::handle(app, req).await?;
+                    let resp = api::handle(app, req, transport.peer).await?;
                     Ok::<_, std::convert::Infallible>(
                         resp.map(|body| conns::Tracked::new(body, guard)),
                     )

@@ -4,15 +4,17 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use flowpack_receiver::config::LogFormat;
 use flowpack_receiver::datadir::{self, DataDir};
-use flowpack_receiver::{App, auth, store::Store};
+use flowpack_receiver::reload::{self, Reloader, Settings};
+use flowpack_receiver::{App, auth, logs, store::Store, tls};
 use flowpack_shared::names::ContainerPath;
 
 /// The most blocking threads the runtime starts (tokio's default is 512); see `serve`.
@@ -47,20 +49,26 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// Serves the HTTP API.
+    /// Serves the HTTP API. Each flag overrides its key in the data directory's config.json;
+    /// SIGHUP reloads config.json and the TLS certificate, SIGTERM stops after in-flight
+    /// requests.
     Serve {
         /// The data directory.
         #[arg(long)]
         data_dir: PathBuf,
-        /// Address to listen on; without TLS only loopback addresses are allowed.
-        #[arg(long, default_value = "127.0.0.1:7443")]
-        listen: SocketAddr,
-        /// TLS certificate chain (PEM).
+        /// Address to listen on [default: config.json's `listen`, else 127.0.0.1:7443];
+        /// without TLS only loopback addresses are allowed.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// TLS certificate chain (PEM) [default: config.json's `tls_cert`].
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
-        /// TLS private key (PEM).
+        /// TLS private key (PEM) [default: config.json's `tls_key`].
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Log lines as text or JSON objects [default: config.json's `log_format`, else text].
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
     },
 }
 
@@ -179,7 +187,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             listen,
             tls_cert,
             tls_key,
-        } => serve(data_dir, listen, tls_cert.zip(tls_key)),
+            log_format,
+        } => serve(
+            data_dir,
+            reload::Flags {
+                listen,
+                tls: tls_cert.zip(tls_key),
+                log_format,
+            },
+        ),
     }
 }
 
@@ -366,33 +382,28 @@ fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {
     Store::open(&dir.store(), flowpack_receiver::store::wall_clock())
 }
 
-fn serve(
-    data_dir: PathBuf,
-    listen: SocketAddr,
-    tls: Option<(PathBuf, PathBuf)>,
-) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_timer(LogTime)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person watching, not in a log file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOWPACK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    if tls.is_none() && !listen.ip().is_loopback() {
+fn serve(data_dir: PathBuf, flags: reload::Flags) -> anyhow::Result<()> {
+    let dir = DataDir::new(&data_dir);
+    // Read first for the log's format; `App::load` reads it again with the rest.
+    let config = flowpack_receiver::config::read(&dir.config())?;
+    let settings = Settings::of(&config, &flags, &data_dir)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", dir.config().display()))?;
+    logs::init(settings.log_format)?;
+    let listen = settings.listen;
+    if settings.tls.is_none() && !listen.ip().is_loopback() {
         bail!(
-            "refusing to listen on {listen} without TLS: give --tls-cert and --tls-key, or listen on a loopback address"
+            "refusing to listen on {listen} without TLS: give --tls-cert and --tls-key (or tls_cert and tls_key in config.json), or listen on a loopback address"
         );
     }
     // Held until `serve` returns: a second server on the same directory exits here.
-    let _lock = datadir::lock_for_serving(&DataDir::new(&data_dir))?;
+    let _lock = datadir::lock_for_serving(&dir)?;
     let app = Arc::new(App::load(&data_dir)?);
-    let acceptor = match &tls {
-        Some((cert, key)) => Some(flowpack_receiver::tls_acceptor(cert, key)?),
+    let cert = match &settings.tls {
+        Some((cert, key)) => Some(Arc::new(tls::ServerCert::load(cert, key)?)),
         None => None,
     };
+    let acceptor = cert.clone().map(tls::acceptor).transpose()?;
+    let mut reloader = Reloader::new(app.clone(), cert, flags, settings);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Requests touch the store on blocking threads. Most hold one for well under a
@@ -407,51 +418,32 @@ fn serve(
             .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr()?;
         let shutdown = shutdown_signal()?;
+        // Registered before `listening on` is printed, like the shutdown signals.
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP received: reloading config.json and the TLS certificate");
+                // Files are read and HTTP clients built: off the async threads.
+                match tokio::task::spawn_blocking(move || {
+                    reloader.reload();
+                    reloader
+                })
+                .await
+                {
+                    Ok(r) => reloader = r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload failed; reloads are off until restart");
+                        return;
+                    }
+                }
+            }
+        });
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         print_line(&format!("listening on {scheme}://{addr}"))?;
         flowpack_receiver::run(listener, app, acceptor, shutdown).await?;
         Ok(())
     })
-}
-
-/// The log's timestamps: the text of tracing-subscriber's default timer
-/// (`2026-11-22T14:50:00.123456Z`: UTC, microseconds), made with one write instead of seven
-/// formatting calls, which were a fifth of the cost of the line logged for every request.
-#[derive(Debug, Clone, Copy)]
-struct LogTime;
-
-impl tracing_subscriber::fmt::time::FormatTime for LogTime {
-    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
-        match utc_micros(time::OffsetDateTime::now_utc()) {
-            Some(text) => w.write_str(std::str::from_utf8(&text).map_err(|_| std::fmt::Error)?),
-            // Years of five digits or before year 0: the default timer's own form.
-            None => tracing_subscriber::fmt::time::SystemTime.format_time(w),
-        }
-    }
-}
-
-/// `t` as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC), or `None` outside the years 0 to 9999.
-fn utc_micros(t: time::OffsetDateTime) -> Option<[u8; 27]> {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
-    let mut text = *b"0000-00-00T00:00:00.000000Z";
-    for (range, value) in [
-        (0..4, year),
-        (5..7, u32::from(u8::from(t.month()))),
-        (8..10, u32::from(t.day())),
-        (11..13, u32::from(t.hour())),
-        (14..16, u32::from(t.minute())),
-        (17..19, u32::from(t.second())),
-        (20..26, t.microsecond()),
-    ] {
-        let mut v = value;
-        for digit in text[range].iter_mut().rev() {
-            // `v % 10` is a digit.
-            *digit = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    }
-    Some(text)
 }
 
 /// Registers the SIGTERM and SIGINT handlers now, and returns a future that completes on
@@ -468,39 +460,4 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
         }
         tracing::info!("shutdown signal received");
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_timestamps_have_the_default_timers_form() {
-        let form = time::macros::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-        );
-        for (secs, nanos) in [
-            (0, 0),
-            (951_782_400, 1_000),           // 2000-02-29
-            (1_700_000_000, 123_456_789),   // sub-microseconds are cut, not rounded
-            (1_795_351_800, 999_999_999),   // 2026-11-22T14:50:00.999999Z
-            (253_402_300_799, 999_999_000), // 9999-12-31T23:59:59.999999Z
-            (-62_167_219_200, 0),           // 0000-01-01T00:00:00.000000Z
-        ] {
-            let t = time::OffsetDateTime::from_unix_timestamp(secs)
-                .unwrap_or_else(|e| panic!("{e}"))
-                + time::Duration::nanoseconds(nanos);
-            let ours = utc_micros(t).unwrap_or_else(|| panic!("{t} has a four-digit year"));
-            let expected = t.format(&form).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(
-                std::str::from_utf8(&ours).ok(),
-                Some(expected.as_str()),
-                "{t}"
-            );
-        }
-        // The day before year 0 (`time` holds no five-digit years).
-        let year_minus_1 = time::OffsetDateTime::from_unix_timestamp(-62_167_219_201)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(utc_micros(year_minus_1), None);
-    }
 }

@@ -492,20 +492,28 @@ pub fn shown(url: &reqwest::Url) -> String {
 /// The outbound HTTP clients, the policy they enforce and the single-flight locks of OAuth
 /// refreshes.
 pub struct Outbound {
+    /// The clients and the hosts they allow, replaced whole by [`Outbound::reload`].
+    policy: arc_swap::ArcSwap<Policy>,
+    /// One lock per credential row id; entries are kept (one small mutex per credential
+    /// used), so two callers never hold different locks for the same credential. A reload
+    /// keeps them.
+    flights: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// What `config.json` decides of outbound requests: the clients (with the extra CA
+/// certificates) and the hosts listed in `outbound_allow`.
+struct Policy {
     /// For unlisted hosts: https only, and its resolver refuses what is not public.
     public: reqwest::Client,
     /// For hosts listed in `outbound_allow`: any address, http allowed.
     listed: reqwest::Client,
     allow: Vec<AllowEntry>,
-    /// One lock per credential row id; entries are kept (one small mutex per credential
-    /// used), so two callers never hold different locks for the same credential.
-    flights: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl fmt::Debug for Outbound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Outbound")
-            .field("allow", &self.allow)
+            .field("allow", &self.policy.load().allow)
             .finish_non_exhaustive()
     }
 }
@@ -515,6 +523,36 @@ impl Outbound {
     /// several certificates), allowing `config.outbound_allow`. Installs ring as the process's
     /// rustls provider if none is installed.
     pub fn new(config: &Config) -> anyhow::Result<Outbound> {
+        Ok(Outbound {
+            policy: arc_swap::ArcSwap::from_pointee(Policy::new(config)?),
+            flights: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Puts `config`'s policy in force for the requests checked from now on (a reload): its
+    /// `outbound_allow` and `extra_ca_files`. On an error (a CA file that cannot be read),
+    /// the policy in force is kept.
+    pub fn reload(&self, config: &Config) -> anyhow::Result<()> {
+        self.policy.store(Arc::new(Policy::new(config)?));
+        Ok(())
+    }
+
+    /// The hosts listed in `outbound_allow`.
+    pub fn allowed(&self) -> Vec<AllowEntry> {
+        self.policy.load().allow.clone()
+    }
+
+    fn is_listed(&self, host: &Host<String>, port: u16) -> bool {
+        self.policy
+            .load()
+            .allow
+            .iter()
+            .any(|a| a.matches(host, port))
+    }
+}
+
+impl Policy {
+    fn new(config: &Config) -> anyhow::Result<Policy> {
         if rustls::crypto::CryptoProvider::get_default().is_none() {
             // Fails only if another thread installed one meanwhile, which is as good.
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -546,23 +584,15 @@ impl Outbound {
                 .build()
                 .context("building the outbound HTTP client")
         };
-        Ok(Outbound {
+        Ok(Policy {
             public: build(true)?,
             listed: build(false)?,
             allow: config.outbound_allow.clone(),
-            flights: Mutex::new(HashMap::new()),
         })
     }
+}
 
-    /// The hosts listed in `outbound_allow`.
-    pub fn allowed(&self) -> &[AllowEntry] {
-        &self.allow
-    }
-
-    fn is_listed(&self, host: &Host<String>, port: u16) -> bool {
-        self.allow.iter().any(|a| a.matches(host, port))
-    }
-
+impl Outbound {
     /// Checks the URL in field `field` against the policy before anything is sent: an
     /// `http://` or `https://` URL without user info; `http://` only to a listed host; an IP
     /// address in it must be public unless listed. (A host name is checked when it is
@@ -613,10 +643,11 @@ impl Outbound {
 
     /// A request to a checked target, on the client for it.
     pub fn request(&self, method: reqwest::Method, target: Target) -> reqwest::RequestBuilder {
+        let policy = self.policy.load();
         let client = if target.listed {
-            &self.listed
+            &policy.listed
         } else {
-            &self.public
+            &policy.public
         };
         client.request(method, target.url)
     }

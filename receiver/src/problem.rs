@@ -68,6 +68,8 @@ problem_codes! {
     UnsupportedMediaType = "unsupported-media-type",
     /// A fault of the receiver's own; the detail is generic, the log has the cause.
     Internal = "internal",
+    /// The receiver cannot serve now: its store did not answer a readiness check.
+    NotReady = "not-ready",
 
     // Deployments.
     /// A bundle older than what is deployed.

@@ -233,7 +233,8 @@ async fn permission_matrix() {
 
 #[tokio::test]
 async fn content_type_size_and_malformed_bodies_are_refused() {
-    let s = Server::start_with(|app| app.config.limits.max_bundle_size = 64 * 1024).await;
+    let s =
+        Server::start_with(|app| app.edit_config(|c| c.limits.max_bundle_size = 64 * 1024)).await;
     let r = s
         .client
         .post(s.url("/v1/deployments"))

@@ -66,7 +66,7 @@ async fn read_health(c: &mut TcpStream) {
 async fn healthz_is_answered_within_a_second_while_one_client_holds_1000_idle_or_slow_connections()
 {
     let s = Server::start().await;
-    let cap = s.app.config.max_connections;
+    let cap = s.app.config().max_connections;
     assert!(cap < 1000, "the default cap is {cap}");
     let addr = addr(&s);
     let started = std::time::Instant::now();
@@ -114,7 +114,7 @@ async fn healthz_is_answered_within_a_second_while_one_client_holds_1000_idle_or
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_in_the_middle_of_a_request_is_never_closed_to_make_room() {
-    let s = Server::start_with(|app| app.config.max_connections = 4).await;
+    let s = Server::start_with(|app| app.edit_config(|c| c.max_connections = 4)).await;
     let addr = addr(&s);
     // An upload under way: its head is complete, its body half sent. `Expect: 100-continue`
     // tells when the handler has started reading the body.

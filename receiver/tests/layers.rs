@@ -2,8 +2,8 @@
 //! its own layer or the ones below it (ARCHITECTURE.md draws them).
 //!
 //! From the bottom: `problem` (imports nothing of the crate); `store`; the infrastructure
-//! (`config`, `outbound`, `conns`); the services (`service/`); the HTTP API (`api/`). The
-//! wiring (`lib.rs`, `main.rs`, `datadir.rs`) may use everything. Items of the crate root
+//! (`config`, `outbound`, `conns`, `metrics`, `tls`, `logs`); the services (`service/`); the HTTP API (`api/`). The
+//! wiring (`lib.rs`, `main.rs`, `datadir.rs`, `reload.rs`) may use everything. Items of the crate root
 //! (`App`, `blocking`, `Clock`) are the services' and the API's context: only they may name
 //! them. Services also never name `hyper`: they return values and `Problem`s, never responses.
 //! Only `store/sqlite/` names `rusqlite`.
@@ -15,13 +15,16 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     ("problem", &["problem"]),
     ("store", &["store"]),
-    ("infrastructure", &["config", "outbound", "conns"]),
+    (
+        "infrastructure",
+        &["config", "outbound", "conns", "metrics", "tls", "logs"],
+    ),
     ("services", &["service"]),
     ("api", &["api"]),
 ];
 
 /// Modules that wire the layers together: they may use any of them.
-const WIRING: &[&str] = &["lib", "main", "datadir"];
+const WIRING: &[&str] = &["lib", "main", "datadir", "reload"];
 
 /// The first module of a file's path under `src/`: `api/router.rs` → `api`.
 fn module_of(src: &Path, file: &Path) -> String {

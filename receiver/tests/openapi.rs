@@ -561,7 +561,7 @@ async fn every_answer_of_every_endpoint_conforms_to_the_document() {
     let doc = document();
     let v = Validator::new(&doc);
     let s = Server::start_with(|app| {
-        app.config.limits.max_bundle_size = 256 * 1024;
+        app.edit_config(|c| c.limits.max_bundle_size = 256 * 1024);
         // Long enough for any body the scenario sends whole, short enough to wait for the stall.
         app.body_idle = Duration::from_secs(1);
         allow_outbound(app, &["127.0.0.1"]);
@@ -612,6 +612,20 @@ async fn every_answer_of_every_endpoint_conforms_to_the_document() {
         (405, Some("method-not-allowed")),
     )
     .await;
+    for open in ["/readyz", "/metrics"] {
+        c.expect(M::GET, open, open, None, Body::None, (200, None))
+            .await;
+        let with_query = format!("{open}?x=1");
+        c.expect(
+            M::GET,
+            open,
+            &with_query,
+            None,
+            Body::None,
+            (400, Some("bad-query")),
+        )
+        .await;
+    }
     c.expect(
         M::GET,
         "/v1/keys",

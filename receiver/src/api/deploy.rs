@@ -80,7 +80,7 @@ pub(super) async fn handle(
             Problem::forbidden("you lack `write` on every container"),
         ));
     }
-    let max = app.config.limits.max_bundle_size;
+    let max = app.config().limits.max_bundle_size;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -15,6 +15,8 @@ mod deploy;
 mod extract;
 mod files;
 mod reads;
+mod ready;
+mod request_id;
 mod router;
 
 use std::convert::Infallible;
@@ -26,7 +28,8 @@ use hyper::{Request, Response};
 use crate::App;
 
 pub use answer::{Body, full, json_response, problem_response};
-pub use router::routes;
+pub use request_id::X_REQUEST_ID;
+pub use router::{route_labels, routes};
 
 pub(crate) use crate::blocking;
 
@@ -53,21 +56,39 @@ impl Transport {
 /// How long a request body may go without a byte arriving, by default ([`App::body_idle`]).
 pub const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Answers one request (never fails: errors become problem documents).
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// Answers one request from `peer` (never fails: errors become problem documents), counts it
+/// in the metrics and logs it: one line per request, with its request id (also sent back as
+/// `X-Request-Id`), the client's address, the route's template, the path (never the query,
+/// where a secret may be), the status, the principal and the duration.
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Result<Response<Body>, Infallible> {
+    let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let started = std::time::Instant::now();
-    let (resp, who) = match router::route(app, req, &method, &path).await {
+    let id = request_id::RequestId::of(&req);
+    let mut matched = None;
+    let (mut resp, who) = match router::route(app.clone(), req, &method, &path, &mut matched).await
+    {
         Ok((r, who)) => (r, who),
         Err((e, who)) => (problem_response(e), who),
     };
+    let took = started.elapsed();
+    let status = resp.status().as_u16();
+    app.metrics.request(matched, status, took);
+    resp.headers_mut()
+        .insert(X_REQUEST_ID, id.header_value().clone());
     tracing::info!(
         %method,
         path = %path,
-        status = resp.status().as_u16(),
+        status,
         principal = who.as_deref().unwrap_or("-"),
-        ms = started.elapsed().as_millis() as u64,
+        ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        request_id = %id.as_str(),
+        client = %peer,
+        route = %router::template(matched),
         "request"
     );
     Ok(resp)

@@ -27,6 +27,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::App;
+use crate::metrics::{DeployOutcome, RouteLabel};
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{self, Perm, Principal};
 use crate::service::catalog::{self, Page};
@@ -96,6 +97,8 @@ impl Verb {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Handler {
     Health,
+    Ready,
+    Metrics,
     Keys,
     OpenApi,
     OAuthCallback,
@@ -123,7 +126,12 @@ impl Handler {
     fn open(self) -> bool {
         matches!(
             self,
-            Handler::Health | Handler::Keys | Handler::OpenApi | Handler::OAuthCallback
+            Handler::Health
+                | Handler::Ready
+                | Handler::Metrics
+                | Handler::Keys
+                | Handler::OpenApi
+                | Handler::OAuthCallback
         )
     }
 
@@ -160,6 +168,8 @@ const fn r(verb: Verb, template: &'static str, handler: Handler) -> Route {
 /// `files::mapping_file`).
 const ROUTES: &[Route] = &[
     r(Verb::Get, "/healthz", Handler::Health),
+    r(Verb::Get, "/readyz", Handler::Ready),
+    r(Verb::Get, "/metrics", Handler::Metrics),
     r(Verb::Get, "/v1/keys", Handler::Keys),
     r(Verb::Get, "/v1/openapi.json", Handler::OpenApi),
     r(Verb::Get, "/v1/oauth/callback", Handler::OAuthCallback),
@@ -341,11 +351,12 @@ enum Found<'p> {
     Nothing,
 }
 
-/// Looks `path` up: what it names with `method`, and the family it belongs to.
-fn find<'p>(method: &Method, path: &'p str) -> (Found<'p>, Option<&'static Family>) {
+/// Looks `path` up: what it names with `method`, the family it belongs to, and the index in
+/// [`ROUTES`] of the route it names.
+fn find<'p>(method: &Method, path: &'p str) -> (Found<'p>, Option<&'static Family>, Option<usize>) {
     let table = table();
     let Ok(m) = table.router.at(path) else {
-        return (Found::Nothing, None);
+        return (Found::Nothing, None, None);
     };
     let family = &table.families[*m.value];
     let rest = m.params.get(REST).unwrap_or("");
@@ -357,13 +368,32 @@ fn find<'p>(method: &Method, path: &'p str) -> (Found<'p>, Option<&'static Famil
             continue;
         };
         if Some(route.verb) == verb {
-            return (Found::Route(route.handler, arg), Some(family));
+            return (Found::Route(route.handler, arg), Some(family), Some(i));
         }
         if !allowed.contains(&route.verb) {
             allowed.push(route.verb);
         }
     }
-    (Found::OtherMethods(allowed), Some(family))
+    (Found::OtherMethods(allowed), Some(family), None)
+}
+
+/// Every route as the metrics label it, in table order (a route's index in it is what the
+/// router reports for a request's metrics).
+pub fn route_labels() -> Vec<RouteLabel> {
+    ROUTES
+        .iter()
+        .map(|r| RouteLabel {
+            method: r.verb.as_str(),
+            template: r.template,
+        })
+        .collect()
+}
+
+/// The template of route `index` (as [`route`] reports it), or `unmatched`.
+pub(super) fn template(index: Option<usize>) -> &'static str {
+    index
+        .and_then(|i| ROUTES.get(i))
+        .map_or(crate::metrics::UNMATCHED, |r| r.template)
 }
 
 /// `405` with an `Allow` header listing `verbs` (and `HEAD` with `GET`).
@@ -420,13 +450,16 @@ fn deployment_id(arg: &str) -> Result<crate::store::DeploymentId, Problem> {
 }
 
 /// Answers `req`, whose method and path `handle` has already taken (for its log line).
+/// `matched` is set to the index of the route the request named, if any (for its metrics).
 pub(super) async fn route(
     app: Arc<App>,
     req: Request<Incoming>,
     method: &Method,
     path: &str,
+    matched: &mut Option<usize>,
 ) -> Routed {
-    let (found, family) = find(method, path);
+    let (found, family, index) = find(method, path);
+    *matched = index;
     if let Some(family) = family
         && family.open
     {
@@ -467,6 +500,16 @@ async fn answer_open(
         Found::Nothing => return Err(no_such_endpoint()),
         Found::OtherMethods(verbs) => method_not_allowed(&verbs),
         Found::Route(Handler::Health, _) => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        Found::Route(Handler::Ready, _) => super::ready::answer(&app).await?,
+        Found::Route(Handler::Metrics, _) => {
+            let text = app.metrics.render(env!("CARGO_PKG_VERSION"));
+            let mut r = Response::new(full(Bytes::from(text)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
         Found::Route(Handler::Keys, _) => {
             let v = json!({"sealing_recipient": app.identity.recipient().to_string()});
             json_response(StatusCode::OK, &v)
@@ -523,7 +566,27 @@ async fn answer_authenticated(
         Found::Route(handler, arg) => (handler, arg),
     };
     match handler {
-        Handler::Deploy => super::deploy::handle(app, who, req).await,
+        Handler::Deploy => {
+            let counted = app.clone();
+            // A dry run that answers a plan is counted as one, whatever its status.
+            let dry_run = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "dry_run=true"));
+            let answered = super::deploy::handle(app, who, req).await;
+            let status = match &answered {
+                Ok(r) => r.status(),
+                Err(p) => p.status,
+            };
+            let outcome = match DeployOutcome::of_status(status.as_u16()) {
+                DeployOutcome::Applied | DeployOutcome::Replayed if dry_run => {
+                    DeployOutcome::Planned
+                }
+                other => other,
+            };
+            counted.metrics.deployment(outcome);
+            answered
+        }
         Handler::Rollback => {
             let id = deployment_id(arg)?;
             let record = crate::service::rollback::rollback(app, who, id).await?;

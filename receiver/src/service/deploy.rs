@@ -423,7 +423,7 @@ fn bundle_credentials(
     db: &Db,
     file: std::fs::File,
 ) -> Result<(ContainerPath, Vec<Credential>), Problem> {
-    let limits = app.config.limits.to_limits();
+    let limits = app.config().limits.to_limits();
     let failed = std::cell::Cell::new(false);
     let lookup = |id: &KeyId| trusted(db, id, &failed);
     let mut bundle = OpenBundle::open(BufReader::new(file), &limits, &lookup).map_err(|e| {
@@ -556,7 +556,7 @@ fn prepare(
     let mut file = spooled.reopen().map_err(|e| (Problem::internal(e), None))?;
     file.seek(SeekFrom::Start(0))
         .map_err(|e| (Problem::internal(e), None))?;
-    let limits = app.config.limits.to_limits();
+    let limits = app.config().limits.to_limits();
     let failed = std::cell::Cell::new(false);
     let opened = {
         let lookup = |id: &KeyId| trusted(&db, id, &failed);

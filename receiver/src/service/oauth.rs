@@ -768,8 +768,11 @@ pub async fn token(
     {
         return Ok(v);
     }
-    let tokens = obtain(&app, &who.name, &m).await?;
-    Ok(tokens_answer(&tokens))
+    let tokens = obtain(&app, &who.name, &m).await;
+    app.metrics.refresh(crate::metrics::RefreshOutcome::of(
+        tokens.as_ref().err().map(|p| p.code),
+    ));
+    Ok(tokens_answer(&tokens?))
 }
 
 /// Obtains a new access token for stored credential `m` (its flight lock held): refresh when

@@ -54,14 +54,16 @@ impl Drop for Serving {
 }
 
 pub fn serve(dir: &Path) -> Serving {
+    let s = serve_with(dir, &["--listen", "127.0.0.1:0"]);
+    assert!(s.base.starts_with("http://127.0.0.1:"), "{}", s.base);
+    s
+}
+
+/// `serve` with `args` after `--data-dir` (which need not name an address: config.json may).
+pub fn serve_with(dir: &Path, args: &[&str]) -> Serving {
     let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .args(["serve", "--data-dir", dir.to_str().unwrap()])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -74,7 +76,6 @@ pub fn serve(dir: &Path) -> Serving {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("first line: {first:?}"))
         .to_owned();
-    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
     let mut stderr = child.stderr.take().unwrap();
     let stderr = std::thread::spawn(move || {
         let mut s = String::new();
@@ -89,15 +90,20 @@ pub fn serve(dir: &Path) -> Serving {
 }
 
 impl Serving {
-    /// SIGTERM, wait for a clean exit, return the log.
-    pub fn stop(mut self) -> String {
+    /// Sends `signal` (`HUP`, `TERM`) to the server.
+    pub fn signal(&self, signal: &str) {
         let pid = self.child.id().to_string();
         let ok = Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{signal}"), &pid])
             .status()
             .unwrap()
             .success();
         assert!(ok);
+    }
+
+    /// SIGTERM, wait for a clean exit, return the log.
+    pub fn stop(mut self) -> String {
+        self.signal("TERM");
         let status = self.child.wait().unwrap();
         assert!(status.success(), "{status}");
         self.stderr.take().unwrap().join().unwrap()

@@ -26,8 +26,8 @@ pub fn install_provider() {
 /// Lets the receiver send requests to `hosts` (loopback mock servers), as `outbound_allow` in
 /// config.json does; use it in `Server::start_with`'s tweak.
 pub fn allow_outbound(app: &mut App, hosts: &[&str]) {
-    app.config.outbound_allow = hosts.iter().map(|h| h.parse().unwrap()).collect();
-    app.outbound = flowpack_receiver::outbound::Outbound::new(&app.config).unwrap();
+    app.edit_config(|c| c.outbound_allow = hosts.iter().map(|h| h.parse().unwrap()).collect());
+    app.outbound = flowpack_receiver::outbound::Outbound::new(&app.config()).unwrap();
 }
 
 pub fn cp(s: &str) -> ContainerPath {

@@ -108,6 +108,15 @@ impl Db {
         }
     }
 
+    /// A round trip to the database (readiness): reads a field of its header in a read
+    /// transaction on this connection.
+    pub fn ping(&self) -> Result<()> {
+        let _: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        Ok(())
+    }
+
     /// Records, off the caller's path, that token `id` was used at `at_ms` (Unix
     /// milliseconds): the update is queued to the group committer and the caller does not
     /// wait for it, neither for the writer lock nor for the disk. At most one update per token
