@@ -2,16 +2,21 @@
 //!
 //! ```text
 //! D/store.db         SQLite (WAL): containers, mappings, credentials, tokens, trust, audit
-//! D/sealing.agekey   the receiver's age identity (0600); bundles are sealed to its recipient
+//! D/sealing.agekey   the receiver's age identities (0600): the current one bundles are sealed
+//!                    to, then previous ones still accepted after `rotate sealing` (keyring.rs)
 //! D/secrets.key      32 random bytes (0600), kept apart from the database: the at-rest and
 //!                    fingerprint keys are derived from it with HKDF
+//! D/secrets.key.next only during `rotate at-rest`: the new master key
 //! D/config.json      limits, extra CA files, hosts allowed for outbound requests
+//! D/keys.lock        locked (flock) by whatever reads or replaces the key files
 //! D/spool/           uploaded bundles while they are verified (temporary files only)
 //! D/serve.lock       locked (flock) by the one `serve` using the directory
 //! ```
 //!
 //! A copy of `store.db` alone reveals no secret: every sensitive value in it is encrypted under a
-//! key derived from `secrets.key`.
+//! key derived from `secrets.key`. The store records the id of that key
+//! ([`crate::keyring::at_rest_key_id`]), which is how [`settle_at_rest`] tells, after a crash
+//! during a rotation, which of `secrets.key` and `secrets.key.next` is the one in use.
 
 use std::fs;
 use std::io::Write;
@@ -21,6 +26,7 @@ use anyhow::{Context, bail};
 use flowpack_shared::seal::{SealingIdentity, random};
 use flowpack_shared::secret::SecretBytes;
 
+use crate::keyring::{self, Sealing};
 use crate::service::auth::{self, PermSet};
 use crate::service::creds::SecretKeys;
 use crate::store::Store;
@@ -53,6 +59,14 @@ impl DataDir {
     /// The at-rest master key.
     pub fn secrets_key(&self) -> PathBuf {
         self.root.join("secrets.key")
+    }
+    /// The new at-rest master key while `rotate at-rest` runs.
+    pub fn secrets_key_next(&self) -> PathBuf {
+        self.root.join("secrets.key.next")
+    }
+    /// The file locked by whatever reads or replaces the key files.
+    pub fn keys_lock(&self) -> PathBuf {
+        self.root.join("keys.lock")
     }
     /// The configuration.
     pub fn config(&self) -> PathBuf {
@@ -198,6 +212,12 @@ pub fn init(dir: &DataDir) -> anyhow::Result<Initialized> {
     write_private(&dir.config(), format!("{config}\n").as_bytes())?;
 
     let store = Store::create(&dir.store(), crate::store::wall_clock())?;
+    {
+        let mut db = store.db()?;
+        let tx = db.write()?;
+        tx.set_at_rest_key_id(&crate::keyring::at_rest_key_id(&SecretBytes::new(*master)))?;
+        tx.commit()?;
+    }
     let admin_token = auth::create_token(&store, "admin", &[(auth::root(), PermSet::all())])?;
     Ok(Initialized {
         sealing_recipient: identity.recipient().to_string(),
@@ -208,9 +228,9 @@ pub fn init(dir: &DataDir) -> anyhow::Result<Initialized> {
 /// Everything `serve` needs from the data directory.
 #[derive(Debug)]
 pub struct Loaded {
-    /// The sealing identity.
-    pub identity: SealingIdentity,
-    /// Keys derived from `secrets.key`.
+    /// The sealing identities, followed as `rotate sealing` replaces their file.
+    pub sealing: Sealing,
+    /// Keys derived from `secrets.key`, switched when `rotate at-rest` replaces it.
     pub keys: SecretKeys,
     /// `config.json`.
     pub config: Config,
@@ -218,7 +238,8 @@ pub struct Loaded {
     pub store: Store,
 }
 
-/// Loads an initialized data directory.
+/// Loads an initialized data directory: settles the key files (see [`settle_at_rest`]) and
+/// installs the check that keeps the server's at-rest key the one the store names.
 pub fn load(dir: &DataDir) -> anyhow::Result<Loaded> {
     if !dir.store().exists() {
         bail!(
@@ -227,27 +248,129 @@ pub fn load(dir: &DataDir) -> anyhow::Result<Loaded> {
             dir.root().display()
         );
     }
-    let text = zeroize::Zeroizing::new(
-        fs::read_to_string(dir.sealing_key())
-            .with_context(|| format!("reading {}", dir.sealing_key().display()))?,
-    );
-    let identity = SealingIdentity::parse(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", dir.sealing_key().display()))?;
-    let master = zeroize::Zeroizing::new(
-        fs::read(dir.secrets_key())
-            .with_context(|| format!("reading {}", dir.secrets_key().display()))?,
-    );
-    let master: [u8; 32] = master.as_slice().try_into().map_err(|_| {
-        anyhow::anyhow!("{}: expected exactly 32 bytes", dir.secrets_key().display())
-    })?;
-    let keys = SecretKeys::derive(&SecretBytes::new(master));
+    let lock = lock_keys(dir, LockKind::Exclusive)?;
+    let sealing = Sealing::load(&dir.sealing_key())?;
     let config = crate::config::read(&dir.config())?;
     fs::create_dir_all(dir.spool())?;
     let store = Store::open(&dir.store(), crate::store::wall_clock())?;
+    let master = settle_at_rest(dir, &store)?;
+    drop(lock);
+    let candidates = [dir.secrets_key(), dir.secrets_key_next()];
+    let keys = SecretKeys::with_loader(
+        &master,
+        Box::new(move || {
+            candidates
+                .iter()
+                .filter_map(|p| match keyring::read_master(p) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading an at-rest key file");
+                        None
+                    }
+                })
+                .collect()
+        }),
+    );
+    let check = keys.clone();
+    store.check_keys_on_write(Box::new(move |id| match id {
+        Some(id) => check.use_key(id),
+        None => Ok(()),
+    }));
     Ok(Loaded {
-        identity,
+        sealing,
         keys,
         config,
         store,
     })
+}
+
+/// Shared or exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    /// Several holders at once (a backup reading the key files).
+    Shared,
+    /// One holder (a rotation replacing them, a load settling them).
+    Exclusive,
+}
+
+/// A lock on a data directory's key files (`keys.lock`), released when dropped.
+#[derive(Debug)]
+pub struct KeysLock {
+    _file: fs::File,
+}
+
+/// Takes the lock on the key files, waiting for the holder (a rotation, a backup) to finish.
+pub fn lock_keys(dir: &DataDir, kind: LockKind) -> anyhow::Result<KeysLock> {
+    let path = dir.keys_lock();
+    let mut opts = fs::OpenOptions::new();
+    opts.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let file = opts
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match kind {
+        LockKind::Shared => file.lock_shared(),
+        LockKind::Exclusive => file.lock(),
+    }
+    .with_context(|| format!("locking {}", path.display()))?;
+    Ok(KeysLock { _file: file })
+}
+
+/// Makes the at-rest key files agree with the store, after any crash during `rotate at-rest`,
+/// and returns the master key the store's secrets are encrypted under. The caller holds the
+/// exclusive [`lock_keys`].
+///
+/// - The store names `secrets.key` (or names none yet: it is recorded): a `secrets.key.next`
+///   is what a rotation left before it committed, and is removed.
+/// - The store names `secrets.key.next`: the rotation committed and was cut off before it
+///   renamed the file; the rename is finished.
+/// - The store names neither: refused, naming the key id it needs.
+pub fn settle_at_rest(dir: &DataDir, store: &Store) -> anyhow::Result<SecretBytes<32>> {
+    let current = keyring::read_master(&dir.secrets_key())?
+        .ok_or_else(|| anyhow::anyhow!("{} is missing", dir.secrets_key().display()))?;
+    let next = keyring::read_master(&dir.secrets_key_next()).unwrap_or_else(|e| {
+        // Unreadable or of the wrong size: cut off while it was written, never committed.
+        tracing::warn!(error = %e, "ignoring an unreadable secrets.key.next");
+        None
+    });
+    let current_id = keyring::at_rest_key_id(&current);
+    let next_id = next.as_ref().map(keyring::at_rest_key_id);
+    let mut db = store.db()?;
+    let recorded = db.at_rest_key_id()?;
+    match (recorded.as_deref(), next) {
+        (None, _) => {
+            let tx = db.write()?;
+            tx.set_at_rest_key_id(&current_id)?;
+            tx.commit()?;
+        }
+        (Some(id), _) if id == current_id => {}
+        (Some(id), Some(next)) if next_id.as_deref() == Some(id) => {
+            fs::rename(dir.secrets_key_next(), dir.secrets_key()).with_context(|| {
+                format!(
+                    "finishing an interrupted rotation: renaming {} to {}",
+                    dir.secrets_key_next().display(),
+                    dir.secrets_key().display()
+                )
+            })?;
+            keyring::sync_dir(dir.root())?;
+            tracing::info!(key_id = id, "finished an interrupted at-rest key rotation");
+            return Ok(next);
+        }
+        (Some(id), _) => bail!(
+            "{}: the stored secrets are encrypted under at-rest key {id}, but {} is key {current_id}; put back the secrets.key of this database (a backup holds both)",
+            dir.root().display(),
+            dir.secrets_key().display()
+        ),
+    }
+    if dir.secrets_key_next().exists() {
+        fs::remove_file(dir.secrets_key_next())
+            .with_context(|| format!("removing {}", dir.secrets_key_next().display()))?;
+        keyring::sync_dir(dir.root())?;
+        tracing::info!("removed the new key of a rotation that did not commit");
+    }
+    Ok(current)
 }

@@ -20,14 +20,17 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backup;
 pub mod config;
 pub mod conns;
 pub mod datadir;
+pub mod keyring;
 pub mod logs;
 pub mod metrics;
 pub mod outbound;
 pub mod problem;
 pub mod reload;
+pub mod rotate;
 pub mod service;
 pub mod store;
 pub mod tls;
@@ -42,7 +45,6 @@ use std::time::Duration;
 
 use flowpack_shared::keys::VerifyingKey;
 use flowpack_shared::names::ContainerPath;
-use flowpack_shared::seal::SealingIdentity;
 use flowpack_shared::timefmt::Timestamp;
 use hyper_util::rt::TokioIo;
 pub use tls::TlsAcceptor;
@@ -63,8 +65,9 @@ pub struct App {
     pub dir: DataDir,
     /// The database.
     pub store: Store,
-    /// The sealing identity bundles are sealed to.
-    pub identity: SealingIdentity,
+    /// The sealing identities: the one bundles are sealed to, and previous ones still
+    /// accepted after a rotation (read again when `rotate sealing` replaces their file).
+    pub sealing: keyring::Sealing,
     /// At-rest and fingerprint keys.
     pub keys: SecretKeys,
     /// `config.json` as in force: read with [`App::config`]; replaced whole by a reload.
@@ -108,7 +111,7 @@ impl App {
             outbound,
             dir,
             store: loaded.store,
-            identity: loaded.identity,
+            sealing: loaded.sealing,
             keys: loaded.keys,
             config: arc_swap::ArcSwap::from_pointee(loaded.config),
             clock: store::wall_clock(),

@@ -49,6 +49,36 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Rotates a key: the sealing identity, or the at-rest key; works while serve runs.
+    Rotate {
+        #[command(subcommand)]
+        command: RotateCommand,
+    },
+    /// Writes a consistent backup of a data directory (store, keys, configuration) to one
+    /// file (mode 0600), while serve runs.
+    Backup {
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The backup file to write; it must not exist.
+        #[arg(short = 'o', long = "output")]
+        output: PathBuf,
+        /// Seals the backup to an age recipient (age1…); repeatable. The file is then a
+        /// standard age file (`age -d -i KEY FILE | tar t`).
+        #[arg(long = "encrypt-to", value_name = "RECIPIENT", value_parser = parse_age_recipient)]
+        encrypt_to: Vec<age::x25519::Recipient>,
+    },
+    /// Makes a new data directory from a backup.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The new data directory; it must not exist, or be empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// An age identity file that opens an encrypted backup.
+        #[arg(long)]
+        identity: Option<PathBuf>,
+    },
     /// Serves the HTTP API. Each flag overrides its key in the data directory's config.json;
     /// SIGHUP reloads config.json and the TLS certificate, SIGTERM stops after in-flight
     /// requests.
@@ -69,6 +99,27 @@ enum Command {
         /// Log lines as text or JSON objects [default: config.json's `log_format`, else text].
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RotateCommand {
+    /// Makes a new sealing identity; bundles sealed to the current one stay accepted until it
+    /// retires.
+    Sealing {
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// How long bundles sealed to the current identity stay accepted: a whole number and a
+        /// unit, m, h or d (e.g. 7d), or `now` to refuse them at once (a leaked key).
+        #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_retire_after)]
+        retire_after: time::Duration,
+    },
+    /// Re-encrypts every stored secret under a new at-rest key, in one transaction.
+    AtRest {
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
     },
 }
 
@@ -156,6 +207,19 @@ fn parse_duration(s: &str) -> Result<time::Duration, flowpack_shared::timefmt::D
     flowpack_shared::timefmt::parse_duration(s)
 }
 
+/// `now`, or a duration as `--expires` takes it.
+fn parse_retire_after(s: &str) -> Result<time::Duration, String> {
+    if s == "now" {
+        return Ok(time::Duration::ZERO);
+    }
+    flowpack_shared::timefmt::parse_duration(s).map_err(|e| format!("{e}, or `now`"))
+}
+
+fn parse_age_recipient(s: &str) -> Result<age::x25519::Recipient, String> {
+    s.parse::<age::x25519::Recipient>()
+        .map_err(|e| format!("not an age X25519 recipient (age1…): {e}"))
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = real_main(cli) {
@@ -181,6 +245,47 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Trust { command } => trust(command),
+        Command::Rotate { command } => rotate(command),
+        Command::Backup {
+            data_dir,
+            output,
+            encrypt_to,
+        } => {
+            let done = flowpack_receiver::backup::backup(
+                &DataDir::new(data_dir),
+                &output,
+                &encrypt_to,
+                flowpack_shared::timefmt::Timestamp::now(),
+            )?;
+            print_line(&format!(
+                "wrote {} ({} bytes{}); sealing_recipient: {}",
+                done.path.display(),
+                done.size,
+                if done.encrypted {
+                    ", age-encrypted"
+                } else {
+                    ""
+                },
+                done.sealing_recipient
+            ))
+        }
+        Command::Restore {
+            file,
+            data_dir,
+            identity,
+        } => {
+            let done = flowpack_receiver::backup::restore(
+                &file,
+                &DataDir::new(&data_dir),
+                identity.as_deref(),
+            )?;
+            print_line(&format!(
+                "restored {} from the backup taken at {}; sealing_recipient: {}",
+                data_dir.display(),
+                done.created_at,
+                done.sealing_recipient
+            ))
+        }
         Command::Token { command } => token(command),
         Command::Serve {
             data_dir,
@@ -196,6 +301,46 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 log_format,
             },
         ),
+    }
+}
+
+fn rotate(command: RotateCommand) -> anyhow::Result<()> {
+    use flowpack_receiver::rotate;
+    match command {
+        RotateCommand::Sealing {
+            data_dir,
+            retire_after,
+        } => {
+            let done = rotate::rotate_sealing(
+                &DataDir::new(data_dir),
+                flowpack_shared::timefmt::Timestamp::now(),
+                retire_after,
+            )?;
+            let mut lines = vec![format!("sealing_recipient: {}", done.recipient)];
+            for (recipient, at) in &done.previous {
+                lines.push(format!("previous: {recipient} (accepted until {at})"));
+            }
+            for recipient in &done.retired {
+                lines.push(format!("retired: {recipient}"));
+            }
+            print_line(&lines.join("\n"))
+        }
+        RotateCommand::AtRest { data_dir } => {
+            let done = rotate::rotate_at_rest(&DataDir::new(data_dir))?;
+            print_line(&format!(
+                "re-encrypted {} stored value{} under at-rest key {} (was {})",
+                done.values,
+                if done.values == 1 { "" } else { "s" },
+                done.new_id,
+                done.old_id
+            ))?;
+            if !done.wal_truncated {
+                eprintln!(
+                    "flowpack-receiver: warning: a reader kept the write-ahead log from being emptied; ciphertext from before the rotation stays in store.db-wal until it is reused"
+                );
+            }
+            Ok(())
+        }
     }
 }
 

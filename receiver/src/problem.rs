@@ -202,6 +202,8 @@ problem_codes! {
     MappingFilesMismatch = "mapping-files-mismatch",
     /// Sealed to another receiver.
     SealRecipientMismatch = "seal-recipient-mismatch",
+    /// Sealed only to a previous sealing key of this receiver that has retired.
+    SealRecipientRetired = "seal-recipient-retired",
     /// A sealed value that does not open.
     SealOpenFailed = "seal-open-failed",
     /// Reading the bundle failed (answered as `internal`; kept for the audit trail).

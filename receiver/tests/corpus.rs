@@ -21,7 +21,10 @@ async fn corpus_server() -> Server {
     let identity =
         SealingIdentity::parse(&std::fs::read_to_string(keys.join("receiver.agekey")).unwrap())
             .unwrap();
-    let s = Server::start_with(move |app| app.identity = identity).await;
+    let s = Server::start_with(move |app| {
+        app.sealing = flowpack_receiver::keyring::Sealing::fixed(identity)
+    })
+    .await;
     for (file, prefixes) in [("signer.pub", vec![]), ("other.pub", vec![cp("/other")])] {
         let pem = std::fs::read_to_string(keys.join(file)).unwrap();
         flowpack_receiver::trust_signer(&s.app.store, &pem, &prefixes).unwrap();

@@ -17,14 +17,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("store", &["store"]),
     (
         "infrastructure",
-        &["config", "outbound", "conns", "metrics", "tls", "logs"],
+        &["config", "outbound", "conns", "metrics", "tls", "logs", "keyring"],
     ),
     ("services", &["service"]),
     ("api", &["api"]),
 ];
 
 /// Modules that wire the layers together: they may use any of them.
-const WIRING: &[&str] = &["lib", "main", "datadir", "reload"];
+const WIRING: &[&str] = &["lib", "main", "datadir", "reload", "rotate", "backup"];
 
 /// The first module of a file's path under `src/`: `api/router.rs` → `api`.
 fn module_of(src: &Path, file: &Path) -> String {

@@ -92,7 +92,7 @@ async fn serves_https_with_a_certificate_from_pem_files() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(v["sealing_recipient"], app.identity.recipient().to_string());
+    assert_eq!(v["sealing_recipient"], app.sealing.recipient().to_string());
 
     // A client that trusts another CA refuses the server.
     let other = client_trusting(&pki_ca_only());

@@ -511,7 +511,7 @@ async fn answer_open(
             r
         }
         Found::Route(Handler::Keys, _) => {
-            let v = json!({"sealing_recipient": app.identity.recipient().to_string()});
+            let v = app.sealing.ring().keys_json(app.now());
             json_response(StatusCode::OK, &v)
         }
         Found::Route(Handler::OpenApi, _) => {

@@ -21,11 +21,48 @@ use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
 use crate::store::{AuditRow, ContainerId, CredentialId, CredentialRow, Db, Tx};
 
-/// Keys derived from `secrets.key`.
+/// The at-rest and fingerprint keys, derived from a master key (`secrets.key`), and able to
+/// change to another master key while the server runs (`rotate at-rest`).
+///
+/// Which key encrypts is decided by the store, not by the files: every write transaction
+/// first reads the id of the key the store's secrets are under and calls
+/// [`SecretKeys::use_key`] with it (the data directory installs that check), so a secret is
+/// never written under a key the store no longer names — a rotation takes the writer lock to
+/// re-encrypt, and the next write after it switches. Decryption tries the current key, then
+/// those used before it in this process (a read on a snapshot from before a rotation), then
+/// the key files on disk (a rotation committed since the last write).
+///
+/// Clones share their keys.
+#[derive(Clone)]
 pub struct SecretKeys {
+    shared: std::sync::Arc<KeysShared>,
+}
+
+struct KeysShared {
+    ring: std::sync::RwLock<KeyRing>,
+    /// Reads the candidate master keys from the data directory, if there is one.
+    loader: Option<KeyLoader>,
+}
+
+/// Reads the master keys a data directory holds (the current one, and a next one while a
+/// rotation is under way).
+pub type KeyLoader = Box<dyn Fn() -> Vec<SecretBytes<32>> + Send + Sync>;
+
+struct KeyRing {
+    current: std::sync::Arc<Derived>,
+    /// Keys used before the current one in this process, newest first (a few at most).
+    older: Vec<std::sync::Arc<Derived>>,
+}
+
+/// The keys derived from one master key.
+struct Derived {
+    id: String,
     at_rest: SecretBytes<32>,
     fingerprint: ring::hmac::Key,
 }
+
+/// How many earlier keys a running server keeps to read snapshots from before a rotation.
+const OLDER_KEPT: usize = 2;
 
 impl std::fmt::Debug for SecretKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -45,14 +82,143 @@ fn hkdf(master: &SecretBytes<32>, info: &[u8]) -> SecretBytes<32> {
     SecretBytes::new(out)
 }
 
-impl SecretKeys {
-    /// Derives the at-rest and fingerprint keys from the master key.
-    pub fn derive(master: &SecretBytes<32>) -> SecretKeys {
+impl Derived {
+    fn of(master: &SecretBytes<32>) -> Derived {
         let fp = hkdf(master, b"fingerprint hmac-sha256");
-        SecretKeys {
+        Derived {
+            id: crate::keyring::at_rest_key_id(master),
             at_rest: hkdf(master, b"at-rest chacha20-poly1305"),
             fingerprint: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, fp.expose()),
         }
+    }
+
+    fn encrypt(&self, path: &str, field: &str, value: &Secret) -> Result<Vec<u8>, Problem> {
+        let nonce = flowpack_shared::seal::random::<12>().map_err(Problem::internal)?;
+        Ok(flowpack_shared::seal::seal_bytes(
+            self.at_rest.expose(),
+            nonce,
+            &SecretKeys::ad(path, field),
+            value.expose().as_bytes(),
+        ))
+    }
+
+    fn decrypt(&self, path: &str, field: &str, ciphertext: &[u8]) -> Option<Secret> {
+        let plain = zeroize::Zeroizing::new(flowpack_shared::seal::open_bytes(
+            self.at_rest.expose(),
+            &SecretKeys::ad(path, field),
+            ciphertext,
+        )?);
+        String::from_utf8(plain.to_vec()).ok().map(Secret::new)
+    }
+
+    fn fingerprint(&self, value: &Secret) -> String {
+        let tag = ring::hmac::sign(&self.fingerprint, value.expose().as_bytes());
+        hex::encode(&tag.as_ref()[..8])
+    }
+}
+
+impl SecretKeys {
+    /// Derives the at-rest and fingerprint keys from the master key; they never change.
+    pub fn derive(master: &SecretBytes<32>) -> SecretKeys {
+        SecretKeys::build(master, None)
+    }
+
+    /// Derives the keys from the master key, and may change to another master key that
+    /// `loader` reads (see [`SecretKeys::use_key`]).
+    pub fn with_loader(master: &SecretBytes<32>, loader: KeyLoader) -> SecretKeys {
+        SecretKeys::build(master, Some(loader))
+    }
+
+    fn build(master: &SecretBytes<32>, loader: Option<KeyLoader>) -> SecretKeys {
+        SecretKeys {
+            shared: std::sync::Arc::new(KeysShared {
+                ring: std::sync::RwLock::new(KeyRing {
+                    current: std::sync::Arc::new(Derived::of(master)),
+                    older: Vec::new(),
+                }),
+                loader,
+            }),
+        }
+    }
+
+    fn current(&self) -> std::sync::Arc<Derived> {
+        self.shared
+            .ring
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .current
+            .clone()
+    }
+
+    /// The id of the master key that encrypts now (see [`crate::keyring::at_rest_key_id`]).
+    pub fn id(&self) -> String {
+        self.current().id.clone()
+    }
+
+    /// Makes the master key with id `id` the one that encrypts, reading it from the data
+    /// directory if it is not the current one. Called inside every write transaction with
+    /// the id the store records; fails (and so does the transaction) when no key of that id
+    /// can be found, rather than write a secret under a key the store does not name.
+    pub fn use_key(&self, id: &str) -> Result<(), String> {
+        if self.current().id == id {
+            return Ok(());
+        }
+        let found = self
+            .find(|d| d.id == id)
+            .or_else(|| self.load_new().into_iter().find(|d| d.id == id));
+        let Some(found) = found else {
+            return Err(format!(
+                "the store's secrets are encrypted under key {id}, which is not in the data directory"
+            ));
+        };
+        let mut ring = self
+            .shared
+            .ring
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = std::mem::replace(&mut ring.current, found);
+        ring.older.retain(|d| d.id != id && d.id != before.id);
+        ring.older.insert(0, before);
+        ring.older.truncate(OLDER_KEPT);
+        tracing::info!(key_id = id, "the at-rest key changed");
+        Ok(())
+    }
+
+    /// The current or an earlier key of this process that satisfies `f`.
+    fn find(&self, f: impl Fn(&Derived) -> bool) -> Option<std::sync::Arc<Derived>> {
+        let ring = self
+            .shared
+            .ring
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::iter::once(&ring.current)
+            .chain(&ring.older)
+            .find(|d| f(d))
+            .cloned()
+    }
+
+    /// The keys in the data directory that this process does not hold yet.
+    fn load_new(&self) -> Vec<std::sync::Arc<Derived>> {
+        let Some(loader) = &self.shared.loader else {
+            return Vec::new();
+        };
+        let known: Vec<String> = {
+            let ring = self
+                .shared
+                .ring
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::iter::once(&ring.current)
+                .chain(&ring.older)
+                .map(|d| d.id.clone())
+                .collect()
+        };
+        loader()
+            .iter()
+            .map(Derived::of)
+            .filter(|d| !known.contains(&d.id))
+            .map(std::sync::Arc::new)
+            .collect()
     }
 
     fn ad(path: &str, field: &str) -> Vec<u8> {
@@ -62,31 +228,56 @@ impl SecretKeys {
         ad
     }
 
-    /// Encrypts one sensitive value of credential `path`.
+    /// Encrypts one sensitive value of credential `path` under the current key.
     pub fn encrypt(&self, path: &str, field: &str, value: &Secret) -> Result<Vec<u8>, Problem> {
-        let nonce = flowpack_shared::seal::random::<12>().map_err(Problem::internal)?;
-        Ok(flowpack_shared::seal::seal_bytes(
-            self.at_rest.expose(),
-            nonce,
-            &Self::ad(path, field),
-            value.expose().as_bytes(),
-        ))
+        self.current().encrypt(path, field, value)
     }
 
-    /// Decrypts what [`SecretKeys::encrypt`] stored; `None` when it does not authenticate.
+    /// Decrypts what [`SecretKeys::encrypt`] stored; `None` when it does not authenticate
+    /// under any key this process holds or the data directory has.
     pub fn decrypt(&self, path: &str, field: &str, ciphertext: &[u8]) -> Option<Secret> {
-        let plain = zeroize::Zeroizing::new(flowpack_shared::seal::open_bytes(
-            self.at_rest.expose(),
-            &Self::ad(path, field),
-            ciphertext,
-        )?);
-        String::from_utf8(plain.to_vec()).ok().map(Secret::new)
+        let held: Vec<std::sync::Arc<Derived>> = {
+            let ring = self
+                .shared
+                .ring
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::iter::once(&ring.current)
+                .chain(&ring.older)
+                .cloned()
+                .collect()
+        };
+        if let Some(v) = held.iter().find_map(|d| d.decrypt(path, field, ciphertext)) {
+            return Some(v);
+        }
+        // A rotation committed since this process last wrote: the next write switches to the
+        // new key; until then reads find it on disk.
+        for d in self.load_new() {
+            if let Some(v) = d.decrypt(path, field, ciphertext) {
+                let mut ring = self
+                    .shared
+                    .ring
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if ring.current.id != d.id && ring.older.iter().all(|o| o.id != d.id) {
+                    ring.older.insert(0, d);
+                    ring.older.truncate(OLDER_KEPT + 1);
+                }
+                return Some(v);
+            }
+        }
+        None
     }
 
-    /// The value's fingerprint: HMAC-SHA256, first 16 hex digits.
+    /// Decrypts with this very key only (no other key is tried): what a rotation re-encrypts
+    /// must open under the key the store names.
+    pub fn decrypt_exact(&self, path: &str, field: &str, ciphertext: &[u8]) -> Option<Secret> {
+        self.current().decrypt(path, field, ciphertext)
+    }
+
+    /// The value's fingerprint: HMAC-SHA256 under the current key, first 16 hex digits.
     pub fn fingerprint(&self, value: &Secret) -> String {
-        let tag = ring::hmac::sign(&self.fingerprint, value.expose().as_bytes());
-        hex::encode(&tag.as_ref()[..8])
+        self.current().fingerprint(value)
     }
 }
 

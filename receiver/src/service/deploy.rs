@@ -434,7 +434,9 @@ fn bundle_credentials(
         }
     })?;
     let target = bundle.manifest().target_container.clone();
-    let payload = bundle.read_payload(Some(&app.identity), &mut drain)?;
+    let ring = app.sealing.ring();
+    let identity = ring.identity_for(bundle.manifest().sealing.as_ref(), app.now())?;
+    let payload = bundle.read_payload(Some(identity), &mut drain)?;
     let creds = payload
         .credentials
         .into_iter()
@@ -602,9 +604,14 @@ fn prepare(
         }
     };
     drop(db);
+    // Sealed to a retired key of this receiver: refused before anything else is read.
+    let ring = app.sealing.ring();
+    let identity = ring
+        .identity_for(m.sealing.as_ref(), app.now())
+        .map_err(fail)?;
     // A credential bundle with mapping files is refused once read (`bad-record`).
     let payload = (replay || m.kind == BundleKind::Credentials)
-        .then(|| bundle.read_payload(Some(&app.identity), &mut drain));
+        .then(|| bundle.read_payload(Some(identity), &mut drain));
     Ok(Prepared {
         bundle,
         info,
@@ -658,6 +665,10 @@ fn apply(
     let m = bundle.manifest().clone();
     let fail = |e: Problem| (e, Some(Box::new(info.clone())));
     let target = &m.target_container;
+    let ring = app.sealing.ring();
+    let identity = ring
+        .identity_for(m.sealing.as_ref(), app.now())
+        .map_err(fail)?;
     if let Some(known) = tx
         .deployment_by_bundle(m.bundle_id.as_str())
         .map_err(|e| fail(e.into()))?
@@ -669,9 +680,7 @@ fn apply(
         // bundle is refused like any corrupted bundle.
         match payload {
             Some(read) => read.map(drop),
-            None => bundle
-                .read_payload(Some(&app.identity), &mut drain)
-                .map(drop),
+            None => bundle.read_payload(Some(identity), &mut drain).map(drop),
         }
         .map_err(|e| fail(e.into()))?;
         let mut record: Value =
@@ -708,7 +717,7 @@ fn apply(
     if dry_run {
         let payload = match payload {
             Some(read) => read,
-            None => bundle.read_payload(Some(&app.identity), &mut |n, p, size, data| {
+            None => bundle.read_payload(Some(identity), &mut |n, p, size, data| {
                 file_size_ok(n, p, size)?;
                 drain(n, p, size, data)
             }),
@@ -778,7 +787,7 @@ fn apply(
             tx.write_mapping_file(vid, path.as_str(), size, digest, data)
         };
         bundle
-            .read_payload(Some(&app.identity), &mut on_file)
+            .read_payload(Some(identity), &mut on_file)
             .map_err(|e| fail(e.into()))?
     };
     check_kind(&m, &payload).map_err(fail)?;

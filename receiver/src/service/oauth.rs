@@ -969,10 +969,10 @@ pub async fn authorize(
         .as_ref()
         .to_vec();
     let id = m.row_id()?;
-    let pending = OAuthState {
+    let mut pending = OAuthState {
         credential_id: id,
         path: m.path.clone(),
-        verifier: app.keys.encrypt(&m.path, "pkce_code_verifier", &verifier)?,
+        verifier: Vec::new(),
         principal: who.name.clone(),
         expires_at_ms: expires.unix_millis(),
     };
@@ -984,8 +984,13 @@ pub async fn authorize(
         200,
         format!("authorization-code flow started; state expires at {expires}"),
     );
-    blocking(&app, move |_, db| {
+    blocking(&app, move |app, db| {
         let tx = db.write()?;
+        // Encrypted inside the transaction: under the key the store names (a rotation may
+        // have committed since the request began).
+        pending.verifier = app
+            .keys
+            .encrypt(&pending.path, "pkce_code_verifier", &verifier)?;
         tx.insert_oauth_state(&state_hash, &pending, now.unix_millis())?;
         tx.insert_audit(&row)?;
         tx.commit()?;

@@ -85,7 +85,16 @@ pub enum Error {
     /// The group committer's thread is gone (it panicked); nothing more can be written.
     #[error("database: the writer thread is gone")]
     WriterGone,
+    /// The at-rest key the store names cannot be used ([`KeyCheck`]); nothing was written.
+    #[error("at-rest key: {0}")]
+    Keys(String),
 }
+
+/// Told, at the start of every write transaction and with the writer lock held, the id of the
+/// at-rest key the store's secrets are encrypted under (`None` before one is recorded); an
+/// `Err` aborts the transaction. The data directory installs one that switches the server's
+/// keys to that key, so that no secret is written under a key the store no longer names.
+pub type KeyCheck = Box<dyn Fn(Option<&str>) -> std::result::Result<(), String> + Send + Sync>;
 
 /// The result of a storage operation.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -300,4 +309,41 @@ pub struct AuditRow {
     pub code: Option<String>,
     /// The refusal's detail (never a secret).
     pub detail: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+/// Where a value encrypted under the at-rest key is stored.
+#[derive(Debug, Clone)]
+pub enum EncryptedAt {
+    /// A credential's sensitive field (with its fingerprint).
+    Secret {
+        /// The credential.
+        credential: CredentialId,
+    },
+    /// A sensitive field of a credential as a deployment left it (with its fingerprint), kept
+    /// for rollback.
+    VersionSecret {
+        /// The credential version's row id.
+        version: i64,
+    },
+    /// The PKCE code verifier of a pending authorization-code flow.
+    PkceVerifier {
+        /// The SHA-256 of the flow's `state`.
+        state_sha256: Vec<u8>,
+    },
+}
+
+/// A value encrypted under the at-rest key, with what its associated data is made of.
+#[derive(Debug, Clone)]
+pub struct EncryptedValue {
+    /// Where it is stored.
+    pub at: EncryptedAt,
+    /// The credential's path (`/container/name`).
+    pub path: String,
+    /// The field name it is bound to (`pkce_code_verifier` for a verifier).
+    pub field: String,
+    /// nonce ‖ ciphertext ‖ tag.
+    pub ciphertext: Vec<u8>,
 }

@@ -124,7 +124,7 @@ impl Server {
     }
 
     pub fn recipient(&self) -> SealingRecipient {
-        self.app.identity.recipient()
+        self.app.sealing.recipient()
     }
 
     /// Trusts `key` for `prefixes` (none: every container).

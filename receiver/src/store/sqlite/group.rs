@@ -46,7 +46,12 @@ pub(super) fn group_commit(path: &Path, home: &Weak<Shared>, jobs: &mpsc::Receiv
             }
         }
         let Some(db) = db.as_mut() else { continue };
-        let tx = match db.write() {
+        // The writer's handle belongs to no pool, so `write` does not check the keys: it is
+        // done here, with the writer lock held.
+        let tx = match db.write().and_then(|tx| match home.upgrade() {
+            Some(home) => home.check_keys(&tx).map(|()| tx),
+            None => Ok(tx),
+        }) {
             Ok(tx) => tx,
             Err(e) => {
                 refuse_all(batch, &e);

@@ -3,6 +3,7 @@
 mod checkpoint;
 mod group;
 mod history;
+mod keys;
 mod queries;
 mod schema;
 
@@ -68,6 +69,9 @@ struct Shared {
     /// Tokens whose use is queued to be recorded ([`Db::note_token_used`]) and not yet
     /// committed.
     touching: Arc<Mutex<HashSet<String>>>,
+    /// Called at the start of every write transaction with the id of the at-rest key the
+    /// store's secrets are under ([`Store::check_keys_on_write`]).
+    key_check: OnceLock<super::KeyCheck>,
 }
 
 impl std::fmt::Debug for Store {
@@ -203,6 +207,13 @@ impl Store {
             tx.commit()?;
         }
         let v = version(&db)?;
+        if v > SCHEMA_VERSION {
+            // Nothing was changed: a newer schema is never touched.
+            anyhow::bail!(
+                "{}: written by a newer flowpack-receiver (schema version {v}; this one knows versions up to {SCHEMA_VERSION}); downgrading is not supported: run the newer version again, or restore a backup taken before the upgrade",
+                path.display()
+            );
+        }
         if v != SCHEMA_VERSION {
             anyhow::bail!(
                 "{}: schema version {v}, this receiver needs {SCHEMA_VERSION}",
@@ -222,6 +233,7 @@ impl Store {
                 checkpoints: OnceLock::new(),
                 batches: AtomicU64::new(0),
                 touching: Arc::default(),
+                key_check: OnceLock::new(),
             }),
         }
     }
@@ -442,7 +454,13 @@ impl Db {
     /// serialize here.
     pub fn write(&mut self) -> Result<Tx<'_>> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(Tx { db: self })
+        let home = self.conn.home.upgrade();
+        let tx = Tx { db: self };
+        if let Some(home) = home {
+            // Dropped on failure: rolled back.
+            home.check_keys(&tx)?;
+        }
+        Ok(tx)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The database's schema, and the migrations from each older version (`PRAGMA user_version`).
 
 /// Schema version in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 /// From version 1 to 2 (OAuth, issue 7): the token version a refresh compares and swaps, the
 /// `needs_authorization` mark, and the pending authorization-code flows.
@@ -70,12 +70,23 @@ CREATE TABLE credential_version_secrets (
 );
 "#;
 
+/// From version 5 to 6: the id of the at-rest key the stored secrets are encrypted under (one
+/// row, written when the data directory is loaded and by `rotate at-rest`), so that a key file
+/// can be matched to the database after a crash during a rotation.
+const MIGRATE_5_TO_6: &str = r#"
+CREATE TABLE at_rest_key (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  key_id TEXT NOT NULL
+);
+"#;
+
 /// The steps from each version to the next: `MIGRATIONS[i]` upgrades version `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
     MIGRATE_1_TO_2,
     MIGRATE_2_TO_3,
     MIGRATE_3_TO_4,
     MIGRATE_4_TO_5,
+    MIGRATE_5_TO_6,
 ];
 
 pub(super) const SCHEMA: &str = r#"
