@@ -187,3 +187,162 @@ fn require_initialized(dir: &DataDir) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::OAuthState;
+    use flowpack_shared::names::ContainerPath;
+    use flowpack_shared::secret::Secret;
+
+    /// A data directory with one credential secret and one pending flow's verifier.
+    fn populated() -> (tempfile::TempDir, DataDir) {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = DataDir::new(tmp.path().join("d"));
+        datadir::init(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let loaded = datadir::load(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let keys = &loaded.keys;
+        let mut db = loaded.store.db().unwrap_or_else(|e| panic!("{e}"));
+        let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
+        let c = ContainerPath::parse("/a").unwrap_or_else(|e| panic!("{e}"));
+        let cid = tx.ensure_container(&c).unwrap_or_else(|e| panic!("{e}"));
+        let (id, _) = tx
+            .upsert_credential(cid, "c", "password", r#"{"name":"c","type":"password"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let secret = Secret::new("hunter2".into());
+        let ct = keys
+            .encrypt("/a/c", "password", &secret)
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        tx.set_secret(id, "password", &ct, &keys.fingerprint(&secret))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let verifier = keys
+            .encrypt(
+                "/a/c",
+                "pkce_code_verifier",
+                &Secret::new("v3rifier".into()),
+            )
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let state = OAuthState {
+            credential_id: id,
+            path: "/a/c".into(),
+            verifier,
+            principal: "admin".into(),
+            expires_at_ms: i64::MAX,
+        };
+        tx.insert_oauth_state(b"state", &state, 0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        tx.commit().unwrap_or_else(|e| panic!("{e}"));
+        (tmp, dir)
+    }
+
+    /// Both stored values, opened with exactly the keys `load` gives (no other key tried).
+    fn stored_values_open(dir: &DataDir) -> (String, Vec<String>) {
+        let loaded = datadir::load(dir).unwrap_or_else(|e| panic!("{e}"));
+        let mut db = loaded.store.db().unwrap_or_else(|e| panic!("{e}"));
+        let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
+        let opened = tx
+            .encrypted_values()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|v| {
+                loaded
+                    .keys
+                    .decrypt_exact(&v.path, &v.field, &v.ciphertext)
+                    .unwrap_or_else(|| panic!("{} {} does not open", v.path, v.field))
+                    .expose()
+                    .to_owned()
+            })
+            .collect();
+        (loaded.keys.id(), opened)
+    }
+
+    fn master(dir: &DataDir) -> SecretBytes<32> {
+        keyring::read_master(&dir.secrets_key())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no secrets.key"))
+    }
+
+    #[test]
+    fn a_rotation_cut_off_before_its_commit_leaves_the_old_key_in_use() {
+        let (_tmp, dir) = populated();
+        let (before, values) = stored_values_open(&dir);
+        assert_eq!(values, ["hunter2", "v3rifier"]);
+        // Step 1 done, then a crash.
+        keyring::write_atomic(&dir.secrets_key_next(), &[7u8; 32])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(stored_values_open(&dir), (before, values));
+        assert!(
+            !dir.secrets_key_next().exists(),
+            "the uncommitted key is removed"
+        );
+    }
+
+    #[test]
+    fn a_rotation_cut_off_after_its_commit_is_finished_at_the_next_load() {
+        let (_tmp, dir) = populated();
+        let (before, values) = stored_values_open(&dir);
+        let old = SecretKeys::derive(&master(&dir));
+        let new_master = SecretBytes::new([9u8; 32]);
+        let new = SecretKeys::derive(&new_master);
+        // Steps 1 and 2 done, then a crash before the rename.
+        keyring::write_atomic(&dir.secrets_key_next(), new_master.expose())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let store =
+            Store::open(&dir.store(), crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            reencrypt(&store, &old, &new).unwrap_or_else(|e| panic!("{e}")),
+            2
+        );
+        drop(store);
+        let (after, again) = stored_values_open(&dir);
+        assert_eq!(again, values);
+        assert_eq!(after, new.id());
+        assert_ne!(after, before);
+        assert_eq!(master(&dir).expose(), new_master.expose());
+        assert!(!dir.secrets_key_next().exists());
+    }
+
+    #[test]
+    fn a_running_server_switches_keys_at_its_next_write() {
+        let (_tmp, dir) = populated();
+        let serving = datadir::load(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let before = serving.keys.id();
+        let done = rotate_at_rest(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((done.old_id.as_str(), done.values), (before.as_str(), 2));
+        assert!(done.wal_truncated);
+        // The server's next write transaction switches the key that encrypts (its reads
+        // before that find the new key on disk: tests/keys_backup.rs).
+        assert_eq!(serving.keys.id(), before);
+        let mut db = serving.store.db().unwrap_or_else(|e| panic!("{e}"));
+        let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(serving.keys.id(), done.new_id);
+        let values = tx.encrypted_values().unwrap_or_else(|e| panic!("{e}"));
+        for v in &values {
+            assert!(
+                serving
+                    .keys
+                    .decrypt(&v.path, &v.field, &v.ciphertext)
+                    .is_some()
+            );
+        }
+        drop(tx);
+        assert_eq!(stored_values_open(&dir).0, done.new_id);
+    }
+
+    #[test]
+    fn a_store_that_names_another_key_is_refused_naming_it() {
+        let (_tmp, dir) = populated();
+        let (id, _) = stored_values_open(&dir);
+        keyring::write_atomic(&dir.secrets_key(), &[1u8; 32]).unwrap_or_else(|e| panic!("{e}"));
+        let e = datadir::load(&dir)
+            .err()
+            .unwrap_or_else(|| panic!("loaded"));
+        assert!(e.to_string().contains(&format!("at-rest key {id}")), "{e}");
+        // And the running rotation refuses too, changing nothing.
+        let e = rotate_at_rest(&dir)
+            .err()
+            .unwrap_or_else(|| panic!("rotated"));
+        assert!(e.to_string().contains(&id), "{e}");
+        assert!(!dir.secrets_key_next().exists());
+    }
+}

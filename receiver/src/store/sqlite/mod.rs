@@ -805,6 +805,31 @@ mod tests {
         Store::open(&path, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}"));
     }
 
+    #[test]
+    fn a_database_of_a_newer_receiver_is_refused_and_left_alone() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = tmp.path().join("store.db");
+        drop(Store::create(&path, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}")));
+        let newer = SCHEMA_VERSION + 1;
+        connect(&path)
+            .and_then(|c| Ok(c.pragma_update(None, "user_version", newer)?))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = Store::open(&path, crate::store::wall_clock())
+            .err()
+            .unwrap_or_else(|| panic!("a newer schema was opened"));
+        let shown = e.to_string();
+        assert!(
+            shown.contains(&format!("schema version {newer}"))
+                && shown.contains("newer flowpack-receiver")
+                && shown.contains("downgrading is not supported"),
+            "{shown}"
+        );
+        let v: i64 = connect(&path)
+            .and_then(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v, newer);
+    }
+
     #[tokio::test]
     async fn a_token_use_is_recorded_by_the_writer_once_while_queued() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
