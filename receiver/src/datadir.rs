@@ -212,6 +212,14 @@ pub fn init(dir: &DataDir) -> anyhow::Result<Initialized> {
     write_private(&dir.config(), format!("{config}\n").as_bytes())?;
 
     let store = Store::create(&dir.store(), crate::store::wall_clock())?;
+    #[cfg(unix)]
+    {
+        // SQLite creates the database with the umask's mode, and its log files after it with
+        // the database's: none of them readable by others.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir.store(), fs::Permissions::from_mode(0o600))?;
+        fs::set_permissions(dir.spool(), fs::Permissions::from_mode(0o700))?;
+    }
     {
         let mut db = store.db()?;
         let tx = db.write()?;

@@ -182,6 +182,7 @@ async fn a_rotated_sealing_key_is_accepted_until_it_retires_then_refused_by_name
         "{keys}"
     );
     assert_eq!(mode(&dir.join("sealing.agekey")), 0o600);
+    assert_eq!(mode(&dir.join("store.db")), 0o600);
 
     let (st, v) = post_bundle(&srv.base, &admin, to_first).await;
     assert_eq!(st, 201, "sealed to the previous key: {v}");
