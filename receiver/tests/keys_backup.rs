@@ -444,27 +444,24 @@ async fn a_backup_during_deploys_restores_an_acknowledged_prefix_with_its_secret
     ]);
     let ci = ci.trim().to_owned();
 
-    // Deploys one after another; the backup starts once five are acknowledged.
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
-    let deployer = {
+    // Two clients deploy at once, each one bundle after another to a container of its own; the
+    // backup starts once each has five acknowledged.
+    let key = std::sync::Arc::new(key);
+    let mut started = Vec::new();
+    let mut deployers = Vec::new();
+    for stream in ["/stream-a", "/stream-b"] {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        started.push(started_rx);
         let base = srv.base.clone();
         let admin = admin.clone();
-        let key = SigningKey::from_pem(&key.to_pem()).unwrap();
+        let key = key.clone();
         let to = to.clone();
-        tokio::spawn(async move {
+        deployers.push(tokio::spawn(async move {
             let mut acked = Vec::new();
             let mut started = Some(started_tx);
-            for i in 0..40 {
-                let b = cred_bundle(
-                    &key,
-                    "/stream",
-                    Some(to.clone()),
-                    &[oauth_cred(
-                        &format!("s{i}"),
-                        &format!("canary-access-{i}"),
-                        "canary-cs",
-                    )],
-                );
+            for i in 0..30 {
+                let c = oauth_cred(&format!("s{i}"), &format!("canary-access-{i}"), "canary-cs");
+                let b = cred_bundle(&key, stream, Some(to.clone()), &[c]);
                 let (st, v) = post_bundle(&base, &admin, b).await;
                 assert_eq!(st, 201, "{v}");
                 acked.push(v["bundle_id"].as_str().unwrap().to_owned());
@@ -473,9 +470,11 @@ async fn a_backup_during_deploys_restores_an_acknowledged_prefix_with_its_secret
                 }
             }
             acked
-        })
-    };
-    started_rx.await.unwrap();
+        }));
+    }
+    for s in started {
+        s.await.unwrap();
+    }
     let file = tmp.path().join("backup.tar");
     let (f, d) = (file.clone(), dir.clone());
     let out =
@@ -486,7 +485,10 @@ async fn a_backup_during_deploys_restores_an_acknowledged_prefix_with_its_secret
         out.starts_with(&format!("wrote {}", file.display())),
         "{out}"
     );
-    let acked = deployer.await.unwrap();
+    let mut acked = Vec::new();
+    for d in deployers {
+        acked.push(d.await.unwrap());
+    }
     assert_eq!(mode(&file), 0o600);
     let bytes = std::fs::read(&file).unwrap();
     assert!(
@@ -507,39 +509,42 @@ async fn a_backup_during_deploys_restores_an_acknowledged_prefix_with_its_secret
         assert_eq!(mode(&f), 0o600, "{}", f.display());
     }
     let srv = serve(&new);
-    // The restored history is the acknowledged deploys up to some point, in order.
-    let (st, v) = get(
-        &srv.base,
-        &ci,
-        "/v1/deployments?container=/stream&limit=1000",
-    )
-    .await;
-    assert_eq!(st, 200, "{v}");
-    let mut restored: Vec<String> = v["deployments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["bundle_id"].as_str().unwrap().to_owned())
-        .collect();
-    restored.reverse();
-    assert!(
-        restored.len() >= 5,
-        "acknowledged before the backup started: {restored:?}"
-    );
-    assert_eq!(
-        restored,
-        acked[..restored.len()],
-        "not a prefix of what was acknowledged"
-    );
+    // Each stream's restored history is its acknowledged deploys up to some point, in order.
+    for (stream, acked) in ["/stream-a", "/stream-b"].into_iter().zip(&acked) {
+        let (st, v) = get(
+            &srv.base,
+            &ci,
+            &format!("/v1/deployments?container={stream}&limit=1000"),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        let mut restored: Vec<String> = v["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["bundle_id"].as_str().unwrap().to_owned())
+            .collect();
+        restored.reverse();
+        assert!(
+            restored.len() >= 5,
+            "{stream}: acknowledged before the backup started: {restored:?}"
+        );
+        assert_eq!(
+            restored,
+            acked[..restored.len()],
+            "{stream}: not a prefix of what was acknowledged"
+        );
+        // The newest restored credential's secret came along.
+        let last = restored.len() - 1;
+        assert_eq!(
+            access_token(&srv.base, &ci, &format!("{stream}/s{last}")).await,
+            format!("canary-access-{last}")
+        );
+    }
     // Secrets, tokens and trust came along.
     assert_eq!(
         access_token(&srv.base, &ci, "/base/api").await,
         "canary-access-base"
-    );
-    let last = restored.len() - 1;
-    assert_eq!(
-        access_token(&srv.base, &ci, &format!("/stream/s{last}")).await,
-        format!("canary-access-{last}")
     );
     let (st, v) = post_bundle(
         &srv.base,
