@@ -13,6 +13,8 @@
 //!   expiry), [`trust_signer`], and the listing, revoking and removing functions of [`auth`]
 //!   that the `token` and `trust` subcommands call; all write to the database, which `serve`
 //!   reads on every request.
+//! - Key rotation and backups, which work while `serve` runs: [`rotate`], [`backup`]; the key
+//!   files themselves: [`keyring`].
 //! - The HTTP API: [`api`]; [`api::routes`] lists every route. Refusals: [`problem`].
 //! - Domain rules: [`service`]. Storage: only through [`store`], whose `sqlite` folder is the
 //!   one place that knows the database engine. ARCHITECTURE.md draws the layers.
