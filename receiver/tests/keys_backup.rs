@@ -432,6 +432,20 @@ async fn a_backup_during_deploys_restores_an_acknowledged_prefix_with_its_secret
     )
     .await;
     assert_eq!(st, 201, "{v}");
+    // A mapping with its files, to find restored byte for byte.
+    let p = project(Some("canary-password"), true, b"mfd-bytes-v1");
+    let (st, v) = post_bundle(
+        &srv.base,
+        &admin,
+        bundle(
+            &key,
+            &Opts::new("/m").sealed(to.clone()),
+            &p.mappings,
+            &p.credentials,
+        ),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
     // A principal and its token, to find restored.
     let ci = ok(&[
         "token",
@@ -541,7 +555,21 @@ async fn a_backup_during_deploys_restores_an_acknowledged_prefix_with_its_secret
             format!("canary-access-{last}")
         );
     }
-    // Secrets, tokens and trust came along.
+    // Mappings and their files, secrets, tokens and trust came along.
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/mappings/m/orders-to-erp/files/orders.mfd",
+            srv.base
+        ))
+        .bearer_auth(&ci)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.bytes().await.unwrap()[..], b"mfd-bytes-v1");
+    let (st, v) = get(&srv.base, &ci, "/v1/mappings/m/orders-to-erp").await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["credential_parameters"][0]["has_secrets"], true, "{v}");
     assert_eq!(
         access_token(&srv.base, &ci, "/base/api").await,
         "canary-access-base"
