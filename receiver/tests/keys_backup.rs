@@ -287,6 +287,7 @@ fn stored_ciphertexts(db: &Path) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for q in [
         "SELECT ciphertext FROM credential_secrets",
+        "SELECT ciphertext FROM credential_version_secrets",
         "SELECT verifier FROM oauth_states",
     ] {
         let mut st = conn.prepare(q).unwrap();
@@ -322,16 +323,18 @@ async fn at_rest_rotation_while_serving_keeps_every_secret_and_leaves_no_old_key
     )
     .await;
     assert_eq!(st, 201, "{v}");
+    let first_deployment = v["id"].clone();
     let (_, before) = get(&srv.base, &admin, "/v1/credentials/r/c0").await;
 
     let old_key = std::fs::read(dir.join("secrets.key")).unwrap();
     assert_eq!(old_key.len(), 32);
+    // The live secrets and those the deployment keeps for rollback.
     let old_ciphertexts = stored_ciphertexts(&dir.join("store.db"));
-    assert_eq!(old_ciphertexts.len(), 10);
+    assert_eq!(old_ciphertexts.len(), 20);
 
     let out = ok(&["rotate", "at-rest", "--data-dir", s(&dir)]);
     assert!(
-        out.starts_with("re-encrypted 10 stored values under at-rest key "),
+        out.starts_with("re-encrypted 20 stored values under at-rest key "),
         "{out}"
     );
     assert_eq!(mode(&dir.join("secrets.key")), 0o600);
@@ -386,6 +389,36 @@ async fn at_rest_rotation_while_serving_keeps_every_secret_and_leaves_no_old_key
     assert_eq!(
         redeployed["client_secret"]["fingerprint"],
         after["client_secret"]["fingerprint"]
+    );
+
+    // What a deployment keeps for rollback was re-encrypted too: a rollback of the first
+    // deployment after a change puts its secret back, and it opens.
+    let changed = cred_bundle(
+        &key,
+        "/r",
+        Some(to.clone()),
+        &[oauth_cred("c1", "canary-token-1b", "canary-cs-1b")],
+    );
+    let (st, v) = post_bundle(&srv.base, &admin, changed).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(
+        access_token(&srv.base, &admin, "/r/c1").await,
+        "canary-token-1b"
+    );
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/deployments/{first_deployment}/rollback",
+            srv.base
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    let (st, v) = answer(r).await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(
+        access_token(&srv.base, &admin, "/r/c1").await,
+        "canary-token-1"
     );
 
     // A second rotation while serving, then a restart: everything still opens.

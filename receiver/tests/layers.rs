@@ -17,7 +17,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("store", &["store"]),
     (
         "infrastructure",
-        &["config", "outbound", "conns", "metrics", "tls", "logs", "keyring"],
+        &[
+            "config", "outbound", "conns", "metrics", "tls", "logs", "keyring",
+        ],
     ),
     ("services", &["service"]),
     ("api", &["api"]),

@@ -133,8 +133,10 @@ impl Tx<'_> {
                 at: EncryptedAt::VersionSecret { version },
                 path: object_path(&container, &name).ok_or_else(|| {
                     Error::Engine(
-                        format!("credential version {version}: a stored path or name does not parse")
-                            .into(),
+                        format!(
+                            "credential version {version}: a stored path or name does not parse"
+                        )
+                        .into(),
                     )
                 })?,
                 field,
