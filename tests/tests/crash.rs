@@ -10,6 +10,9 @@
 //!   and the secret's fingerprint, which must belong to the same step as the other fields;
 //! - the spool holds no upload left by the kill.
 //!
+//! A second test kills the receiver during rollbacks: the container is then exactly before or
+//! after the rollback.
+//!
 //! The seed is fixed (override with FLOWPACK_CRASH_SEED); where the kills land also depends
 //! on timing, so each run explores different moments, and every run checks the same
 //! invariants. The kill count is printed.
@@ -535,4 +538,139 @@ fn sigkill_during_deploys_leaves_every_container_fully_applied() {
         kills >= 3,
         "only {kills} kills: the test exercised too little"
     );
+}
+
+/// Rollbacks killed at random moments: a few deployments are applied undisturbed, then
+/// rollbacks to random ones of them are sent while the receiver is killed with SIGKILL
+/// 0–40 ms after each starts. After every restart the container is exactly its state before
+/// the rollback or exactly the state the rolled-back deployment left (listings, versions,
+/// file bytes, fields and secret fingerprints); an acknowledged rollback is the latter, and is
+/// listed with its `rollback_of`.
+#[test]
+fn sigkill_during_rollbacks_leaves_the_container_before_or_after_them() {
+    const DEPLOYS: usize = 8;
+    const ROLLBACKS: usize = 24;
+    let seed: u64 = std::env::var("FLOWPACK_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x0b5e_55ed);
+    let mut rng = Rng(seed);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut r = Receiver::init(dir, "data");
+    r.trust(&root().join("fixtures/keys/signer.pub"), &["/crash"]);
+    let key = fixture_key(dir, "signer.key");
+    r.serve();
+    // Only the steps that go to MAIN: one container, so "before" is always the last state.
+    // For each deployment: its id, the container's state right after it, and the names of
+    // the mappings and credentials it wrote.
+    let mut deployed: Vec<(
+        Value,
+        (State, Vec<(String, String)>),
+        Vec<String>,
+        Vec<String>,
+    )> = Vec::new();
+    for k in (0..).filter(|k| target(*k) == MAIN).take(DEPLOYS) {
+        let step = build_step(k, dir, &key, &r.recipient, &mut rng);
+        let (status, body) = try_http(
+            &r.url,
+            "POST",
+            "/v1/deployments",
+            Some(&r.admin_token),
+            "application/zip",
+            &step.bundle,
+        )
+        .unwrap();
+        assert_eq!(status, 201, "step {k}: {}", String::from_utf8_lossy(&body));
+        let record: Value = serde_json::from_slice(&body).unwrap();
+        let maps = step.mappings.iter().map(|m| m.0.clone()).collect();
+        let creds = step.credentials.iter().map(|c| c.0.clone()).collect();
+        deployed.push((record["id"].clone(), actual_state(&r, MAIN), maps, creds));
+    }
+    let mut acked: Vec<(Value, Value)> = Vec::new();
+    let mut kills = 0;
+    for n in 0..ROLLBACKS {
+        let (id, then, maps, creds) = deployed[rng.below(DEPLOYS as u64) as usize].clone();
+        let before = actual_state(&r, MAIN);
+        // A rollback puts back what the deployment wrote and leaves the rest alone. Every
+        // deployment writes `svc`, the one credential with a fingerprint listed, so those are
+        // the deployment's.
+        let mut after = (before.0.clone(), then.1.clone());
+        for m in &maps {
+            after
+                .0
+                .mappings
+                .insert(m.clone(), then.0.mappings[m].clone());
+        }
+        for c in &creds {
+            after
+                .0
+                .credentials
+                .insert(c.clone(), then.0.credentials[c].clone());
+        }
+        let delay = Duration::from_millis(rng.below(41));
+        let (cancel, killer) = arm_killer(r.pid().unwrap(), delay);
+        let answer = try_http(
+            &r.url,
+            "POST",
+            &format!("/v1/deployments/{id}/rollback"),
+            Some(&r.admin_token),
+            "",
+            b"",
+        );
+        let _ = cancel.send(());
+        let killed = killer.join().unwrap();
+        if killed {
+            kills += 1;
+            r.stop();
+            r.serve();
+        }
+        let now = actual_state(&r, MAIN);
+        let when = format!("rollback {n} to deployment {id} (killed: {killed})");
+        match answer {
+            Ok((201, body)) => {
+                let record: Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(record["rollback_of"], id, "{when}");
+                assert!(
+                    now == after,
+                    "{when}: acknowledged, but not the state it restores"
+                );
+                acked.push((record["id"].clone(), id.clone()));
+            }
+            Ok((status, body)) => panic!(
+                "{when}: unexpected {status}: {}",
+                String::from_utf8_lossy(&body)
+            ),
+            Err(e) => {
+                assert!(killed, "{when}: failed without a kill: {e}");
+                assert!(
+                    now == before || now == after,
+                    "{when}: neither the state before nor the one after:\n  actual: {}\n  before: {}\n  after: {}",
+                    describe(&now.0),
+                    describe(&before.0),
+                    describe(&after.0)
+                );
+            }
+        }
+        // Every acknowledged rollback is listed, as a rollback of what it restored.
+        let (_, listed) = get_json(&r, "/v1/deployments?limit=1000");
+        for (rid, of) in &acked {
+            let found = listed["deployments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["id"] == *rid)
+                .unwrap_or_else(|| panic!("{when}: acknowledged rollback {rid} is not listed"));
+            assert_eq!(found["rollback_of"], *of, "{when}");
+        }
+    }
+    eprintln!(
+        "rollback crash test: seed {seed:#x}, {ROLLBACKS} rollbacks, {kills} SIGKILLs, {} acknowledged",
+        acked.len()
+    );
+    assert!(
+        kills >= 3,
+        "only {kills} kills: the test exercised too little"
+    );
+    assert!(!acked.is_empty(), "no rollback was acknowledged");
 }
