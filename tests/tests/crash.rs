@@ -540,6 +540,15 @@ fn sigkill_during_deploys_leaves_every_container_fully_applied() {
     );
 }
 
+/// A deployment of the rollback test: its id, the container's state right after it (with the
+/// fingerprints), and the names of the mappings and credentials it wrote.
+type Deployed = (
+    Value,
+    (State, Vec<(String, String)>),
+    Vec<String>,
+    Vec<String>,
+);
+
 /// Rollbacks killed at random moments: a few deployments are applied undisturbed, then
 /// rollbacks to random ones of them are sent while the receiver is killed with SIGKILL
 /// 0–40 ms after each starts. After every restart the container is exactly its state before
@@ -557,19 +566,12 @@ fn sigkill_during_rollbacks_leaves_the_container_before_or_after_them() {
     let mut rng = Rng(seed);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let mut r = Receiver::init(dir, "data");
-    r.trust(&root().join("fixtures/keys/signer.pub"), &["/crash"]);
     let key = fixture_key(dir, "signer.key");
     r.serve();
     // Only the steps that go to MAIN: one container, so "before" is always the last state.
     // For each deployment: its id, the container's state right after it, and the names of
     // the mappings and credentials it wrote.
-    let mut deployed: Vec<(
-        Value,
-        (State, Vec<(String, String)>),
-        Vec<String>,
-        Vec<String>,
-    )> = Vec::new();
+    let mut deployed: Vec<Deployed> = Vec::new();
     for k in (0..).filter(|k| target(*k) == MAIN).take(DEPLOYS) {
         let step = build_step(k, dir, &key, &r.recipient, &mut rng);
         let (status, body) = try_http(
