@@ -566,11 +566,11 @@ fn sigkill_during_rollbacks_leaves_the_container_before_or_after_them() {
     let mut rng = Rng(seed);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
+    let mut r = Receiver::init(dir, "data");
+    r.trust(&root().join("fixtures/keys/signer.pub"), &["/crash"]);
     let key = fixture_key(dir, "signer.key");
     r.serve();
     // Only the steps that go to MAIN: one container, so "before" is always the last state.
-    // For each deployment: its id, the container's state right after it, and the names of
-    // the mappings and credentials it wrote.
     let mut deployed: Vec<Deployed> = Vec::new();
     for k in (0..).filter(|k| target(*k) == MAIN).take(DEPLOYS) {
         let step = build_step(k, dir, &key, &r.recipient, &mut rng);
