@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # flowpack quick start: build both binaries, start a receiver on a fresh data directory, package
-# the sample project sealed to that receiver, deploy it, show what the receiver holds, stop it.
+# the sample project sealed to that receiver, show the plan, deploy it, create a credential on
+# the server, show a plan with drift, roll back, show what the receiver holds, stop it.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -34,13 +35,37 @@ echo "== packager: package fixtures/sample, sealed to the receiver"
 "$bin/flowpack" package fixtures/sample -k "$work/signer.key" -c /public/orders --seal-to "$recipient" -o "$work/sample.fpk"
 "$bin/flowpack" inspect "$work/sample.fpk" --trust "$work/signer.key.pub"
 
+server=(--server "$url" --token-file "$work/token")
+# `diff` exits 6 when the plan has changes, 0 when it has none.
+plan() { "$bin/flowpack" diff "$1" "${server[@]}" || [ $? -eq 6 ]; }
+
+echo "== packager: the plan (nothing is changed by it)"
+plan "$work/sample.fpk"
+
 echo "== packager: deploy"
-"$bin/flowpack" deploy "$work/sample.fpk" --server "$url" --token-file "$work/token"
+"$bin/flowpack" deploy "$work/sample.fpk" "${server[@]}"
 
 printf 'Authorization: Bearer %s\n' "$(cat "$work/token")" > "$work/auth-header"
 get() { echo "-- GET $1"; curl -fsS -H @"$work/auth-header" "$url$1" | python3 -m json.tool; }
+send() { echo "-- $1 $2"; curl -fsS -X "$1" -H @"$work/auth-header" -H 'Content-Type: application/json' --data "$3" "$url$2" | python3 -m json.tool; }
+
+echo "== an admin creates the mail relay login on the server (the mapping's external parameter)"
+# Secrets in clear go only over TLS or, as here, from a loopback client.
+send PUT /v1/credentials/public/orders/smtp \
+  '{"type": "password", "username": "relay", "password": "quickstart-smtp-password", "allow_usage_for": ["job_execution"]}'
+
+echo "== an admin edits the ERP login on the server; the next plan shows the drift"
+send PATCH /v1/credentials/public/orders/erp '{"description": "edited on the server"}'
+"$bin/flowpack" package fixtures/sample -k "$work/signer.key" -c /public/orders --seal-to "$recipient" -o "$work/again.fpk"
+plan "$work/again.fpk"
+
+echo "== deploy again (the bundle is the source of truth), then roll back to the first deployment"
+"$bin/flowpack" deploy "$work/again.fpk" "${server[@]}"
+"$bin/flowpack" rollback 1 "${server[@]}"
+"$bin/flowpack" history "${server[@]}"
+
 echo "== what the receiver holds"
 get /v1/mappings/public/orders/orders-to-erp
 get /v1/credentials/public/orders/erp
-get "/v1/deployments?container=/public/orders"
+get /v1/credentials/public/orders/smtp
 echo "== done; stopping the receiver"
