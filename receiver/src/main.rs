@@ -540,6 +540,22 @@ fn serve(data_dir: PathBuf, flags: reload::Flags) -> anyhow::Result<()> {
             "refusing to listen on {listen} without TLS: give --tls-cert and --tls-key (or tls_cert and tls_key in config.json), or listen on a loopback address"
         );
     }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Requests touch the store on blocking threads. Most hold one for well under a
+        // millisecond; without a cap a burst of connections grows hundreds of threads that
+        // contend on SQLite's global mutexes. Enough remain for slow work (a deploy being
+        // applied, a mapping file streamed to a slow client) beside the short reads.
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build()?;
+    // As early as there is a runtime: SIGHUP's default action ends the process, and a
+    // supervisor may send it (`systemctl reload`) as soon as the process has started. One that
+    // arrives while the server starts is answered by a reload once it serves.
+    let mut hangup = {
+        let _runtime = rt.enter();
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?
+    };
     // Held until `serve` returns: a second server on the same directory exits here.
     let _lock = datadir::lock_for_serving(&dir)?;
     let app = Arc::new(App::load(&data_dir)?);
@@ -549,23 +565,12 @@ fn serve(data_dir: PathBuf, flags: reload::Flags) -> anyhow::Result<()> {
     };
     let acceptor = cert.clone().map(tls::acceptor).transpose()?;
     let mut reloader = Reloader::new(app.clone(), cert, flags, settings);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        // Requests touch the store on blocking threads. Most hold one for well under a
-        // millisecond; without a cap a burst of connections grows hundreds of threads that
-        // contend on SQLite's global mutexes. Enough remain for slow work (a deploy being
-        // applied, a mapping file streamed to a slow client) beside the short reads.
-        .max_blocking_threads(BLOCKING_THREADS)
-        .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr()?;
         let shutdown = shutdown_signal()?;
-        // Registered before `listening on` is printed, like the shutdown signals.
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .context("installing the SIGHUP handler")?;
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
                 tracing::info!("SIGHUP received: reloading config.json and the TLS certificate");

@@ -757,6 +757,37 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_changes_the_allowed_hosts_and_keeps_the_flights() {
+        let o = outbound(&[]);
+        let flight = o.flight(7);
+        refused(&o, "http://127.0.0.1:9000/token");
+        let listed = Config {
+            outbound_allow: vec!["127.0.0.1:9000".parse().unwrap()],
+            ..Config::default()
+        };
+        o.reload(&listed).unwrap();
+        assert!(
+            o.check_url("f", "http://127.0.0.1:9000/token")
+                .unwrap()
+                .listed
+        );
+        assert_eq!(o.allowed(), listed.outbound_allow);
+        assert!(Arc::ptr_eq(&flight, &o.flight(7)));
+        // A CA file that cannot be read keeps the policy in force.
+        let broken = Config {
+            extra_ca_files: vec!["/nonexistent/ca.pem".into()],
+            ..Config::default()
+        };
+        let e = o.reload(&broken).unwrap_err();
+        assert!(format!("{e:#}").contains("/nonexistent/ca.pem"), "{e:#}");
+        assert!(
+            o.check_url("f", "http://127.0.0.1:9000/token")
+                .unwrap()
+                .listed
+        );
+    }
+
+    #[test]
     fn every_spelling_of_a_loopback_or_private_address_is_refused() {
         let o = outbound(&[]);
         // (URL, the host as the refusal names it)

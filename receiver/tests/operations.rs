@@ -994,3 +994,68 @@ impl HeldBody {
         })
     }
 }
+
+#[tokio::test]
+async fn sighup_switches_the_log_format_and_warns_that_listen_needs_a_restart() {
+    install_provider();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    common::bin::init(&dir);
+    write_config(&dir, &json!({"listen": "127.0.0.1:0"}));
+    let srv = serve_with(&dir, &[]);
+    let client = reqwest::Client::new();
+    let reloads = || async {
+        let r = client
+            .get(format!("{}/metrics", srv.base))
+            .send()
+            .await
+            .unwrap();
+        let samples = parse_exposition(&r.text().await.unwrap());
+        value(&samples, "flowpack_reloads_total", &[("outcome", "ok")])
+    };
+    assert_eq!(reloads().await, 0.0);
+
+    write_config(
+        &dir,
+        &json!({"listen": "127.0.0.1:9", "log_format": "json"}),
+    );
+    srv.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloads().await != 1.0 {
+        assert!(Instant::now() < deadline, "the reload was not counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Still on the address it started with.
+    let r = client
+        .get(format!("{}/healthz", srv.base))
+        .header("x-request-id", "after-reload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let log = srv.stop();
+
+    let warned = log
+        .lines()
+        .position(|l| l.contains("WARN") && l.contains("`listen` changed"))
+        .unwrap_or_else(|| panic!("no warning about listen:\n{log}"));
+    let first_json = log
+        .lines()
+        .position(|l| serde_json::from_str::<Value>(l).is_ok())
+        .unwrap_or_else(|| panic!("no JSON line after the reload:\n{log}"));
+    assert!(warned < first_json, "{log}");
+    // Text before the reload, JSON from it on.
+    for (i, line) in log.lines().enumerate() {
+        assert_eq!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            i >= first_json,
+            "line {i}: {line}\n{log}"
+        );
+    }
+    let request = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["request_id"] == "after-reload")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(request["route"], "/healthz");
+}
