@@ -47,18 +47,24 @@ Environment:
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate an Ed25519 signing key: KEY (mode 0600) and KEY.pub; prints the key id.
+    #[command(after_help = EX_KEYGEN)]
     Keygen(KeygenArgs),
     /// Package every *.mapping.json and *.credential.json found under DIR into a signed bundle.
+    #[command(after_help = EX_PACKAGE)]
     Package(PackageArgs),
     /// Package credential files alone into a standalone credential bundle.
+    #[command(after_help = EX_PACKAGE_CREDENTIALS)]
     PackageCredentials(PackageCredentialsArgs),
     /// Show what a bundle holds (never a secret value; control characters in its text are
     /// shown escaped, as \u{1b}).
+    #[command(after_help = EX_INSPECT)]
     Inspect(InspectArgs),
     /// Verify a bundle fully: signature, trust, times, every entry's digest and record.
+    #[command(after_help = EX_VERIFY)]
     Verify(VerifyArgs),
     /// Upload a bundle to a receiver (POST /v1/deployments). Safe to retry: a bundle applied
     /// already is answered as a replay and changes nothing.
+    #[command(after_help = EX_DEPLOY)]
     Deploy(DeployArgs),
     /// Show what deploying a bundle would change on a receiver, object by object, without
     /// changing anything (the same as deploy --dry-run). Exit status 0: no changes, 6: changes.
@@ -67,19 +73,88 @@ pub enum Command {
     /// them), as a new deployment that can itself be rolled back.
     Rollback(RollbackArgs),
     /// List a container of a receiver: its containers, mappings and credentials.
+    #[command(after_help = EX_LS)]
     Ls(LsArgs),
     /// Show a mapping or a credential of a receiver (credentials redacted, as the receiver
     /// shows them).
+    #[command(after_help = EX_GET)]
     Get(GetArgs),
     /// Show a receiver's audit trail, newest first.
+    #[command(after_help = EX_AUDIT)]
     Audit(ListArgs),
     /// Show a receiver's deployment history, newest first.
+    #[command(after_help = EX_HISTORY)]
     History(ListArgs),
     /// Print a shell completion script.
+    #[command(after_help = EX_COMPLETIONS)]
     Completions(CompletionsArgs),
-    /// Print the manual page (roff) on standard output.
-    Man,
+    /// Print the manual page (roff) on standard output, or write one per command to a
+    /// directory.
+    #[command(after_help = EX_MAN)]
+    Man(ManArgs),
 }
+
+// Examples shown after each subcommand's help and in its manual page.
+const EX_KEYGEN: &str = "Examples:
+  flowpack keygen -o ~/.flowpack/signer.key
+  # then, on the receiver: trust the public half
+  flowpack-receiver trust add signer.key.pub --data-dir /var/lib/flowpack --containers /public";
+
+const EX_PACKAGE: &str = "Examples:
+  flowpack package ./orders -k signer.key -c /public/orders \\
+      --seal-to-server https://receiver.example.com:8443 -o orders.fpk
+  flowpack package ./orders -k signer.key -c /public/orders --env prod \\
+      --seal-to age1… --seal-to age1… --expires 2w -o orders.fpk
+  flowpack package ./orders -k signer.key -c /public/orders --seal-to age1… -o - \\
+      | flowpack verify - --trust signer.key.pub";
+
+const EX_PACKAGE_CREDENTIALS: &str = "Examples:
+  flowpack package-credentials erp.credential.json crm.credential.json -k signer.key \\
+      -c /public/orders --env prod --seal-to age1… -o creds.fpk
+  flowpack package-credentials erp.credential.json -k signer.key -c /public/orders \\
+      --seal-to age1… --expires 30m -o - > creds.fpk";
+
+const EX_INSPECT: &str = "Examples:
+  flowpack inspect orders.fpk --trust signer.key.pub
+  flowpack inspect orders.fpk --json | jq '.credentials[] | {name, secrets}'
+  flowpack inspect - < orders.fpk";
+
+const EX_VERIFY: &str = "Examples:
+  flowpack verify orders.fpk --trust signer.key.pub
+  flowpack verify orders.fpk --trust alice.pub bob.pub --json
+  curl -sf https://artifacts.example.com/orders.fpk | flowpack verify - --trust signer.key.pub";
+
+const EX_DEPLOY: &str = "Examples:
+  flowpack deploy orders.fpk --server https://receiver.example.com:8443 --token-file token
+  FLOWPACK_SERVER=https://receiver.example.com:8443 FLOWPACK_CA_CERT=ca.pem \\
+      FLOWPACK_TOKEN=$TOKEN flowpack deploy orders.fpk --verify --retries 3 --json
+  vault read -field=token secret/flowpack | flowpack deploy orders.fpk --server https://receiver.example.com:8443";
+
+const EX_LS: &str = "Examples:
+  flowpack ls / --server https://receiver.example.com:8443 --token-file token
+  flowpack ls /public/orders --json";
+
+const EX_GET: &str = "Examples:
+  flowpack get /public/orders/erp --server https://receiver.example.com:8443 --token-file token
+  flowpack get /public/orders/orders-to-erp --kind mapping --json";
+
+const EX_AUDIT: &str = "Examples:
+  flowpack audit --server https://receiver.example.com:8443 --token-file token
+  flowpack audit --container /public/orders --limit 20 --json
+  flowpack audit --before 120";
+
+const EX_HISTORY: &str = "Examples:
+  flowpack history --server https://receiver.example.com:8443 --token-file token
+  flowpack history --container /public/orders --limit 5 --json";
+
+const EX_COMPLETIONS: &str = "Examples:
+  flowpack completions bash > /etc/bash_completion.d/flowpack
+  flowpack completions zsh > ~/.zfunc/_flowpack
+  flowpack completions fish > ~/.config/fish/completions/flowpack.fish";
+
+const EX_MAN: &str = "Examples:
+  flowpack man | man -l -
+  flowpack man --dir man/   # flowpack.1 and one page per subcommand";
 
 /// `flowpack keygen`.
 #[derive(Debug, Args)]
@@ -122,11 +197,12 @@ pub struct BundleArgs {
     /// Write the secrets of credentials with include_in_deployment set in clear (not sealed).
     #[arg(long = "plaintext-secrets")]
     pub plaintext_secrets: bool,
-    /// How long the bundle stays valid: a whole number and a unit, m (minutes), h (hours) or
-    /// d (days), e.g. 30m, 12h or 7d; from 1m to 3650d (ten years).
+    /// How long the bundle stays valid: a number and a unit, e.g. 30m, 12h, 7d, 2w or 1h30m
+    /// (units s, m, h, d, w, M for 30.44 days, y for 365.25 days); from 1m to 3650d (ten years).
     #[arg(long = "expires", value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
     pub expires: time::Duration,
-    /// The bundle file to write (.fpk).
+    /// The bundle file to write (.fpk), or - for standard output (refused when it is a
+    /// terminal; the summary then goes to standard error).
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: PathBuf,
 }
@@ -159,7 +235,7 @@ pub struct PackageCredentialsArgs {
 /// `flowpack inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The bundle.
+    /// The bundle, or - to read it from standard input.
     #[arg(value_name = "BUNDLE")]
     pub bundle: PathBuf,
     /// Public keys to verify the signature with (PEM); without, the signature is not verified.
@@ -173,7 +249,7 @@ pub struct InspectArgs {
 /// `flowpack verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The bundle.
+    /// The bundle, or - to read it from standard input.
     #[arg(value_name = "BUNDLE")]
     pub bundle: PathBuf,
     /// Trusted signer public keys (PEM), for every container.
@@ -197,7 +273,7 @@ pub struct ServerArgs {
     #[arg(long = "ca-cert", value_name = "PEM", env = "FLOWPACK_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
     /// Give up when the receiver cannot be connected to, or sends no byte of its answer, for
-    /// this long: a whole number and s, m or h, from 1s to 1h.
+    /// this long: a number and a unit, e.g. 30s, 2m or 1m30s; from 1s to 1h.
     #[arg(long = "timeout", value_name = "DURATION", default_value = "60s", value_parser = parse_timeout)]
     pub timeout: std::time::Duration,
     /// Try again up to N times (0 to 10) when the receiver cannot be reached or answers 502,
@@ -302,6 +378,14 @@ pub struct ListArgs {
     pub server: ServerArgs,
 }
 
+/// `flowpack man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write flowpack.1 and a page per subcommand (flowpack-package.1, …) into DIR instead.
+    #[arg(long = "dir", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
 /// `flowpack completions`.
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
@@ -335,30 +419,21 @@ fn parse_object(s: &str) -> Result<ContainerPath, String> {
     Ok(p)
 }
 
-/// `--timeout`: a whole number and s, m or h, from 1 s to 1 h.
-fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| "expected a whole number and s, m or h, e.g. 60s or 2m".to_owned())?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3600),
-        _ => return Err("expected a unit of s, m or h, e.g. 60s or 2m".into()),
-    };
-    if !(1..=3600).contains(&secs) {
-        return Err("expected a duration from 1s to 1h".into());
-    }
-    Ok(std::time::Duration::from_secs(secs))
+/// `--timeout`: a duration from 1 s to 1 h (clap names the option and shows the value).
+fn parse_timeout(s: &str) -> Result<std::time::Duration, flowpack_shared::timefmt::DurationError> {
+    use std::time::Duration;
+    flowpack_shared::timefmt::parse_duration_within(
+        s,
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    )
 }
 
 fn parse_recipient(s: &str) -> Result<SealingRecipient, String> {
     SealingRecipient::parse(s).map_err(|e| e.to_string())
 }
 
-/// clap shows the value and names `--expires` itself (`invalid value '7w' for '--expires
+/// clap shows the value and names `--expires` itself (`invalid value '7x' for '--expires
 /// <DURATION>': …`) and exits 2.
 fn parse_duration(s: &str) -> Result<time::Duration, flowpack_shared::timefmt::DurationError> {
     flowpack_shared::timefmt::parse_duration(s)

@@ -8,7 +8,7 @@
 //! standard output. The receiver's text is shown escaped and bounded: it is not ours to trust.
 
 use std::io::{IsTerminal as _, Read as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,6 +97,8 @@ pub struct Answer {
 /// A receiver to talk to.
 pub struct Receiver {
     base: String,
+    /// The CA file given with `--ca-cert`, named when the server's certificate is refused.
+    ca: Option<PathBuf>,
     http: reqwest::Client,
     token: Zeroizing<String>,
     retries: u32,
@@ -121,6 +123,7 @@ impl Receiver {
         let token = read_token(a.token_file.as_deref())?;
         Ok(Receiver {
             base,
+            ca: a.ca_cert.clone(),
             http: http_client(a.ca_cert.as_deref(), a.timeout)?,
             token,
             retries: a.retries,
@@ -229,7 +232,9 @@ impl Receiver {
         while let Some(next) = root.source() {
             root = next;
         }
-        let what = if e.is_timeout() {
+        let what = if let Some(hint) = tls_hint(e, self.ca.as_deref()) {
+            format!("cannot connect to {}: {hint}", self.base)
+        } else if e.is_timeout() {
             format!(
                 "no answer from {} within {} s",
                 self.base,
@@ -280,13 +285,18 @@ impl Receiver {
     }
 }
 
-/// True when the TLS handshake failed (a certificate not trusted, not valid for the host…),
-/// as opposed to no connection at all. The rustls error sits inside `io::Error`s, whose
-/// `source` skips the error they wrap, so those are opened with `get_ref`.
+/// True when the TLS handshake failed (a certificate not trusted, not valid for the host, a
+/// plain HTTP server…), as opposed to no connection at all.
 fn tls_refused(e: &reqwest::Error) -> bool {
-    fn within(c: &(dyn std::error::Error + 'static)) -> bool {
-        if c.is::<rustls::Error>() {
-            return true;
+    rustls_error(e).is_some()
+}
+
+/// The rustls error inside `e`, if the TLS handshake failed. The rustls error sits inside
+/// `io::Error`s, whose `source` skips the error they wrap, so those are opened with `get_ref`.
+fn rustls_error(e: &reqwest::Error) -> Option<&rustls::Error> {
+    fn within<'a>(c: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+        if let Some(r) = c.downcast_ref::<rustls::Error>() {
+            return Some(r);
         }
         if let Some(inner) = c
             .downcast_ref::<std::io::Error>()
@@ -294,9 +304,37 @@ fn tls_refused(e: &reqwest::Error) -> bool {
         {
             return within(inner);
         }
-        c.source().is_some_and(within)
+        c.source().and_then(within)
     }
     within(e)
+}
+
+/// What to do about a TLS handshake that failed in a way a person can fix: an `https://` URL
+/// that reaches a plain HTTP server (its answer is not a TLS record), or a certificate from an
+/// issuer that is not trusted. `None` for anything else, which is shown as it is.
+fn tls_hint(e: &reqwest::Error, ca: Option<&Path>) -> Option<String> {
+    use rustls::{CertificateError, Error};
+    match rustls_error(e)? {
+        // The first bytes back were not a TLS record: `HTTP/1.1 400 …` from a plain server.
+        Error::InvalidMessage(_) => Some(
+            "the server speaks plain HTTP, not TLS; use http:// (loopback only) or enable TLS on it"
+                .to_owned(),
+        ),
+        // A bad signature: an issuer of the same name that did not sign it (another CA).
+        Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => Some(match ca {
+            Some(ca) => format!(
+                "the server's certificate is not signed by the CA in --ca-cert {}; pass the CA \
+                 that signed it",
+                crate::text::path(ca)
+            ),
+            None => "the server's certificate is not signed by a trusted CA; pass --ca-cert PEM \
+                 or set FLOWPACK_CA_CERT"
+                .to_owned(),
+        }),
+        _ => None,
+    }
 }
 
 /// The body of `resp`, or `None` when it is longer than `max` bytes.
@@ -356,11 +394,13 @@ pub fn fetch_recipient(
     let http = http_client(ca, WAIT)?;
     let keys_url = format!("{base}/v1/keys");
     let v: Value = block_on(async {
-        let mut resp = http
-            .get(&keys_url)
-            .send()
-            .await
-            .with_context(|| format!("fetching {keys_url}"))?;
+        let mut resp = match http.get(&keys_url).send().await {
+            Ok(resp) => resp,
+            Err(e) => match tls_hint(&e, ca) {
+                Some(hint) => bail!("fetching {keys_url}: {hint}"),
+                None => return Err(anyhow::Error::new(e).context(format!("fetching {keys_url}"))),
+            },
+        };
         let status = resp.status();
         if !status.is_success() {
             bail!("{keys_url} answered HTTP {status}");
@@ -385,6 +425,20 @@ pub fn fetch_recipient(
 /// (a password in a URL would be sent, and shown in every message that names the URL).
 fn base_url(option: &str, server: &str) -> anyhow::Result<String> {
     let bad = |why: &str| anyhow::anyhow!("{option}: {why}");
+    // `receiver.local:8443` parses as a URL of scheme `receiver.local`: say what is missing.
+    if !server.contains("://") {
+        // Echoed only when it cannot hold a password (user:password@host).
+        return Err(
+            if server.contains('@') || server.chars().any(char::is_control) {
+                bad("the URL has no scheme; add https:// in front of the host")
+            } else {
+                bad(&format!(
+                    "{server:?} has no scheme; add https:// (https://{server}), or http:// for a \
+                 receiver on this machine's loopback address"
+                ))
+            },
+        );
+    }
     let base = reqwest::Url::parse(server).map_err(|e| bad(&e.to_string()))?;
     if !matches!(base.scheme(), "http" | "https") {
         return Err(bad("expected an http:// or https:// URL"));
@@ -404,6 +458,8 @@ fn base_url(option: &str, server: &str) -> anyhow::Result<String> {
 /// The bearer token: --token-file, else FLOWPACK_TOKEN, else standard input when it is not a
 /// terminal. Surrounding whitespace is trimmed.
 fn read_token(file: Option<&Path>) -> anyhow::Result<Zeroizing<String>> {
+    const HOW: &str =
+        "pass --token-file FILE, set FLOWPACK_TOKEN, or pipe the token on standard input";
     let (raw, source) = if let Some(f) = file {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("token file {}", f.display()))?;
@@ -420,11 +476,12 @@ fn read_token(file: Option<&Path>) -> anyhow::Result<Zeroizing<String>> {
             .take(64 * 1024)
             .read_to_string(&mut t)
             .context("reading the token from standard input")?;
+        if t.trim().is_empty() {
+            bail!("no token: standard input is empty; {HOW}");
+        }
         (t, "standard input".to_owned())
     } else {
-        bail!(
-            "no token: pass --token-file FILE, set FLOWPACK_TOKEN, or pipe the token on standard input"
-        );
+        bail!("no token: {HOW}");
     };
     let token = raw.trim();
     if token.is_empty() {

@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek as _};
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -57,8 +57,50 @@ impl From<BundleError> for Refused {
 
 type Reader = BufReader<File>;
 
-fn open_file(path: &Path) -> anyhow::Result<Reader> {
-    let f = File::open(path).with_context(|| format!("bundle {}", shown(path)))?;
+/// True for `-`: the bundle comes on standard input.
+fn is_stdin(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+/// How messages name the bundle.
+fn label(path: &Path) -> String {
+    if is_stdin(path) {
+        "(standard input)".to_owned()
+    } else {
+        shown(path)
+    }
+}
+
+/// The bundle file, or for `-` standard input copied into an unnamed temporary file (the
+/// reader seeks), at most the largest bundle a receiver takes.
+fn open_input(path: &Path) -> anyhow::Result<File> {
+    if !is_stdin(path) {
+        return File::open(path).with_context(|| format!("bundle {}", shown(path)));
+    }
+    if io::IsTerminal::is_terminal(&io::stdin()) {
+        anyhow::bail!("-: standard input is a terminal; pipe a bundle into it (… - < B.fpk)");
+    }
+    let max = Limits::default().max_bundle_size;
+    let mut tmp = tempfile::tempfile().context("creating a temporary file for standard input")?;
+    let copied = io::copy(&mut io::stdin().lock().take(max + 1), &mut tmp)
+        .context("reading the bundle from standard input")?;
+    if copied > max {
+        anyhow::bail!(
+            "the bundle on standard input is larger than {max} bytes, the largest bundle there is"
+        );
+    }
+    if copied == 0 {
+        anyhow::bail!("-: standard input is empty; pipe a bundle into it (… - < B.fpk)");
+    }
+    tmp.rewind()
+        .context("reading the bundle from standard input")?;
+    Ok(tmp)
+}
+
+/// A reader over `f` from its start (a clone shares its offset, so it is rewound).
+fn reader(f: &File) -> anyhow::Result<Reader> {
+    let mut f = f.try_clone().context("reading the bundle")?;
+    f.rewind().context("reading the bundle")?;
     Ok(BufReader::new(f))
 }
 
@@ -95,8 +137,8 @@ fn read_payload(b: &mut OpenBundle<Reader>) -> Result<(Payload, Vec<FileSeen>), 
 
 /// `flowpack inspect BUNDLE [--trust PUB…] [--json]`.
 pub fn inspect(a: &InspectArgs) -> anyhow::Result<()> {
-    let ctx = || format!("bundle {}", shown(&a.bundle));
-    let r = open_file(&a.bundle)?;
+    let ctx = || format!("bundle {}", label(&a.bundle));
+    let r = BufReader::new(open_input(&a.bundle)?);
     let limits = Limits::default();
     let mut b = if a.trust.is_empty() {
         OpenBundle::open_unverified(r, &limits)
@@ -233,7 +275,7 @@ fn print_inspect(
     // Typed values (ids, key ids, timestamps, checked names and containers) cannot hold a
     // control character; they are escaped all the same where they are text, at no cost.
     let e = |s: &str| Escaped(s).to_string();
-    outln!("bundle {}", shown(path));
+    outln!("bundle {}", label(path));
     outln!("  format:      {}", e(&m.format));
     outln!("  bundle id:   {}", e(m.bundle_id.as_str()));
     outln!("  kind:        {}", kind_name(m.kind));
@@ -321,7 +363,8 @@ fn print_inspect(
 /// `flowpack verify BUNDLE --trust PUB… [--json]`.
 pub fn verify(a: &VerifyArgs) -> anyhow::Result<()> {
     let trust = load_trust(&a.trust)?;
-    let r = open_file(&a.bundle)?;
+    let file = open_input(&a.bundle)?;
+    let r = reader(&file)?;
     let result = (|| -> Result<Manifest, BundleError> {
         let mut b = OpenBundle::open(r, &Limits::default(), &|id| trust.get(id).cloned())?;
         b.check_times(Timestamp::now(), CLOCK_SKEW)?;
@@ -350,7 +393,7 @@ pub fn verify(a: &VerifyArgs) -> anyhow::Result<()> {
             let refused = Refused::from(e);
             if a.json {
                 // The id, when the manifest can be read at all; it is not trusted.
-                let id = open_file(&a.bundle)
+                let id = reader(&file)
                     .ok()
                     .and_then(|r| OpenBundle::open_unverified(r, &Limits::default()).ok())
                     .map(|b| b.manifest().bundle_id.to_string());
@@ -358,7 +401,7 @@ pub fn verify(a: &VerifyArgs) -> anyhow::Result<()> {
                                  "detail": refused.detail, "bundle_id": id});
                 outln!("{}", json_safe(&doc.to_string()));
             }
-            Err(anyhow::Error::new(refused).context(format!("bundle {}", shown(&a.bundle))))
+            Err(anyhow::Error::new(refused).context(format!("bundle {}", label(&a.bundle))))
         }
     }
 }

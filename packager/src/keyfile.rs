@@ -104,6 +104,25 @@ fn read_key_file(path: &Path) -> anyhow::Result<(zeroize::Zeroizing<String>, fs:
 pub fn load_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
     let ctx = || format!("signing key {}", path.display());
     let (text, meta) = read_key_file(path).with_context(ctx)?;
+    if text.contains("-----BEGIN PUBLIC KEY-----") {
+        // The commonest slip: `-k KEY.pub` where `flowpack keygen -o KEY` wrote both.
+        let private = path
+            .to_str()
+            .and_then(|p| p.strip_suffix(".pub"))
+            .filter(|p| !p.is_empty());
+        match private {
+            Some(private) => bail!(
+                "{} is a public key; -k takes the private key {}",
+                crate::text::path(path),
+                crate::text::path(Path::new(private))
+            ),
+            None => bail!(
+                "{} is a public key; -k takes the private key (PEM \"BEGIN PRIVATE KEY\", the \
+                 file `flowpack keygen -o KEY` wrote as KEY)",
+                crate::text::path(path)
+            ),
+        }
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;

@@ -38,6 +38,7 @@ mod text;
 use std::io::Write as _;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser as _};
 
 use cli::{Cli, Command};
@@ -101,12 +102,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out.flush()?;
             Ok(())
         }
-        Command::Man => {
-            let mut out = std::io::stdout().lock();
-            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
-            out.flush()?;
-            Ok(())
-        }
+        Command::Man(a) => match a.dir {
+            // One page per command, named as `man` looks them up (flowpack-package.1): what
+            // man/ in the repository holds, and how it is regenerated.
+            Some(dir) => clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing manual pages in {}", text::path(&dir))),
+            None => {
+                let mut out = std::io::stdout().lock();
+                clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+                out.flush()?;
+                Ok(())
+            }
+        },
     }
 }
 

@@ -7,7 +7,7 @@
 //! never follows a symbolic link.
 
 use std::fs;
-use std::io::{BufWriter, Read as _};
+use std::io::{BufWriter, IsTerminal as _, Read as _, Seek as _, Write as _};
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
@@ -120,7 +120,24 @@ fn resolve_all(files: &[CredentialFile], env: Option<&str>) -> anyhow::Result<Ve
 /// which a receiver reads up to 4 KiB.
 const MAX_RECIPIENTS: usize = 20;
 
-/// Writes the bundle to `a.output` atomically and prints a summary.
+/// True when `-o -`: the bundle goes to standard output.
+fn to_stdout(a: &BundleArgs) -> bool {
+    a.output.as_os_str() == "-"
+}
+
+/// Refuses `-o -` when standard output is a terminal (a bundle is binary), before any work.
+fn check_output(a: &BundleArgs) -> anyhow::Result<()> {
+    if to_stdout(a) && std::io::stdout().is_terminal() {
+        bail!(
+            "-o -: standard output is a terminal, and a bundle is binary; redirect it \
+             (-o - > OUT.fpk, or pipe it to the next command) or write a file with -o OUT.fpk"
+        );
+    }
+    Ok(())
+}
+
+/// Writes the bundle to `a.output` atomically (or, with `-o -`, whole to standard output) and
+/// prints a summary (on standard error when the bundle went to standard output).
 fn build(
     a: &BundleArgs,
     kind: BundleKind,
@@ -128,6 +145,7 @@ fn build(
     credentials: &[Credential],
     open: &OpenFile,
 ) -> anyhow::Result<()> {
+    check_output(a)?;
     let key = load_signing_key(&a.key)?;
     let seal_to = match &a.seal_to_server {
         Some(server) => {
@@ -163,6 +181,9 @@ fn build(
         allow_plaintext: a.plaintext_secrets,
         level: 6,
     };
+    if to_stdout(a) {
+        return build_to_stdout(&key, &opts, mappings, credentials, open);
+    }
     let out = &a.output;
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -173,28 +194,9 @@ fn build(
         .suffix(".fpk.tmp")
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", shown(dir)))?;
-    let bar = crate::progress::bytes(0, "packaging");
-    let written = write_bundle_with(
-        BufWriter::new(tmp.as_file_mut()),
-        &key,
-        &opts,
-        mappings,
-        credentials,
-        open,
-        &mut |done, total| {
-            bar.set_length(total);
-            bar.set_position(done);
-        },
-    );
-    bar.finish_and_clear();
-    let written = written.with_context(|| format!("packaging {}", shown(out)))?;
-    let plaintext: Vec<&str> = written
-        .manifest
-        .credentials
-        .iter()
-        .filter(|c| c.secrets == SecretsState::Plaintext)
-        .map(|c| c.name.as_str())
-        .collect();
+    let written = write_with_progress(tmp.as_file_mut(), &key, &opts, mappings, credentials, open)
+        .with_context(|| format!("packaging {}", shown(out)))?;
+    let plaintext = plaintext_names(&written);
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("writing {}", shown(out)))?;
@@ -212,50 +214,124 @@ fn build(
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
+    warn_plaintext(&plaintext, &shown(out));
+    for line in summary(&shown(out), &written) {
+        outln!("{line}");
+    }
+    Ok(())
+}
+
+/// `-o -`: the bundle is made whole in an unnamed temporary file (the writer seeks, and a
+/// failure must put nothing on standard output), then copied to standard output; the summary
+/// goes to standard error.
+fn build_to_stdout(
+    key: &flowpack_shared::keys::SigningKey,
+    opts: &BundleOptions,
+    mappings: &[MappingInput],
+    credentials: &[Credential],
+    open: &OpenFile,
+) -> anyhow::Result<()> {
+    // Unnamed (O_TMPFILE or unlinked at once) and 0600: secrets in clear are never in a file
+    // anyone else could open, and nothing is left behind.
+    let mut tmp = tempfile::tempfile().context("creating a temporary file")?;
+    let written = write_with_progress(&mut tmp, key, opts, mappings, credentials, open)
+        .context("packaging to standard output")?;
+    tmp.rewind().context("reading the bundle back")?;
+    let mut out = std::io::stdout().lock();
+    std::io::copy(&mut tmp, &mut out)
+        .and_then(|_| out.flush())
+        .context("writing the bundle to standard output")?;
+    warn_plaintext(&plaintext_names(&written), "standard output");
+    for line in summary("standard output", &written) {
+        errln!("{line}");
+    }
+    Ok(())
+}
+
+/// Writes the bundle into `file` with a progress bar.
+fn write_with_progress(
+    file: &mut fs::File,
+    key: &flowpack_shared::keys::SigningKey,
+    opts: &BundleOptions,
+    mappings: &[MappingInput],
+    credentials: &[Credential],
+    open: &OpenFile,
+) -> anyhow::Result<Written> {
+    let bar = crate::progress::bytes(0, "packaging");
+    let written = write_bundle_with(
+        BufWriter::new(file),
+        key,
+        opts,
+        mappings,
+        credentials,
+        open,
+        &mut |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    );
+    bar.finish_and_clear();
+    Ok(written?)
+}
+
+/// The credentials whose secrets the bundle holds in clear.
+fn plaintext_names(written: &Written) -> Vec<&str> {
+    written
+        .manifest
+        .credentials
+        .iter()
+        .filter(|c| c.secrets == SecretsState::Plaintext)
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
+fn warn_plaintext(plaintext: &[&str], out: &str) {
     if !plaintext.is_empty() {
         errln!(
             "flowpack: warning: --plaintext-secrets: the secrets of {} are written IN CLEAR in {}; anyone who can read the file can read them (seal them with --seal-to instead)",
             plaintext.join(", "),
-            shown(out)
+            out
         );
     }
-    print_summary(out, &written)
 }
 
-fn print_summary(out: &Path, w: &Written) -> anyhow::Result<()> {
+/// The lines that say what was written to `out`.
+fn summary(out: &str, w: &Written) -> Vec<String> {
     let m = &w.manifest;
     let kind = match m.kind {
         BundleKind::Deployment => "deployment",
         BundleKind::Credentials => "credentials",
     };
-    outln!("wrote {} ({} bytes)", shown(out), w.bytes);
-    outln!("  bundle id:   {}", m.bundle_id);
-    outln!("  kind:        {kind}");
-    outln!("  container:   {}", m.target_container);
+    let mut lines = vec![
+        format!("wrote {out} ({} bytes)", w.bytes),
+        format!("  bundle id:   {}", m.bundle_id),
+        format!("  kind:        {kind}"),
+        format!("  container:   {}", m.target_container),
+    ];
     if let Some(env) = &m.environment {
-        outln!("  environment: {}", Escaped(env));
+        lines.push(format!("  environment: {}", Escaped(env)));
     }
-    outln!("  signer:      {}", m.signer_key_id);
-    outln!("  expires:     {}", m.expires_at);
+    lines.push(format!("  signer:      {}", m.signer_key_id));
+    lines.push(format!("  expires:     {}", m.expires_at));
     if let Some(s) = &m.sealing {
-        outln!(
+        lines.push(format!(
             "  sealed to:   {}",
             s.recipients().collect::<Vec<_>>().join(", ")
-        );
+        ));
     }
     let mapping_count = m
         .entries
         .iter()
         .filter(|e| e.kind == flowpack_shared::bundle::EntryKind::Mapping)
         .count();
-    outln!("  mappings:    {mapping_count}");
+    lines.push(format!("  mappings:    {mapping_count}"));
     for c in &m.credentials {
-        outln!(
+        lines.push(format!(
             "  credential:  {} ({}), secrets {}",
             c.name,
             c.kind.as_str(),
             c.secrets.as_str()
-        );
+        ));
     }
-    Ok(())
+    lines
 }

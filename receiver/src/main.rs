@@ -34,28 +34,43 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Creates a data directory: keys, database, configuration and an admin token.
+    #[command(
+        after_help = "Examples:\n  flowpack-receiver init --data-dir /var/lib/flowpack\n  # prints the sealing recipient (age1…, for flowpack package --seal-to) and an admin token"
+    )]
     Init {
         /// The data directory.
         #[arg(long)]
         data_dir: PathBuf,
     },
     /// Manages trusted signer keys: add, list, remove.
+    #[command(
+        after_help = "Examples:\n  flowpack-receiver trust add signer.key.pub --data-dir /var/lib/flowpack --containers /public\n  flowpack-receiver trust list --data-dir /var/lib/flowpack\n  flowpack-receiver trust remove 7ae14ee21833d49b --data-dir /var/lib/flowpack"
+    )]
     Trust {
         #[command(subcommand)]
         command: TrustCommand,
     },
     /// Manages API tokens: create, list, revoke.
+    #[command(
+        after_help = "Examples:\n  flowpack-receiver token create ci --data-dir /var/lib/flowpack --grant /public=read,write --expires 90d\n  flowpack-receiver token list --data-dir /var/lib/flowpack\n  flowpack-receiver token revoke ci --data-dir /var/lib/flowpack"
+    )]
     Token {
         #[command(subcommand)]
         command: TokenCommand,
     },
     /// Rotates a key: the sealing identity, or the at-rest key; works while serve runs.
+    #[command(
+        after_help = "Examples:\n  flowpack-receiver rotate sealing --data-dir /var/lib/flowpack --retire-after 7d\n  flowpack-receiver rotate at-rest --data-dir /var/lib/flowpack"
+    )]
     Rotate {
         #[command(subcommand)]
         command: RotateCommand,
     },
     /// Writes a consistent backup of a data directory (store, keys, configuration) to one
     /// file (mode 0600), while serve runs.
+    #[command(
+        after_help = "Examples:\n  flowpack-receiver backup --data-dir /var/lib/flowpack -o /backups/flowpack-$(date +%F).tar\n  flowpack-receiver backup --data-dir /var/lib/flowpack -o flowpack.tar.age --encrypt-to age1…"
+    )]
     Backup {
         /// The data directory.
         #[arg(long)]
@@ -69,6 +84,9 @@ enum Command {
         encrypt_to: Vec<age::x25519::Recipient>,
     },
     /// Makes a new data directory from a backup.
+    #[command(
+        after_help = "Examples:\n  flowpack-receiver restore /backups/flowpack-2026-11-30.tar --data-dir /var/lib/flowpack-new\n  flowpack-receiver restore flowpack.tar.age --data-dir ./restored --identity backup.agekey"
+    )]
     Restore {
         /// The backup file.
         file: PathBuf,
@@ -82,6 +100,9 @@ enum Command {
     /// Serves the HTTP API. Each flag overrides its key in the data directory's config.json;
     /// SIGHUP reloads config.json and the TLS certificate, SIGTERM stops after in-flight
     /// requests.
+    #[command(
+        after_help = "Examples:\n  flowpack-receiver serve --data-dir /var/lib/flowpack --listen 0.0.0.0:8443 \\\n      --tls-cert /etc/flowpack/cert.pem --tls-key /etc/flowpack/key.pem\n  flowpack-receiver serve --data-dir ./data   # http://127.0.0.1:7443, this machine only\n  FLOWPACK_LOG=debug flowpack-receiver serve --data-dir ./data"
+    )]
     Serve {
         /// The data directory.
         #[arg(long)]
@@ -106,16 +127,22 @@ enum Command {
 enum RotateCommand {
     /// Makes a new sealing identity; bundles sealed to the current one stay accepted until it
     /// retires.
+    #[command(
+        after_help = "Examples:\n  flowpack-receiver rotate sealing --data-dir /var/lib/flowpack --retire-after 2w\n  flowpack-receiver rotate sealing --data-dir /var/lib/flowpack --retire-after now   # a leaked key"
+    )]
     Sealing {
         /// The data directory.
         #[arg(long)]
         data_dir: PathBuf,
-        /// How long bundles sealed to the current identity stay accepted: a whole number and a
-        /// unit, m, h or d (e.g. 7d), or `now` to refuse them at once (a leaked key).
+        /// How long bundles sealed to the current identity stay accepted: a number and a unit,
+        /// e.g. 12h, 7d or 2w, or `now` to refuse them at once (a leaked key).
         #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_retire_after)]
         retire_after: time::Duration,
     },
     /// Re-encrypts every stored secret under a new at-rest key, in one transaction.
+    #[command(
+        after_help = "Examples:\n  flowpack-receiver rotate at-rest --data-dir /var/lib/flowpack"
+    )]
     AtRest {
         /// The data directory.
         #[arg(long)]
@@ -126,6 +153,9 @@ enum RotateCommand {
 #[derive(Subcommand, Debug)]
 enum TrustCommand {
     /// Trusts a signer's public key (PEM) for container prefixes (none: every container).
+    #[command(
+        after_help = "Examples:\n  flowpack-receiver trust add signer.key.pub --data-dir /var/lib/flowpack\n  flowpack-receiver trust add ci.pub --data-dir /var/lib/flowpack --containers /public/orders --containers /shared"
+    )]
     Add {
         /// The public key file.
         public_key: PathBuf,
@@ -137,6 +167,9 @@ enum TrustCommand {
         containers: Vec<ContainerPath>,
     },
     /// Lists the trusted keys: key id, the container prefixes each may deploy to, when added.
+    #[command(
+        after_help = "Examples:\n  flowpack-receiver trust list --data-dir /var/lib/flowpack\n  flowpack-receiver trust list --data-dir /var/lib/flowpack --json | jq -r '.signers[].key_id'"
+    )]
     List {
         /// The data directory.
         #[arg(long)]
@@ -146,6 +179,9 @@ enum TrustCommand {
         json: bool,
     },
     /// Stops trusting a key: its bundles are refused from the next deploy on.
+    #[command(
+        after_help = "Examples:\n  flowpack-receiver trust remove 7ae14ee21833d49b --data-dir /var/lib/flowpack"
+    )]
     Remove {
         /// The key id (16 hex digits, as `trust add` and `trust list` print it).
         key_id: String,
@@ -158,6 +194,9 @@ enum TrustCommand {
 #[derive(Subcommand, Debug)]
 enum TokenCommand {
     /// Issues a token for a principal (created if new), adding the grants given.
+    #[command(
+        after_help = "Examples:\n  flowpack-receiver token create ci --data-dir /var/lib/flowpack --grant /public/orders=write --expires 2w\n  flowpack-receiver token create ops --data-dir /var/lib/flowpack --grant /=read --grant /public=read,write,use"
+    )]
     Create {
         /// The principal's name.
         name: String,
@@ -167,13 +206,16 @@ enum TokenCommand {
         /// PREFIX=read,write,use; repeatable.
         #[arg(long = "grant", value_parser = parse_grant)]
         grants: Vec<(ContainerPath, auth::PermSet)>,
-        /// How long the token is accepted: a whole number and a unit, m (minutes), h (hours)
-        /// or d (days), e.g. 30m, 12h or 90d; from 1m to 3650d. Without it: until revoked.
+        /// How long the token is accepted: a number and a unit, e.g. 30m, 12h, 90d or 2w;
+        /// from 1m to 3650d. Without it: until revoked.
         #[arg(long = "expires", value_name = "DURATION", value_parser = parse_duration)]
         expires: Option<time::Duration>,
     },
     /// Lists the tokens: principal, token id, grants, created, expires, last used (to the
     /// minute); never a secret.
+    #[command(
+        after_help = "Examples:\n  flowpack-receiver token list --data-dir /var/lib/flowpack\n  flowpack-receiver token list --data-dir /var/lib/flowpack --json | jq '.tokens[] | select(.expired)'"
+    )]
     List {
         /// The data directory.
         #[arg(long)]
@@ -185,6 +227,9 @@ enum TokenCommand {
     },
     /// Revokes a token by its id, or every token of a principal by its name; refused from the
     /// next request on.
+    #[command(
+        after_help = "Examples:\n  flowpack-receiver token revoke 0123456789abcdef --data-dir /var/lib/flowpack   # one token, by id\n  flowpack-receiver token revoke ci --data-dir /var/lib/flowpack                 # every token of ci"
+    )]
     Revoke {
         /// A token id (the 16 hex digits after `fpt_`) or a principal's name.
         id_or_name: String,

@@ -267,7 +267,7 @@ fn administration_usage_errors_exit_2_and_failures_exit_1() {
     let d = dir.to_str().unwrap();
     init(&dir);
     for bad in [
-        &["token", "create", "x", "--data-dir", d, "--expires", "7w"][..],
+        &["token", "create", "x", "--data-dir", d, "--expires", "7x"][..],
         &["token", "create", "x", "--data-dir", d, "--expires", "0d"],
         &["token", "revoke", "--data-dir", d],
         &["trust", "remove", "--data-dir", d],
