@@ -121,6 +121,13 @@ enum Command {
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
     },
+    /// Writes the manual pages: flowpack-receiver.1 and one per subcommand, into DIR.
+    #[command(hide = true)]
+    Man {
+        /// The directory (the repository keeps them in man/).
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -346,6 +353,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 log_format,
             },
         ),
+        Command::Man { dir } => {
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+                .with_context(|| format!("writing manual pages in {}", dir.display()))
+        }
     }
 }
 
