@@ -68,9 +68,11 @@ pub enum Command {
     Deploy(DeployArgs),
     /// Show what deploying a bundle would change on a receiver, object by object, without
     /// changing anything (the same as deploy --dry-run). Exit status 0: no changes, 6: changes.
+    #[command(after_help = EX_DIFF)]
     Diff(DiffArgs),
     /// Put back what a deployment left on a receiver (mappings and credentials as it wrote
     /// them), as a new deployment that can itself be rolled back.
+    #[command(after_help = EX_ROLLBACK)]
     Rollback(RollbackArgs),
     /// List a container of a receiver: its containers, mappings and credentials.
     #[command(after_help = EX_LS)]
@@ -128,7 +130,16 @@ const EX_DEPLOY: &str = "Examples:
   flowpack deploy orders.fpk --server https://receiver.example.com:8443 --token-file token
   FLOWPACK_SERVER=https://receiver.example.com:8443 FLOWPACK_CA_CERT=ca.pem \\
       FLOWPACK_TOKEN=$TOKEN flowpack deploy orders.fpk --verify --retries 3 --json
-  vault read -field=token secret/flowpack | flowpack deploy orders.fpk --server https://receiver.example.com:8443";
+  vault read -field=token secret/flowpack | flowpack deploy orders.fpk --server https://receiver.example.com:8443
+  flowpack deploy orders.fpk --dry-run --token-file token   # the plan; exit 6 when it changes something";
+
+const EX_DIFF: &str = "Examples:
+  flowpack diff orders.fpk --server https://receiver.example.com:8443 --token-file token
+  flowpack diff orders.fpk --json > plan.json; [ $? -eq 6 ] && echo \"changes planned\"";
+
+const EX_ROLLBACK: &str = "Examples:
+  flowpack history --container /public/orders --limit 5   # find the deployment's id
+  flowpack rollback 41 --server https://receiver.example.com:8443 --token-file token";
 
 const EX_LS: &str = "Examples:
   flowpack ls / --server https://receiver.example.com:8443 --token-file token
