@@ -51,7 +51,7 @@ fn man_pages_in_the_repository_are_what_the_binaries_generate() {
         }
     }
     let kept = pages(&root().join("man"));
-    let stale: Vec<&String> = fresh
+    let stale: std::collections::BTreeSet<&String> = fresh
         .keys()
         .chain(kept.keys())
         .filter(|n| fresh.get(*n) != kept.get(*n))
