@@ -289,9 +289,9 @@ pub async fn run(
         connections.spawn(async move {
             let tracked = conn.clone();
             let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
-                // Only a create (PUT) asks how the request came: the extension map is an
-                // allocation the hot GET path need not pay.
-                if req.method() == hyper::Method::PUT {
+                // Only a create (PUT) and a deploy (POST) ask how the request came: the
+                // extension map is an allocation the hot GET path need not pay.
+                if matches!(*req.method(), hyper::Method::PUT | hyper::Method::POST) {
                     req.extensions_mut().insert(transport);
                 }
                 let guard = tracked.begin_request();

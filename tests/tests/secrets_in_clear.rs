@@ -1,5 +1,6 @@
 //! A receiver takes secrets in clear only over TLS or from a loopback client: a
-//! `PUT /v1/credentials/{path}` carrying a secret over plain HTTP from any other address is
+//! `PUT /v1/credentials/{path}` carrying a secret, or a bundle packaged with
+//! `--plaintext-secrets`, sent over plain HTTP from any other address is
 //! `403 secrets-in-clear`, writes nothing, and is audited without the secret.
 //!
 //! How a non-loopback plain connection is made honestly: `flowpack-receiver serve` refuses to
@@ -55,6 +56,19 @@ fn http_from(
     token: &str,
     body: &[u8],
 ) -> (u16, Value) {
+    http_from_as(from, url, method, path, token, "application/json", body)
+}
+
+/// [`http_from`] with a content type.
+fn http_from_as(
+    from: Ipv4Addr,
+    url: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, Value) {
     let to: SocketAddr = url.strip_prefix("http://").unwrap().parse().unwrap();
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket
@@ -64,7 +78,7 @@ fn http_from(
     let mut s: std::net::TcpStream = socket.into();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {to}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
@@ -173,6 +187,85 @@ fn a_receiver_refuses_secrets_in_clear_from_a_non_loopback_client() {
     for (what, bytes) in [("audit", audit.to_string().into_bytes()), ("log", log)] {
         assert!(
             !contains(&bytes, CANARY.as_bytes()),
+            "the secret is in the {what}"
+        );
+    }
+}
+
+#[test]
+fn a_bundle_with_secrets_in_clear_from_a_non_loopback_client_is_refused() {
+    if std::env::var_os(INSIDE).is_none() {
+        return rerun_in_namespace(
+            "a_bundle_with_secrets_in_clear_from_a_non_loopback_client_is_refused",
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut r = Receiver::init(dir, "data");
+    let key = dir.join("signer.key");
+    ok(Command::new(bin("flowpack"))
+        .args(["keygen", "-o"])
+        .arg(&key));
+    r.trust(&dir.join("signer.key.pub"), &["/public"]);
+    r.serve();
+    let token = r.admin_token.clone();
+    let package = |name: &str, sealing: &[&str]| {
+        let out = dir.join(name);
+        ok(Command::new(bin("flowpack"))
+            .arg("package")
+            .arg(root().join("fixtures/sample"))
+            .arg("-k")
+            .arg(&key)
+            .args(["-c", "/public/orders", "-o"])
+            .arg(&out)
+            .args(sealing));
+        std::fs::read(out).unwrap()
+    };
+    let clear = package("clear.fpk", &["--plaintext-secrets"]);
+    let sealed = package("sealed.fpk", &["--seal-to", &r.recipient]);
+    let deploy = |from: Ipv4Addr, path: &str, bundle: &[u8]| {
+        http_from_as(
+            from,
+            &r.url,
+            "POST",
+            path,
+            &token,
+            "application/zip",
+            bundle,
+        )
+    };
+
+    // In clear from 192.0.2.1: refused, for a plan too, naming the credential and the fix.
+    for path in ["/v1/deployments", "/v1/deployments?dry_run=true"] {
+        let (s, problem) = deploy(CLIENT, path, &clear);
+        assert_eq!(s, 403, "{path}: {problem}");
+        assert_eq!(problem["code"], "secrets-in-clear", "{problem}");
+        let detail = problem["detail"].as_str().unwrap_or("");
+        assert!(detail.contains("/public/orders/erp"), "{problem}");
+        assert!(detail.contains("--seal-to"), "{problem}");
+    }
+    let (_, deployments) = r.get_json("/v1/deployments");
+    assert_eq!(deployments["deployments"], json!([]), "nothing was written");
+    // In clear from a loopback client: taken (it never crossed a network).
+    let (s, record) = deploy(Ipv4Addr::LOCALHOST, "/v1/deployments", &clear);
+    assert_eq!(s, 201, "{record}");
+    // Sealed to the receiver (packaged after), from the non-loopback client: applied.
+    let (s, record) = deploy(CLIENT, "/v1/deployments", &sealed);
+    assert_eq!(s, 201, "{record}");
+
+    let (_, audit) = r.get_json("/v1/audit?limit=20");
+    let refused = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["code"] == "secrets-in-clear")
+        .count();
+    assert_eq!(refused, 2, "{audit}");
+    r.stop();
+    let log = std::fs::read(&r.log).unwrap();
+    for (what, bytes) in [("audit", audit.to_string().into_bytes()), ("log", log)] {
+        assert!(
+            !contains(&bytes, b"canary-erp-password-7f3a"),
             "the secret is in the {what}"
         );
     }

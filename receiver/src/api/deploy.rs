@@ -25,6 +25,7 @@ pub(super) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Problem> {
     let refuse = deploy::refuse;
+    let transport = req.extensions().get::<super::Transport>().copied();
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -114,7 +115,8 @@ pub(super) async fn handle(
     }
     file.flush().await.map_err(Problem::internal)?;
     drop(file);
-    let (outcome, record) = deploy::deploy(app, who, tmp, verify, dry_run).await?;
+    let secrets_allowed = transport.is_some_and(|t| t.may_carry_secrets());
+    let (outcome, record) = deploy::deploy(app, who, tmp, verify, dry_run, secrets_allowed).await?;
     let status = match outcome {
         Outcome::Created => StatusCode::CREATED,
         Outcome::Replayed | Outcome::Planned => StatusCode::OK,

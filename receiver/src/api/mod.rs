@@ -34,9 +34,10 @@ pub use router::{route_labels, routes};
 pub(crate) use crate::blocking;
 
 /// How a request reached the receiver, put into each request's extensions by `run`: the
-/// client's address and whether the connection is TLS. Handlers that take secrets in clear
-/// (`PUT /v1/credentials/{path}`) read it; a request without it is treated as neither TLS
-/// nor loopback.
+/// client's address and whether the connection is TLS. Handlers that may take secrets in clear
+/// (`PUT /v1/credentials/{path}`, and `POST /v1/deployments` for a bundle packaged with
+/// `--plaintext-secrets`) read it; a request without it is treated as neither TLS nor
+/// loopback.
 #[derive(Debug, Clone, Copy)]
 pub struct Transport {
     /// The client's address, as the socket reports it.

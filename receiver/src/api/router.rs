@@ -569,10 +569,9 @@ async fn answer_authenticated(
         Handler::Deploy => {
             let counted = app.clone();
             // A dry run that answers a plan is counted as one, whatever its status.
-            let dry_run = req
-                .uri()
-                .query()
-                .is_some_and(|q| q.split('&').any(|p| p == "dry_run=true"));
+            // Decoded as the handler decodes it (`dry_run=tru%65` is a dry run too).
+            let dry_run = query_params(&req, &["verify", "dry_run"])
+                .is_ok_and(|q| q.get("dry_run").is_some_and(|v| v == "true"));
             let answered = super::deploy::handle(app, who, req).await;
             let status = match &answered {
                 Ok(r) => r.status(),

@@ -258,6 +258,16 @@ pub(crate) fn delete_credential(
     row.status = 204;
     tx.insert_audit(&row)?;
     tx.commit()?;
+    // The database file overwrites what it deletes (`secure_delete`), but the write-ahead log
+    // still holds the pages with the ciphertext until it is emptied: a deleted secret must be
+    // gone from the data directory, not only from the tables.
+    match db.truncate_wal() {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(credential = %c.object_path(n), "a reader kept the write-ahead log from being emptied after a delete; it is emptied by a later checkpoint")
+        }
+        Err(e) => tracing::warn!(error = %e, "emptying the write-ahead log after a delete failed"),
+    }
     Ok(())
 }
 

@@ -112,6 +112,7 @@ pub async fn deploy(
     tmp: tempfile::NamedTempFile,
     verify: bool,
     dry_run: bool,
+    secrets_allowed: bool,
 ) -> Result<(Outcome, Value), Problem> {
     // Checks, and a credential bundle's payload, on the blocking pool, one bundle per core;
     // then verification of its credentials if asked for and nothing refused it; then the
@@ -124,7 +125,7 @@ pub async fn deploy(
     let caller = who.clone();
     let (handover, handed) = tokio::sync::oneshot::channel();
     app.spawn_blocking(move || {
-        let prepared = prepare(&worker, &caller, tmp);
+        let prepared = prepare(&worker, &caller, tmp, secrets_allowed);
         drop(permit);
         // When the request is gone (its connection closed by shutdown), the spool file is
         // dropped here, before this tracked work ends, so no upload outlives `run`.
@@ -547,12 +548,15 @@ struct Prepared {
     _spooled: tempfile::NamedTempFile,
 }
 
-/// Checks a spooled bundle's structure, signature and signer trust, and the caller's `write`
-/// grant on its target; reads a standalone credential bundle's payload.
+/// Checks a spooled bundle's structure, signature and signer trust, the caller's `write`
+/// grant on its target, and that secrets in clear came over a channel that may carry them
+/// (`secrets_allowed`: TLS or a loopback client); reads a standalone credential bundle's
+/// payload.
 fn prepare(
     app: &App,
     who: &Principal,
     spooled: tempfile::NamedTempFile,
+    secrets_allowed: bool,
 ) -> Result<Prepared, Failed> {
     let db = app.store.db().map_err(|e| (e.into(), None))?;
     let mut file = spooled.reopen().map_err(|e| (Problem::internal(e), None))?;
@@ -585,6 +589,22 @@ fn prepare(
             Perm::Write.as_str(),
             &m.target_container,
         )));
+    }
+    if !secrets_allowed {
+        let in_clear: Vec<String> = m
+            .credentials
+            .iter()
+            .filter(|c| c.secrets == flowpack_shared::bundle::manifest::SecretsState::Plaintext)
+            .map(|c| m.target_container.object_path(&c.name))
+            .collect();
+        if !in_clear.is_empty() {
+            let mut e = Problem::forbidden(format!(
+                "the bundle carries the secrets of {} in clear (packaged with --plaintext-secrets), which this receiver takes only over TLS or from a loopback client: package it sealed to this receiver (--seal-to or --seal-to-server), or deploy over HTTPS",
+                in_clear.join(", ")
+            ));
+            e.code = ProblemCode::SecretsInClear;
+            return Err(fail(e));
+        }
     }
     let manifest_sha256 = sha256(bundle.manifest_bytes());
     // The decisions the writer takes again, read now: a bundle that would be refused, or is a
@@ -724,8 +744,8 @@ fn apply(
         }
         .map_err(|e| fail(e.into()))?;
         check_kind(&m, &payload).map_err(fail)?;
-        let changes =
-            changes_of(app, tx, known_container, target, &payload, &files_same).map_err(fail)?;
+        let changes = changes_of(app, who, tx, known_container, target, &payload, &files_same)
+            .map_err(fail)?;
         let plan = json!({
             "dry_run": true,
             "replay": false,
@@ -792,7 +812,7 @@ fn apply(
     };
     check_kind(&m, &payload).map_err(fail)?;
     let changes =
-        changes_of(app, tx, known_container, target, &payload, &files_same).map_err(fail)?;
+        changes_of(app, who, tx, known_container, target, &payload, &files_same).map_err(fail)?;
     let (mapping_changes, credential_changes) = changes.split_at(payload.mappings.len());
 
     let mut created = Vec::new();
@@ -924,6 +944,7 @@ fn check_kind(
 /// a credential that a mapping outside the bundle uses.
 fn changes_of(
     app: &App,
+    who: &Principal,
     db: &Db,
     container: Option<crate::store::ContainerId>,
     target: &ContainerPath,
@@ -936,8 +957,11 @@ fn changes_of(
         changes.push(plan::mapping_change(db, container, target, mapping, same)?);
     }
     let mut retyped = Vec::new();
+    // Whether a carried secret may be compared with the stored one (see `credential_change`).
+    let compare_secrets = who.can(Perm::Use, target);
     for c in &payload.credentials {
-        let (change, row) = plan::credential_change(db, &app.keys, container, target, c)?;
+        let (change, row) =
+            plan::credential_change(db, &app.keys, container, target, c, compare_secrets)?;
         if let Some(row) = row
             && row.kind != c.kind.as_str()
         {

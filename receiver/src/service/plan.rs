@@ -203,12 +203,18 @@ pub fn mapping_change(
 }
 
 /// The change a bundle's credential (its sealed values opened) makes, with the stored row.
+///
+/// `compare_secrets`: whether the caller may learn if a carried secret equals the stored one
+/// (it holds `use` on the container, which resolves secrets anyway). Otherwise every carried
+/// secret counts as `set`, equal or not: a principal that may only write must not be able to
+/// test guesses of a stored secret by planning or deploying bundles.
 pub fn credential_change(
     db: &Db,
     keys: &SecretKeys,
     container: Option<ContainerId>,
     target: &ContainerPath,
     c: &Credential,
+    compare_secrets: bool,
 ) -> Result<(Change, Option<CredentialRow>), Problem> {
     let path = target.object_path(&c.name);
     let new_public = c.public_json();
@@ -263,7 +269,9 @@ pub fn credential_change(
     // A changed type forgets every stored secret; a moved destination those not carried.
     let clears = stored_fps.keys().any(|f| !carried.contains_key(f.as_str()))
         && (!same_destination || row.kind != c.kind.as_str());
-    let sets = carried.iter().any(|(f, fp)| stored_fps.get(*f) != Some(fp));
+    let sets = carried
+        .iter()
+        .any(|(f, fp)| !compare_secrets || stored_fps.get(*f) != Some(fp));
     let secrets = if clears {
         Secrets::Cleared
     } else if sets {

@@ -32,9 +32,8 @@ pub async fn rollback(app: Arc<App>, who: Principal, id: DeploymentId) -> Result
         .write_grouped(app.work_token(), move |tx| {
             let done = tx.savepoint(|tx| restore(&worker, tx, &who, id))?;
             done.map_err(|(e, container)| {
-                // A deployment the caller may not see (no container known) is not named in
-                // the audit trail.
-                if container.is_some() {
+                // A deployment the caller may not see is audited without its container.
+                {
                     let row = AuditRow {
                         principal: Some(who.name.clone()),
                         action: "rollback".into(),
@@ -81,6 +80,29 @@ fn restore(app: &App, tx: &Tx<'_>, who: &Principal, id: DeploymentId) -> Result<
         return Err(fail(Problem::lacks(Perm::Write.as_str(), &target)));
     }
     let old: Value = serde_json::from_str(&d.record).map_err(|e| fail(Problem::internal(e)))?;
+    // The content comes back only while its signer is still trusted for the container: a
+    // rollback must not undo the removal or narrowing of a key (a stolen one, say).
+    let signer = old
+        .get("signer_key_id")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let trusted = match tx.signer(signer).map_err(db_err)? {
+        Some((_, containers)) => serde_json::from_str::<Vec<String>>(&containers)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|c| ContainerPath::parse(c).ok())
+            .any(|c| c.covers(&target)),
+        None => false,
+    };
+    if !trusted {
+        return Err(fail(Problem::conflict(
+            ProblemCode::NotRestorable,
+            format!(
+                "deployment {id} was signed by key {}, which is no longer trusted for {target}; it cannot be rolled back: deploy a bundle signed by a trusted key instead",
+                flowpack_shared::names::quoted(signer)
+            ),
+        )));
+    }
     let mappings = tx.deployment_mappings(id).map_err(db_err)?;
     let versions = tx.credential_versions(id).map_err(db_err)?;
     let wrote_credentials = ["created", "updated", "unchanged"]
