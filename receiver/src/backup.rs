@@ -33,7 +33,7 @@ use anyhow::{Context, bail};
 use flowpack_shared::timefmt::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::datadir::{self, Config, DataDir, LockKind};
+use crate::datadir::{self, DataDir, LockKind};
 use crate::keyring;
 use crate::store::Store;
 
@@ -324,8 +324,8 @@ pub fn restore(file: &Path, target: &DataDir, identity: Option<&Path>) -> anyhow
     let ring = keyring::read_ring(&staged.sealing_key())
         .with_context(|| format!("{}: {SEALING}", file.display()))?;
     if staged.config().exists() {
-        let bytes = fs::read(staged.config())?;
-        serde_json::from_slice::<Config>(&bytes)
+        // Checked as `serve` reads it.
+        crate::config::read(&staged.config())
             .with_context(|| format!("{}: {CONFIG}", file.display()))?;
     }
     {
