@@ -66,6 +66,15 @@ impl DeployOutcome {
         DeployOutcome::Planned,
     ];
 
+    /// The outcome of a deploy's answer: its status, and whether it was a dry run (whose
+    /// success is a plan).
+    pub fn of_answer(status: u16, dry_run: bool) -> DeployOutcome {
+        match DeployOutcome::of_status(status) {
+            DeployOutcome::Applied | DeployOutcome::Replayed if dry_run => DeployOutcome::Planned,
+            other => other,
+        }
+    }
+
     /// The outcome an answer's status tells.
     pub fn of_status(status: u16) -> DeployOutcome {
         match status {

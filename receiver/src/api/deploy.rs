@@ -11,6 +11,7 @@ use hyper::{Request, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 
 use crate::App;
+use crate::metrics::DeployOutcome;
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
 use crate::service::deploy::{self, Outcome};
@@ -18,11 +19,30 @@ use crate::service::deploy::{self, Outcome};
 use super::extract::{next_frame, query_params};
 use super::{Body, json_response};
 
-/// `POST /v1/deployments`: checks the request, spools the body, then deploys it.
+/// `POST /v1/deployments`: checks the request, spools the body, then deploys it; counts the
+/// outcome in the metrics (a dry run that answers its plan as `planned`).
 pub(super) async fn handle(
     app: Arc<App>,
     who: Principal,
     req: Request<Incoming>,
+) -> Result<Response<Body>, Problem> {
+    let mut dry_run = false;
+    let answered = answer(app.clone(), who, req, &mut dry_run).await;
+    let status = match &answered {
+        Ok(r) => r.status(),
+        Err(p) => p.status,
+    };
+    app.metrics
+        .deployment(DeployOutcome::of_answer(status.as_u16(), dry_run));
+    answered
+}
+
+/// The deploy itself; sets `dry_run` once the query says so.
+async fn answer(
+    app: Arc<App>,
+    who: Principal,
+    req: Request<Incoming>,
+    dry_run_asked: &mut bool,
 ) -> Result<Response<Body>, Problem> {
     let refuse = deploy::refuse;
     let transport = req.extensions().get::<super::Transport>().copied();
@@ -60,7 +80,10 @@ pub(super) async fn handle(
                 ),
             ));
         }
-        (Ok(verify), Ok(dry_run)) => (verify, dry_run),
+        (Ok(verify), Ok(dry_run)) => {
+            *dry_run_asked = dry_run;
+            (verify, dry_run)
+        }
         (Err(e), _) | (_, Err(e)) => return Err(refuse(&app, &who, e)),
     };
     if ct.as_deref() != Some("application/zip") {

@@ -27,7 +27,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::App;
-use crate::metrics::{DeployOutcome, RouteLabel};
+use crate::metrics::RouteLabel;
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{self, Perm, Principal};
 use crate::service::catalog::{self, Page};
@@ -566,26 +566,7 @@ async fn answer_authenticated(
         Found::Route(handler, arg) => (handler, arg),
     };
     match handler {
-        Handler::Deploy => {
-            let counted = app.clone();
-            // A dry run that answers a plan is counted as one, whatever its status.
-            // Decoded as the handler decodes it (`dry_run=tru%65` is a dry run too).
-            let dry_run = query_params(&req, &["verify", "dry_run"])
-                .is_ok_and(|q| q.get("dry_run").is_some_and(|v| v == "true"));
-            let answered = super::deploy::handle(app, who, req).await;
-            let status = match &answered {
-                Ok(r) => r.status(),
-                Err(p) => p.status,
-            };
-            let outcome = match DeployOutcome::of_status(status.as_u16()) {
-                DeployOutcome::Applied | DeployOutcome::Replayed if dry_run => {
-                    DeployOutcome::Planned
-                }
-                other => other,
-            };
-            counted.metrics.deployment(outcome);
-            answered
-        }
+        Handler::Deploy => super::deploy::handle(app, who, req).await,
         Handler::Rollback => {
             let id = deployment_id(arg)?;
             let record = crate::service::rollback::rollback(app, who, id).await?;
