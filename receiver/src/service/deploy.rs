@@ -217,25 +217,33 @@ type Failed = (Problem, Option<Box<BundleInfo>>);
 /// The trusted signer `id`, if any. A database error is remembered in `failed`, so that the
 /// caller answers 500 instead of taking it for an unknown signer.
 fn trusted(db: &Db, id: &KeyId, failed: &std::cell::Cell<bool>) -> Option<TrustedSigner> {
-    let (key, containers) = match db.signer(&id.to_string()) {
-        Ok(Some(x)) => x,
-        Ok(None) => return None,
-        Err(e) => {
-            tracing::error!(error = %e, "reading trusted signers failed");
-            failed.set(true);
-            return None;
-        }
+    trusted_signer(db, &id.to_string()).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "reading trusted signers failed");
+        failed.set(true);
+        None
+    })
+}
+
+/// The signer with key id `id` as trust holds it now (its key and container prefixes), if it
+/// is trusted; a stored row this version cannot read counts as not trusted.
+pub(crate) fn trusted_signer(db: &Db, id: &str) -> crate::store::Result<Option<TrustedSigner>> {
+    let Some((key, containers)) = db.signer(id)? else {
+        return Ok(None);
     };
-    let key: [u8; 32] = key.as_slice().try_into().ok()?;
-    let list: Vec<String> = serde_json::from_str(&containers).ok()?;
+    let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) else {
+        return Ok(None);
+    };
+    let Ok(list) = serde_json::from_str::<Vec<String>>(&containers) else {
+        return Ok(None);
+    };
     let containers = list
         .iter()
         .filter_map(|c| ContainerPath::parse(c).ok())
         .collect();
-    Some(TrustedSigner {
+    Ok(Some(TrustedSigner {
         key: VerifyingKey::from_bytes(key),
         containers,
-    })
+    }))
 }
 
 /// Verifies the credentials of a prepared bundle (`?verify=true`), which every check that

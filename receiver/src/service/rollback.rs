@@ -86,14 +86,9 @@ fn restore(app: &App, tx: &Tx<'_>, who: &Principal, id: DeploymentId) -> Result<
         .get("signer_key_id")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let trusted = match tx.signer(signer).map_err(db_err)? {
-        Some((_, containers)) => serde_json::from_str::<Vec<String>>(&containers)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|c| ContainerPath::parse(c).ok())
-            .any(|c| c.covers(&target)),
-        None => false,
-    };
+    let trusted = crate::service::deploy::trusted_signer(tx, signer)
+        .map_err(db_err)?
+        .is_some_and(|s| s.containers.iter().any(|c| c.covers(&target)));
     if !trusted {
         return Err(fail(Problem::conflict(
             ProblemCode::NotRestorable,
