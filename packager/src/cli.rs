@@ -275,6 +275,8 @@ pub struct VerifyArgs {
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// The receiver's base URL, e.g. https://receiver.example.com:8443.
+    // The text is the option's --help, printed as written: a plain URL, not a Markdown link.
+    #[allow(rustdoc::bare_urls)]
     #[arg(long = "server", value_name = "URL", env = "FLOWPACK_SERVER")]
     pub server: String,
     /// A file holding the bearer token (else FLOWPACK_TOKEN, else standard input).

@@ -5,7 +5,7 @@
 //! can read into a signed bundle. So everything below the project directory is reached from a
 //! descriptor of that directory, and a symlink at any component of a path is refused with its
 //! path named: while walking the project, when reading a mapping or credential file, and when
-//! reading a mapping's `files` (the bundle writer opens them through [`Project::opener`]).
+//! reading a mapping's `files` (the bundle writer opens them through [`Project::open_file`]).
 //!
 //! What is guaranteed, also against someone changing the project while it is packaged: no file
 //! is read through a symbolic link below the project directory. Every open resolves its whole

@@ -24,11 +24,10 @@
 pub mod dblogin;
 pub mod scrub;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -489,15 +488,10 @@ pub fn shown(url: &reqwest::Url) -> String {
     u.to_string()
 }
 
-/// The outbound HTTP clients, the policy they enforce and the single-flight locks of OAuth
-/// refreshes.
+/// The outbound HTTP clients and the policy they enforce.
 pub struct Outbound {
     /// The clients and the hosts they allow, replaced whole by [`Outbound::reload`].
     policy: arc_swap::ArcSwap<Policy>,
-    /// One lock per credential row id; entries are kept (one small mutex per credential
-    /// used), so two callers never hold different locks for the same credential. A reload
-    /// keeps them.
-    flights: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// What `config.json` decides of outbound requests: the clients (with the extra CA
@@ -525,7 +519,6 @@ impl Outbound {
     pub fn new(config: &Config) -> anyhow::Result<Outbound> {
         Ok(Outbound {
             policy: arc_swap::ArcSwap::from_pointee(Policy::new(config)?),
-            flights: Mutex::new(HashMap::new()),
         })
     }
 
@@ -722,18 +715,6 @@ impl Outbound {
         }
         Ok((kept, listed))
     }
-
-    /// The single-flight lock of credential `id`: one OAuth refresh or verification of a
-    /// credential at a time.
-    pub fn flight(&self, id: i64) -> Arc<tokio::sync::Mutex<()>> {
-        // A poisoned map only means another thread panicked while inserting; the map is
-        // still a valid map.
-        let mut map = self
-            .flights
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry(id).or_default().clone()
-    }
 }
 
 #[cfg(test)]
@@ -757,9 +738,8 @@ mod tests {
     }
 
     #[test]
-    fn a_reload_changes_the_allowed_hosts_and_keeps_the_flights() {
+    fn a_reload_changes_the_allowed_hosts() {
         let o = outbound(&[]);
-        let flight = o.flight(7);
         refused(&o, "http://127.0.0.1:9000/token");
         let listed = Config {
             outbound_allow: vec!["127.0.0.1:9000".parse().unwrap()],
@@ -772,7 +752,6 @@ mod tests {
                 .listed
         );
         assert_eq!(o.allowed(), listed.outbound_allow);
-        assert!(Arc::ptr_eq(&flight, &o.flight(7)));
         // A CA file that cannot be read keeps the policy in force.
         let broken = Config {
             extra_ca_files: vec!["/nonexistent/ca.pem".into()],

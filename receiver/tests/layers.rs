@@ -6,7 +6,8 @@
 //! wiring (`lib.rs`, `main.rs`, `datadir.rs`, `reload.rs`) may use everything. Items of the crate root
 //! (`App`, `blocking`, `Clock`) are the services' and the API's context: only they may name
 //! them. Services also never name `hyper`: they return values and `Problem`s, never responses.
-//! Only `store/sqlite/` names `rusqlite`.
+//! Only `store/sqlite/` names `rusqlite`; outside `store/`, nothing names an engine's own
+//! module or the traits an engine implements to build the handles (`Connection`, `Engine`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -133,6 +134,16 @@ fn each_module_imports_only_its_layer_or_those_below() {
                 "{}: names `rusqlite`; only store/sqlite/ knows the database engine",
                 file.display()
             ));
+        }
+        let in_store = file.starts_with(src.join("store"));
+        for engine_only in ["store::sqlite", "store::Connection", "store::Engine"] {
+            if !in_store && text.contains(engine_only) {
+                faults.push(format!(
+                    "{}: names `{engine_only}`; above the store, only the handles and the \
+                     queries (`Store`, `Db`, `Tx`, `Reads`, `Writes`) are used",
+                    file.display()
+                ));
+            }
         }
         if module == "service" && text.contains("hyper") {
             faults.push(format!(

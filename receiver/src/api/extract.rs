@@ -65,7 +65,7 @@ pub(crate) async fn authenticate(
 ) -> Result<Principal, Problem> {
     let token = zeroize::Zeroizing::new(bearer(req).ok_or_else(Problem::unauthorized)?);
     blocking(app, move |_, db| {
-        auth::authenticate(db, &token)?.ok_or_else(Problem::unauthorized)
+        auth::authenticate(db.reads(), &token)?.ok_or_else(Problem::unauthorized)
     })
     .await
 }

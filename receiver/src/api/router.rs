@@ -32,7 +32,7 @@ use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{self, Perm, Principal};
 use crate::service::catalog::{self, Page};
 use crate::service::{creds, oauth, verify};
-use crate::store::Db;
+use crate::store::Reads;
 
 use super::answer::{empty, full, json_bytes_response, json_response, problem_response};
 use super::extract::{
@@ -580,7 +580,7 @@ async fn answer_authenticated(
             }
             let body = read_json(&app, req).await?;
             blocking(&app, move |_, db| {
-                catalog::resolve(db, &who, &c, &n, &body).map(ok)
+                catalog::resolve(db.reads(), &who, &c, &n, &body).map(ok)
             })
             .await
         }
@@ -701,7 +701,7 @@ impl ReadRequest {
         })
     }
 
-    fn answer(self, db: &Db, who: &Principal) -> Result<Response<Body>, Problem> {
+    fn answer(self, db: &dyn Reads, who: &Principal) -> Result<Response<Body>, Problem> {
         match self {
             ReadRequest::Deployments(page) => catalog::list_deployments(db, who, &page?).map(ok),
             ReadRequest::Deployment(id) => catalog::show_deployment(db, who, id?).map(ok),
@@ -731,13 +731,13 @@ async fn read_in_one_hop(app: &Arc<App>, req: &Request<Incoming>, read: ReadRequ
     let worker = app.clone();
     let work = move || {
         let db = worker.store.db().map_err(|e| (e.into(), None))?;
-        let who = match auth::authenticate(&db, &token) {
+        let who = match auth::authenticate(db.reads(), &token) {
             Ok(Some(who)) => who,
             Ok(None) => return Err((Problem::unauthorized(), None)),
             Err(e) => return Err((e.into(), None)),
         };
         let name = Some(who.name.clone());
-        match read.answer(&db, &who) {
+        match read.answer(db.reads(), &who) {
             Ok(r) => Ok((r, name)),
             Err(e) => Err((e, name)),
         }

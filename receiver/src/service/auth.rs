@@ -15,11 +15,11 @@ use subtle::ConstantTimeEq;
 use flowpack_shared::timefmt::Timestamp;
 
 use crate::problem::Problem;
-use crate::store::{self, Db, Store};
+use crate::store::{self, Reads, Store};
 
 /// How stale a token's recorded last use may be. Authentication reads the recorded time in
 /// the statement it already runs and queues an update only when it is older than this, off
-/// the request's path ([`Db::note_token_used`]): a token in steady use costs one small write
+/// the request's path ([`Reads::note_token_used`]): a token in steady use costs one small write
 /// a minute, batched with the deploys' commits, and no request waits for the writer lock or
 /// the disk. "Last used" is therefore exact to the minute.
 pub const LAST_USED_RESOLUTION_MS: i64 = 60_000;
@@ -240,7 +240,7 @@ impl From<AuthError> for Problem {
 /// Finds the principal a token belongs to; `None` for any token that is not valid (malformed,
 /// unknown, revoked, or a wrong secret), [`AuthError::Expired`] for a valid one past its
 /// expiry. Records the token's use (see [`LAST_USED_RESOLUTION_MS`]).
-pub fn authenticate(db: &Db, token: &str) -> Result<Option<Principal>, AuthError> {
+pub fn authenticate(db: &dyn Reads, token: &str) -> Result<Option<Principal>, AuthError> {
     let Some(rest) = token.strip_prefix("fpt_") else {
         return Ok(None);
     };
@@ -422,7 +422,7 @@ mod tests {
         let use_at = |at: i64| {
             ms.store(start + at, Ordering::SeqCst);
             let db = store.db().unwrap_or_else(|e| panic!("{e}"));
-            let who = authenticate(&db, &token);
+            let who = authenticate(db.reads(), &token);
             let written = store.write_grouped((), |_| -> store::Result<()> { Ok(()) });
             async move {
                 written.await.unwrap_or_else(|e| panic!("{e}"));

@@ -10,7 +10,7 @@ use crate::App;
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
 use crate::service::creds;
-use crate::store::{self, AuditRow, ContainerId, Db, MappingFile};
+use crate::store::{self, AuditRow, ContainerId, Db, MappingFile, Reads};
 
 /// Which page of a listing (deployments, audit) to answer.
 #[derive(Debug)]
@@ -31,7 +31,10 @@ pub(crate) fn require(who: &Principal, perm: Perm, c: &ContainerPath) -> Result<
     }
 }
 
-pub(crate) fn existing_container(db: &Db, c: &ContainerPath) -> Result<ContainerId, Problem> {
+pub(crate) fn existing_container(
+    db: &dyn Reads,
+    c: &ContainerPath,
+) -> Result<ContainerId, Problem> {
     db.container_id(c)?
         .ok_or_else(|| Problem::not_found(format!("container {c} does not exist")))
 }
@@ -60,7 +63,11 @@ pub(crate) fn paged<T>(mut rows: Vec<T>, page: &Page, id: impl Fn(&T) -> i64) ->
     (rows, next)
 }
 
-pub(crate) fn list_deployments(db: &Db, who: &Principal, page: &Page) -> Result<Value, Problem> {
+pub(crate) fn list_deployments(
+    db: &dyn Reads,
+    who: &Principal,
+    page: &Page,
+) -> Result<Value, Problem> {
     let visible = visible_for(who, page)?;
     let container = page.container.as_ref().map(ContainerPath::as_str);
     let rows = db.deployments_page(&visible, container, page.before, page.limit + 1)?;
@@ -76,7 +83,7 @@ pub(crate) fn list_deployments(db: &Db, who: &Principal, page: &Page) -> Result<
 /// One deployment's record. A deployment in a container the caller cannot read is answered
 /// as one that does not exist: ids are sequential, and would tell what happens elsewhere.
 pub(crate) fn show_deployment(
-    db: &Db,
+    db: &dyn Reads,
     who: &Principal,
     id: crate::store::DeploymentId,
 ) -> Result<Value, Problem> {
@@ -91,7 +98,7 @@ pub(crate) fn show_deployment(
 
 /// The audit trail, newest first. A refusal whose manifest could not be read names no
 /// container: only callers who can read everything see it.
-pub(crate) fn list_audit(db: &Db, who: &Principal, page: &Page) -> Result<Value, Problem> {
+pub(crate) fn list_audit(db: &dyn Reads, who: &Principal, page: &Page) -> Result<Value, Problem> {
     let visible = visible_for(who, page)?;
     let container = page.container.as_ref().map(ContainerPath::as_str);
     let rows = db.audit_page(&visible, container, page.before, page.limit + 1)?;
@@ -100,7 +107,7 @@ pub(crate) fn list_audit(db: &Db, who: &Principal, page: &Page) -> Result<Value,
 }
 
 pub(crate) fn show_container(
-    db: &Db,
+    db: &dyn Reads,
     who: &Principal,
     c: &ContainerPath,
 ) -> Result<Value, Problem> {
@@ -114,7 +121,7 @@ pub(crate) fn show_container(
 
 /// A live mapping and its parsed definition.
 pub(crate) fn load_mapping(
-    db: &Db,
+    db: &dyn Reads,
     c: &ContainerPath,
     n: &Name,
 ) -> Result<(ContainerId, store::MappingRow, Mapping), Problem> {
@@ -127,7 +134,7 @@ pub(crate) fn load_mapping(
 }
 
 pub(crate) fn show_mapping(
-    db: &Db,
+    db: &dyn Reads,
     who: &Principal,
     c: &ContainerPath,
     n: &Name,
@@ -169,7 +176,7 @@ pub(crate) fn show_mapping(
 }
 
 pub(crate) fn resolve(
-    db: &Db,
+    db: &dyn Reads,
     who: &Principal,
     c: &ContainerPath,
     n: &Name,
@@ -225,7 +232,7 @@ pub(crate) fn delete_credential(
     require(who, Perm::Write, c)?;
     let path = c.object_path(n);
     let tx = db.write()?;
-    let (cid, cred) = creds::find(&tx, c, n)?;
+    let (cid, cred) = creds::find(tx.reads(), c, n)?;
     // A mapping references credentials of its own container (of the same project).
     let mut refs = Vec::new();
     for (mname, def) in tx.mappings_in(cid)? {
@@ -272,7 +279,7 @@ pub(crate) fn delete_credential(
 }
 
 pub(crate) fn show_credential(
-    db: &Db,
+    db: &dyn Reads,
     who: &Principal,
     c: &ContainerPath,
     n: &Name,
@@ -292,10 +299,10 @@ pub(crate) fn patch_credential(
     require(who, Perm::Write, c)?;
     let path = c.object_path(n);
     let tx = db.write()?;
-    let (_, row) = creds::find(&tx, c, n)?;
+    let (_, row) = creds::find(tx.reads(), c, n)?;
     creds::patch(&tx, &app.keys, &path, &row, body)?;
-    let (_, row) = creds::find(&tx, c, n)?;
-    let answer = creds::redacted(&tx, &path, &row)?;
+    let (_, row) = creds::find(tx.reads(), c, n)?;
+    let answer = creds::redacted(tx.reads(), &path, &row)?;
     let mut a = audit_row(who, "patch-credential", c, path.clone());
     a.outcome = "updated".into();
     a.status = 200;
@@ -345,7 +352,7 @@ pub fn mapping_file<'db>(
             first_error.get_or_insert(Problem::lacks(Perm::Read.as_str(), &c));
             continue;
         }
-        let (_, row, m) = match load_mapping(db, &c, &n) {
+        let (_, row, m) = match load_mapping(db.reads(), &c, &n) {
             Ok(x) => x,
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -369,7 +376,7 @@ pub fn mapping_file<'db>(
         && let Ok(Some(cid)) = db.container_id(&c)
         && db.mapping(cid, n.as_str())?.is_some()
     {
-        return show_mapping(db, who, &c, &n).map(FileAnswer::Mapping);
+        return show_mapping(db.reads(), who, &c, &n).map(FileAnswer::Mapping);
     }
     Err(first_error.unwrap_or_else(|| Problem::not_found("no such mapping file")))
 }

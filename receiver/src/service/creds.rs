@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
-use crate::store::{AuditRow, ContainerId, CredentialId, CredentialRow, Db, Tx};
+use crate::store::{AuditRow, ContainerId, CredentialId, CredentialRow, Db, Reads, Tx};
 
 /// The at-rest and fingerprint keys, derived from a master key (`secrets.key`), and able to
 /// change to another master key while the server runs (`rotate at-rest`).
@@ -297,7 +297,7 @@ fn public_credential(path: &str, row: &CredentialRow) -> Result<Credential, Prob
 /// The redacted record: public fields, each set sensitive field as `{"set", "fingerprint"}`,
 /// `needs_secrets`, and for oauth2 `needs_authorization` (its refresh token was refused).
 /// Returns the JSON text: members in key order, as a JSON object of them prints.
-pub fn redacted(db: &Db, path: &str, row: &CredentialRow) -> Result<Vec<u8>, Problem> {
+pub fn redacted(db: &dyn Reads, path: &str, row: &CredentialRow) -> Result<Vec<u8>, Problem> {
     let secrets = db.secrets(row.id)?;
     redact(
         path,
@@ -310,7 +310,7 @@ pub fn redacted(db: &Db, path: &str, row: &CredentialRow) -> Result<Vec<u8>, Pro
 
 /// The redacted record of credential `n` in container `c` ([`redacted`]), read with its
 /// secrets' fingerprints in one statement; 404 as [`find`] when either is missing.
-pub fn show(db: &Db, c: &ContainerPath, n: &Name) -> Result<Vec<u8>, Problem> {
+pub fn show(db: &dyn Reads, c: &ContainerPath, n: &Name) -> Result<Vec<u8>, Problem> {
     let path = c.object_path(n);
     let Some((row, secrets)) = db.credential_at(c, n.as_str())? else {
         return Err(not_found(&path));
@@ -404,7 +404,7 @@ fn is_token_field(field: &str) -> bool {
 }
 
 /// True when the stored credential has no secret.
-pub fn needs_secrets(db: &Db, credential: CredentialId) -> Result<bool, Problem> {
+pub fn needs_secrets(db: &dyn Reads, credential: CredentialId) -> Result<bool, Problem> {
     Ok(db.secrets(credential)?.is_empty())
 }
 
@@ -502,7 +502,7 @@ pub fn upsert_from_bundle(
         }
     }
     Ok(Upserted {
-        needs_secrets: needs_secrets(tx, id)?,
+        needs_secrets: needs_secrets(tx.reads(), id)?,
         path,
         created: before.is_none(),
         secrets_cleared,
@@ -659,7 +659,7 @@ pub fn create(
             .ok_or_else(|| Problem::internal("a created credential vanished"))?;
         // Not written by a deployment: a bundle that replaces it is told so (drift).
         tx.set_changed_outside(row.id, true)?;
-        let answer = redacted(&tx, &path, &row)?;
+        let answer = redacted(tx.reads(), &path, &row)?;
         tx.insert_audit(&audit("created", 201))?;
         tx.commit()?;
         Ok(answer)
@@ -719,7 +719,7 @@ struct ParamProblem {
 /// wins over the credential deployed with the mapping. Every problem is collected; the answer
 /// is 422 naming each parameter at fault.
 pub fn resolve(
-    db: &Db,
+    db: &dyn Reads,
     who: &Principal,
     container: &ContainerPath,
     container_id: ContainerId,
@@ -950,7 +950,7 @@ fn step_source(v: &Value) -> Option<StepSource<'_>> {
 type Checked = Result<Value, (ProblemCode, String)>;
 
 fn server_credential(
-    db: &Db,
+    db: &dyn Reads,
     container: &ContainerPath,
     name: &Name,
     path: &str,
@@ -995,7 +995,11 @@ fn not_found(path: &str) -> Problem {
 }
 
 /// The stored credential `n` of container `c` and its container's id; 404 when either is missing.
-pub fn find(db: &Db, c: &ContainerPath, n: &Name) -> Result<(ContainerId, CredentialRow), Problem> {
+pub fn find(
+    db: &dyn Reads,
+    c: &ContainerPath,
+    n: &Name,
+) -> Result<(ContainerId, CredentialRow), Problem> {
     let missing = || not_found(&c.object_path(n));
     let cid = db.container_id(c)?.ok_or_else(missing)?;
     let row = db.credential(cid, n.as_str())?.ok_or_else(missing)?;

@@ -49,7 +49,7 @@ use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
 use crate::service::oauth::{Material, Tokens};
 use crate::service::{creds, plan};
-use crate::store::{AuditRow, CredentialId, Db, Replay, Tx};
+use crate::store::{AuditRow, CredentialId, Reads, Replay, Tx};
 
 /// Clock skew allowed for `created_at` (see docs/DECISIONS.md).
 const SKEW: time::Duration = time::Duration::minutes(5);
@@ -216,7 +216,7 @@ type Failed = (Problem, Option<Box<BundleInfo>>);
 
 /// The trusted signer `id`, if any. A database error is remembered in `failed`, so that the
 /// caller answers 500 instead of taking it for an unknown signer.
-fn trusted(db: &Db, id: &KeyId, failed: &std::cell::Cell<bool>) -> Option<TrustedSigner> {
+fn trusted(db: &dyn Reads, id: &KeyId, failed: &std::cell::Cell<bool>) -> Option<TrustedSigner> {
     trusted_signer(db, &id.to_string()).unwrap_or_else(|e| {
         tracing::error!(error = %e, "reading trusted signers failed");
         failed.set(true);
@@ -226,7 +226,10 @@ fn trusted(db: &Db, id: &KeyId, failed: &std::cell::Cell<bool>) -> Option<Truste
 
 /// The signer with key id `id` as trust holds it now (its key and container prefixes), if it
 /// is trusted; a stored row this version cannot read counts as not trusted.
-pub(crate) fn trusted_signer(db: &Db, id: &str) -> crate::store::Result<Option<TrustedSigner>> {
+pub(crate) fn trusted_signer(
+    db: &dyn Reads,
+    id: &str,
+) -> crate::store::Result<Option<TrustedSigner>> {
     let Some((key, containers)) = db.signer(id)? else {
         return Ok(None);
     };
@@ -320,7 +323,7 @@ async fn check_credentials(
     let (target, creds) = app
         .spawn_blocking(move || -> Result<_, Problem> {
             let db = worker.store.db()?;
-            let found = bundle_credentials(&worker, &db, file);
+            let found = bundle_credentials(&worker, db.reads(), file);
             drop(permit);
             found
         })
@@ -365,16 +368,15 @@ async fn check_one(
         .await
         .map_err(Problem::internal)??
     };
-    let flight = id.map(|id| app.outbound.flight(id.0));
-    let _in_flight = match &flight {
-        Some(f) => Some(f.lock().await),
+    let _in_flight = match id {
+        Some(id) => Some(app.store.lock_credential(id).await?),
         None => None,
     };
     let worker = app.clone();
     let (m, stored) = app
         .spawn_blocking(move || -> Result<_, Problem> {
             let db = worker.store.db()?;
-            material(&worker, &db, &target, &c)
+            material(&worker, db.reads(), &target, &c)
         })
         .await
         .map_err(Problem::internal)??;
@@ -429,7 +431,7 @@ struct Stored {
 /// store did).
 fn bundle_credentials(
     app: &App,
-    db: &Db,
+    db: &dyn Reads,
     file: std::fs::File,
 ) -> Result<(ContainerPath, Vec<Credential>), Problem> {
     let limits = app.config().limits.to_limits();
@@ -459,7 +461,7 @@ fn bundle_credentials(
 /// is never sent anywhere but where it was stored to go).
 fn material(
     app: &App,
-    db: &Db,
+    db: &dyn Reads,
     target: &ContainerPath,
     c: &Credential,
 ) -> Result<(Material, Option<Stored>), Problem> {
@@ -573,7 +575,7 @@ fn prepare(
     let limits = app.config().limits.to_limits();
     let failed = std::cell::Cell::new(false);
     let opened = {
-        let lookup = |id: &KeyId| trusted(&db, id, &failed);
+        let lookup = |id: &KeyId| trusted(db.reads(), id, &failed);
         OpenBundle::open_detailed(BufReader::new(file), &limits, &lookup)
     };
     let mut bundle = match opened {
@@ -627,7 +629,7 @@ fn prepare(
             bundle
                 .check_times(app.now(), SKEW)
                 .map_err(|e| fail(e.into()))?;
-            stale(&db, &m).map_err(fail)?;
+            stale(db.reads(), &m).map_err(fail)?;
             false
         }
     };
@@ -651,7 +653,7 @@ fn prepare(
 }
 
 /// Refuses a bundle created before the newest one applied to its container (`409 stale`).
-fn stale(db: &Db, m: &flowpack_shared::bundle::manifest::Manifest) -> Result<(), Problem> {
+fn stale(db: &dyn Reads, m: &flowpack_shared::bundle::manifest::Manifest) -> Result<(), Problem> {
     let target = &m.target_container;
     let Some(newest) = db.newest_created(target.as_str())? else {
         return Ok(());
@@ -737,11 +739,11 @@ fn apply(
     bundle
         .check_times(app.now(), SKEW)
         .map_err(|e| fail(e.into()))?;
-    stale(tx, &m).map_err(fail)?;
+    stale(tx.reads(), &m).map_err(fail)?;
 
     // What is stored now, before anything is written: the plan compares against it.
     let known_container = tx.container_id(target).map_err(|e| fail(e.into()))?;
-    let files_same = plan::files_unchanged(tx, known_container, &m).map_err(fail)?;
+    let files_same = plan::files_unchanged(tx.reads(), known_container, &m).map_err(fail)?;
     if dry_run {
         let payload = match payload {
             Some(read) => read,
@@ -752,8 +754,16 @@ fn apply(
         }
         .map_err(|e| fail(e.into()))?;
         check_kind(&m, &payload).map_err(fail)?;
-        let changes = changes_of(app, who, tx, known_container, target, &payload, &files_same)
-            .map_err(fail)?;
+        let changes = changes_of(
+            app,
+            who,
+            tx.reads(),
+            known_container,
+            target,
+            &payload,
+            &files_same,
+        )
+        .map_err(fail)?;
         let plan = json!({
             "dry_run": true,
             "replay": false,
@@ -819,8 +829,16 @@ fn apply(
             .map_err(|e| fail(e.into()))?
     };
     check_kind(&m, &payload).map_err(fail)?;
-    let changes =
-        changes_of(app, who, tx, known_container, target, &payload, &files_same).map_err(fail)?;
+    let changes = changes_of(
+        app,
+        who,
+        tx.reads(),
+        known_container,
+        target,
+        &payload,
+        &files_same,
+    )
+    .map_err(fail)?;
     let (mapping_changes, credential_changes) = changes.split_at(payload.mappings.len());
 
     let mut created = Vec::new();
@@ -887,7 +905,7 @@ fn apply(
             crate::service::oauth::write_tokens(tx, &app.keys, row.id, path, &public, tokens)
                 .map_err(fail)?;
         }
-        if creds::needs_secrets(tx, row.id).map_err(fail)? {
+        if creds::needs_secrets(tx.reads(), row.id).map_err(fail)? {
             needs.push(path.clone());
         }
         tx.record_credential_version(did, cid, c.name.as_str())
@@ -953,7 +971,7 @@ fn check_kind(
 fn changes_of(
     app: &App,
     who: &Principal,
-    db: &Db,
+    db: &dyn Reads,
     container: Option<crate::store::ContainerId>,
     target: &ContainerPath,
     payload: &Payload,

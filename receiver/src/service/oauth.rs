@@ -41,7 +41,7 @@ use crate::outbound::{Refused, SendFailure, UrlError};
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
 use crate::service::creds::SecretKeys;
-use crate::store::{AuditRow, CredentialId, CredentialRow, Db, OAuthState, Tx};
+use crate::store::{AuditRow, CredentialId, CredentialRow, OAuthState, Reads, Tx};
 
 /// A token is refreshed when it expires within this margin.
 pub const REFRESH_SKEW: time::Duration = time::Duration::seconds(60);
@@ -137,7 +137,7 @@ impl Material {
 
     /// Builds material from a stored row (secrets decrypted with `keys`).
     pub fn from_row(
-        db: &Db,
+        db: &dyn Reads,
         keys: &SecretKeys,
         container: ContainerPath,
         path: String,
@@ -184,13 +184,22 @@ impl Material {
 }
 
 /// Loads a stored credential with its secrets; 404 when it does not exist.
-pub fn load(db: &Db, keys: &SecretKeys, c: &ContainerPath, n: &Name) -> Result<Material, Problem> {
+pub fn load(
+    db: &dyn Reads,
+    keys: &SecretKeys,
+    c: &ContainerPath,
+    n: &Name,
+) -> Result<Material, Problem> {
     let (_, row) = crate::service::creds::find(db, c, n)?;
     Material::from_row(db, keys, c.clone(), c.object_path(n), &row)
 }
 
 /// Loads a stored credential by row id; 404 when it was deleted.
-pub fn load_by_id(db: &Db, keys: &SecretKeys, id: CredentialId) -> Result<Material, Problem> {
+pub fn load_by_id(
+    db: &dyn Reads,
+    keys: &SecretKeys,
+    id: CredentialId,
+) -> Result<Material, Problem> {
     let (container, name, row) = db
         .credential_by_id(id)?
         .ok_or_else(|| Problem::not_found("the credential was deleted"))?;
@@ -749,7 +758,7 @@ pub async fn token(
     if !who.can(Perm::Use, &c) {
         return Err(Problem::lacks(Perm::Use.as_str(), &c));
     }
-    let m = blocking(&app, move |app, db| load(db, &app.keys, &c, &n)).await?;
+    let m = blocking(&app, move |app, db| load(db.reads(), &app.keys, &c, &n)).await?;
     usable(&m)?;
     if !is_stored_token(&m, rejected.as_ref())
         && let Some(v) = fresh(&m, app.now())
@@ -757,11 +766,10 @@ pub async fn token(
         return Ok(v);
     }
     let id = m.row_id()?;
-    let flight = app.outbound.flight(id.0);
-    let _in_flight = flight.lock().await;
+    let _in_flight = app.store.lock_credential(id).await?;
     // Whoever held the lock before may have refreshed: read again. A token reported rejected
     // that is no longer the stored one was replaced meanwhile: the current one is answered.
-    let m = blocking(&app, move |app, db| load_by_id(db, &app.keys, id)).await?;
+    let m = blocking(&app, move |app, db| load_by_id(db.reads(), &app.keys, id)).await?;
     usable(&m)?;
     if !is_stored_token(&m, rejected.as_ref())
         && let Some(v) = fresh(&m, app.now())
@@ -899,7 +907,7 @@ pub async fn authorize(
     if !who.can(Perm::Write, &c) {
         return Err(Problem::lacks(Perm::Write.as_str(), &c));
     }
-    let m = blocking(&app, move |app, db| load(db, &app.keys, &c, &n)).await?;
+    let m = blocking(&app, move |app, db| load(db.reads(), &app.keys, &c, &n)).await?;
     if m.cred.kind != CredentialType::Oauth2 {
         return Err(Problem::unprocessable(
             ProblemCode::NotOauth2,
@@ -1061,9 +1069,8 @@ pub async fn callback(app: Arc<App>, q: CallbackParams) -> Result<Value, Problem
         ));
     }
     let id = pending.credential_id;
-    let flight = app.outbound.flight(id.0);
-    let _in_flight = flight.lock().await;
-    let m = blocking(&app, move |app, db| load_by_id(db, &app.keys, id)).await?;
+    let _in_flight = app.store.lock_credential(id).await?;
+    let m = blocking(&app, move |app, db| load_by_id(db.reads(), &app.keys, id)).await?;
     let principal = pending.principal.clone();
     if let Some(err) = error {
         // The callback's query comes through the browser from the authorization server (or

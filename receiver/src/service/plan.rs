@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::problem::{Problem, ProblemCode};
 use crate::service::creds::{self, SecretKeys};
-use crate::store::{ContainerId, CredentialRow, Db};
+use crate::store::{ContainerId, CredentialRow, Reads};
 
 /// What a deploy does to one object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -79,7 +79,7 @@ pub struct Change {
 /// The mappings of a bundle whose files are exactly those of their live version: name → that
 /// version's row id. A deploy does not write those files again.
 pub fn files_unchanged(
-    db: &Db,
+    db: &dyn Reads,
     container: Option<ContainerId>,
     manifest: &Manifest,
 ) -> Result<HashMap<Name, i64>, Problem> {
@@ -123,7 +123,7 @@ pub fn files_unchanged(
     Ok(same)
 }
 
-fn hash_stored(db: &Db, version_id: i64, path: &str) -> Result<[u8; 32], Problem> {
+fn hash_stored(db: &dyn Reads, version_id: i64, path: &str) -> Result<[u8; 32], Problem> {
     let mut file = db
         .mapping_file(version_id, path)?
         .ok_or_else(|| Problem::internal("a listed mapping file vanished"))?;
@@ -144,7 +144,7 @@ fn hash_stored(db: &Db, version_id: i64, path: &str) -> Result<[u8; 32], Problem
 /// The change a bundle's mapping makes. `files_same`: its files are those of the live
 /// version ([`files_unchanged`]).
 pub fn mapping_change(
-    db: &Db,
+    db: &dyn Reads,
     container: Option<ContainerId>,
     target: &ContainerPath,
     mapping: &Mapping,
@@ -209,7 +209,7 @@ pub fn mapping_change(
 /// secret counts as `set`, equal or not: a principal that may only write must not be able to
 /// test guesses of a stored secret by planning or deploying bundles.
 pub fn credential_change(
-    db: &Db,
+    db: &dyn Reads,
     keys: &SecretKeys,
     container: Option<ContainerId>,
     target: &ContainerPath,
@@ -303,7 +303,7 @@ pub fn credential_change(
 /// (`409 credential-in-use`, naming the mappings): a mapping keeps working only with the
 /// type of credential it was deployed with.
 pub fn check_types_in_use(
-    db: &Db,
+    db: &dyn Reads,
     container: Option<ContainerId>,
     target: &ContainerPath,
     retyped: &[(&Name, &str, &str)],

@@ -86,7 +86,7 @@ fn restore(app: &App, tx: &Tx<'_>, who: &Principal, id: DeploymentId) -> Result<
         .get("signer_key_id")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let trusted = crate::service::deploy::trusted_signer(tx, signer)
+    let trusted = crate::service::deploy::trusted_signer(tx.reads(), signer)
         .map_err(db_err)?
         .is_some_and(|s| s.containers.iter().any(|c| c.covers(&target)));
     if !trusted {
@@ -131,7 +131,8 @@ fn restore(app: &App, tx: &Tx<'_>, who: &Principal, id: DeploymentId) -> Result<
         .map(|(n, old, new)| (n, old.as_str(), new.as_str()))
         .collect();
     let replaced: HashSet<&str> = mappings.iter().map(|(n, _)| n.as_str()).collect();
-    plan::check_types_in_use(tx, Some(cid), &target, &retyped_refs, &replaced).map_err(fail)?;
+    plan::check_types_in_use(tx.reads(), Some(cid), &target, &retyped_refs, &replaced)
+        .map_err(fail)?;
 
     let created_ms = d.created_at_ms;
     let bundle_marker =
@@ -212,7 +213,7 @@ fn restore(app: &App, tx: &Tx<'_>, who: &Principal, id: DeploymentId) -> Result<
             .credential(cid, &v.name)
             .map_err(db_err)?
             .ok_or_else(|| fail(Problem::internal("a restored credential vanished")))?;
-        if creds::needs_secrets(tx, row.id).map_err(fail)? {
+        if creds::needs_secrets(tx.reads(), row.id).map_err(fail)? {
             needs.push(path);
         }
         tx.record_credential_version(new_id, cid, &v.name)

@@ -299,14 +299,20 @@ pub async fn handle(
     if !who.can(Perm::Use, &c) {
         return Err(Problem::lacks(Perm::Use.as_str(), &c));
     }
-    let m = blocking(&app, move |app, db| oauth::load(db, &app.keys, &c, &n)).await?;
+    let m = blocking(&app, move |app, db| {
+        oauth::load(db.reads(), &app.keys, &c, &n)
+    })
+    .await?;
     // One verification of a credential at a time (an oauth2 refresh during verification is a
     // refresh, which is single-flight anyway): however many callers ask at once, the
     // credential's destination gets one request at a time from this receiver.
     let (m, _in_flight) = match m.id {
         Some(id) => {
-            let guard = app.outbound.flight(id.0).lock_owned().await;
-            let m = blocking(&app, move |app, db| oauth::load_by_id(db, &app.keys, id)).await?;
+            let guard = app.store.lock_credential(id).await?;
+            let m = blocking(&app, move |app, db| {
+                oauth::load_by_id(db.reads(), &app.keys, id)
+            })
+            .await?;
             (m, Some(guard))
         }
         None => (m, None),

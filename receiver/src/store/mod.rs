@@ -1,42 +1,50 @@
-//! The storage interface, and its one engine: SQLite (`sqlite/`: the connection pool and
-//! handles in `mod.rs`, the group committer in `group.rs`, WAL checkpoints in `checkpoint.rs`,
-//! the schema and its migrations in `schema.rs`, every query in `queries.rs`). Only `sqlite/`
-//! names the database library; the rest of the receiver sees [`Store`], [`Db`], [`Tx`],
-//! [`MappingFile`], [`Error`] and the typed rows declared here.
+//! The storage interface the services use, and its engines.
 //!
-//! What another engine would have to provide to replace this module:
-//! - **Handles per request** ([`Store::db`]), used from a blocking thread; readers must not wait
-//!   for a deploy in progress and must see only committed data.
+//! - `handle.rs`: the handles, the same for every engine: [`Store`] (shared by the server),
+//!   [`Db`] (one request's connection; it dereferences to [`Reads`], so it can only read),
+//!   [`Tx`] (a write transaction; it dereferences to [`Writes`], rolls back unless committed,
+//!   and nests savepoints), [`Store::write_grouped`] (group commit) and
+//!   [`Store::lock_credential`] (single flight per credential).
+//! - `engine.rs`: what an engine implements: [`Reads`] and [`Writes`] (the queries, in the
+//!   domain's types declared here), [`Connection`] (transaction control) and [`Engine`]
+//!   (connections, the group committer, the per-credential locks).
+//! - `sqlite/`: the embedded engine.
+//!
+//! What an engine must guarantee:
+//! - **Connections per request** ([`Store::db`]), used from a blocking thread; readers must
+//!   not wait for a deploy in progress and must see only committed data.
 //! - **Write transactions** ([`Db::write`]) that are serialized from their first read (a deploy
 //!   reads the replay and staleness facts it then relies on), atomic (a [`Tx`] dropped without
 //!   [`Tx::commit`], or cut short by a crash, leaves nothing behind) and durable when `commit`
 //!   returns: the HTTP layer answers 2xx only after that, so whatever a 2xx reported must survive
 //!   a crash or power loss the moment after.
-//! - **Blob streaming for mapping files**: a file is written from a reader of declared size
-//!   inside the deploy's transaction ([`Tx::write_mapping_file`]) and read back as a reader of
-//!   known length ([`Db::mapping_file`]), never whole in memory, from a snapshot that a
-//!   concurrent commit does not change.
-//!
+//! - **Streaming of mapping files**: a file is written from a reader of declared size inside
+//!   the deploy's transaction ([`Writes::write_mapping_file`]) and read back as a reader of known
+//!   length ([`Reads::mapping_file`]), never whole in memory, from a snapshot that a concurrent
+//!   commit does not change.
 //! - **Group commit** ([`Store::write_grouped`]): many requests' writes, each atomic on its own,
 //!   made durable by one commit, so that concurrent deploys do not each wait for a disk sync.
-//!   Bookkeeping a reader notices (a token's last use, [`Db::note_token_used`]) is queued
+//!   Bookkeeping a reader notices (a token's last use, [`Reads::note_token_used`]) is queued
 //!   there too, so that the read waits for no writer.
+//! - **One lock per credential** ([`Engine::lock_credential`]) held around an OAuth provider
+//!   call, effective across every process that shares the store; the compare-and-swap on a
+//!   credential's token version ([`Writes::claim_token_version`]) stays the guard of the write.
+//! - **An injected clock** ([`Clock`]): rows are stamped with it, never with the wall clock read
+//!   inside the engine.
 //!
-//! SQLite gives all of that with one file in WAL mode and `synchronous=FULL`, one connection per
-//! request at a time (long-lived ones, kept configured between requests, with their prepared
-//! statements) and `BEGIN IMMEDIATE` for writers. Deploys are written by one thread that owns
-//! a connection and commits queued jobs in batches, each job in a savepoint; a second thread
-//! checkpoints the WAL in the background. Mappings are versioned: `mapping_versions` keeps
-//! every version with its files, `mappings` points at the live one. Secrets are stored only as
-//! ciphertext (`credential_secrets`); see `service/creds.rs`.
+//! Mappings are versioned: every version is kept with its files, and one is live. Secrets are
+//! stored only as ciphertext; see `service/creds.rs`.
 
+mod engine;
+mod handle;
 mod sqlite;
 
 use std::sync::Arc;
 
 use flowpack_shared::timefmt::Timestamp;
 
-pub use sqlite::{Db, MappingFile, Store, Tx};
+pub use engine::{Connection, CredentialLock, Engine, Locking, Reads, Writes};
+pub use handle::{Db, Finish, Job, MappingFile, Store, Tx};
 
 /// Declares row ids: a distinct type per table, so that a credential's id is never passed
 /// where a container's is expected.
@@ -179,7 +187,7 @@ pub struct CredentialRow {
     /// The non-sensitive record as JSON (name, type, description, public fields).
     pub public: String,
     /// Changes whenever the record or its secrets change; a token refresh stores its result
-    /// only if this is still the value it started from ([`Tx::claim_token_version`]).
+    /// only if this is still the value it started from ([`Writes::claim_token_version`]).
     pub token_version: i64,
     /// Its refresh token was refused: it must be authorized again (oauth2).
     pub needs_authorization: bool,

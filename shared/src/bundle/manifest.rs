@@ -1,7 +1,7 @@
 //! `manifest.json`: what a bundle holds, signed.
 //!
 //! Its lists (`entries`, `credentials`) are read with a bound on their length while
-//! [`with_list_limit`] is in force, so that a hostile manifest cannot make a reader hold more
+//! `with_list_limit` is in force, so that a hostile manifest cannot make a reader hold more
 //! records than the archive may have entries, however small each one is.
 
 use std::cell::Cell;

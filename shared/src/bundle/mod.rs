@@ -1,4 +1,4 @@
-//! The `flowpack-bundle/1` format: writing ([`write`]) and verifying ([`read`]) signed bundles.
+//! The `flowpack-bundle/1` format: writing ([`write`](mod@write)) and verifying ([`read`](mod@read)) signed bundles.
 
 pub mod error;
 pub mod manifest;

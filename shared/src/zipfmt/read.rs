@@ -17,7 +17,7 @@ use super::{Limits, Method};
 /// One entry of the central directory, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
-    /// The entry's name, checked by [`check_entry_name`](super::check_entry_name).
+    /// The entry's name, checked by [`check_entry_name`].
     pub name: String,
     /// Stored or Deflate.
     pub method: Method,

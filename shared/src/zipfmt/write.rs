@@ -1,5 +1,5 @@
 //! The streaming writer: local headers, data, then the central directory and end records, all
-//! in the canonical form of [`canonical`](super::codec::canonical).
+//! in the canonical form of [`canonical`].
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 

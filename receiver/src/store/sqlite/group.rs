@@ -5,20 +5,16 @@ use std::sync::{Weak, mpsc};
 
 use std::sync::atomic::Ordering;
 
-use super::{Db, MAX_BATCH, Pooled, Shared, Tx, connect};
-use crate::store::{Error, Result};
+use super::{Conn, MAX_BATCH, Pooled, Shared, connect};
+use crate::store::engine::Connection;
+use crate::store::handle::{Finish, Job};
+use crate::store::{Error, Result, Tx};
 
-/// A queued job: given the batch's transaction (or why none could be started), runs and
-/// returns what to do once the batch has committed or failed.
-pub(super) type Job = Box<dyn FnOnce(std::result::Result<&Tx<'_>, &Error>) -> Finish + Send>;
-
-pub(super) type Finish = Box<dyn FnOnce(std::result::Result<(), &Error>) + Send>;
-
-/// The group committer's thread: until every [`Store`] is gone, takes the queued jobs (up to
+/// The group committer's thread: until every [`Store`](crate::store::Store) is gone, takes the queued jobs (up to
 /// [`MAX_BATCH`]), runs each in its own savepoint inside one transaction, commits once, then
 /// answers them all.
 pub(super) fn group_commit(path: &Path, home: &Weak<Shared>, jobs: &mpsc::Receiver<Job>) {
-    let mut db: Option<Db> = None;
+    let mut db: Option<Conn> = None;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -30,7 +26,7 @@ pub(super) fn group_commit(path: &Path, home: &Weak<Shared>, jobs: &mpsc::Receiv
         if db.is_none() {
             match connect(path) {
                 Ok(conn) => {
-                    db = Some(Db {
+                    db = Some(Conn {
                         conn: Pooled {
                             conn: Some(conn),
                             // Not given back to the pool: it dies with this thread.
@@ -45,26 +41,24 @@ pub(super) fn group_commit(path: &Path, home: &Weak<Shared>, jobs: &mpsc::Receiv
                 }
             }
         }
-        let Some(db) = db.as_mut() else { continue };
-        // The writer's handle belongs to no pool, so `write` does not check the keys: it is
-        // done here, with the writer lock held.
-        let tx = match db.write().and_then(|tx| match home.upgrade() {
-            Some(home) => home.check_keys(&tx).map(|()| tx),
-            None => Ok(tx),
-        }) {
-            Ok(tx) => tx,
-            Err(e) => {
-                refuse_all(batch, &e);
-                continue;
-            }
-        };
+        let Some(db) = db.as_ref() else { continue };
+        // The writer's connection belongs to no engine, so `begin` does not check the keys:
+        // it is done here, with the writer lock held.
+        let begun = db.begin().and_then(|()| match home.upgrade() {
+            Some(home) => home.check_keys(db).inspect_err(|_| db.rollback()),
+            None => Ok(()),
+        });
+        if let Err(e) = begun {
+            refuse_all(batch, &e);
+            continue;
+        }
+        let tx = Tx::begun(db);
         let mut finishes = Vec::with_capacity(batch.len());
         for job in batch {
-            finishes.push(run_job(&tx, job));
+            finishes.push(run_job(&tx, db, job));
         }
-        let committed = tx.commit_quietly();
-        // A failed commit rolls back here, before anyone is answered.
-        drop(tx);
+        // A failed commit rolls back, before anyone is answered.
+        let committed = tx.commit();
         if let Some(home) = home.upgrade() {
             if committed.is_ok() {
                 home.batches.fetch_add(1, Ordering::Relaxed);
@@ -90,28 +84,17 @@ fn refuse_all(batch: Vec<Job>, e: &Error) {
 /// Runs one job of a batch inside its own savepoint. A job that panics is rolled back to the
 /// savepoint (its caller sees [`Error::WriterGone`]); the error is that of the savepoint's
 /// statements.
-fn run_job(tx: &Tx<'_>, job: Job) -> (Finish, Result<()>) {
-    if let Err(e) = tx.conn().execute_batch("SAVEPOINT grouped") {
-        let e = Error::from(e);
+fn run_job(tx: &Tx<'_>, conn: &Conn, job: Job) -> (Finish, Result<()>) {
+    if let Err(e) = conn.savepoint() {
         return (job(Err(&e)), Err(e));
     }
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Ok(tx))));
     match ran {
-        Ok(finish) => {
-            let released = tx
-                .conn()
-                .execute_batch("RELEASE grouped")
-                .map_err(Error::from);
-            (finish, released)
-        }
+        Ok(finish) => (finish, conn.release(true)),
         Err(_) => {
             tracing::error!("a write job panicked; rolled back");
-            let undone = tx
-                .conn()
-                .execute_batch("ROLLBACK TO grouped; RELEASE grouped")
-                .map_err(Error::from);
             // The panicking job's reply went with it; nothing left to answer.
-            (Box::new(|_| {}), undone)
+            (Box::new(|_| {}), conn.release(false))
         }
     }
 }

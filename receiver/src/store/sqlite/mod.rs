@@ -1,24 +1,34 @@
-//! The SQLite engine of the storage interface.
+//! The SQLite engine of the storage interface: the connection pool (this file), the queries
+//! (`read.rs`, `write.rs`), the group committer (`group.rs`), WAL checkpoints
+//! (`checkpoint.rs`), and the schema with its migrations (`schema.rs`).
+//!
+//! One file in WAL mode with `synchronous=FULL`; one connection per request at a time
+//! (long-lived ones, kept configured between requests, with their prepared statements) and
+//! `BEGIN IMMEDIATE` for writers. Deploys are written by one thread that owns a connection and
+//! commits queued jobs in batches, each job in a savepoint; a second thread checkpoints the WAL
+//! in the background. Single flight per credential is an in-process lock: one process owns a
+//! data directory (`serve` takes its lock).
 
 mod checkpoint;
 mod group;
-mod history;
-mod keys;
-mod queries;
+mod read;
 mod schema;
+mod write;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak, mpsc};
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection as Sqlite, params};
 
-use self::group::{Finish, Job, group_commit};
+use self::group::group_commit;
 use self::schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
-use super::{Clock, Error, Result};
+use super::engine::{Connection, CredentialLock, Engine, Locking, Reads};
+use super::handle::{Job, grouped};
+use super::{Clock, CredentialId, Error, KeyCheck, Result, Store};
 use flowpack_shared::timefmt::Timestamp;
 
 /// Row ids are stored as the integers they wrap.
@@ -46,18 +56,16 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
-/// The database file, its idle connections ([`Store::db`] takes one from there and its [`Db`]
-/// gives it back), and the two threads started on first use: the group committer
-/// ([`Store::write_grouped`]) and the checkpointer. Clones share all of it; the threads end
-/// when the last clone is dropped.
-#[derive(Clone)]
-pub struct Store {
+/// The database file, its idle connections ([`Engine::connect`] takes one from there and its
+/// [`Conn`] gives it back), and the two threads started on first use: the group committer
+/// and the checkpointer. The threads end when the engine is dropped.
+struct Sqlite3 {
     shared: Arc<Shared>,
 }
 
 struct Shared {
     path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Sqlite>>,
     /// The group committer's queue.
     writer: OnceLock<Background<mpsc::Sender<Job>>>,
     /// Wakes the checkpointer; a full queue means a checkpoint is already due.
@@ -66,17 +74,20 @@ struct Shared {
     batches: AtomicU64,
     /// What rows are stamped with.
     clock: Clock,
-    /// Tokens whose use is queued to be recorded ([`Db::note_token_used`]) and not yet
+    /// Tokens whose use is queued to be recorded ([`Reads::note_token_used`]) and not yet
     /// committed.
     touching: Arc<Mutex<HashSet<String>>>,
     /// Called at the start of every write transaction with the id of the at-rest key the
-    /// store's secrets are under ([`Store::check_keys_on_write`]).
-    key_check: OnceLock<super::KeyCheck>,
+    /// store's secrets are under ([`Engine::check_keys_on_write`]).
+    key_check: OnceLock<KeyCheck>,
+    /// One lock per credential; entries are kept (one small mutex per credential used), so two
+    /// callers never hold different locks for the same credential.
+    flights: Mutex<HashMap<CredentialId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for Sqlite3 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
+        f.debug_struct("Sqlite")
             .field("path", &self.shared.path)
             .finish_non_exhaustive()
     }
@@ -86,7 +97,7 @@ impl std::fmt::Debug for Store {
 /// number of blocking threads that run requests at once (see `main.rs`).
 const MAX_IDLE: usize = 32;
 
-/// Prepared statements kept per connection ([`Connection::prepare_cached`]).
+/// Prepared statements kept per connection ([`Sqlite::prepare_cached`]).
 const STATEMENT_CACHE: usize = 64;
 
 /// The most jobs the group committer puts in one transaction.
@@ -96,135 +107,66 @@ const MAX_BATCH: usize = 256;
 /// Bounds the checkpoints (each syncs the database file) to a few per second under load.
 const CHECKPOINT_PAUSE: Duration = Duration::from_millis(250);
 
-impl Db {
-    /// The store's time, as rows are stamped with it.
-    fn now(&self) -> String {
-        self.time().to_string()
+/// Creates a new database with the schema.
+pub(super) fn create(path: &Path, clock: Clock) -> anyhow::Result<Store> {
+    let engine = Sqlite3::at(path, clock);
+    let conn = engine.conn()?;
+    conn.conn.execute_batch("BEGIN IMMEDIATE")?;
+    conn.conn.execute_batch(SCHEMA)?;
+    for step in MIGRATIONS {
+        conn.conn.execute_batch(step)?;
     }
-
-    /// The store's time: what rows are stamped with, and what a token's expiry and last use
-    /// are compared with. Costs one upgrade of a weak reference (two atomic operations).
-    pub fn time(&self) -> Timestamp {
-        match self.conn.home.upgrade() {
-            Some(home) => (home.clock)(),
-            // The store is gone (only a handle outliving it); its clock with it.
-            None => Timestamp::now(),
-        }
-    }
-
-    /// A round trip to the database (readiness): reads a field of its header in a read
-    /// transaction on this connection.
-    pub fn ping(&self) -> Result<()> {
-        let _: i64 = self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))?;
-        Ok(())
-    }
-
-    /// Records, off the caller's path, that token `id` was used at `at_ms` (Unix
-    /// milliseconds): the update is queued to the group committer and the caller does not
-    /// wait for it, neither for the writer lock nor for the disk. At most one update per token
-    /// is queued at a time, so a burst of requests that all see the old value queues one.
-    /// Best effort: an update lost to a failed batch or a shutdown is made at the next use.
-    pub fn note_token_used(&self, id: &str, at_ms: i64) {
-        /// Takes the token off the queued set once its update has committed or failed: only
-        /// then do new readers see the new value, or need to queue again.
-        struct Queued {
-            set: Arc<Mutex<HashSet<String>>>,
-            id: String,
-        }
-        impl Drop for Queued {
-            fn drop(&mut self) {
-                self.set
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&self.id);
-            }
-        }
-        let Some(home) = self.conn.home.upgrade() else {
-            return;
-        };
-        let set = home.touching.clone();
-        if !set
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id.to_owned())
-        {
-            return;
-        }
-        let queued = Queued {
-            set,
-            id: id.to_owned(),
-        };
-        let id = id.to_owned();
-        let store = Store { shared: home };
-        // The job is queued by this call; the future only carries its answer, which nobody
-        // needs.
-        let answer = store.write_grouped(queued, move |tx| -> Result<()> {
-            tx.set_token_last_used(&id, at_ms)
-        });
-        drop(answer);
-    }
+    conn.conn
+        .pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    // The root always exists, even before the first deploy.
+    conn.ensure_root()?;
+    conn.conn.execute_batch("COMMIT")?;
+    drop(conn);
+    Ok(Store::new(Arc::new(engine)))
 }
 
-impl Store {
-    /// Creates a new database with the schema.
-    pub fn create(path: &Path, clock: Clock) -> anyhow::Result<Store> {
-        let store = Store::at(path, clock);
-        let mut db = store.db()?;
-        let tx = db.write()?;
-        tx.conn().execute_batch(SCHEMA)?;
-        for step in MIGRATIONS {
-            tx.conn().execute_batch(step)?;
+/// Opens an existing database, upgrading an older schema in one transaction, and checks its
+/// schema version.
+pub(super) fn open(path: &Path, clock: Clock) -> anyhow::Result<Store> {
+    let engine = Sqlite3::at(path, clock);
+    let conn = engine.conn()?;
+    let version = |c: &Conn| -> Result<i64> {
+        Ok(c.conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    };
+    if (1..SCHEMA_VERSION).contains(&version(&conn)?) {
+        conn.conn.execute_batch("BEGIN IMMEDIATE")?;
+        // Read again under the writer lock: another process may have upgraded meanwhile. An
+        // error rolls back when the connection is given back.
+        let mut v = version(&conn)?;
+        while let Some(step) = usize::try_from(v - 1).ok().and_then(|i| MIGRATIONS.get(i)) {
+            conn.conn.execute_batch(step)?;
+            v += 1;
+            conn.conn.pragma_update(None, "user_version", v)?;
         }
-        tx.conn()
-            .pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        // The root always exists, even before the first deploy.
-        tx.ensure_root()?;
-        tx.commit()?;
-        Ok(store)
+        conn.conn.execute_batch("COMMIT")?;
     }
-
-    /// Opens an existing database, upgrading an older schema in one transaction, and checks
-    /// its schema version.
-    pub fn open(path: &Path, clock: Clock) -> anyhow::Result<Store> {
-        let store = Store::at(path, clock);
-        let mut db = store.db()?;
-        let version = |db: &Db| -> Result<i64> {
-            Ok(db
-                .conn
-                .pragma_query_value(None, "user_version", |r| r.get(0))?)
-        };
-        if (1..SCHEMA_VERSION).contains(&version(&db)?) {
-            let tx = db.write()?;
-            // Read again under the writer lock: another process may have upgraded meanwhile.
-            let mut v = version(&tx)?;
-            while let Some(step) = usize::try_from(v - 1).ok().and_then(|i| MIGRATIONS.get(i)) {
-                tx.conn().execute_batch(step)?;
-                v += 1;
-                tx.conn().pragma_update(None, "user_version", v)?;
-            }
-            tx.commit()?;
-        }
-        let v = version(&db)?;
-        if v > SCHEMA_VERSION {
-            // Nothing was changed: a newer schema is never touched.
-            anyhow::bail!(
-                "{}: written by a newer flowpack-receiver (schema version {v}; this one knows versions up to {SCHEMA_VERSION}); downgrading is not supported: run the newer version again, or restore a backup taken before the upgrade",
-                path.display()
-            );
-        }
-        if v != SCHEMA_VERSION {
-            anyhow::bail!(
-                "{}: schema version {v}, this receiver needs {SCHEMA_VERSION}",
-                path.display()
-            );
-        }
-        Ok(store)
+    let v = version(&conn)?;
+    if v > SCHEMA_VERSION {
+        // Nothing was changed: a newer schema is never touched.
+        anyhow::bail!(
+            "{}: written by a newer flowpack-receiver (schema version {v}; this one knows versions up to {SCHEMA_VERSION}); downgrading is not supported: run the newer version again, or restore a backup taken before the upgrade",
+            path.display()
+        );
     }
+    if v != SCHEMA_VERSION {
+        anyhow::bail!(
+            "{}: schema version {v}, this receiver needs {SCHEMA_VERSION}",
+            path.display()
+        );
+    }
+    drop(conn);
+    Ok(Store::new(Arc::new(engine)))
+}
 
-    fn at(path: &Path, clock: Clock) -> Store {
-        Store {
+impl Sqlite3 {
+    fn at(path: &Path, clock: Clock) -> Sqlite3 {
+        Sqlite3 {
             shared: Arc::new(Shared {
                 clock,
                 path: path.to_owned(),
@@ -234,15 +176,15 @@ impl Store {
                 batches: AtomicU64::new(0),
                 touching: Arc::default(),
                 key_check: OnceLock::new(),
+                flights: Mutex::default(),
             }),
         }
     }
 
-    /// A handle for one request. Its connection is taken from the idle ones, or opened when
-    /// there is none (see `connect`). Opening and configuring costs about a millisecond
-    /// (SQLite parses the schema), so connections are kept: the handle gives its connection
-    /// back when dropped.
-    pub fn db(&self) -> Result<Db> {
+    /// A connection for one request, taken from the idle ones or opened when there is none
+    /// (see `connect`). Opening and configuring costs about a millisecond (SQLite parses the
+    /// schema), so connections are kept: the handle gives its connection back when dropped.
+    fn conn(&self) -> Result<Conn> {
         let reused = self
             .shared
             .idle
@@ -253,80 +195,55 @@ impl Store {
             Some(conn) => conn,
             None => connect(&self.shared.path)?,
         };
-        Ok(Db {
+        Ok(Conn {
             conn: Pooled {
                 conn: Some(conn),
                 home: Arc::downgrade(&self.shared),
             },
         })
     }
+}
 
-    /// Runs `job` inside the group committer's next transaction and resolves, with what `job`
-    /// returned, once that transaction is durable (or with [`Error::Batch`] if its commit
-    /// failed, which undoes every job in it).
-    ///
-    /// Group commit: one thread owns a connection and takes the queued jobs in batches, each
-    /// job in its own savepoint, then commits once: one WAL sync for the whole batch instead
-    /// of one per request, and no request waits in SQLite's busy handler. What `job` writes is
-    /// kept even when it returns `Err`: a job that must be all-or-nothing uses
-    /// [`Tx::savepoint`] (a deploy keeps its refusal's audit row but not its partial apply). A
-    /// job that panics is rolled back alone. Every job holds the writer for its whole run, so
-    /// do the work that needs no lock (verification, parsing) before calling this.
-    ///
-    /// `keep` is dropped once the job's transaction has committed or rolled back (the server
-    /// passes its shutdown tracker's token, so that it waits for queued jobs).
-    pub fn write_grouped<T, E, K, F>(
-        &self,
-        keep: K,
-        job: F,
-    ) -> impl std::future::Future<Output = std::result::Result<T, E>> + Send + 'static + use<T, E, K, F>
-    where
-        T: Send + 'static,
-        E: From<Error> + Send + 'static,
-        K: Send + 'static,
-        F: FnOnce(&Tx<'_>) -> std::result::Result<T, E> + Send + 'static,
-    {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |tx: std::result::Result<&Tx<'_>, &Error>| -> Finish {
-            let outcome = match tx {
-                Ok(tx) => job(tx),
-                Err(e) => Err(E::from(Error::Batch(e.to_string()))),
-            };
-            Box::new(move |committed: std::result::Result<(), &Error>| {
-                let outcome = match (outcome, committed) {
-                    (Ok(_), Err(e)) => Err(E::from(Error::Batch(e.to_string()))),
-                    (outcome, _) => outcome,
-                };
-                drop(keep);
-                // The caller may have gone (its connection closed): the job is done anyway.
-                let _ = reply.send(outcome);
-            })
-        });
-        let sent = self.writer().send(job).is_ok();
-        async move {
-            if !sent {
-                return Err(E::from(Error::WriterGone));
-            }
-            // Built only when needed: making the error logs it.
-            answer
-                .await
-                .unwrap_or_else(|_| Err(E::from(Error::WriterGone)))
-        }
+impl Engine for Sqlite3 {
+    fn connect(&self) -> Result<Box<dyn Connection>> {
+        Ok(Box::new(self.conn()?))
     }
 
-    /// How many transactions the group committer has committed.
-    pub fn batches_committed(&self) -> u64 {
+    fn submit(&self, job: Job) -> std::result::Result<(), Job> {
+        self.shared.submit(job)
+    }
+
+    fn batches_committed(&self) -> u64 {
         self.shared.batches.load(Ordering::Relaxed)
     }
 
-    /// The group committer's queue, starting its thread on first use.
-    fn writer(&self) -> &mpsc::Sender<Job> {
-        self.shared
-            .writer
+    fn check_keys_on_write(&self, check: KeyCheck) {
+        if self.shared.key_check.set(check).is_err() {
+            tracing::error!("a second key check was not installed");
+        }
+    }
+
+    fn lock_credential(&self, id: CredentialId) -> Locking<'_> {
+        let lock = self
+            .shared
+            .flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id)
+            .or_default()
+            .clone();
+        Box::pin(async move { Ok(CredentialLock(Box::new(lock.lock_owned().await))) })
+    }
+}
+
+impl Shared {
+    /// Queues `job` for the group committer, starting its thread on first use.
+    fn submit(self: &Arc<Self>, job: Job) -> std::result::Result<(), Job> {
+        self.writer
             .get_or_init(|| {
                 let (send, jobs) = mpsc::channel();
-                let home = Arc::downgrade(&self.shared);
-                let path = self.shared.path.clone();
+                let home = Arc::downgrade(self);
+                let path = self.path.clone();
                 let spawned = std::thread::Builder::new()
                     .name("store-writer".into())
                     .spawn(move || group_commit(&path, &home, &jobs))
@@ -342,6 +259,17 @@ impl Store {
                 }
             })
             .sender()
+            .send(job)
+            .map_err(|e| e.0)
+    }
+
+    /// Runs the key check, if one is installed, inside the write transaction of `conn`.
+    fn check_keys(&self, conn: &Conn) -> Result<()> {
+        let Some(check) = self.key_check.get() else {
+            return Ok(());
+        };
+        let id = conn.at_rest_key_id()?;
+        check(id.as_deref()).map_err(Error::Keys)
     }
 }
 
@@ -380,8 +308,8 @@ impl<S> Drop for Background<S> {
 /// Opens a connection: WAL mode with `synchronous=FULL` and foreign keys on, waiting up to
 /// 30 s for a busy writer, and no automatic checkpoints (the checkpointer runs them, off
 /// the committing request's path).
-fn connect(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path)?;
+fn connect(path: &Path) -> Result<Sqlite> {
+    let conn = Sqlite::open(path)?;
     conn.busy_timeout(Duration::from_secs(30))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -395,19 +323,19 @@ fn connect(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// A connection on loan from a [`Store`]'s idle list, given back on drop: only outside a
+/// A connection on loan from the engine's idle list, given back on drop: only outside a
 /// transaction (one left open is rolled back first, and the connection closed if that fails),
 /// so the next request never inherits another's transaction or snapshot.
 struct Pooled {
     /// `Some` until dropped.
-    conn: Option<Connection>,
-    /// The store it goes back to; also told of commits.
+    conn: Option<Sqlite>,
+    /// The engine it goes back to; also told of commits. Empty for the group committer's own.
     home: Weak<Shared>,
 }
 
 impl Deref for Pooled {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
+    type Target = Sqlite;
+    fn deref(&self) -> &Sqlite {
         // Invariant: `conn` is `None` only inside `drop`.
         self.conn
             .as_ref()
@@ -436,128 +364,125 @@ impl Drop for Pooled {
     }
 }
 
-/// A handle on the database for one request: reads see committed data only. Writes go through
-/// [`Db::write`] or [`Store::write_grouped`].
-pub struct Db {
+/// One connection of the engine: implements the queries ([`Reads`] in `read.rs`,
+/// [`super::Writes`] in `write.rs`) and the transaction control ([`Connection`]).
+struct Conn {
     conn: Pooled,
 }
 
-impl std::fmt::Debug for Db {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db").finish_non_exhaustive()
+impl Conn {
+    /// The store's time, as rows are stamped with it.
+    fn now(&self) -> String {
+        self.clock_time().to_string()
     }
-}
 
-impl Db {
-    /// Starts a write transaction (`BEGIN IMMEDIATE`): it takes the single writer lock before
-    /// its first read, so what it reads stays true until it commits, and concurrent writers
-    /// serialize here.
-    pub fn write(&mut self) -> Result<Tx<'_>> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let home = self.conn.home.upgrade();
-        let tx = Tx { db: self };
-        if let Some(home) = home {
-            // Dropped on failure: rolled back.
-            home.check_keys(&tx)?;
+    /// The store's clock; costs one upgrade of a weak reference (two atomic operations).
+    fn clock_time(&self) -> Timestamp {
+        match self.conn.home.upgrade() {
+            Some(home) => (home.clock)(),
+            // The store is gone (only a handle outliving it); its clock with it.
+            None => Timestamp::now(),
         }
-        Ok(tx)
+    }
+
+    /// Queues the record of a token's use (see [`Reads::note_token_used`]).
+    fn queue_token_use(&self, id: &str, at_ms: i64) {
+        /// Takes the token off the queued set once its update has committed or failed: only
+        /// then do new readers see the new value, or need to queue again.
+        struct Queued {
+            set: Arc<Mutex<HashSet<String>>>,
+            id: String,
+        }
+        impl Drop for Queued {
+            fn drop(&mut self) {
+                self.set
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&self.id);
+            }
+        }
+        let Some(home) = self.conn.home.upgrade() else {
+            return;
+        };
+        let set = home.touching.clone();
+        if !set
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.to_owned())
+        {
+            return;
+        }
+        let queued = Queued {
+            set,
+            id: id.to_owned(),
+        };
+        let id = id.to_owned();
+        // The job is queued by this call; the future only carries its answer, which nobody
+        // needs.
+        let answer = grouped(
+            &|job| home.submit(job).is_ok(),
+            queued,
+            move |tx| -> Result<()> { tx.set_token_last_used(&id, at_ms) },
+        );
+        drop(answer);
     }
 }
 
-/// A write transaction. [`Tx::commit`] makes it durable (`synchronous=FULL`: the WAL is synced
-/// before `commit` returns); dropped without it, it rolls back. Reads inside it go through
-/// [`Deref`] to [`Db`] and see its own writes.
-#[derive(Debug)]
-pub struct Tx<'db> {
-    db: &'db mut Db,
-}
+impl Connection for Conn {
+    fn begin(&self) -> Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        if let Some(home) = self.conn.home.upgrade()
+            && let Err(e) = home.check_keys(self)
+        {
+            self.rollback();
+            return Err(e);
+        }
+        Ok(())
+    }
 
-impl Tx<'_> {
-    /// Commits. On failure the transaction rolls back when `self` drops.
-    pub fn commit(self) -> Result<()> {
-        self.commit_quietly()?;
-        if let Some(home) = self.db.conn.home.upgrade() {
+    fn commit(&self) -> Result<()> {
+        self.conn.execute_batch("COMMIT")?;
+        if let Some(home) = self.conn.home.upgrade() {
             home.committed();
         }
         Ok(())
     }
 
-    /// Commits without waking the checkpointer.
-    fn commit_quietly(&self) -> Result<()> {
-        self.db.conn.execute_batch("COMMIT")?;
-        Ok(())
-    }
-
-    /// Runs `f` in a savepoint: kept if it returns `Ok`, undone (and only it) if it returns
-    /// `Err`. The outer error is the savepoint's own statements failing.
-    pub fn savepoint<T, E>(
-        &self,
-        f: impl FnOnce(&Tx<'_>) -> std::result::Result<T, E>,
-    ) -> Result<std::result::Result<T, E>> {
-        self.conn().execute_batch("SAVEPOINT part")?;
-        let out = f(self);
-        match &out {
-            Ok(_) => self.conn().execute_batch("RELEASE part")?,
-            Err(_) => self
-                .conn()
-                .execute_batch("ROLLBACK TO part; RELEASE part")?,
-        }
-        Ok(out)
-    }
-
-    fn conn(&self) -> &Connection {
-        &self.db.conn
-    }
-}
-
-impl Deref for Tx<'_> {
-    type Target = Db;
-    fn deref(&self) -> &Db {
-        self.db
-    }
-}
-
-impl Drop for Tx<'_> {
-    fn drop(&mut self) {
+    fn rollback(&self) {
         // After a successful COMMIT the connection is back in autocommit mode.
-        if !self.db.conn.is_autocommit()
-            && let Err(e) = self.db.conn.execute_batch("ROLLBACK")
+        if !self.conn.is_autocommit()
+            && let Err(e) = self.conn.execute_batch("ROLLBACK")
         {
             tracing::error!(error = %e, "rolling back a transaction failed");
         }
     }
-}
 
-/// A stored mapping file being read: an [`std::io::Read`] of known length over the blob, from
-/// the snapshot taken when it was opened.
-pub struct MappingFile<'db> {
-    blob: rusqlite::blob::Blob<'db>,
-    len: u64,
-}
-
-impl std::fmt::Debug for MappingFile<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MappingFile")
-            .field("len", &self.len)
-            .finish_non_exhaustive()
-    }
-}
-
-impl MappingFile<'_> {
-    /// The file's size in bytes.
-    pub fn len(&self) -> u64 {
-        self.len
+    fn savepoint(&self) -> Result<()> {
+        self.conn.execute_batch("SAVEPOINT part")?;
+        Ok(())
     }
 
-    /// True for an empty file.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    fn release(&self, keep: bool) -> Result<()> {
+        if keep {
+            self.conn.execute_batch("RELEASE part")?;
+        } else {
+            self.conn.execute_batch("ROLLBACK TO part; RELEASE part")?;
+        }
+        Ok(())
     }
-}
 
-impl std::io::Read for MappingFile<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.blob.read(buf)
+    fn snapshot_into(&self, to: &Path) -> Result<()> {
+        let to = to
+            .to_str()
+            .ok_or_else(|| Error::Engine("the snapshot's path is not UTF-8".into()))?;
+        self.conn.execute("VACUUM INTO ?1", params![to])?;
+        Ok(())
+    }
+    fn truncate_wal(&self) -> Result<bool> {
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        Ok(busy == 0)
     }
 }
 
@@ -566,8 +491,10 @@ mod tests {
     use super::*;
     use flowpack_shared::names::ContainerPath;
 
-    fn principals(db: &Db) -> i64 {
-        db.conn
+    /// How many principals the database at `path` holds, read on a connection of its own.
+    fn principals(path: &Path) -> i64 {
+        connect(path)
+            .unwrap_or_else(|e| panic!("{e}"))
             .query_row("SELECT count(*) FROM principals", [], |r| r.get(0))
             .unwrap_or_else(|e| panic!("{e}"))
     }
@@ -575,22 +502,23 @@ mod tests {
     #[test]
     fn connection_returned_mid_transaction_is_rolled_back_before_reuse() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = Store::create(&tmp.path().join("store.db"), crate::store::wall_clock())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let path = tmp.path().join("store.db");
+        drop(Store::create(&path, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}")));
+        let engine = Sqlite3::at(&path, crate::store::wall_clock());
         {
-            let db = store.db().unwrap_or_else(|e| panic!("{e}"));
-            db.conn
+            let conn = engine.conn().unwrap_or_else(|e| panic!("{e}"));
+            conn.conn
                 .execute_batch(
                     "BEGIN IMMEDIATE; INSERT INTO principals (name, created_at) VALUES ('x', 'now')",
                 )
                 .unwrap_or_else(|e| panic!("{e}"));
         }
-        let mut db = store.db().unwrap_or_else(|e| panic!("{e}"));
-        assert!(db.conn.is_autocommit());
-        assert_eq!(principals(&db), 0);
+        let conn = engine.conn().unwrap_or_else(|e| panic!("{e}"));
+        assert!(conn.conn.is_autocommit());
+        assert_eq!(principals(&path), 0);
         // The writer lock was released with it.
-        let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
-        drop(tx);
+        conn.begin().unwrap_or_else(|e| panic!("{e}"));
+        conn.rollback();
     }
 
     #[test]
@@ -599,7 +527,8 @@ mod tests {
         let path = tmp.path().join("store.db");
         let store =
             Store::create(&path, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(principals(&store.db().unwrap_or_else(|e| panic!("{e}"))), 0);
+        drop(store.db().unwrap_or_else(|e| panic!("{e}")));
+        assert_eq!(principals(&path), 0);
         // `token create` opens its own store, as another process does.
         let other =
             Store::open(&path, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}"));
@@ -607,12 +536,13 @@ mod tests {
         let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
         tx.ensure_principal("ci").unwrap_or_else(|e| panic!("{e}"));
         tx.commit().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(principals(&store.db().unwrap_or_else(|e| panic!("{e}"))), 1);
+        assert_eq!(principals(&path), 1);
     }
 
-    fn names(db: &Db) -> Vec<String> {
-        let mut st = db
-            .conn
+    /// The principals of the database at `path`, read on a connection of its own.
+    fn names(path: &Path) -> Vec<String> {
+        let conn = connect(path).unwrap_or_else(|e| panic!("{e}"));
+        let mut st = conn
             .prepare("SELECT name FROM principals ORDER BY name")
             .unwrap_or_else(|e| panic!("{e}"));
         st.query_map([], |r| r.get(0))
@@ -623,8 +553,9 @@ mod tests {
     #[tokio::test]
     async fn queued_jobs_commit_together_and_a_panicking_job_is_rolled_back_alone() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = Store::create(&tmp.path().join("store.db"), crate::store::wall_clock())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let path = tmp.path().join("store.db");
+        let store =
+            Store::create(&path, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}"));
         let (started, running) = mpsc::channel();
         let (release, gate) = mpsc::channel::<()>();
         // The first job holds the writer until released, so the next two queue behind it and
@@ -652,15 +583,15 @@ mod tests {
             "`keep` is dropped before the answer"
         );
         assert_eq!(store.batches_committed(), 2);
-        let db = store.db().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(names(&db), ["first", "third"]);
+        assert_eq!(names(&path), ["first", "third"]);
     }
 
     #[tokio::test]
     async fn a_job_keeps_what_it_wrote_outside_a_failed_savepoint() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = Store::create(&tmp.path().join("store.db"), crate::store::wall_clock())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let path = tmp.path().join("store.db");
+        let store =
+            Store::create(&path, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}"));
         let refused: Result<()> = store
             .write_grouped((), |tx| {
                 let inner = tx.savepoint(|tx| {
@@ -672,14 +603,13 @@ mod tests {
             })
             .await;
         assert!(matches!(refused, Err(Error::Batch(_))));
-        let db = store.db().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(names(&db), ["audit"]);
+        assert_eq!(names(&path), ["audit"]);
         // The failed job did not stop the writer.
         store
             .write_grouped((), |tx| tx.ensure_principal("later"))
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(names(&db), ["audit", "later"]);
+        assert_eq!(names(&path), ["audit", "later"]);
     }
 
     fn path(s: &str) -> ContainerPath {
@@ -764,8 +694,8 @@ mod tests {
         let store =
             Store::open(&path, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}"));
         let mut db = store.db().unwrap_or_else(|e| panic!("{e}"));
-        let version: i64 = db
-            .conn
+        let version: i64 = connect(&path)
+            .unwrap_or_else(|e| panic!("{e}"))
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(version, SCHEMA_VERSION);
@@ -833,8 +763,10 @@ mod tests {
     #[tokio::test]
     async fn a_token_use_is_recorded_by_the_writer_once_while_queued() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = Store::create(&tmp.path().join("store.db"), crate::store::wall_clock())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let path = tmp.path().join("store.db");
+        drop(Store::create(&path, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}")));
+        let engine = Arc::new(Sqlite3::at(&path, crate::store::wall_clock()));
+        let store = Store::new(engine.clone());
         let mut db = store.db().unwrap_or_else(|e| panic!("{e}"));
         let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
         let pid = tx.ensure_principal("ci").unwrap_or_else(|e| panic!("{e}"));
@@ -854,12 +786,16 @@ mod tests {
         db.note_token_used("00000000000000aa", 5_000);
         // Queued already: not queued again (this later time is not recorded).
         db.note_token_used("00000000000000aa", 6_000);
-        let last_used = |db: &Db| {
+        let last_used = |db: &dyn Reads| {
             db.principal_by_token("00000000000000aa")
                 .unwrap_or_else(|e| panic!("{e}"))
                 .and_then(|t| t.last_used_at_ms)
         };
-        assert_eq!(last_used(&db), None, "recorded off the caller's path");
+        assert_eq!(
+            last_used(db.reads()),
+            None,
+            "recorded off the caller's path"
+        );
         release.send(()).unwrap_or_else(|e| panic!("{e}"));
         held.await.unwrap_or_else(|e| panic!("{e}"));
         // The writer takes jobs in order: once a later job is answered, the use is committed.
@@ -867,7 +803,7 @@ mod tests {
             .write_grouped((), |_| -> Result<()> { Ok(()) })
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(last_used(&db), Some(5_000));
+        assert_eq!(last_used(db.reads()), Some(5_000));
         // Committed: the next use is queued again; an earlier time never overwrites a later.
         db.note_token_used("00000000000000aa", 4_000);
         db.note_token_used("00000000000000ff", 4_000);
@@ -875,15 +811,15 @@ mod tests {
             .write_grouped((), |_| -> Result<()> { Ok(()) })
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(last_used(&db), Some(5_000));
+        assert_eq!(last_used(db.reads()), Some(5_000));
         db.note_token_used("00000000000000aa", 7_000);
         store
             .write_grouped((), |_| -> Result<()> { Ok(()) })
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(last_used(&db), Some(7_000));
+        assert_eq!(last_used(db.reads()), Some(7_000));
         assert!(
-            store
+            engine
                 .shared
                 .touching
                 .lock()

@@ -19,7 +19,7 @@ CREATE TABLE oauth_states (
 "#;
 
 /// From version 2 to 3: a replay is recognised by the digest of the exact manifest applied
-/// (`NULL` for deployments made before: see [`Replay`]); an audit row says whether the
+/// (`NULL` for deployments made before: see [`Replay`](crate::store::Replay)); an audit row says whether the
 /// signature of the bundle it names was verified.
 const MIGRATE_2_TO_3: &str = r#"
 ALTER TABLE deployments ADD COLUMN manifest_sha256 BLOB;
