@@ -12,6 +12,7 @@ use std::fmt::{self, Display};
 
 use flowpack_shared::bundle::{BundleError, Class};
 use flowpack_shared::names::ContainerPath;
+use flowpack_shared::zipfmt::ZipError;
 use hyper::StatusCode;
 use serde_json::Value;
 
@@ -223,26 +224,9 @@ impl From<&BundleError> for ProblemCode {
         use BundleError as B;
         use ProblemCode as P;
         match e {
-            B::NotAZip(_) => P::NotAZip,
-            B::PrependedData(_) => P::PrependedData,
-            B::TrailingData(_) => P::TrailingData,
-            B::ArchiveComment(_) => P::ArchiveComment,
-            B::MultipleEndRecords => P::MultipleEndRecords,
-            B::Zip64Invalid(_) => P::Zip64Invalid,
-            B::HeaderMismatch(..) => P::HeaderMismatch,
-            B::EntryLayout(_) => P::EntryLayout,
-            B::UnsupportedCompression(..) => P::UnsupportedCompression,
-            B::EncryptedEntry(_) => P::EncryptedEntry,
-            B::UnsupportedFeature(..) => P::UnsupportedFeature,
-            B::NotRegularFile(_) => P::NotRegularFile,
-            B::BadEntryName(..) => P::BadEntryName,
-            B::DuplicateEntry(_) => P::DuplicateEntry,
+            B::Zip(z) => z.into(),
             B::EntryOrder(_) => P::EntryOrder,
-            B::CrcMismatch(_) => P::CrcMismatch,
             B::BadSignatureFormat(_) => P::BadSignatureFormat,
-            B::TooManyEntries(..) => P::TooManyEntries,
-            B::CompressionRatio(..) => P::CompressionRatio,
-            B::SizeLimit(_) => P::SizeLimit,
             B::ManifestTooLarge(..) => P::TooLarge,
             B::BadSignature(_) => P::BadSignature,
             B::UnknownSigner(_) => P::UnknownSigner,
@@ -251,7 +235,6 @@ impl From<&BundleError> for ProblemCode {
             B::BadContainer(_) => P::BadContainer,
             B::MissingEntry(_) => P::MissingEntry,
             B::ExtraEntry(_) => P::ExtraEntry,
-            B::SizeMismatch(..) => P::SizeMismatch,
             B::DigestMismatch(_) => P::DigestMismatch,
             B::Expired(_) => P::Expired,
             B::NotYetValid(_) => P::NotYetValid,
@@ -260,6 +243,37 @@ impl From<&BundleError> for ProblemCode {
             B::SealRecipientMismatch(..) => P::SealRecipientMismatch,
             B::SealOpenFailed(_) => P::SealOpenFailed,
             B::Io(_) => P::Io,
+        }
+    }
+}
+
+impl From<&ZipError> for ProblemCode {
+    /// The code of a ZIP refusal; exhaustive, as for bundle refusals.
+    fn from(e: &ZipError) -> ProblemCode {
+        use ProblemCode as P;
+        use ZipError as Z;
+        match e {
+            Z::NotAZip(_) => P::NotAZip,
+            Z::PrependedData(_) => P::PrependedData,
+            Z::TrailingData(_) => P::TrailingData,
+            Z::ArchiveComment(_) => P::ArchiveComment,
+            Z::MultipleEndRecords => P::MultipleEndRecords,
+            Z::Zip64Invalid(_) => P::Zip64Invalid,
+            Z::HeaderMismatch(..) => P::HeaderMismatch,
+            Z::EntryLayout(_) => P::EntryLayout,
+            Z::UnsupportedCompression(..) => P::UnsupportedCompression,
+            Z::EncryptedEntry(_) => P::EncryptedEntry,
+            Z::UnsupportedFeature(..) => P::UnsupportedFeature,
+            Z::NotRegularFile(_) => P::NotRegularFile,
+            Z::BadEntryName(..) => P::BadEntryName,
+            Z::DuplicateEntry(_) => P::DuplicateEntry,
+            Z::CrcMismatch(_) => P::CrcMismatch,
+            Z::TooManyEntries(..) => P::TooManyEntries,
+            Z::CompressionRatio(..) => P::CompressionRatio,
+            Z::SizeLimit(_) => P::SizeLimit,
+            Z::SizeMismatch(..) => P::SizeMismatch,
+            Z::TooFewEntries => P::EntryOrder,
+            Z::Io(_) => P::Io,
         }
     }
 }
@@ -372,7 +386,7 @@ mod tests {
     #[test]
     fn bundle_codes_are_the_bundle_errors_own() {
         let samples = [
-            BundleError::NotAZip("x".into()),
+            BundleError::Zip(ZipError::NotAZip("x".into())),
             BundleError::ManifestTooLarge(2, 1),
             BundleError::BadRecord("x".into()),
             BundleError::SignerNotAllowed("a".into(), "b".into(), "c".into()),
@@ -385,7 +399,7 @@ mod tests {
 
     #[test]
     fn bundle_classes_map_to_statuses() {
-        let p = Problem::from(BundleError::NotAZip("x".into()));
+        let p = Problem::from(BundleError::Zip(ZipError::NotAZip("x".into())));
         assert_eq!(p.status, StatusCode::BAD_REQUEST);
         let p = Problem::from(BundleError::ManifestTooLarge(2, 1));
         assert_eq!(

@@ -41,6 +41,7 @@ use flowpack_shared::bundle::{BundleError, BundleKind};
 use flowpack_shared::keys::{KeyId, VerifyingKey};
 use flowpack_shared::model::credential::Credential;
 use flowpack_shared::names::{ContainerPath, Name};
+use flowpack_shared::zipfmt::ZipError;
 use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 
@@ -943,9 +944,9 @@ fn file_size_ok(
     size: u64,
 ) -> std::io::Result<()> {
     if size > MAX_FILE {
-        return Err(BundleError::SizeLimit(format!(
+        return Err(BundleError::Zip(ZipError::SizeLimit(format!(
             "mapping {name}: file {path} is {size} bytes; this receiver stores files up to {MAX_FILE} bytes"
-        ))
+        )))
         .into_io());
     }
     Ok(())

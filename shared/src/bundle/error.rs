@@ -22,66 +22,15 @@ pub enum Class {
 /// Why a bundle was refused. Messages name the entry and the rule; none contains a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    /// Not a ZIP archive, or one too damaged to read.
-    #[error("not a ZIP archive: {0}")]
-    NotAZip(String),
-    /// Bytes before the first entry.
-    #[error("{0} bytes of data precede the first entry")]
-    PrependedData(u64),
-    /// Bytes after the end of central directory record.
-    #[error("{0} bytes of data follow the end of central directory record")]
-    TrailingData(u64),
-    /// An archive or entry comment.
-    #[error("{0}; comments are not accepted")]
-    ArchiveComment(String),
-    /// More than one end of central directory record.
-    #[error("the archive has more than one end of central directory record")]
-    MultipleEndRecords,
-    /// Inconsistent ZIP64 records.
-    #[error("invalid ZIP64 records: {0}")]
-    Zip64Invalid(String),
-    /// A local header that disagrees with its central record.
-    #[error("entry {0}: local and central headers disagree ({1})")]
-    HeaderMismatch(String, &'static str),
-    /// Entries overlap, leave gaps, or are out of place.
-    #[error("entry layout: {0}")]
-    EntryLayout(String),
-    /// A compression method other than Stored or Deflate.
-    #[error("entry {0}: compression method {1} is not accepted (only Stored and Deflate)")]
-    UnsupportedCompression(String, u16),
-    /// An encrypted entry.
-    #[error("entry {0} is encrypted; encrypted entries are not accepted")]
-    EncryptedEntry(String),
-    /// A ZIP feature bundles do not use.
-    #[error("entry {0}: {1}")]
-    UnsupportedFeature(String, String),
-    /// A symlink, directory or special file.
-    #[error("entry {0} is not a regular file (symlink, directory or special file)")]
-    NotRegularFile(String),
-    /// A name outside the layout's rules.
-    #[error("entry name {name:?} {1}", name = .0)]
-    BadEntryName(String, &'static str),
-    /// Two entries with the same name, also after case folding.
-    #[error("duplicate entry {0} (names are compared ignoring case)")]
-    DuplicateEntry(String),
+    /// The archive is not in the ZIP subset bundles use; the reason keeps its own code.
+    #[error(transparent)]
+    Zip(ZipError),
     /// Entries not in the required order.
     #[error("entry order: {0}")]
     EntryOrder(String),
-    /// A CRC-32 that does not match the data.
-    #[error("entry {0}: CRC-32 does not match its data")]
-    CrcMismatch(String),
     /// `manifest.sig` is not 64 bytes.
     #[error("manifest.sig must be exactly 64 bytes, found {0}")]
     BadSignatureFormat(u64),
-    /// More entries than the limit.
-    #[error("the archive declares {0} entries; the limit is {1}")]
-    TooManyEntries(u64, u64),
-    /// An entry over the compression ratio limit.
-    #[error("entry {0}: {1} bytes from {2} compressed exceeds the compression ratio limit")]
-    CompressionRatio(String, u64, u64),
-    /// Sizes over the configured limits.
-    #[error("size limit: {0}")]
-    SizeLimit(String),
     /// `manifest.json` inflates to more than a receiver reads (its declared size, refused
     /// before any of it is read).
     #[error(
@@ -109,9 +58,6 @@ pub enum BundleError {
     /// An archive entry that the manifest does not list.
     #[error("entry {0} is in the archive but not listed in the manifest")]
     ExtraEntry(String),
-    /// An entry whose size differs from its headers or manifest.
-    #[error("entry {0}: {1}")]
-    SizeMismatch(String, String),
     /// An entry whose SHA-256 differs from the manifest's.
     #[error("entry {0}: SHA-256 does not match the manifest")]
     DigestMismatch(String),
@@ -143,26 +89,9 @@ impl BundleError {
     pub fn code(&self) -> &'static str {
         use BundleError::*;
         match self {
-            NotAZip(_) => "not-a-zip",
-            PrependedData(_) => "prepended-data",
-            TrailingData(_) => "trailing-data",
-            ArchiveComment(_) => "archive-comment",
-            MultipleEndRecords => "multiple-end-records",
-            Zip64Invalid(_) => "zip64-invalid",
-            HeaderMismatch(..) => "header-mismatch",
-            EntryLayout(_) => "entry-layout",
-            UnsupportedCompression(..) => "unsupported-compression",
-            EncryptedEntry(_) => "encrypted-entry",
-            UnsupportedFeature(..) => "unsupported-feature",
-            NotRegularFile(_) => "not-regular-file",
-            BadEntryName(..) => "bad-entry-name",
-            DuplicateEntry(_) => "duplicate-entry",
+            Zip(z) => z.code(),
             EntryOrder(_) => "entry-order",
-            CrcMismatch(_) => "crc-mismatch",
             BadSignatureFormat(_) => "bad-signature-format",
-            TooManyEntries(..) => "too-many-entries",
-            CompressionRatio(..) => "compression-ratio",
-            SizeLimit(_) => "size-limit",
             ManifestTooLarge(..) => "too-large",
             BadSignature(_) => "bad-signature",
             UnknownSigner(_) => "unknown-signer",
@@ -171,7 +100,6 @@ impl BundleError {
             BadContainer(_) => "bad-container",
             MissingEntry(_) => "missing-entry",
             ExtraEntry(_) => "extra-entry",
-            SizeMismatch(..) => "size-mismatch",
             DigestMismatch(_) => "digest-mismatch",
             Expired(_) => "expired",
             NotYetValid(_) => "not-yet-valid",
@@ -187,27 +115,16 @@ impl BundleError {
     pub fn class(&self) -> Class {
         use BundleError::*;
         match self {
-            NotAZip(_)
-            | PrependedData(_)
-            | TrailingData(_)
-            | ArchiveComment(_)
-            | MultipleEndRecords
-            | Zip64Invalid(_)
-            | HeaderMismatch(..)
-            | EntryLayout(_)
-            | UnsupportedCompression(..)
-            | EncryptedEntry(_)
-            | UnsupportedFeature(..)
-            | NotRegularFile(_)
-            | BadEntryName(..)
-            | DuplicateEntry(_)
-            | EntryOrder(_)
-            | CrcMismatch(_)
-            | BadSignatureFormat(_) => Class::Malformed,
-            TooManyEntries(..) | CompressionRatio(..) | SizeLimit(_) | ManifestTooLarge(..) => {
-                Class::TooLarge
-            }
-            Io(_) => Class::Internal,
+            Zip(
+                ZipError::TooManyEntries(..)
+                | ZipError::CompressionRatio(..)
+                | ZipError::SizeLimit(_),
+            )
+            | ManifestTooLarge(..) => Class::TooLarge,
+            Zip(ZipError::Io(_)) | Io(_) => Class::Internal,
+            // Well-formed, but the data is not what its headers (or the manifest) declare.
+            Zip(ZipError::SizeMismatch(..)) => Class::Refused,
+            Zip(_) | EntryOrder(_) | BadSignatureFormat(_) => Class::Malformed,
             _ => Class::Refused,
         }
     }
@@ -233,36 +150,9 @@ impl BundleError {
 }
 
 impl From<ZipError> for BundleError {
-    /// Each ZIP refusal becomes the bundle refusal of the same name, which gives it its code
-    /// and class.
+    /// A ZIP refusal is a bundle refusal with the ZIP layer's code and message.
     fn from(e: ZipError) -> BundleError {
-        use BundleError as B;
-        use ZipError as Z;
-        match e {
-            Z::NotAZip(s) => B::NotAZip(s),
-            Z::PrependedData(n) => B::PrependedData(n),
-            Z::TrailingData(n) => B::TrailingData(n),
-            Z::ArchiveComment(s) => B::ArchiveComment(s),
-            Z::MultipleEndRecords => B::MultipleEndRecords,
-            Z::Zip64Invalid(s) => B::Zip64Invalid(s),
-            Z::HeaderMismatch(name, what) => B::HeaderMismatch(name, what),
-            Z::EntryLayout(s) => B::EntryLayout(s),
-            Z::UnsupportedCompression(name, m) => B::UnsupportedCompression(name, m),
-            Z::EncryptedEntry(name) => B::EncryptedEntry(name),
-            Z::UnsupportedFeature(name, what) => B::UnsupportedFeature(name, what),
-            Z::NotRegularFile(name) => B::NotRegularFile(name),
-            Z::BadEntryName(name, why) => B::BadEntryName(name, why),
-            Z::DuplicateEntry(name) => B::DuplicateEntry(name),
-            Z::TooFewEntries => {
-                B::EntryOrder("a bundle starts with manifest.json and manifest.sig".into())
-            }
-            Z::CrcMismatch(name) => B::CrcMismatch(name),
-            Z::TooManyEntries(n, limit) => B::TooManyEntries(n, limit),
-            Z::CompressionRatio(name, size, csize) => B::CompressionRatio(name, size, csize),
-            Z::SizeLimit(s) => B::SizeLimit(s),
-            Z::SizeMismatch(name, what) => B::SizeMismatch(name, what),
-            Z::Io(e) => B::Io(e),
-        }
+        BundleError::Zip(e)
     }
 }
 
@@ -311,6 +201,13 @@ mod tests {
             let b = BundleError::from(z);
             assert_eq!(b.code(), code, "{message}");
             assert_eq!(b.to_string(), message);
+            let class = match code {
+                "too-many-entries" | "compression-ratio" | "size-limit" => Class::TooLarge,
+                "io" => Class::Internal,
+                "size-mismatch" => Class::Refused,
+                _ => Class::Malformed,
+            };
+            assert_eq!(b.class(), class, "{message}");
         }
     }
 

@@ -164,7 +164,7 @@ impl<R: Read + Seek> OpenBundle<R> {
         {
             let mut r = zip
                 .next_entry()?
-                .ok_or_else(|| BundleError::NotAZip("entry missing".into()))?;
+                .ok_or_else(|| BundleError::Zip(ZipError::NotAZip("entry missing".into())))?;
             r.read_exact(&mut signature).map_err(BundleError::from_io)?;
             r.finish()?;
         }
@@ -461,7 +461,7 @@ fn read_manifest<R: Read + Seek>(
 ) -> Result<(Manifest, Vec<u8>, [u8; 32]), BundleError> {
     let entry = zip
         .next_entry()?
-        .ok_or_else(|| BundleError::NotAZip("entry missing".into()))?;
+        .ok_or_else(|| BundleError::Zip(ZipError::NotAZip("entry missing".into())))?;
     // At most MAX_MANIFEST, checked by the caller on the same declared size.
     let declared = entry.entry().size as usize;
     let mut keeping = Keeping {
@@ -485,9 +485,9 @@ fn read_manifest<R: Read + Seek>(
         Ok(m) => m,
         Err((_, e)) if e.is_io() => return Err(BundleError::from_io(e.into())),
         Err((path, e)) if over => {
-            return Err(BundleError::SizeLimit(format!(
+            return Err(BundleError::Zip(ZipError::SizeLimit(format!(
                 "manifest.json: field `{path}`: {e}"
-            )));
+            ))));
         }
         Err((path, e)) if path == "target_container" => {
             return Err(BundleError::BadContainer(e.to_string()));
@@ -626,13 +626,13 @@ fn check_entry_list(manifest: &Manifest, archive: &[Entry]) -> Result<(), Bundle
     }
     for (e, z) in manifest.entries.iter().zip(archive) {
         if e.size != z.size {
-            return Err(BundleError::SizeMismatch(
+            return Err(BundleError::Zip(ZipError::SizeMismatch(
                 e.path.clone(),
                 format!(
                     "the manifest says {} bytes, its ZIP headers {}",
                     e.size, z.size
                 ),
-            ));
+            )));
         }
     }
     Ok(())
@@ -643,9 +643,9 @@ fn read_record<R: Read>(
     path: &str,
 ) -> Result<Vec<u8>, BundleError> {
     if r.entry().size > MAX_RECORD {
-        return Err(BundleError::SizeLimit(format!(
+        return Err(BundleError::Zip(ZipError::SizeLimit(format!(
             "entry {path} is larger than {MAX_RECORD} bytes, the limit for a record"
-        )));
+        ))));
     }
     let mut out = Vec::with_capacity(r.entry().size as usize);
     r.read_to_end(&mut out).map_err(BundleError::from_io)?;
@@ -660,10 +660,10 @@ fn check_digest<R: Read>(
     io::copy(&mut r, &mut io::sink()).map_err(BundleError::from_io)?;
     let (size, sha) = r.digest();
     if size != me.size {
-        return Err(BundleError::SizeMismatch(
+        return Err(BundleError::Zip(ZipError::SizeMismatch(
             me.path.clone(),
             format!("{size} bytes, the manifest says {}", me.size),
-        ));
+        )));
     }
     if sha != me.sha256.0 {
         return Err(BundleError::DigestMismatch(me.path.clone()));

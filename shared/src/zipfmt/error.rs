@@ -1,5 +1,5 @@
-//! Why an archive is not in the ZIP subset bundles use. The bundle layer turns each reason
-//! into a `BundleError` of the same name, which gives it its stable code.
+//! Why an archive is not in the ZIP subset bundles use, each reason with its stable code (the
+//! bundle layer carries them unchanged).
 
 use std::io;
 
@@ -73,6 +73,34 @@ pub enum ZipError {
 }
 
 impl ZipError {
+    /// The stable code of this refusal (fixtures/malicious/*.expect use it).
+    pub fn code(&self) -> &'static str {
+        use ZipError::*;
+        match self {
+            NotAZip(_) => "not-a-zip",
+            PrependedData(_) => "prepended-data",
+            TrailingData(_) => "trailing-data",
+            ArchiveComment(_) => "archive-comment",
+            MultipleEndRecords => "multiple-end-records",
+            Zip64Invalid(_) => "zip64-invalid",
+            HeaderMismatch(..) => "header-mismatch",
+            EntryLayout(_) => "entry-layout",
+            UnsupportedCompression(..) => "unsupported-compression",
+            EncryptedEntry(_) => "encrypted-entry",
+            UnsupportedFeature(..) => "unsupported-feature",
+            NotRegularFile(_) => "not-regular-file",
+            BadEntryName(..) => "bad-entry-name",
+            DuplicateEntry(_) => "duplicate-entry",
+            TooFewEntries => "entry-order",
+            CrcMismatch(_) => "crc-mismatch",
+            TooManyEntries(..) => "too-many-entries",
+            CompressionRatio(..) => "compression-ratio",
+            SizeLimit(_) => "size-limit",
+            SizeMismatch(..) => "size-mismatch",
+            Io(_) => "io",
+        }
+    }
+
     /// Carries this error through an `io::Read` boundary.
     pub fn into_io(self) -> io::Error {
         io::Error::new(io::ErrorKind::InvalidData, self)
