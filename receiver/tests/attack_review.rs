@@ -3,10 +3,8 @@
 //! it; the others pin down a safe behaviour that had no test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
 use flowpack_shared::keys::SigningKey;
+use flowpack_testkit::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

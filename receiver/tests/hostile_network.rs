@@ -6,12 +6,10 @@
 //! keep-alive connection) on tokio's paused clock, which jumps ahead whenever every task waits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use flowpack_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -38,6 +36,8 @@ async fn probe(addr: SocketAddr) {
     .unwrap();
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let parsed = Response::parse(&answer).expect("an HTTP answer");
+    flowpack_testkit::openapi::check(&reqwest::Method::GET, "/healthz", &parsed);
 }
 
 /// Reads until the peer closes the connection (a reset counts as closed too).
@@ -151,6 +151,8 @@ async fn a_connection_in_the_middle_of_a_request_is_never_closed_to_make_room() 
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert!(text.contains("not-a-zip"), "{text}");
+    let parsed = Response::parse(&answer).expect("an HTTP answer");
+    flowpack_testkit::openapi::check(&reqwest::Method::POST, "/v1/deployments", &parsed);
     drop(idle);
     s.stop().await;
 }
@@ -258,7 +260,7 @@ async fn a_tls_handshake_counts_as_no_request_head_yet() {
     install_provider();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    flowpack_receiver::datadir::init(&flowpack_receiver::datadir::DataDir::new(&data)).unwrap();
+    flowpack_testkit::init(&data);
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
@@ -524,7 +526,7 @@ async fn sixteen_concurrent_hostile_uploads_keep_the_receivers_peak_memory_under
             _ => (&manifest_64[..], 413, "too-large"),
         })
         .collect();
-    let client = reqwest::Client::new();
+    let client = Client::new();
     let answers = timeout(
         Duration::from_secs(300),
         futures_util::future::join_all(uploads.iter().map(|(bundle, _, _)| {
@@ -548,7 +550,7 @@ async fn sixteen_concurrent_hostile_uploads_keep_the_receivers_peak_memory_under
     eprintln!("receiver peak RSS: {} MiB", peak_kib / 1024);
     assert!(peak_kib < 256 * 1024, "peak RSS {} MiB", peak_kib / 1024);
     for ((_, status, code), answer) in uploads.iter().zip(answers) {
-        let (st, v) = common::answer(answer.unwrap()).await;
+        let (st, v) = flowpack_testkit::answer(answer.unwrap()).await;
         assert_eq!((st, v["code"].as_str()), (*status, Some(*code)), "{v}");
     }
 

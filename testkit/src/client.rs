@@ -39,7 +39,7 @@ impl Response {
         }
     }
 
-    /// An HTTP/1.1 answer as bytes (head and body, not chunked), if it is one.
+    /// An HTTP/1.1 answer as bytes (head and body, whole or chunked), if it is one.
     pub fn parse(raw: &[u8]) -> Option<Response> {
         let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
         let head = String::from_utf8_lossy(&raw[..end]).into_owned();
@@ -50,11 +50,15 @@ impl Response {
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
-        Some(Response::from_parts(
-            status,
-            &headers,
-            Bytes::copy_from_slice(&raw[end + 4..]),
-        ))
+        let body = &raw[end + 4..];
+        let chunked = headers.iter().any(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding") && v.trim() == "chunked"
+        });
+        let body = match chunked {
+            true => dechunk(body)?,
+            false => body.to_vec(),
+        };
+        Some(Response::from_parts(status, &headers, body.into()))
     }
 
     /// The status.
@@ -112,6 +116,20 @@ impl Response {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or("").trim().to_owned())
             .unwrap_or_default()
+    }
+}
+
+/// The body of a chunked answer; `None` when it is cut short.
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n")?;
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).ok()?;
+        if n == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(eol + 2..eol + 2 + n)?);
+        b = b.get(eol + 4 + n..)?;
     }
 }
 

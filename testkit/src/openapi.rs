@@ -25,10 +25,15 @@ pub const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
 
-/// The only answers allowed to a request the document has no operation for: (status, the
-/// response of `components/responses` it must be). A method a documented path lacks is `405`;
-/// a path no template matches is `404`, token or not.
-pub const UNDOCUMENTED: &[(u16, &str)] = &[(405, "MethodNotAllowed"), (404, "NotFoundEndpoint")];
+/// The only answers allowed to a request the document has no operation for: (whether the
+/// path is documented, status, the response of `components/responses` it must be). A method
+/// a documented path lacks is `405`, or `401` where the path needs a token and none valid
+/// was given (the token is checked before the method); a path no template matches is `404`.
+pub const UNDOCUMENTED: &[(bool, u16, &str)] = &[
+    (true, 405, "MethodNotAllowed"),
+    (true, 401, "Unauthorized"),
+    (false, 404, "NotFoundEndpoint"),
+];
 
 /// The document, parsed.
 pub fn document() -> Value {
@@ -232,12 +237,13 @@ impl Validator {
                 (r, format!("#/paths/{}/{lower}/responses/{key}", token(t)))
             }
             Target::OtherMethod(_) | Target::Nothing => {
-                let Some((_, name)) = UNDOCUMENTED.iter().find(|(s, _)| *s == status) else {
+                let documented = matches!(target, Target::OtherMethod(_));
+                let Some((_, _, name)) = UNDOCUMENTED
+                    .iter()
+                    .find(|(d, s, _)| *d == documented && *s == status)
+                else {
                     return Err(format!("{at}: not an operation of the document"));
                 };
-                if matches!(target, Target::OtherMethod(_)) != (status == 405) {
-                    return Err(format!("{at}: not an operation of the document"));
-                }
                 let p = format!("#/components/responses/{name}");
                 match resolve(&self.doc, &p) {
                     Some(r) => (r, p),
