@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use reqwest::Method;
+pub use reqwest::Method;
 use serde_json::Value;
 
 use crate::client::Response;
