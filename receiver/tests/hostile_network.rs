@@ -305,21 +305,6 @@ async fn a_tls_handshake_counts_as_no_request_head_yet() {
     server.await.unwrap().unwrap();
 }
 
-/// The real binary, killed if a test fails before stopping it.
-struct Serving {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 mod hostile_bundles {
     //! Bundles a hostile client sends: their manifests or entries inflate far beyond their size.
     use std::io::{Cursor, Read};
@@ -439,24 +424,14 @@ mod hostile_bundles {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_concurrent_hostile_uploads_keep_the_receivers_peak_memory_under_256_mib() {
     use hostile_bundles::*;
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     const BIN: &str = env!("CARGO_BIN_EXE_flowpack-receiver");
     const MIB: usize = 1 << 20;
     install_provider();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = Command::new(BIN)
-        .args(["init", "--data-dir", data.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let admin = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("admin_token: ").map(str::to_owned))
-        .unwrap();
+    let admin = flowpack_testkit::init(&data).admin_token;
     let key = flowpack_shared::keys::SigningKey::generate().unwrap();
     let pub_file = dir.path().join("signer.pub");
     std::fs::write(&pub_file, key.verifying_key().to_pem()).unwrap();
@@ -497,25 +472,7 @@ async fn sixteen_concurrent_hostile_uploads_keep_the_receivers_peak_memory_under
         "the bundles are small"
     );
 
-    let mut child = Command::new(BIN)
-        .args(["serve", "--data-dir", data.to_str().unwrap()])
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let server = Serving {
-        base: first
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("first line: {first:?}"))
-            .to_owned(),
-        child,
-    };
+    let server = serve(&data);
 
     let uploads: Vec<(&[u8], u16, &str)> = (0..16)
         // Two large manifests at once: as many as two cores verify together (each is slow

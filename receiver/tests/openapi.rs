@@ -19,7 +19,7 @@ use std::time::Duration;
 use flowpack_shared::bundle::BundleKind;
 use flowpack_shared::keys::SigningKey;
 use flowpack_testkit::openapi::{
-    METHODS, Target, Validator, document, instance_of, resolve, token,
+    METHODS, Target, Validator, document, instance_of, operations, resolve, token,
 };
 use flowpack_testkit::*;
 use http_body_util::{BodyExt, Full};
@@ -49,19 +49,6 @@ fn refs(v: &Value, at: String, out: &mut Vec<(String, String)>) {
         }
         _ => {}
     }
-}
-
-/// Every (method, path template) the document has.
-fn operations(doc: &Value) -> BTreeSet<(String, String)> {
-    let mut out = BTreeSet::new();
-    for (path, item) in doc["paths"].as_object().unwrap() {
-        for m in METHODS {
-            if item.get(m).is_some() {
-                out.insert((m.to_uppercase(), path.clone()));
-            }
-        }
-    }
-    out
 }
 
 #[test]

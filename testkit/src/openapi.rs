@@ -306,8 +306,54 @@ impl Validator {
 
 /// Checks an answer with the receiver's document; panics naming method, path, status and the
 /// error. For answers read off a raw socket; the [`crate::Client`] calls it on every answer.
+/// Each answer checked is recorded when [`COVERAGE_ENV`] is set ([`record`]).
 pub fn check(method: &Method, path: &str, a: &Response) -> Target {
     let path = path.split('?').next().unwrap_or(path);
-    Validator::with(|v| v.check(method, path, a))
-        .unwrap_or_else(|e| panic!("{method} {path}: the answer does not match openapi.json: {e}"))
+    let target = Validator::with(|v| v.check(method, path, a))
+        .unwrap_or_else(|e| panic!("{method} {path}: the answer does not match openapi.json: {e}"));
+    record(method, &target, a.status().as_u16());
+    target
+}
+
+/// The environment variable naming a directory where every checked answer is recorded, one
+/// file per test process, to see over a whole run which operations and statuses the suite
+/// validated (`cargo run -p flowpack-testkit --bin openapi-coverage -- DIR` sums them up).
+pub const COVERAGE_ENV: &str = "FLOWPACK_OPENAPI_COVERAGE";
+
+/// Appends `METHOD<TAB>template<TAB>status` to `$FLOWPACK_OPENAPI_COVERAGE/<pid>.tsv` when the
+/// variable is set (answers to no documented path are recorded as `-`).
+pub fn record(method: &Method, target: &Target, status: u16) {
+    use std::io::Write;
+    let Some(dir) = std::env::var_os(COVERAGE_ENV) else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let template = match target {
+        Target::Operation(t) | Target::OtherMethod(t) => t.as_str(),
+        Target::Nothing => "-",
+    };
+    let written = std::fs::create_dir_all(&dir).and_then(|()| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{}.tsv", std::process::id())))?;
+        // One write per line: appends of threads of the process do not interleave.
+        f.write_all(format!("{method}\t{template}\t{status}\n").as_bytes())
+    });
+    if let Err(e) = written {
+        panic!("recording coverage in {}: {e}", dir.display());
+    }
+}
+
+/// Every (method, path template) operation of `doc`.
+pub fn operations(doc: &Value) -> std::collections::BTreeSet<(String, String)> {
+    let mut out = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for m in METHODS {
+            if item.get(m).is_some() {
+                out.insert((m.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    out
 }
