@@ -1687,3 +1687,34 @@ fn the_validator_refuses_answers_the_document_does_not_allow() {
     );
     assert_eq!(named(Method::GET, "/v2/x"), Target::Nothing);
 }
+
+/// The testkit's client checks every answer: one the document does not allow makes the
+/// request panic, naming the method, the path and the status.
+#[tokio::test]
+async fn the_client_panics_on_an_answer_the_document_does_not_allow() {
+    install_provider();
+    let client = flowpack_testkit::Client::new();
+    let extra_member = token_endpoint(200, json!({"status": "ok", "uptime": 1})).await;
+    let conforming = token_endpoint(200, json!({"status": "ok"})).await;
+    for (base, path) in [(&extra_member, "/healthz"), (&conforming, "/v2/nothing")] {
+        let (c, url) = (client.clone(), format!("{base}{path}"));
+        let sent = tokio::spawn(async move { c.get(url).send().await }).await;
+        let panic = sent.expect_err("the answer is refused").into_panic();
+        let message = panic.downcast_ref::<String>().expect("a message");
+        assert!(
+            message.contains(&format!("GET {path}")) && message.contains("→ 200"),
+            "{message}"
+        );
+    }
+    let r = client
+        .get(format!("{conforming}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        client.seen().len(),
+        1,
+        "only the conforming answer is recorded"
+    );
+}
