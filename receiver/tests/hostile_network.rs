@@ -51,7 +51,8 @@ async fn closed(c: &mut TcpStream) {
     }
 }
 
-/// Reads one response to `GET /healthz` (its body is the last thing in it).
+/// Reads one response to `GET /healthz` (its body is the last thing in it) and checks it
+/// against the document.
 async fn read_health(c: &mut TcpStream) {
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
@@ -60,6 +61,8 @@ async fn read_health(c: &mut TcpStream) {
         assert!(n > 0, "closed before the answer");
         got.extend_from_slice(&buf[..n]);
     }
+    let answer = Response::parse(&got).expect("an HTTP answer");
+    flowpack_testkit::openapi::check(&reqwest::Method::GET, "/healthz", &answer);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
