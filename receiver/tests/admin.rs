@@ -3,17 +3,15 @@
 //! directory (each takes effect at the next request), and expired tokens refused in process.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 
 use std::time::{Duration, Instant};
 
-use common::bin::{run, serve};
-use common::*;
 use flowpack_receiver::auth;
 use flowpack_shared::keys::SigningKey;
 use flowpack_shared::timefmt::Timestamp;
+use flowpack_testkit::process::{run, serve};
+use flowpack_testkit::*;
 use serde_json::Value;
 
 fn ok(args: &[&str]) -> String {
@@ -34,7 +32,7 @@ fn fails(args: &[&str]) -> String {
 
 /// A data directory made by `init`; its admin token.
 fn init(dir: &Path) -> String {
-    common::bin::init(dir).1
+    flowpack_testkit::init(dir).admin_token
 }
 
 /// The secret part of a token (after `fpt_<id>_`).
@@ -47,7 +45,7 @@ fn id_of(token: &str) -> &str {
 }
 
 async fn get(base: &str, token: &str, path: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = Client::new()
         .get(format!("{base}{path}"))
         .bearer_auth(token)
         .send()
@@ -219,7 +217,7 @@ async fn a_removed_key_is_refused_at_once_while_serving() {
     assert!(text.contains(&key_id) && text.contains(&other_id), "{text}");
     assert!(!text.contains(secret_of(&admin)) && !out.contains(secret_of(&admin)));
 
-    let client = reqwest::Client::new();
+    let client = Client::new();
     let deploy = |b: Vec<u8>| {
         let r = client
             .post(format!("{}/v1/deployments", srv.base))

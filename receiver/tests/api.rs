@@ -2,13 +2,11 @@
 //! replay, staleness, secrets kept on redeploy, PATCH, deletes, resolution and atomicity.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
 use flowpack_shared::bundle::BundleKind;
 use flowpack_shared::keys::SigningKey;
 use flowpack_shared::seal::SealingIdentity;
 use flowpack_shared::timefmt::Timestamp;
+use flowpack_testkit::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 

@@ -3,10 +3,8 @@
 //! it; the others pin down a safe behaviour that had no test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
 use flowpack_shared::keys::SigningKey;
+use flowpack_testkit::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -97,11 +95,10 @@ async fn raw_post(s: &Server, token: &str, path: &str) -> u16 {
     c.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     c.read_to_end(&mut out).await.unwrap();
-    let head = String::from_utf8_lossy(&out);
-    head.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head}"))
+    let answer = Response::parse(&out)
+        .unwrap_or_else(|| panic!("no answer in {}", String::from_utf8_lossy(&out)));
+    flowpack_testkit::openapi::check(&reqwest::Method::POST, path, &answer);
+    answer.status().as_u16()
 }
 
 /// A principal with only `write` cannot read a credential's secret (nor deploy a bundle that

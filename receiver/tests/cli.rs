@@ -2,22 +2,35 @@
 //! rule, SIGTERM, and a canary secret that must appear in no answer, log line or file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::Path;
 
-use common::bin::*;
-use common::*;
 use flowpack_shared::keys::SigningKey;
 use flowpack_shared::seal::SealingRecipient;
+use flowpack_testkit::process::*;
+use flowpack_testkit::*;
 use reqwest::Method;
 use serde_json::json;
+
+/// `init` of the binary, run to its end: the sealing recipient and admin token it printed.
+fn init_cli(dir: &std::path::Path) -> (String, String) {
+    let (code, out, err) = run(&["init", "--data-dir", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let mut lines = out.lines();
+    let mut field = |prefix: &str| {
+        lines
+            .next()
+            .and_then(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("init printed no {prefix}: {out}"))
+            .to_owned()
+    };
+    (field("sealing_recipient: "), field("admin_token: "))
+}
 
 #[test]
 fn init_prints_recipient_and_token_once_and_refuses_again() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
-    let (recipient, token) = init(&dir);
+    let (recipient, token) = init_cli(&dir);
     assert!(SealingRecipient::parse(&recipient).is_ok());
     assert!(token.starts_with("fpt_"));
     let (code, out, err) = run(&["init", "--data-dir", dir.to_str().unwrap()]);
@@ -74,10 +87,13 @@ async fn admin_changes_take_effect_while_serving_and_no_secret_leaks() {
     const CANARY2: &str = "CANARY-PATCHED-51b2";
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
-    let (recipient, admin) = init(&dir);
+    let Init {
+        recipient,
+        admin_token: admin,
+    } = init(&dir);
     let recipient = SealingRecipient::parse(&recipient).unwrap();
     let srv = serve(&dir);
-    let client = reqwest::Client::new();
+    let client = Client::new();
     let mut bodies = String::new();
 
     let key = SigningKey::generate().unwrap();

@@ -2,12 +2,10 @@
 //! status and code its `.expect` names, refusals write nothing, valid cases apply.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
 use flowpack_shared::seal::SealingIdentity;
+use flowpack_testkit::*;
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {

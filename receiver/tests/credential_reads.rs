@@ -3,12 +3,10 @@
 //! server must shut down afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use flowpack_shared::bundle::BundleKind;
+use flowpack_testkit::*;
 use serde_json::Value;
 
 const SECRET: &str = "canary-concurrent-reads-5d1e";
@@ -36,10 +34,12 @@ async fn concurrent_credential_reads_each_get_their_own_answer() {
     let mut clients = tokio::task::JoinSet::new();
     for c in 0..CLIENTS {
         // One keep-alive connection per client, as a load generator has.
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(1)
-            .build()
-            .unwrap();
+        let http = Client::from_reqwest(
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap(),
+        );
         let base = s.base.clone();
         let (admin, outsider) = (s.admin.clone(), outsider.clone());
         let reference = reference.clone();
@@ -121,7 +121,7 @@ async fn credential_reads_answer_while_listings_and_deploys_run() {
             bundle(&k, &opts, &[], &[c])
         });
         others.spawn(async move {
-            let http = reqwest::Client::new();
+            let http = Client::new();
             let r = match bundle {
                 Some(b) => http
                     .post(format!("{base}/v1/deployments"))

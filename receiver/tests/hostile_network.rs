@@ -6,12 +6,10 @@
 //! keep-alive connection) on tokio's paused clock, which jumps ahead whenever every task waits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use flowpack_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -38,6 +36,8 @@ async fn probe(addr: SocketAddr) {
     .unwrap();
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let parsed = Response::parse(&answer).expect("an HTTP answer");
+    flowpack_testkit::openapi::check(&reqwest::Method::GET, "/healthz", &parsed);
 }
 
 /// Reads until the peer closes the connection (a reset counts as closed too).
@@ -51,7 +51,8 @@ async fn closed(c: &mut TcpStream) {
     }
 }
 
-/// Reads one response to `GET /healthz` (its body is the last thing in it).
+/// Reads one response to `GET /healthz` (its body is the last thing in it) and checks it
+/// against the document.
 async fn read_health(c: &mut TcpStream) {
     let mut got = Vec::new();
     let mut buf = [0u8; 1024];
@@ -60,6 +61,8 @@ async fn read_health(c: &mut TcpStream) {
         assert!(n > 0, "closed before the answer");
         got.extend_from_slice(&buf[..n]);
     }
+    let answer = Response::parse(&got).expect("an HTTP answer");
+    flowpack_testkit::openapi::check(&reqwest::Method::GET, "/healthz", &answer);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,6 +154,8 @@ async fn a_connection_in_the_middle_of_a_request_is_never_closed_to_make_room() 
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert!(text.contains("not-a-zip"), "{text}");
+    let parsed = Response::parse(&answer).expect("an HTTP answer");
+    flowpack_testkit::openapi::check(&reqwest::Method::POST, "/v1/deployments", &parsed);
     drop(idle);
     s.stop().await;
 }
@@ -258,7 +263,7 @@ async fn a_tls_handshake_counts_as_no_request_head_yet() {
     install_provider();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    flowpack_receiver::datadir::init(&flowpack_receiver::datadir::DataDir::new(&data)).unwrap();
+    flowpack_testkit::init(&data);
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
@@ -301,21 +306,6 @@ async fn a_tls_handshake_counts_as_no_request_head_yet() {
 
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
-}
-
-/// The real binary, killed if a test fails before stopping it.
-struct Serving {
-    child: std::process::Child,
-    base: String,
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 mod hostile_bundles {
@@ -437,24 +427,14 @@ mod hostile_bundles {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixteen_concurrent_hostile_uploads_keep_the_receivers_peak_memory_under_256_mib() {
     use hostile_bundles::*;
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
     const BIN: &str = env!("CARGO_BIN_EXE_flowpack-receiver");
     const MIB: usize = 1 << 20;
     install_provider();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = Command::new(BIN)
-        .args(["init", "--data-dir", data.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let admin = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("admin_token: ").map(str::to_owned))
-        .unwrap();
+    let admin = flowpack_testkit::init(&data).admin_token;
     let key = flowpack_shared::keys::SigningKey::generate().unwrap();
     let pub_file = dir.path().join("signer.pub");
     std::fs::write(&pub_file, key.verifying_key().to_pem()).unwrap();
@@ -495,25 +475,7 @@ async fn sixteen_concurrent_hostile_uploads_keep_the_receivers_peak_memory_under
         "the bundles are small"
     );
 
-    let mut child = Command::new(BIN)
-        .args(["serve", "--data-dir", data.to_str().unwrap()])
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let server = Serving {
-        base: first
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("first line: {first:?}"))
-            .to_owned(),
-        child,
-    };
+    let server = serve(&data);
 
     let uploads: Vec<(&[u8], u16, &str)> = (0..16)
         // Two large manifests at once: as many as two cores verify together (each is slow
@@ -524,7 +486,7 @@ async fn sixteen_concurrent_hostile_uploads_keep_the_receivers_peak_memory_under
             _ => (&manifest_64[..], 413, "too-large"),
         })
         .collect();
-    let client = reqwest::Client::new();
+    let client = Client::new();
     let answers = timeout(
         Duration::from_secs(300),
         futures_util::future::join_all(uploads.iter().map(|(bundle, _, _)| {
@@ -548,7 +510,7 @@ async fn sixteen_concurrent_hostile_uploads_keep_the_receivers_peak_memory_under
     eprintln!("receiver peak RSS: {} MiB", peak_kib / 1024);
     assert!(peak_kib < 256 * 1024, "peak RSS {} MiB", peak_kib / 1024);
     for ((_, status, code), answer) in uploads.iter().zip(answers) {
-        let (st, v) = common::answer(answer.unwrap()).await;
+        let (st, v) = flowpack_testkit::answer(answer.unwrap()).await;
         assert_eq!((st, v["code"].as_str()), (*status, Some(*code)), "{v}");
     }
 

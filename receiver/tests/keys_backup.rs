@@ -5,15 +5,13 @@
 //! acknowledged prefix, secrets included, mode 0600, no secret in clear), `restore`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::bin::{run, serve};
-use common::*;
 use flowpack_shared::keys::SigningKey;
 use flowpack_shared::seal::{SealingIdentity, SealingRecipient};
 use flowpack_shared::timefmt::Timestamp;
+use flowpack_testkit::process::{run, serve};
+use flowpack_testkit::*;
 use serde_json::{Value, json};
 
 fn ok(args: &[&str]) -> String {
@@ -37,7 +35,7 @@ fn s(p: &Path) -> &str {
 
 /// An initialized data directory with `signer` trusted for every container; its admin token.
 fn setup(dir: &Path, signer: &SigningKey) -> String {
-    let (_, admin) = common::bin::init(dir);
+    let admin = flowpack_testkit::init(dir).admin_token;
     let pub_file = dir.parent().unwrap().join("signer.pub");
     std::fs::write(&pub_file, signer.verifying_key().to_pem()).unwrap();
     ok(&["trust", "add", s(&pub_file), "--data-dir", s(dir)]);
@@ -73,7 +71,7 @@ fn cred_bundle(
 }
 
 async fn post_bundle(base: &str, token: &str, b: Vec<u8>) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = Client::new()
         .post(format!("{base}/v1/deployments"))
         .bearer_auth(token)
         .header("content-type", "application/zip")
@@ -85,7 +83,7 @@ async fn post_bundle(base: &str, token: &str, b: Vec<u8>) -> (u16, Value) {
 }
 
 async fn get(base: &str, token: &str, path: &str) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = Client::new()
         .get(format!("{base}{path}"))
         .bearer_auth(token)
         .send()
@@ -96,7 +94,7 @@ async fn get(base: &str, token: &str, path: &str) -> (u16, Value) {
 
 /// The access token the receiver hands out for credential `path` (decrypted from the store).
 async fn access_token(base: &str, token: &str, path: &str) -> String {
-    let r = reqwest::Client::new()
+    let r = Client::new()
         .post(format!("{base}/v1/credentials{path}/token"))
         .bearer_auth(token)
         .send()
@@ -405,7 +403,7 @@ async fn at_rest_rotation_while_serving_keeps_every_secret_and_leaves_no_old_key
         access_token(&srv.base, &admin, "/r/c1").await,
         "canary-token-1b"
     );
-    let r = reqwest::Client::new()
+    let r = Client::new()
         .post(format!(
             "{}/v1/deployments/{first_deployment}/rollback",
             srv.base
@@ -589,7 +587,7 @@ async fn a_backup_during_deploys_restores_an_acknowledged_prefix_with_its_secret
         );
     }
     // Mappings and their files, secrets, tokens and trust came along.
-    let r = reqwest::Client::new()
+    let r = Client::new()
         .get(format!(
             "{}/v1/mappings/m/orders-to-erp/files/orders.mfd",
             srv.base
@@ -736,7 +734,7 @@ async fn an_encrypted_backup_is_an_age_file_and_restores_with_its_identity() {
 fn a_tampered_backup_is_refused_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
-    common::bin::init(&dir);
+    flowpack_testkit::init(&dir);
     let file = tmp.path().join("b.tar");
     ok(&["backup", "--data-dir", s(&dir), "-o", s(&file)]);
     let bytes = std::fs::read(&file).unwrap();

@@ -2,10 +2,8 @@
 //! one deployment by id, rollback, and a credential in use keeping its type.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
 use flowpack_shared::keys::SigningKey;
+use flowpack_testkit::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -318,7 +316,7 @@ async fn state(s: &Server) -> Vec<Value> {
         out.push(v);
     }
     for file in ["orders.mfd", "schemas/order.xsd"] {
-        let r = reqwest::Client::new()
+        let r = Client::new()
             .get(s.url(&format!(
                 "/v1/mappings/public/orders/orders-to-erp/files/{file}"
             )))

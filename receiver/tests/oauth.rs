@@ -4,18 +4,16 @@
 //! verification against an in-test HTTP server and real TCP ports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use common::*;
 use flowpack_shared::bundle::BundleKind;
 use flowpack_shared::keys::SigningKey;
 use flowpack_shared::timefmt::Timestamp;
+use flowpack_testkit::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -263,7 +261,7 @@ async fn authorize(e: &Env, o: &OAuthServer, name: &str) -> ((u16, Value), Vec<(
     let back = r.headers()["location"].to_str().unwrap().to_owned();
     assert!(back.starts_with(&e.s.url("/v1/oauth/callback?")), "{back}");
     // No bearer token: the state authenticates the callback.
-    let answered = answer(o.http.get(&back).send().await.unwrap()).await;
+    let answered = answer(e.s.client.get(&back).send().await.unwrap()).await;
     (answered, query)
 }
 
@@ -443,11 +441,11 @@ async fn authorization_code_with_pkce_and_single_use_expiring_state() {
     let state = param(&q, "state").unwrap();
     let replay =
         e.s.url(&format!("/v1/oauth/callback?code=again&state={state}"));
-    let (st, v) = answer(o.http.get(replay).send().await.unwrap()).await;
+    let (st, v) = answer(e.s.client.get(replay).send().await.unwrap()).await;
     assert_eq!((st, v["code"].as_str()), (400, Some("invalid-state")));
     // A forged one is refused.
     let (st, _) = answer(
-        o.http
+        e.s.client
             .get(e.s.url("/v1/oauth/callback?code=x&state=forged"))
             .send()
             .await
@@ -463,7 +461,7 @@ async fn authorization_code_with_pkce_and_single_use_expiring_state() {
     let r = o.http.get(url).send().await.unwrap();
     let back = r.headers()["location"].to_str().unwrap().to_owned();
     e.advance(11 * 60);
-    let (st, v) = answer(o.http.get(&back).send().await.unwrap()).await;
+    let (st, v) = answer(e.s.client.get(&back).send().await.unwrap()).await;
     assert_eq!(
         (st, v["code"].as_str()),
         (400, Some("state-expired")),
@@ -552,10 +550,12 @@ async fn concurrent_callers_on_an_expired_token_share_one_refresh() {
     o.control(Method::POST, "config?delay_ms=300").await;
     e.advance(2 * 3600);
     const CALLERS: usize = 250;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    let client = Client::from_reqwest(
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap(),
+    );
     let url = e.s.url("/v1/credentials/apps/shared/token");
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..CALLERS {
@@ -1009,10 +1009,12 @@ async fn concurrent_callers_reporting_the_same_rejected_token_share_one_request(
     // The provider takes 300 ms, so all callers wait while the one request is in flight.
     o.control(Method::POST, "config?delay_ms=300").await;
     const CALLERS: usize = 50;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
+    let client = Client::from_reqwest(
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap(),
+    );
     let url = e.s.url("/v1/credentials/apps/revoked/token");
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..CALLERS {

@@ -6,44 +6,28 @@
 //! schema the document gives for that path, method and status (JSON Schema 2020-12, with
 //! `$ref`s resolved inside the document); and every operation of the document is answered with
 //! a success at least once, so an endpoint cannot be documented without being served.
+//!
+//! The validator itself lives in the testkit (`flowpack_testkit::openapi`), where the one
+//! client of the tests runs every answer of every test through it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::*;
 use flowpack_shared::bundle::BundleKind;
 use flowpack_shared::keys::SigningKey;
+use flowpack_testkit::openapi::{
+    METHODS, Target, Validator, document, instance_of, operations, resolve, token,
+};
+use flowpack_testkit::*;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-/// The document as the receiver serves it.
-const DOCUMENT: &str = include_str!("../src/api/openapi.json");
-
-/// The base URL the document is known by to the validator (never fetched).
-const BASE: &str = "https://receiver.flowpack.invalid/openapi.json";
-
-fn document() -> Value {
-    serde_json::from_str(DOCUMENT).expect("openapi.json is JSON")
-}
-
-/// `s` escaped as one JSON Pointer token.
-fn token(s: &str) -> String {
-    s.replace('~', "~0").replace('/', "~1")
-}
-
-/// The value at a local reference (`#/a/b`), if there is one.
-fn resolve<'a>(doc: &'a Value, reference: &str) -> Option<&'a Value> {
-    doc.pointer(reference.strip_prefix('#')?)
-}
 
 /// Every `$ref` in `v`, with where it is.
 fn refs(v: &Value, at: String, out: &mut Vec<(String, String)>) {
@@ -65,23 +49,6 @@ fn refs(v: &Value, at: String, out: &mut Vec<(String, String)>) {
         }
         _ => {}
     }
-}
-
-const METHODS: [&str; 8] = [
-    "get", "put", "post", "delete", "options", "head", "patch", "trace",
-];
-
-/// Every (method, path template) the document has.
-fn operations(doc: &Value) -> BTreeSet<(String, String)> {
-    let mut out = BTreeSet::new();
-    for (path, item) in doc["paths"].as_object().unwrap() {
-        for m in METHODS {
-            if item.get(m).is_some() {
-                out.insert((m.to_uppercase(), path.clone()));
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -175,144 +142,6 @@ fn the_document_is_openapi_3_1_and_every_ref_resolves() {
     }
 }
 
-/// Compiles schemas at locations of the document and validates answers against them.
-struct Validator {
-    doc: Value,
-    compiled: Mutex<(
-        boon::Compiler,
-        boon::Schemas,
-        BTreeMap<String, boon::SchemaIndex>,
-    )>,
-    /// (method, path template, status) of every answer checked.
-    seen: Mutex<BTreeSet<(String, String, u16)>>,
-    /// A path that a `GET` of each path template answered with a success.
-    instances: Mutex<BTreeMap<String, String>>,
-}
-
-impl Validator {
-    fn new(doc: &Value) -> Validator {
-        let mut compiler = boon::Compiler::new();
-        compiler.set_default_draft(boon::Draft::V2020_12);
-        compiler.enable_format_assertions();
-        compiler.add_resource(BASE, doc.clone()).unwrap();
-        Validator {
-            doc: doc.clone(),
-            compiled: Mutex::new((compiler, boon::Schemas::new(), BTreeMap::new())),
-            seen: Mutex::new(BTreeSet::new()),
-            instances: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    /// The compiled schema at `pointer` (`#/…`).
-    fn compile(&self, pointer: &str) -> boon::SchemaIndex {
-        let mut guard = self.compiled.lock().unwrap();
-        let (compiler, schemas, done) = &mut *guard;
-        if let Some(i) = done.get(pointer) {
-            return *i;
-        }
-        let i = compiler
-            .compile(&format!("{BASE}{pointer}"), schemas)
-            .unwrap_or_else(|e| panic!("schema at {pointer} does not compile: {e:#}"));
-        done.insert(pointer.to_owned(), i);
-        i
-    }
-
-    fn validate(&self, pointer: &str, v: &Value) -> Result<(), String> {
-        let i = self.compile(pointer);
-        let guard = self.compiled.lock().unwrap();
-        guard.1.validate(v, i).map_err(|e| format!("{e:#}"))
-    }
-
-    /// Checks an answer to `method template` against the document: its status is documented
-    /// (a method the path lacks may only be 405, a path the document lacks only 404), its
-    /// media type is the documented one (`application/problem+json` for every error), and
-    /// its body validates against the documented schema.
-    fn check(&self, method: &Method, template: &str, a: &Answer) {
-        let at = format!("{method} {template} → {}: {}", a.status, a.text());
-        self.seen
-            .lock()
-            .unwrap()
-            .insert((method.to_string(), template.to_owned(), a.status));
-        let op = self.doc["paths"]
-            .get(template)
-            .and_then(|item| item.get(method.as_str().to_lowercase()));
-        let (mut response, mut pointer) = match op {
-            Some(op) => {
-                let status = a.status.to_string();
-                let r = op["responses"]
-                    .get(&status)
-                    .unwrap_or_else(|| panic!("{at}: status not documented"));
-                (
-                    r,
-                    format!(
-                        "#/paths/{}/{}/responses/{status}",
-                        token(template),
-                        method.as_str().to_lowercase()
-                    ),
-                )
-            }
-            None => {
-                let name = match (self.doc["paths"].get(template), a.status) {
-                    (Some(_), 405) => "MethodNotAllowed",
-                    (None, 404) => "NotFoundEndpoint",
-                    _ => panic!("{at}: not an operation of the document"),
-                };
-                let p = format!("#/components/responses/{name}");
-                (resolve(&self.doc, &p).unwrap(), p)
-            }
-        };
-        if let Some(Value::String(r)) = response.get("$ref") {
-            response = resolve(&self.doc, r).unwrap();
-            pointer = r.clone();
-        }
-        if a.status >= 400 {
-            assert_eq!(a.content_type, "application/problem+json", "{at}");
-        }
-        for (name, h) in response
-            .get("headers")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
-            assert!(
-                h["required"] != true || a.headers.contains_key(&name.to_lowercase()),
-                "{at}: no {name} header"
-            );
-        }
-        if *method == Method::HEAD {
-            assert!(a.body.is_empty(), "{at}: a body answering HEAD");
-            return;
-        }
-        let Some(content) = response.get("content").and_then(Value::as_object) else {
-            assert!(a.body.is_empty(), "{at}: a body where none is documented");
-            return;
-        };
-        let media = content.get(&a.content_type).unwrap_or_else(|| {
-            panic!(
-                "{at}: media type {:?} not documented ({:?})",
-                a.content_type,
-                content.keys().collect::<Vec<_>>()
-            )
-        });
-        if a.content_type.ends_with("json") {
-            let v: Value = serde_json::from_slice(&a.body)
-                .unwrap_or_else(|e| panic!("{at}: the body is not JSON: {e}"));
-            assert!(media.get("schema").is_some(), "{at}: no schema");
-            let schema = format!("{pointer}/content/{}/schema", token(&a.content_type));
-            if let Err(e) = self.validate(&schema, &v) {
-                panic!("{at}: the body does not conform to {schema}:\n{e}");
-            }
-            if a.status >= 400 {
-                assert_eq!(v["status"], a.status, "{at}");
-            }
-        }
-    }
-
-    fn seen(&self) -> BTreeSet<(String, String, u16)> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
 #[test]
 fn the_examples_of_the_document_conform_to_their_schemas() {
     let doc = document();
@@ -352,17 +181,20 @@ fn find_examples(v: &Value, at: String, out: &mut Vec<(String, Value)>) {
 // ---------------------------------------------------------------------------------------------
 // The scenario
 
-/// An answer: status, media type (without parameters) and body.
+/// An answer: status and body.
 #[derive(Debug)]
 struct Answer {
     status: u16,
-    content_type: String,
-    /// Header names (lower case) and values.
-    headers: BTreeMap<String, String>,
     body: Bytes,
 }
 
 impl Answer {
+    fn of(r: &Response) -> Answer {
+        Answer {
+            status: r.status().as_u16(),
+            body: r.bytes_ref().clone(),
+        }
+    }
     fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
@@ -384,13 +216,15 @@ enum Body {
 
 struct Client<'a> {
     s: &'a Server,
-    v: &'a Validator,
+    /// A path that a `GET` of each path template answered with a success.
+    instances: Mutex<BTreeMap<String, String>>,
     /// Secret values that no answer may contain.
     canaries: Vec<&'static str>,
 }
 
 impl Client<'_> {
-    /// Sends `method path` (`template` is its path in the document) and checks the answer.
+    /// Sends `method path` through the testkit's client, which checks the answer against the
+    /// document; `template` is the path the request must name in it.
     async fn call(
         &self,
         method: Method,
@@ -408,31 +242,21 @@ impl Client<'_> {
             Body::Json(v) => r.json(&v),
             Body::Raw(ct, bytes) => r.header("content-type", ct).body(bytes),
         };
-        let resp = r.send().await.unwrap();
-        let a = Answer {
-            status: resp.status().as_u16(),
-            content_type: resp
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.split(';').next().unwrap_or("").trim().to_owned())
-                .unwrap_or_default(),
-            headers: resp
-                .headers()
-                .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-                .collect(),
-            body: resp.bytes().await.unwrap(),
-        };
+        let a = Answer::of(&r.send().await.unwrap());
+        let named = self.s.client.seen().last().unwrap().1.clone();
+        let bare = path.split('?').next().unwrap();
+        assert_eq!(
+            named.label(bare),
+            template,
+            "{method} {path}: the template it names"
+        );
         if a.status < 300 && matches!(method, Method::GET) {
-            self.v
-                .instances
+            self.instances
                 .lock()
                 .unwrap()
                 .entry(template.to_owned())
                 .or_insert_with(|| path.to_owned());
         }
-        self.v.check(&method, template, &a);
         for c in &self.canaries {
             assert!(
                 !a.text().contains(c),
@@ -522,28 +346,9 @@ async fn stalled_deploy(s: &Server, token: &str) -> Answer {
     })
     .await
     .expect("an answer to the stalled body within 20 s");
-    let end = find(&raw, b"\r\n\r\n").expect("a response head");
-    let head = String::from_utf8_lossy(&raw[..end]).to_string();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_lowercase()
-                .strip_prefix("content-type:")
-                .map(|v| v.trim().to_owned())
-        })
-        .unwrap_or_default();
-    Answer {
-        status,
-        content_type,
-        headers: head
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
-            .collect(),
-        body: Bytes::copy_from_slice(&raw[end + 4..]),
-    }
+    let answer = Response::parse(&raw).expect("a response head");
+    flowpack_testkit::openapi::check(&Method::POST, "/v1/deployments", &answer);
+    Answer::of(&answer)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -559,7 +364,6 @@ fn query_value<'a>(url: &'a str, key: &str) -> &'a str {
 #[tokio::test]
 async fn every_answer_of_every_endpoint_conforms_to_the_document() {
     let doc = document();
-    let v = Validator::new(&doc);
     let s = Server::start_with(|app| {
         app.edit_config(|c| c.limits.max_bundle_size = 256 * 1024);
         // Long enough for any body the scenario sends whole, short enough to wait for the stall.
@@ -574,7 +378,7 @@ async fn every_answer_of_every_endpoint_conforms_to_the_document() {
     let outsider = s.token("outsider", &[("/elsewhere", "read,write,use")]);
     let c = Client {
         s: &s,
-        v: &v,
+        instances: Mutex::default(),
         canaries: vec!["pw-canary-1", "pw-canary-2", "client-canary"],
     };
     let (a, r, o) = (
@@ -762,7 +566,6 @@ async fn every_answer_of_every_endpoint_conforms_to_the_document() {
     )
     .await;
     let stalled = stalled_deploy(&s, &admin).await;
-    v.check(&M::POST, d, &stalled);
     assert_eq!(
         (stalled.status, stalled.code().as_deref()),
         (408, Some("body-timeout"))
@@ -1705,7 +1508,7 @@ async fn every_answer_of_every_endpoint_conforms_to_the_document() {
             let state = query_value(started["authorize_url"].as_str().unwrap(), "state");
             format!("/v1/oauth/callback?state={state}&code=abc")
         } else {
-            let instances = v.instances.lock().unwrap();
+            let instances = c.instances.lock().unwrap();
             instances
                 .get(&template)
                 .unwrap_or_else(|| panic!("no GET {template} answered a success"))
@@ -1737,7 +1540,12 @@ async fn every_answer_of_every_endpoint_conforms_to_the_document() {
 
     // Every operation of the document was answered with a success, and every kind of
     // refusal the document describes for clients was met.
-    let seen = v.seen();
+    let seen: Vec<(String, String, u16)> = s
+        .client
+        .seen()
+        .into_iter()
+        .map(|(m, t, st)| (m.to_string(), t.label("").to_owned(), st))
+        .collect();
     for (method, path) in operations(&doc) {
         assert!(
             seen.iter()
@@ -1745,7 +1553,12 @@ async fn every_answer_of_every_endpoint_conforms_to_the_document() {
             "{method} {path} was never answered with a success"
         );
     }
-    let statuses: BTreeSet<u16> = seen.iter().map(|(_, _, st)| *st).collect();
+    // The stalled upload was sent on a raw socket and checked by itself.
+    let statuses: BTreeSet<u16> = seen
+        .iter()
+        .map(|(_, _, st)| *st)
+        .chain([stalled.status])
+        .collect();
     for st in [400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 502] {
         assert!(statuses.contains(&st), "no {st} answer was checked");
     }
@@ -1795,24 +1608,6 @@ fn every_problem_code_is_documented() {
             described.contains(&quoted),
             "no response of the OpenAPI document names {quoted}"
         );
-    }
-}
-
-/// Whether the documented path `path` is an instance of the route template `template`, whose
-/// `{…}` parameters stand for any text, slashes included, or none (`/v1/containers/` is the
-/// root container of `/v1/containers/{path}`).
-fn instance_of(template: &str, path: &str) -> bool {
-    match template.find('{') {
-        None => template == path,
-        Some(i) => {
-            let (lit, rest) = template.split_at(i);
-            let after = &rest[rest.find('}').unwrap() + 1..];
-            path.strip_prefix(lit).is_some_and(|tail| {
-                (0..=tail.len())
-                    .filter(|j| tail.is_char_boundary(*j))
-                    .any(|j| instance_of(after, &tail[j..]))
-            })
-        }
     }
 }
 
@@ -1866,15 +1661,60 @@ fn the_validator_refuses_answers_the_document_does_not_allow() {
     let problem = json!({"type": "urn:flowpack:problem:x", "title": "Conflict", "status": 409,
         "detail": "d"});
     assert!(v.validate(&schema("Problem"), &problem).is_err());
-    // The check itself: an undocumented status is refused.
-    let a = Answer {
-        status: 418,
-        content_type: "application/problem+json".into(),
-        headers: BTreeMap::new(),
-        body: Bytes::new(),
-    };
-    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        v.check(&Method::GET, "/healthz", &a);
-    }));
-    assert!(refused.is_err());
+    // The check itself: an undocumented status is refused, and so is an answer to a path
+    // the document lacks that is not its documented 404.
+    let teapot = Response::from_parts(
+        418,
+        &[("content-type".into(), "application/problem+json".into())],
+        Default::default(),
+    );
+    assert!(v.check(&Method::GET, "/healthz", &teapot).is_err());
+    let ok = Response::from_parts(200, &[], Default::default());
+    assert!(v.check(&Method::GET, "/v1/nothing", &ok).is_err());
+    // The operation is found from the path: the most specific template with the method.
+    let named = |m: Method, p: &str| v.target(&m, p);
+    assert_eq!(
+        named(Method::GET, "/v1/mappings/a/b/files/x/y"),
+        Target::Operation("/v1/mappings/{path}/files/{file}".into())
+    );
+    assert_eq!(
+        named(Method::GET, "/v1/containers/"),
+        Target::Operation("/v1/containers/".into())
+    );
+    assert_eq!(
+        named(Method::POST, "/healthz"),
+        Target::OtherMethod("/healthz".into())
+    );
+    assert_eq!(named(Method::GET, "/v2/x"), Target::Nothing);
+}
+
+/// The testkit's client checks every answer: one the document does not allow makes the
+/// request panic, naming the method, the path and the status.
+#[tokio::test]
+async fn the_client_panics_on_an_answer_the_document_does_not_allow() {
+    install_provider();
+    let client = flowpack_testkit::Client::new();
+    let extra_member = token_endpoint(200, json!({"status": "ok", "uptime": 1})).await;
+    let conforming = token_endpoint(200, json!({"status": "ok"})).await;
+    for (base, path) in [(&extra_member, "/healthz"), (&conforming, "/v2/nothing")] {
+        let (c, url) = (client.clone(), format!("{base}{path}"));
+        let sent = tokio::spawn(async move { c.get(url).send().await }).await;
+        let panic = sent.expect_err("the answer is refused").into_panic();
+        let message = panic.downcast_ref::<String>().expect("a message");
+        assert!(
+            message.contains(&format!("GET {path}")) && message.contains("→ 200"),
+            "{message}"
+        );
+    }
+    let r = client
+        .get(format!("{conforming}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        client.seen().len(),
+        1,
+        "only the conforming answer is recorded"
+    );
 }

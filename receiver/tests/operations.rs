@@ -3,16 +3,14 @@
 //! ids, and `SIGHUP` reloading the TLS certificate while an upload is in flight.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::bin::{run, serve_with};
-use common::*;
 use flowpack_shared::keys::SigningKey;
+use flowpack_testkit::process::{run, serve_with};
+use flowpack_testkit::*;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------
@@ -445,7 +443,7 @@ fn serve_fails(dir: &Path, args: &[&str]) -> String {
 fn config_json_sets_listen_and_log_format_and_flags_override_it() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
-    common::bin::init(&dir);
+    flowpack_testkit::init(&dir);
 
     // From the file: a port of its own choosing (0) and JSON lines.
     write_config(
@@ -481,7 +479,7 @@ fn config_json_sets_listen_and_log_format_and_flags_override_it() {
 fn config_json_errors_name_the_file_and_the_key() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
-    common::bin::init(&dir);
+    flowpack_testkit::init(&dir);
     let file = dir.join("config.json");
     let file = file.to_str().unwrap();
 
@@ -537,7 +535,10 @@ async fn json_log_lines_carry_the_request_and_never_a_secret_or_token() {
     install_provider();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
-    let (recipient, admin) = common::bin::init(&dir);
+    let flowpack_testkit::Init {
+        recipient,
+        admin_token: admin,
+    } = flowpack_testkit::init(&dir);
     let key = SigningKey::generate().unwrap();
     let pub_file = tmp.path().join("signer.pub");
     std::fs::write(&pub_file, key.verifying_key().to_pem()).unwrap();
@@ -560,7 +561,7 @@ async fn json_log_lines_carry_the_request_and_never_a_secret_or_token() {
         &p.mappings,
         &p.credentials,
     );
-    let client = reqwest::Client::new();
+    let client = Client::new();
     let r = client
         .post(format!("{}/v1/deployments", srv.base))
         .bearer_auth(&admin)
@@ -659,7 +660,7 @@ async fn json_log_lines_carry_the_request_and_never_a_secret_or_token() {
 fn text_log_lines_carry_the_request_id() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
-    common::bin::init(&dir);
+    flowpack_testkit::init(&dir);
     let srv = serve_with(&dir, &["--listen", "127.0.0.1:0"]);
     let addr = srv.base.strip_prefix("http://").unwrap();
     let mut c = std::net::TcpStream::connect(addr).unwrap();
@@ -669,6 +670,8 @@ fn text_log_lines_carry_the_request_id() {
     let mut answer = String::new();
     c.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let parsed = Response::parse(answer.as_bytes()).expect("an HTTP answer");
+    flowpack_testkit::openapi::check(&reqwest::Method::GET, "/healthz", &parsed);
     assert!(
         answer
             .to_ascii_lowercase()
@@ -728,7 +731,7 @@ fn pki(name: &str) -> Pki {
 
 /// A client trusting only `ca_pem`, opening a new connection with a full handshake for each
 /// request (a resumed TLS session presents no certificate).
-fn client_trusting(ca_pem: &str) -> reqwest::Client {
+fn client_trusting(ca_pem: &str) -> Client {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -744,11 +747,13 @@ fn client_trusting(ca_pem: &str) -> reqwest::Client {
     .with_no_client_auth();
     let mut config = config;
     config.resumption = rustls::client::Resumption::disabled();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(config)
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap()
+    Client::from_reqwest(
+        reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap(),
+    )
 }
 
 fn install(dir: &Path, p: &Pki) {
@@ -762,7 +767,7 @@ async fn sighup_gives_new_connections_the_new_certificate_while_an_upload_comple
     install_provider();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
-    let (_, admin) = common::bin::init(&dir);
+    let admin = flowpack_testkit::init(&dir).admin_token;
     let key = SigningKey::generate().unwrap();
     let pub_file = tmp.path().join("signer.pub");
     std::fs::write(&pub_file, key.verifying_key().to_pem()).unwrap();
@@ -1000,10 +1005,10 @@ async fn sighup_switches_the_log_format_and_warns_that_listen_needs_a_restart() 
     install_provider();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
-    common::bin::init(&dir);
+    flowpack_testkit::init(&dir);
     write_config(&dir, &json!({"listen": "127.0.0.1:0"}));
     let srv = serve_with(&dir, &[]);
-    let client = reqwest::Client::new();
+    let client = Client::new();
     let reloads = || async {
         let r = client
             .get(format!("{}/metrics", srv.base))

@@ -6,8 +6,6 @@
 //! database file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write;
@@ -17,11 +15,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-use common::*;
 use flowpack_receiver::App;
-use flowpack_receiver::datadir::{self, DataDir};
 use flowpack_shared::bundle::BundleKind;
 use flowpack_shared::keys::SigningKey;
+use flowpack_testkit::*;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use reqwest::Method;
@@ -406,7 +403,7 @@ fn config_json_takes_outbound_allow_and_names_unknown_keys_and_bad_entries() {
     install_provider();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    datadir::init(&DataDir::new(&data)).unwrap();
+    flowpack_testkit::init(&data);
     let config = data.join("config.json");
     let write = |v: Value| std::fs::write(&config, v.to_string()).unwrap();
     let error = || format!("{:#}", App::load(&data).unwrap_err());

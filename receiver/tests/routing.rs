@@ -3,9 +3,7 @@
 //! `api::routes()` lists every route once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::Server;
+use flowpack_testkit::{Server, answer};
 use reqwest::Method;
 
 async fn allow(s: &Server, method: Method, token: Option<&str>, path: &str) -> (u16, String) {
@@ -118,7 +116,7 @@ async fn openapi_document_is_served_without_a_token() {
     let doc: serde_json::Value = r.json().await.unwrap();
     assert!(doc.is_object());
     // Like every endpoint, it takes no parameter it does not know.
-    let (status, body) = common::answer(
+    let (status, body) = answer(
         s.client
             .get(s.url("/v1/openapi.json?format=yaml"))
             .send()

@@ -3,14 +3,12 @@
 //! around these rules that the receiver once allowed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use common::*;
 use flowpack_shared::bundle::BundleKind;
 use flowpack_shared::keys::SigningKey;
+use flowpack_testkit::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -130,8 +128,7 @@ fn assert_never_sent(r: &Recorder, client_id: &str, secret: &str) {
 async fn server() -> (Server, SigningKey, String) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let init =
-        flowpack_receiver::datadir::init(&flowpack_receiver::datadir::DataDir::new(&data)).unwrap();
+    let init = flowpack_testkit::init(&data);
     let config = data.join("config.json");
     let mut c: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
     c["outbound_allow"] = json!(["127.0.0.1"]);
@@ -912,8 +909,7 @@ async fn stalled_body(
 async fn a_stalled_request_body_is_answered_408_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let init =
-        flowpack_receiver::datadir::init(&flowpack_receiver::datadir::DataDir::new(&data)).unwrap();
+    let init = flowpack_testkit::init(&data);
     let s = Server::serve_in(dir, init.admin_token.to_string(), |app| {
         app.body_idle = std::time::Duration::from_millis(300);
     })

@@ -3,11 +3,9 @@
 //! audit row or the database file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
-use common::*;
+use flowpack_testkit::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 

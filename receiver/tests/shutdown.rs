@@ -8,8 +8,6 @@
 //! to be under way before the upload or the apply goes on.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -19,9 +17,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
 use flowpack_shared::keys::SigningKey;
 use flowpack_shared::timefmt::Timestamp;
+use flowpack_testkit::*;
 use serde_json::Value;
 
 /// The size of the large mapping file (incompressible, so the bundle is as large).
@@ -144,7 +142,7 @@ async fn fixture() -> (tempfile::TempDir, String, Expect) {
     // Created later than the first, so it is not stale.
     tokio::time::sleep(Duration::from_millis(2)).await;
     let big = project(Some("pw-2"), true, &noise(BIG));
-    let bundle = common::bundle(
+    let bundle = bundle(
         &k,
         &Opts::new("/public/orders")
             .sealed(s.recipient())
@@ -204,7 +202,7 @@ fn slow_body(bundle: Vec<u8>, at: usize, trigger: Trigger) -> reqwest::Body {
 
 /// Posts the bundle slowly; the status (`None` when no answer came) and the answer.
 async fn upload(
-    client: &reqwest::Client,
+    client: &Client,
     base: &str,
     token: &str,
     bundle: Vec<u8>,
@@ -216,7 +214,7 @@ async fn upload(
         .post(format!("{base}/v1/deployments"))
         .bearer_auth(token)
         .header("content-type", "application/zip")
-        .header("content-length", len)
+        .header("content-length", len.to_string())
         .body(slow_body(bundle, at, trigger))
         .send()
         .await;
@@ -571,7 +569,7 @@ async fn sigterm_during_upload(
             sigterm(pid);
         }
     });
-    let client = reqwest::Client::new();
+    let client = Client::new();
     let answer = upload(&client, &bin.base, admin, e.bundle.clone(), at, trigger).await;
     delayed.await.unwrap();
     for _ in 0..3000 {

@@ -1,12 +1,10 @@
 //! TLS: a CA and a server certificate made in the test; the client trusts only that CA.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::sync::Arc;
 
-use common::install_provider;
-use flowpack_receiver::{App, datadir};
+use flowpack_receiver::App;
+use flowpack_testkit::{Client, install_provider};
 
 struct Pki {
     ca_pem: String,
@@ -39,7 +37,7 @@ fn pki() -> Pki {
     }
 }
 
-fn client_trusting(ca_pem: &str) -> reqwest::Client {
+fn client_trusting(ca_pem: &str) -> Client {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -53,10 +51,12 @@ fn client_trusting(ca_pem: &str) -> reqwest::Client {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(config)
-        .build()
-        .unwrap()
+    Client::from_reqwest(
+        reqwest::Client::builder()
+            .use_preconfigured_tls(config)
+            .build()
+            .unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -64,7 +64,7 @@ async fn serves_https_with_a_certificate_from_pem_files() {
     install_provider();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    datadir::init(&datadir::DataDir::new(&data)).unwrap();
+    flowpack_testkit::init(&data);
     let pki = pki();
     let cert = tmp.path().join("server.pem");
     let key = tmp.path().join("server.key");
@@ -105,7 +105,7 @@ async fn serves_https_with_a_certificate_from_pem_files() {
     );
     // Plain HTTP to the TLS port gets no answer.
     assert!(
-        reqwest::Client::new()
+        Client::new()
             .get(format!("http://127.0.0.1:{port}/healthz"))
             .send()
             .await

@@ -2,11 +2,9 @@
 //! resolution refuses a credential given in the step, by reference or inline, of another type.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::*;
 use flowpack_shared::bundle::BundleKind;
 use flowpack_shared::keys::SigningKey;
+use flowpack_testkit::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 

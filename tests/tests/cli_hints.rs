@@ -5,6 +5,7 @@
 use std::process::Command;
 
 use flowpack_e2e::*;
+use flowpack_testkit::{Receiver, process::bin};
 
 #[test]
 fn https_to_a_receiver_serving_plain_http_says_to_use_http_or_enable_tls() {

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use flowpack_e2e::*;
+use flowpack_testkit::process::bin;
 
 /// Hostile cases `flowpack verify` cannot refuse without the receiver's sealing identity.
 /// The receiver refuses each of them (receiver/tests/corpus.rs).

@@ -25,6 +25,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use flowpack_e2e::*;
+use flowpack_testkit::{Receiver, process::bin, try_http};
 use serde_json::{Value, json};
 
 /// Steps in the series.

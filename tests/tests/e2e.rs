@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use flowpack_e2e::*;
+use flowpack_testkit::{Receiver, process::bin};
 use serde_json::{Value, json};
 
 const CANARIES: [&str; 4] = [

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use flowpack_e2e::*;
+use flowpack_testkit::{Receiver, process::bin};
 use serde_json::{Value, json};
 
 struct Setup {

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use flowpack_e2e::*;
+use flowpack_testkit::{Receiver, http, process::bin};
 use serde_json::{Value, json};
 
 const DEPLOYERS: usize = 8;

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use flowpack_e2e::*;
+use flowpack_testkit::process::bin;
 
 /// The `*.1` files of `dir`, by name.
 fn pages(dir: &Path) -> BTreeMap<String, Vec<u8>> {

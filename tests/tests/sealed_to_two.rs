@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use flowpack_e2e::*;
+use flowpack_testkit::{Receiver, process::bin};
 use serde_json::Value;
 
 fn vectors() -> PathBuf {

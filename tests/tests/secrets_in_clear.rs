@@ -18,6 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use flowpack_e2e::*;
+use flowpack_testkit::{Receiver, Response, process::bin};
 use serde_json::{Value, json};
 
 /// Set in the re-run inside the namespace.
@@ -85,30 +86,11 @@ fn http_from_as(
     s.write_all(body).unwrap();
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).unwrap();
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    let head = String::from_utf8_lossy(&resp[..split]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status");
-    let body = &resp[split + 4..];
-    // Small answers: the body is the rest, unless chunked (then its one chunk).
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        let text = String::from_utf8_lossy(body);
-        let start = text.find("\r\n").map_or(0, |i| i + 2);
-        let end = text.rfind("\r\n0\r\n").unwrap_or(text.len());
-        text[start..end].as_bytes().to_vec()
-    } else {
-        body.to_vec()
-    };
-    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    // Read off a raw socket, checked against the document like every other answer.
+    let answer = Response::parse(&resp).expect("an HTTP answer");
+    let method = flowpack_testkit::openapi::Method::from_bytes(method.as_bytes()).unwrap();
+    flowpack_testkit::openapi::check(&method, path, &answer);
+    (answer.status().as_u16(), answer.value())
 }
 
 #[test]

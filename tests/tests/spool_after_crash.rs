@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use flowpack_e2e::*;
+use flowpack_testkit::Receiver;
 
 #[test]
 fn restart_removes_uploads_spooled_before_a_crash() {

@@ -9,6 +9,7 @@
 use std::process::Command;
 
 use flowpack_e2e::*;
+use flowpack_testkit::process::bin;
 
 #[test]
 fn verify_refuses_a_wrapped_key_that_cannot_hold_a_data_key() {

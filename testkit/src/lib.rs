@@ -1,0 +1,100 @@
+#![forbid(unsafe_code)]
+#![allow(missing_debug_implementations)]
+//! Test support for flowpack, shared by the receiver's tests and the end-to-end tests.
+//!
+//! - [`init`]: the one place a test receiver's data directory is made; [`TempData`] is one in
+//!   a temporary directory.
+//! - [`Server`]: a receiver in process (`flowpack_receiver::run` on 127.0.0.1:0), for tests
+//!   that change its [`flowpack_receiver::App`] (clock, limits) or call its store.
+//! - [`process`]: the real binary, `serve` as a child process ([`Serving`], [`Receiver`]).
+//! - [`Client`]: the one HTTP client (reqwest). Every answer it receives is read whole and
+//!   checked against `receiver/src/api/openapi.json` ([`openapi`]); a mismatch panics naming
+//!   the method, path, status and schema error. [`http`]/[`try_http`] are its blocking front
+//!   end for synchronous tests.
+//! - [`project`]: the standard project and the bundles built from it.
+
+use std::path::{Path, PathBuf};
+
+pub mod client;
+pub mod openapi;
+pub mod process;
+pub mod project;
+pub mod server;
+
+pub use client::{Client, RequestBuilder, Response, answer, http, try_http};
+pub use process::{Receiver, Serving, serve, serve_with};
+pub use project::*;
+pub use server::{Server, allow_outbound, deployed};
+
+use flowpack_shared::names::ContainerPath;
+
+/// Installs ring as rustls's process-wide provider (reqwest is built without one).
+pub fn install_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A container path; panics on a bad one.
+#[allow(clippy::unwrap_used)]
+pub fn cp(s: &str) -> ContainerPath {
+    ContainerPath::parse(s).unwrap()
+}
+
+/// What [`init`] made.
+#[derive(Debug, Clone)]
+pub struct Init {
+    /// A token with every grant on `/`.
+    pub admin_token: String,
+    /// The receiver's sealing recipient (`age1…`).
+    pub recipient: String,
+}
+
+/// Makes the data directory `data` of a test receiver, as `flowpack-receiver init` does.
+///
+/// Every receiver the tests start (in process or as a child process) gets its data directory
+/// here, so running the whole suite against another storage engine means changing only this
+/// function (for example, choosing the engine from an environment variable).
+#[allow(clippy::expect_used)]
+pub fn init(data: &Path) -> Init {
+    use flowpack_receiver::datadir;
+    let made = datadir::init(&datadir::DataDir::new(data))
+        .unwrap_or_else(|e| panic!("init {}: {e:#}", data.display()));
+    Init {
+        admin_token: made.admin_token.to_string(),
+        recipient: made.sealing_recipient,
+    }
+}
+
+/// A data directory made by [`init`] at `dir/data`, in a temporary directory removed on drop.
+#[derive(Debug)]
+pub struct TempData {
+    /// The temporary directory.
+    pub dir: tempfile::TempDir,
+    /// `dir/data`.
+    pub path: PathBuf,
+    /// Its admin token.
+    pub admin: String,
+    /// Its sealing recipient.
+    pub recipient: String,
+}
+
+impl TempData {
+    /// A fresh one.
+    #[allow(clippy::expect_used)]
+    pub fn new() -> TempData {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("data");
+        let made = init(&path);
+        TempData {
+            dir,
+            path,
+            admin: made.admin_token,
+            recipient: made.recipient,
+        }
+    }
+}
+
+impl Default for TempData {
+    fn default() -> Self {
+        TempData::new()
+    }
+}
