@@ -29,7 +29,7 @@ pub struct Server {
     pub app: Arc<App>,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
-    /// The admin token `init` printed.
+    /// The admin token [`crate::init`] made.
     pub admin: String,
     /// The client, which checks every answer against the document.
     pub client: Client,
