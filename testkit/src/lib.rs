@@ -11,7 +11,7 @@
 //!   checked against `receiver/src/api/openapi.json` ([`openapi`]); a mismatch panics naming
 //!   the method, path, status and schema error. [`http`]/[`try_http`] are its blocking front
 //!   end for synchronous tests.
-//! - [`project`]: the standard project and the bundles built from it.
+//! - [`project`](mod@project): the standard project and the bundles built from it.
 
 use std::path::{Path, PathBuf};
 
