@@ -16,7 +16,7 @@ use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
 use crate::service::deploy::{self, Outcome};
 
-use super::extract::{next_frame, query_params};
+use super::extract::{declared_length, next_frame, query_params};
 use super::{Body, json_response};
 
 /// `POST /v1/deployments`: checks the request, spools the body, then deploys it; counts the
@@ -105,11 +105,7 @@ async fn answer(
         ));
     }
     let max = app.config().limits.max_bundle_size;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(&req);
     if declared.is_some_and(|n| n > max) {
         return Err(refuse(&app, &who, deploy::too_large(max)));
     }

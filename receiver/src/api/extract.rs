@@ -50,6 +50,14 @@ pub(crate) async fn next_frame(
     }
 }
 
+/// The request's `Content-Length`, when it declares a valid one.
+pub(crate) fn declared_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 pub(crate) fn bearer(req: &Request<Incoming>) -> Option<String> {
     let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
@@ -223,8 +231,17 @@ pub(crate) fn page(req: &Request<Incoming>) -> Result<Page, Problem> {
             }
         },
     };
-    let before = q
-        .get("before")
+    let before = before_param(q.get("before").map(String::as_str))?;
+    Ok(Page {
+        container,
+        before,
+        limit,
+    })
+}
+
+/// A listing's `?before=ID`: a positive id, from a previous page's `next`.
+pub(crate) fn before_param(value: Option<&str>) -> Result<Option<i64>, Problem> {
+    value
         .map(|b| {
             b.parse::<i64>().ok().filter(|b| *b > 0).ok_or_else(|| {
                 Problem::bad_request(
@@ -233,12 +250,7 @@ pub(crate) fn page(req: &Request<Incoming>) -> Result<Page, Problem> {
                 )
             })
         })
-        .transpose()?;
-    Ok(Page {
-        container,
-        before,
-        limit,
-    })
+        .transpose()
 }
 
 pub(crate) fn query_param(req: &Request<Incoming>, key: &str) -> Result<Option<String>, Problem> {

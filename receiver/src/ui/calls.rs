@@ -1,0 +1,156 @@
+//! Every call the admin page makes into the services, in one place: the same functions the
+//! API's handlers call, with the same principal, so the page's rules are the API's. Each
+//! returns the service's answer (the JSON the API would send) or its `Problem`.
+
+use std::sync::Arc;
+
+use flowpack_shared::names::{ContainerPath, Name};
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use crate::App;
+use crate::blocking;
+use crate::problem::Problem;
+use crate::service::auth::{self, Perm, Principal};
+use crate::service::catalog::{self, Page};
+use crate::service::{creds, deploy, oauth, rollback, verify};
+use crate::store::DeploymentId;
+
+fn parse(bytes: &[u8]) -> Result<Value, Problem> {
+    serde_json::from_slice(bytes).map_err(Problem::internal)
+}
+
+/// The principal `token` belongs to, checked as every API request checks it.
+pub async fn authenticate(
+    app: &Arc<App>,
+    token: Zeroizing<String>,
+) -> Result<Option<Principal>, Problem> {
+    blocking(app, move |_, db| Ok(auth::authenticate(db, &token)?)).await
+}
+
+pub async fn container(app: &Arc<App>, who: Principal, c: ContainerPath) -> Result<Value, Problem> {
+    blocking(app, move |_, db| catalog::show_container(db, &who, &c)).await
+}
+
+pub async fn mapping(
+    app: &Arc<App>,
+    who: Principal,
+    c: ContainerPath,
+    n: Name,
+) -> Result<Value, Problem> {
+    blocking(app, move |_, db| catalog::show_mapping(db, &who, &c, &n)).await
+}
+
+pub async fn credential(
+    app: &Arc<App>,
+    who: Principal,
+    c: ContainerPath,
+    n: Name,
+) -> Result<Value, Problem> {
+    let bytes = blocking(app, move |_, db| catalog::show_credential(db, &who, &c, &n)).await?;
+    parse(&bytes)
+}
+
+/// `PATCH`: fills in or changes fields.
+pub async fn patch_credential(
+    app: &Arc<App>,
+    who: Principal,
+    c: ContainerPath,
+    n: Name,
+    body: Value,
+) -> Result<Value, Problem> {
+    let bytes = blocking(app, move |app, db| {
+        catalog::patch_credential(app, db, &who, &c, &n, &body)
+    })
+    .await?;
+    parse(&bytes)
+}
+
+/// `PUT`: creates a credential.
+pub async fn create_credential(
+    app: &Arc<App>,
+    who: Principal,
+    c: ContainerPath,
+    n: Name,
+    body: Value,
+    secrets_allowed: bool,
+) -> Result<Value, Problem> {
+    let bytes = blocking(app, move |app, db| {
+        creds::create(&app.keys, db, &who, &c, &n, &body, secrets_allowed)
+    })
+    .await?;
+    parse(&bytes)
+}
+
+pub async fn verify(
+    app: &Arc<App>,
+    who: Principal,
+    c: ContainerPath,
+    n: Name,
+) -> Result<Value, Problem> {
+    verify::handle(app.clone(), who, c, n).await
+}
+
+pub async fn authorize(
+    app: &Arc<App>,
+    who: Principal,
+    c: ContainerPath,
+    n: Name,
+) -> Result<Value, Problem> {
+    oauth::authorize(app.clone(), who, c, n).await
+}
+
+pub async fn callback(app: &Arc<App>, q: oauth::CallbackParams) -> Result<Value, Problem> {
+    oauth::callback(app.clone(), q).await
+}
+
+pub async fn deployments(app: &Arc<App>, who: Principal, page: Page) -> Result<Value, Problem> {
+    blocking(app, move |_, db| catalog::list_deployments(db, &who, &page)).await
+}
+
+pub async fn deployment(
+    app: &Arc<App>,
+    who: Principal,
+    id: DeploymentId,
+) -> Result<Value, Problem> {
+    blocking(app, move |_, db| catalog::show_deployment(db, &who, id)).await
+}
+
+pub async fn audit(app: &Arc<App>, who: Principal, page: Page) -> Result<Value, Problem> {
+    blocking(app, move |_, db| catalog::list_audit(db, &who, &page)).await
+}
+
+/// The plan of the bundle `bytes` (a dry run: nothing but an audit row is written).
+pub async fn plan(
+    app: &Arc<App>,
+    who: Principal,
+    bytes: Vec<u8>,
+    secrets_allowed: bool,
+) -> Result<Value, Problem> {
+    // As `POST /v1/deployments` does, before reading anything of the bundle.
+    if !who.has_any(Perm::Write) {
+        return Err(deploy::refuse(
+            app,
+            &who,
+            Problem::forbidden("you lack `write` on every container"),
+        ));
+    }
+    let spool = app.dir.spool();
+    let tmp = app
+        .spawn_blocking(move || -> std::io::Result<tempfile::NamedTempFile> {
+            use std::io::Write;
+            let mut tmp = tempfile::NamedTempFile::new_in(spool)?;
+            tmp.write_all(&bytes)?;
+            tmp.flush()?;
+            Ok(tmp)
+        })
+        .await
+        .map_err(Problem::internal)?
+        .map_err(|e| Problem::internal(format!("spooling an upload: {e}")))?;
+    let (_, plan) = deploy::deploy(app.clone(), who, tmp, false, true, secrets_allowed).await?;
+    Ok(plan)
+}
+
+pub async fn rollback(app: &Arc<App>, who: Principal, id: DeploymentId) -> Result<Value, Problem> {
+    rollback::rollback(app.clone(), who, id).await
+}
