@@ -102,7 +102,7 @@ impl Browser {
             "goog:chromeOptions": {
                 "binary": std::env::var("FLOWPACK_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1280,900", "--no-first-run", "--disable-extensions",
+                         "--window-size=1280,1000", "--no-first-run", "--disable-extensions",
                          format!("--user-data-dir={}", profile.path().display())]
             }
         }}});
@@ -463,6 +463,40 @@ async fn admin_fills_secrets_verifies_authorizes_plans_and_rolls_back_in_a_brows
     let p = b.click("#verify").await;
     assert!(p.contains("Verified:"), "{p}");
 
+    // Change a field that is not secret: the secrets stay.
+    b.goto(&s.url("/ui/credentials/apps/erp")).await;
+    b.type_into("#field-description", "ERP service login").await;
+    let p = b.click("#save-fields").await;
+    assert!(p.contains("Saved: description."), "{p}");
+    assert!(
+        p.contains("ERP service login") && p.contains("id=\"has-secrets\""),
+        "{p}"
+    );
+
+    // Create a credential with its secret.
+    b.goto(&s.url("/ui/containers/apps")).await;
+    let p = b
+        .click("a[href='/ui/new-credential?container=/apps']")
+        .await;
+    assert!(p.contains("Create a credential"), "{p}");
+    b.goto(&s.url("/ui/new-credential?container=/apps&type=api_key"))
+        .await;
+    b.screenshot("new-credential").await;
+    b.type_into("#name", "billing").await;
+    b.type_into("#field-placement", "header").await;
+    b.type_into("#field-parameter_name", "X-Api-Key").await;
+    b.type_into("#field-allow_usage_for", "http").await;
+    b.type_into("#secret-key", CANARY).await;
+    let p = b.click("#create").await;
+    assert!(p.contains("Created /apps/billing."), "{p}");
+    assert!(b.url().await.ends_with("/ui/credentials/apps/billing"));
+    let (_, rec) = s.get(&s.admin, "/v1/credentials/apps/billing").await;
+    assert_eq!(
+        (rec["key"]["set"].as_bool(), rec["placement"].as_str()),
+        (Some(true), Some("header")),
+        "{rec}"
+    );
+
     // Authorize the authorization-code credential at the OAuth server and come back.
     let p = b.goto(&s.url("/ui/credentials/apps/ac")).await;
     assert!(p.contains("client_id"), "{p}");
@@ -520,6 +554,21 @@ async fn admin_fills_secrets_verifies_authorizes_plans_and_rolls_back_in_a_brows
         assert!(p.contains(action), "{action}: {p}");
     }
     b.screenshot("audit").await;
+
+    // The listings page: older entries are a link away, filter kept.
+    let p = b.goto(&s.url("/ui/audit?container=/apps&limit=2")).await;
+    assert_eq!(b.count("#audit-table tbody tr").await, 2, "{p}");
+    let first = b.count("#audit-table td").await;
+    let p = b.click("#older").await;
+    assert!(
+        b.url().await.contains("container=%2Fapps&limit=2&before="),
+        "{p}"
+    );
+    assert_eq!(b.count("#audit-table tbody tr").await, 2, "{p}");
+    assert_eq!(b.count("#audit-table td").await, first);
+    b.goto(&s.url("/ui/deployments?limit=2")).await;
+    let p = b.click("#older").await;
+    assert!(p.contains("#1<") && !p.contains("#3<"), "{p}");
 
     // Sign out: the session is over.
     let p = b.click("form.signout button").await;

@@ -219,24 +219,27 @@ pub(crate) fn page(req: &Request<Incoming>) -> Result<Page, Problem> {
             ContainerPath::parse(c).map_err(|e| Problem::bad_request(ProblemCode::BadPath, e.0))
         })
         .transpose()?;
-    let limit = match q.get("limit") {
-        None => DEFAULT_PAGE,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-            _ => {
-                return Err(Problem::bad_request(
-                    ProblemCode::BadQuery,
-                    format!("`limit` is a whole number from 1 to {MAX_PAGE}"),
-                ));
-            }
-        },
-    };
+    let limit = limit_param(q.get("limit").map(String::as_str), DEFAULT_PAGE)?;
     let before = before_param(q.get("before").map(String::as_str))?;
     Ok(Page {
         container,
         before,
         limit,
     })
+}
+
+/// A listing's `?limit=N` (1 to 1000), `default` when absent.
+pub(crate) fn limit_param(value: Option<&str>, default: usize) -> Result<usize, Problem> {
+    match value {
+        None => Ok(default),
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            _ => Err(Problem::bad_request(
+                ProblemCode::BadQuery,
+                format!("`limit` is a whole number from 1 to {MAX_PAGE}"),
+            )),
+        },
+    }
 }
 
 /// A listing's `?before=ID`: a positive id, from a previous page's `next`.

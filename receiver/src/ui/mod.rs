@@ -33,7 +33,8 @@ use zeroize::Zeroizing;
 
 use crate::App;
 use crate::api::{
-    Body, Transport, before_param, container_path, deployment_id, full, object_path, query_params,
+    Body, Transport, before_param, container_path, deployment_id, full, limit_param, object_path,
+    query_params,
 };
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
@@ -384,26 +385,21 @@ struct Ctx {
     tls: bool,
 }
 
-/// Parses `?container=` (empty: none) and `?before=`: a listing's page, and the container
-/// filter as the form shows it.
-fn listing_page(req: &Request<Incoming>) -> Result<(Page, String), Problem> {
-    let q = query_params(req, &["container", "before"])?;
-    let container = match q.get("container").map(|c| c.trim()) {
+/// Parses `?container=` (empty: none), `?limit=` and `?before=`: a listing's page.
+fn listing_page(req: &Request<Incoming>) -> Result<Page, Problem> {
+    let q = query_params(req, &["container", "limit", "before"])?;
+    let arg = |k: &str| q.get(k).map(String::as_str);
+    let container = match arg("container").map(str::trim) {
         None | Some("") => None,
         Some(c) => Some(
             ContainerPath::parse(c).map_err(|e| Problem::bad_request(ProblemCode::BadPath, e.0))?,
         ),
     };
-    let shown = container
-        .as_ref()
-        .map(|c| c.to_string())
-        .unwrap_or_default();
-    let page = Page {
+    Ok(Page {
         container,
-        before: before_param(q.get("before").map(String::as_str))?,
-        limit: PAGE_ROWS,
-    };
-    Ok((page, shown))
+        before: before_param(arg("before"))?,
+        limit: limit_param(arg("limit"), PAGE_ROWS)?,
+    })
 }
 
 /// A form value typed for field `kind` of a credential: lists split at commas, ports as
@@ -505,7 +501,8 @@ impl Ctx {
             )));
         }
         if rest == "deployments" {
-            let (page, container) = listing_page(req)?;
+            let page = listing_page(req)?;
+            let (container, next) = pages::listing_links(&page);
             let can_write = who.has_any(Perm::Write);
             let v = calls::deployments(app, who, page).await?;
             let empty = Vec::new();
@@ -517,7 +514,7 @@ impl Ctx {
                 .collect();
             return Ok(ok(&pages::Deployments {
                 c: self.chrome(),
-                next: pages::next_href("/ui/deployments", &container, &v["next"]),
+                next: next("/ui/deployments", &v["next"]),
                 container,
                 rows,
                 can_write,
@@ -550,11 +547,12 @@ impl Ctx {
             }));
         }
         if rest == "audit" {
-            let (page, container) = listing_page(req)?;
+            let page = listing_page(req)?;
+            let (container, next) = pages::listing_links(&page);
             let v = calls::audit(app, who, page).await?;
             return Ok(ok(&pages::Audit {
                 c: self.chrome(),
-                next: pages::next_href("/ui/audit", &container, &v["next"]),
+                next: next("/ui/audit", &v["next"]),
                 rows: pages::Audit::rows(&v),
                 container,
             }));
@@ -760,5 +758,50 @@ trait DynPage {
 impl<T: Template> DynPage for T {
     fn response(&self) -> Response<Body> {
         page(StatusCode::OK, self)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_http_only_strict_and_secure_under_tls() {
+        assert_eq!(
+            cookie_attrs("/ui", false),
+            "Path=/ui; HttpOnly; SameSite=Strict"
+        );
+        assert_eq!(
+            cookie_attrs("/ui", true),
+            "Path=/ui; HttpOnly; SameSite=Strict; Secure"
+        );
+        assert!(!CSP.contains("script-src") && CSP.contains("default-src 'none'"));
+    }
+
+    #[test]
+    fn a_fields_form_patches_only_what_changed_and_a_secrets_form_only_what_was_typed() {
+        let current = serde_json::json!({
+            "type": "database", "host": "db.example.com", "port": 5432, "database": "erp",
+            "username": "svc", "allow_usage_for": ["database"],
+            "password": {"set": true, "fingerprint": "abc"},
+        });
+        let form = Form::parse(
+            b"host=db.example.com&port=6432&database=&username=svc&allow_usage_for=database%2C+http&password=typed",
+        );
+        let body = patch_body(false, &form, &current).unwrap();
+        assert_eq!(
+            Value::Object(body),
+            serde_json::json!({"port": 6432, "database": null, "allow_usage_for": ["database", "http"]})
+        );
+        let body = patch_body(true, &form, &current).unwrap();
+        assert_eq!(
+            Value::Object(body),
+            serde_json::json!({"password": "typed"})
+        );
+
+        let bad = Form::parse(b"port=70000");
+        let e = patch_body(false, &bad, &current).unwrap_err();
+        assert!(e.detail.contains("`port`"), "{}", e.detail);
     }
 }

@@ -8,6 +8,7 @@ use flowpack_shared::names::ContainerPath;
 use serde_json::Value;
 
 use super::session::Notice;
+use crate::service::catalog::Page;
 
 /// What every page shows around its content.
 #[derive(Debug, Default, Clone)]
@@ -542,13 +543,24 @@ impl Audit {
     }
 }
 
-/// The link to the next page of a listing at `base`, filtered to `container`.
-pub fn next_href(base: &str, container: &str, next: &Value) -> Option<String> {
-    let id = next.as_i64()?;
-    let mut q = url::form_urlencoded::Serializer::new(String::new());
-    if !container.is_empty() {
-        q.append_pair("container", container);
-    }
-    q.append_pair("before", &id.to_string());
-    Some(format!("{base}?{}", q.finish()))
+/// A listing's container filter as its form shows it, and the maker of the link to the
+/// page after it (at `base`, from the answer's `next`), keeping the filter and page size.
+pub fn listing_links(page: &Page) -> (String, impl Fn(&str, &Value) -> Option<String> + use<>) {
+    let container = page
+        .container
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let (filter, limit) = (container.clone(), page.limit);
+    let next = move |base: &str, next: &Value| {
+        let id = next.as_i64()?;
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        if !filter.is_empty() {
+            q.append_pair("container", &filter);
+        }
+        q.append_pair("limit", &limit.to_string());
+        q.append_pair("before", &id.to_string());
+        Some(format!("{base}?{}", q.finish()))
+    };
+    (container, next)
 }
