@@ -711,6 +711,35 @@ async fn a_reader_sees_no_write_control_and_forged_posts_are_refused() {
     }
     assert_eq!(refused.len(), 5);
 
+    // An upload with a wrong CSRF token is refused before its file is spooled.
+    let spooled = || {
+        std::fs::read_dir(s.data_dir().join("spool"))
+            .unwrap()
+            .count()
+    };
+    let before = spooled();
+    let body = "--B\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\nforged\r\n--B\r\nContent-Disposition: form-data; name=\"bundle\"; filename=\"b.fpk\"\r\n\r\nPK...\r\n--B--\r\n";
+    let r = http
+        .post(s.url("/ui/deployments/plan"))
+        .header("cookie", admin_cookie.clone())
+        .header("content-type", "multipart/form-data; boundary=B")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("CSRF"));
+    assert_eq!(spooled(), before);
+
+    // The OAuth callback tells a browser what went wrong, in a page.
+    let p = b
+        .goto(&s.url("/v1/oauth/callback?code=x&state=forged"))
+        .await;
+    assert!(
+        p.contains("The authorization failed") && p.contains("unknown state"),
+        "{p}"
+    );
+
     // A form on another site, submitted in the browser: the cookie stays home (SameSite)
     // and the post is refused.
     let forged = format!(
@@ -724,6 +753,16 @@ async fn a_reader_sees_no_write_control_and_forged_posts_are_refused() {
     // Nothing was changed by any of them.
     let (_, rec) = s.get(&s.admin, "/v1/credentials/apps/erp").await;
     assert_eq!(rec["needs_secrets"], true, "{rec}");
+
+    // A revoked token's session ends at its next page.
+    b.goto(&s.url("/ui/containers/")).await;
+    b.click("form.signout button").await;
+    b.sign_in(&s, &reader).await;
+    flowpack_receiver::auth::revoke(&s.app.store, "reader")
+        .unwrap()
+        .unwrap();
+    b.goto(&s.url("/ui/containers/apps")).await;
+    assert!(b.url().await.ends_with("/ui/sign-in"));
 
     // Every page carries the policy headers; the API's answers do not change.
     let r = http

@@ -120,11 +120,12 @@ pub async fn audit(app: &Arc<App>, who: Principal, page: Page) -> Result<Value, 
     blocking(app, move |_, db| catalog::list_audit(db, &who, &page)).await
 }
 
-/// The plan of the bundle `bytes` (a dry run: nothing but an audit row is written).
+/// The plan of the bundle spooled in `tmp` (a dry run: nothing but an audit row is
+/// written).
 pub async fn plan(
     app: &Arc<App>,
     who: Principal,
-    bytes: Vec<u8>,
+    tmp: tempfile::NamedTempFile,
     secrets_allowed: bool,
 ) -> Result<Value, Problem> {
     // As `POST /v1/deployments` does, before reading anything of the bundle.
@@ -135,18 +136,6 @@ pub async fn plan(
             Problem::forbidden("you lack `write` on every container"),
         ));
     }
-    let spool = app.dir.spool();
-    let tmp = app
-        .spawn_blocking(move || -> std::io::Result<tempfile::NamedTempFile> {
-            use std::io::Write;
-            let mut tmp = tempfile::NamedTempFile::new_in(spool)?;
-            tmp.write_all(&bytes)?;
-            tmp.flush()?;
-            Ok(tmp)
-        })
-        .await
-        .map_err(Problem::internal)?
-        .map_err(|e| Problem::internal(format!("spooling an upload: {e}")))?;
     let (_, plan) = deploy::deploy(app.clone(), who, tmp, false, true, secrets_allowed).await?;
     Ok(plan)
 }

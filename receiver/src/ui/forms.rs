@@ -5,6 +5,7 @@
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Request, StatusCode};
+use tokio::io::AsyncWriteExt;
 use zeroize::Zeroizing;
 
 use crate::App;
@@ -121,22 +122,24 @@ fn unsupported(what: &str) -> Problem {
     )
 }
 
-/// An uploaded file and the text fields sent with it.
-#[derive(Debug, Default)]
+/// An uploaded file, spooled.
+#[derive(Debug)]
 pub struct Upload {
-    /// The text fields.
-    pub form: Form,
-    /// The content of the file field named as asked, if one was sent.
-    pub file: Option<Vec<u8>>,
+    /// The file field's content (empty when no file was chosen).
+    pub file: tempfile::NamedTempFile,
+    /// How many bytes the file has.
+    pub size: u64,
 }
 
-/// Reads a `multipart/form-data` body of at most `max_file` bytes of file and a little more
-/// of framing; the file is the part named `file_field`.
+/// Reads a `multipart/form-data` body whose file part, named `file_field`, is streamed to a
+/// spool file (at most `max_file` bytes); the text fields must come before it, and
+/// `before_file` checks them (the CSRF token) before a byte of the file is written.
 pub async fn multipart(
     app: &App,
     req: Request<Incoming>,
     file_field: &str,
     max_file: u64,
+    before_file: impl Fn(&Form) -> Result<(), Problem>,
 ) -> Result<Upload, Problem> {
     if media_type(&req) != "multipart/form-data" {
         return Err(unsupported("multipart/form-data"));
@@ -147,8 +150,49 @@ pub async fn multipart(
         .and_then(|v| v.to_str().ok())
         .and_then(boundary_of)
         .ok_or_else(|| bad_multipart("the Content-Type names no boundary"))?;
-    let body = read_body(app, req, max_file.saturating_add(MULTIPART_SLACK)).await?;
-    parse_multipart(&body, &boundary, file_field)
+    let max = max_file.saturating_add(MULTIPART_SLACK);
+    if declared_length(&req).is_some_and(|n| n > max) {
+        return Err(too_large(max));
+    }
+    let spool = app.dir.spool();
+    let tmp = app
+        .spawn_blocking(move || tempfile::NamedTempFile::new_in(spool))
+        .await
+        .map_err(Problem::internal)?
+        .map_err(|e| Problem::internal(format!("creating a spool file: {e}")))?;
+    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(Problem::internal)?);
+    let mut parser = Multipart::new(&boundary, file_field);
+    let mut body = req.into_body();
+    let mut total: u64 = 0;
+    let mut checked = false;
+    while let Some(frame) = next_frame(app, &mut body).await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        total += data.len() as u64;
+        if total > max {
+            return Err(too_large(max));
+        }
+        let out = parser.feed(&data)?;
+        if !out.is_empty() || parser.in_file() {
+            if !checked {
+                before_file(&parser.form)?;
+                checked = true;
+            }
+            file.write_all(&out).await.map_err(Problem::internal)?;
+        }
+    }
+    if !parser.done() {
+        return Err(bad_multipart("it ends before its closing boundary"));
+    }
+    if !checked {
+        before_file(&parser.form)?;
+    }
+    file.flush().await.map_err(Problem::internal)?;
+    Ok(Upload {
+        file: tmp,
+        size: parser.file_size,
+    })
 }
 
 fn bad_multipart(why: &str) -> Problem {
@@ -183,40 +227,150 @@ fn disposition_param(headers: &str, key: &str) -> Option<String> {
     })
 }
 
-/// Splits a multipart body into its text fields and the file part named `file_field`.
-fn parse_multipart(body: &[u8], boundary: &str, file_field: &str) -> Result<Upload, Problem> {
-    let first = format!("--{boundary}");
-    let delim = format!("\r\n--{boundary}");
-    let mut rest = body
-        .strip_prefix(first.as_bytes())
-        .ok_or_else(|| bad_multipart("it does not start with its boundary"))?;
-    let mut out = Upload::default();
-    loop {
-        if rest.starts_with(b"--") {
-            return Ok(out);
+/// Largest part head, and largest text field.
+const MAX_PART_HEAD: usize = 8 * 1024;
+const MAX_TEXT_FIELD: usize = 8 * 1024;
+
+/// Where a [`Multipart`] parser is.
+#[derive(Debug, PartialEq, Eq)]
+enum At {
+    /// Before the first boundary.
+    Start,
+    /// After a boundary: `\r\n` (a part follows) or `--` (the end).
+    AfterBoundary,
+    /// In a part's head.
+    Head,
+    /// In a text field's content.
+    Text(String),
+    /// In the file's content.
+    File,
+    /// After the closing boundary.
+    End,
+}
+
+/// A streaming `multipart/form-data` parser: fed the body chunk by chunk, it keeps the text
+/// fields and hands back the file part's bytes as they become certain (never more than a
+/// boundary's length is held back).
+#[derive(Debug)]
+struct Multipart {
+    first: Vec<u8>,
+    delim: Vec<u8>,
+    file_field: String,
+    buf: Vec<u8>,
+    at: At,
+    text: Vec<u8>,
+    form: Form,
+    file_seen: bool,
+    file_size: u64,
+}
+
+impl Multipart {
+    fn new(boundary: &str, file_field: &str) -> Multipart {
+        Multipart {
+            first: format!("--{boundary}").into_bytes(),
+            delim: format!("\r\n--{boundary}").into_bytes(),
+            file_field: file_field.to_owned(),
+            buf: Vec::new(),
+            at: At::Start,
+            text: Vec::new(),
+            form: Form::default(),
+            file_seen: false,
+            file_size: 0,
         }
-        rest = rest
-            .strip_prefix(b"\r\n")
-            .ok_or_else(|| bad_multipart("a boundary is not followed by a line end"))?;
-        let head_end =
-            find(rest, b"\r\n\r\n").ok_or_else(|| bad_multipart("a part has no end of headers"))?;
-        let headers = std::str::from_utf8(&rest[..head_end])
-            .map_err(|_| bad_multipart("a part's headers are not text"))?;
-        let content_start = &rest[head_end + 4..];
-        let end = find(content_start, delim.as_bytes())
-            .ok_or_else(|| bad_multipart("a part has no closing boundary"))?;
-        let content = &content_start[..end];
-        rest = &content_start[end + delim.len()..];
-        let name = disposition_param(headers, "name")
-            .ok_or_else(|| bad_multipart("a part has no name"))?;
-        if name == file_field {
-            out.file = Some(content.to_vec());
-        } else {
-            let text = std::str::from_utf8(content)
-                .map_err(|_| bad_multipart("a text field is not UTF-8"))?;
-            out.form
-                .fields
-                .push((name, Zeroizing::new(text.to_owned())));
+    }
+
+    fn in_file(&self) -> bool {
+        self.at == At::File
+    }
+
+    fn done(&self) -> bool {
+        self.at == At::End
+    }
+
+    /// Takes `chunk`; returns the file bytes it completed.
+    fn feed(&mut self, chunk: &[u8]) -> Result<Vec<u8>, Problem> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        loop {
+            match &self.at {
+                At::Start => {
+                    if self.buf.len() < self.first.len() {
+                        return Ok(out);
+                    }
+                    if !self.buf.starts_with(&self.first) {
+                        return Err(bad_multipart("it does not start with its boundary"));
+                    }
+                    self.buf.drain(..self.first.len());
+                    self.at = At::AfterBoundary;
+                }
+                At::AfterBoundary => {
+                    if self.buf.len() < 2 {
+                        return Ok(out);
+                    }
+                    if self.buf.starts_with(b"--") {
+                        self.buf.clear();
+                        self.at = At::End;
+                    } else if self.buf.starts_with(b"\r\n") {
+                        self.buf.drain(..2);
+                        self.at = At::Head;
+                    } else {
+                        return Err(bad_multipart("a boundary is not followed by a line end"));
+                    }
+                }
+                At::Head => {
+                    let Some(end) = find(&self.buf, b"\r\n\r\n") else {
+                        if self.buf.len() > MAX_PART_HEAD {
+                            return Err(bad_multipart("a part has no end of headers"));
+                        }
+                        return Ok(out);
+                    };
+                    let head = std::str::from_utf8(&self.buf[..end])
+                        .map_err(|_| bad_multipart("a part's headers are not text"))?;
+                    let name = disposition_param(head, "name")
+                        .ok_or_else(|| bad_multipart("a part has no name"))?;
+                    self.buf.drain(..end + 4);
+                    self.at = if name == self.file_field {
+                        if self.file_seen {
+                            return Err(bad_multipart("it has two files"));
+                        }
+                        self.file_seen = true;
+                        At::File
+                    } else {
+                        At::Text(name)
+                    };
+                }
+                At::Text(_) | At::File => {
+                    let found = find(&self.buf, &self.delim);
+                    // What is certainly content: up to the delimiter, or all but a possible
+                    // start of one.
+                    let take = found
+                        .unwrap_or_else(|| self.buf.len().saturating_sub(self.delim.len() - 1));
+                    let content: Vec<u8> = self.buf.drain(..take).collect();
+                    if self.at == At::File {
+                        self.file_size += content.len() as u64;
+                        out.extend_from_slice(&content);
+                    } else {
+                        self.text.extend_from_slice(&content);
+                        if self.text.len() > MAX_TEXT_FIELD {
+                            return Err(bad_multipart("a text field is too long"));
+                        }
+                    }
+                    if found.is_none() {
+                        return Ok(out);
+                    }
+                    self.buf.drain(..self.delim.len());
+                    if let At::Text(name) = std::mem::replace(&mut self.at, At::AfterBoundary) {
+                        let text = String::from_utf8(std::mem::take(&mut self.text))
+                            .map_err(|_| bad_multipart("a text field is not UTF-8"))?;
+                        self.form.fields.push((name, Zeroizing::new(text)));
+                    }
+                }
+                At::End => {
+                    // The epilogue is ignored.
+                    self.buf.clear();
+                    return Ok(out);
+                }
+            }
         }
     }
 }
@@ -226,18 +380,34 @@ fn parse_multipart(body: &[u8], boundary: &str, file_field: &str) -> Result<Uplo
 mod tests {
     use super::*;
 
+    /// Feeds `body` in chunks of `size`: the text fields and the file's bytes.
+    fn parse(body: &[u8], size: usize) -> Result<(Form, Vec<u8>), Problem> {
+        let mut p = Multipart::new("XyZ", "bundle");
+        let mut file = Vec::new();
+        for chunk in body.chunks(size) {
+            file.extend(p.feed(chunk)?);
+        }
+        if !p.done() {
+            return Err(bad_multipart("it ends before its closing boundary"));
+        }
+        Ok((p.form, file))
+    }
+
     #[test]
-    fn multipart_gives_fields_and_the_file_byte_for_byte() {
+    fn multipart_gives_fields_and_the_file_byte_for_byte_in_any_chunking() {
         let b = "XyZ";
         let body = format!(
-            "--{b}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\nabc\r\n--{b}\r\nContent-Disposition: form-data; name=\"bundle\"; filename=\"a.fpk\"\r\nContent-Type: application/octet-stream\r\n\r\nPK\r\n\x00\x01--{b}x\r\n--{b}--\r\n"
+            "--{b}\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\nabc\r\n--{b}\r\nContent-Disposition: form-data; name=\"bundle\"; filename=\"a.fpk\"\r\nContent-Type: application/octet-stream\r\n\r\nPK\r\n\x00\x01--{b}x\r\n-\r\n--{b}--\r\n"
         );
-        let u = parse_multipart(body.as_bytes(), b, "bundle").unwrap();
-        assert_eq!(u.form.get("csrf"), Some("abc"));
-        assert_eq!(
-            u.file.unwrap(),
-            format!("PK\r\n\x00\x01--{b}x").into_bytes()
-        );
+        for size in [1, 2, 3, 7, 64, 4096] {
+            let (form, file) = parse(body.as_bytes(), size).unwrap();
+            assert_eq!(form.get("csrf"), Some("abc"), "chunks of {size}");
+            assert_eq!(
+                file,
+                format!("PK\r\n\x00\x01--{b}x\r\n-").into_bytes(),
+                "chunks of {size}"
+            );
+        }
         assert_eq!(
             boundary_of("multipart/form-data; boundary=\"XyZ\""),
             Some("XyZ".into())
@@ -246,19 +416,25 @@ mod tests {
 
     #[test]
     fn malformed_multipart_is_refused_naming_what_is_wrong() {
+        let head = "Content-Disposition: form-data; name=\"bundle\"\r\n\r\n";
         for (body, why) in [
-            ("nope", "does not start"),
+            ("nope-nope".to_owned(), "does not start"),
+            (format!("--XyZ\r\n{head}x"), "ends before"),
+            ("--XyZ\r\nno end of headers".to_owned(), "ends before"),
             (
-                "--B\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nx",
-                "no closing",
-            ),
-            ("--B\r\nno end of headers", "no end of headers"),
-            (
-                "--B\r\nContent-Type: text/plain\r\n\r\nx\r\n--B--",
+                "--XyZ\r\nContent-Type: text/plain\r\n\r\nx\r\n--XyZ--".to_owned(),
                 "no name",
             ),
+            (
+                format!("--XyZ\r\n{head}a\r\n--XyZ\r\n{head}b\r\n--XyZ--"),
+                "two files",
+            ),
+            (
+                format!("--XyZ\r\n{}", "h".repeat(MAX_PART_HEAD + 10)),
+                "no end of headers",
+            ),
         ] {
-            let e = parse_multipart(body.as_bytes(), "B", "f").unwrap_err();
+            let e = parse(body.as_bytes(), 5).unwrap_err();
             assert!(e.detail.contains(why), "{body:?}: {}", e.detail);
         }
     }

@@ -565,12 +565,15 @@ impl Ctx {
         if rest == "deployments/plan" {
             let max = self.app.config().limits.max_bundle_size;
             let secrets_allowed = self.secrets_allowed(&req);
-            let upload = forms::multipart(&self.app, req, "bundle", max).await?;
-            self.check_csrf(&upload.form)?;
-            let bytes = upload.file.filter(|f| !f.is_empty()).ok_or_else(|| {
-                Problem::bad_request(ProblemCode::BadRequestBody, "choose a bundle file to plan")
-            })?;
-            let v = calls::plan(&self.app, self.who.clone(), bytes, secrets_allowed).await?;
+            let upload =
+                forms::multipart(&self.app, req, "bundle", max, |f| self.check_csrf(f)).await?;
+            if upload.size == 0 {
+                return Err(Problem::bad_request(
+                    ProblemCode::BadRequestBody,
+                    "choose a bundle file to plan",
+                ));
+            }
+            let v = calls::plan(&self.app, self.who.clone(), upload.file, secrets_allowed).await?;
             return Ok(pages::Plan::of(self.chrome(), &v).response());
         }
         let secrets_allowed = self.secrets_allowed(&req);
