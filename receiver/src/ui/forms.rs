@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 use zeroize::Zeroizing;
 
 use crate::App;
-use crate::api::{declared_length, next_frame};
+use crate::api::{declared_length, next_frame, spool_file};
 use crate::problem::{Problem, ProblemCode};
 
 /// Largest urlencoded form body.
@@ -154,13 +154,7 @@ pub async fn multipart(
     if declared_length(&req).is_some_and(|n| n > max) {
         return Err(too_large(max));
     }
-    let spool = app.dir.spool();
-    let tmp = app
-        .spawn_blocking(move || tempfile::NamedTempFile::new_in(spool))
-        .await
-        .map_err(Problem::internal)?
-        .map_err(|e| Problem::internal(format!("creating a spool file: {e}")))?;
-    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(Problem::internal)?);
+    let (tmp, mut file) = spool_file(app).await?;
     let mut parser = Multipart::new(&boundary, file_field);
     let mut body = req.into_body();
     let mut total: u64 = 0;
