@@ -564,3 +564,48 @@ pub fn listing_links(page: &Page) -> (String, impl Fn(&str, &Value) -> Option<St
     };
     (container, next)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_credential_page_flags_what_it_needs_and_never_prints_a_sensitive_value() {
+        let record = serde_json::json!({
+            "path": "/apps/ac", "type": "oauth2", "grant_type": "authorization_code",
+            "authorization_endpoint": "https://idp.example.com/authorize",
+            "client_id": "client-<1>",
+            "client_secret": {"set": true, "fingerprint": "fp-client"},
+            // Not what a redacted record holds: even so, a sensitive field's value is not shown.
+            "refresh_token": "LEAKED-VALUE",
+            "needs_secrets": false, "needs_authorization": true,
+        });
+        let page = Credential::of(Chrome::default(), &record, true, true)
+            .render()
+            .unwrap();
+        assert!(page.contains("id=\"needs-authorization\""), "{page}");
+        assert!(page.contains("id=\"has-secrets\""));
+        assert!(page.contains("fingerprint fp-client"));
+        assert!(page.contains("id=\"authorize\""));
+        assert!(!page.contains("LEAKED-VALUE"));
+        // Escaped, as every value is.
+        assert!(
+            page.contains("client-&#60;1&#62;") || page.contains("client-&lt;1&gt;"),
+            "{page}"
+        );
+        assert!(!page.contains("<script"));
+
+        let read_only = Credential::of(Chrome::default(), &record, false, false)
+            .render()
+            .unwrap();
+        for control in [
+            "secrets-form",
+            "fields-form",
+            "id=\"verify\"",
+            "id=\"authorize\"",
+        ] {
+            assert!(!read_only.contains(control), "{control}");
+        }
+    }
+}
