@@ -690,6 +690,25 @@ async fn a_reader_sees_no_write_control_and_forged_posts_are_refused() {
             .contains("you lack `write` on /apps")
     );
 
+    // Nor may it plan a bundle: refused before the upload is read.
+    let r = http
+        .post(s.url("/ui/deployments/plan"))
+        .header("cookie", reader_cookie.clone())
+        .header("content-type", "multipart/form-data; boundary=B")
+        .body(format!(
+            "--B\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{reader_csrf}\r\n--B--\r\n"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("you lack `write` on every container")
+    );
+
     // An admin's session: forged posts without the right token, or from another site, fail.
     b.click("form.signout button").await;
     b.sign_in(&s, &s.admin).await;

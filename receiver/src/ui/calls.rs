@@ -120,24 +120,39 @@ pub async fn audit(app: &Arc<App>, who: Principal, page: Page) -> Result<Value, 
     blocking(app, move |_, db| catalog::list_audit(db, &who, &page)).await
 }
 
+/// Refuses a plan (audited and counted, as `POST /v1/deployments` does) unless the principal
+/// may write somewhere: checked before anything of the upload is read.
+pub fn may_plan(app: &Arc<App>, who: &Principal) -> Result<(), Problem> {
+    if who.has_any(Perm::Write) {
+        return Ok(());
+    }
+    let refused = deploy::refuse(
+        app,
+        who,
+        Problem::forbidden("you lack `write` on every container"),
+    );
+    count_plan(app, Err(&refused));
+    Err(refused)
+}
+
+/// Counts a plan's outcome in the metrics, as the API counts a dry run.
+fn count_plan(app: &App, answer: Result<(), &Problem>) {
+    let status = answer.map_or_else(|p| p.status.as_u16(), |()| 200);
+    app.metrics
+        .deployment(crate::metrics::DeployOutcome::of_answer(status, true));
+}
+
 /// The plan of the bundle spooled in `tmp` (a dry run: nothing but an audit row is
-/// written).
+/// written); [`may_plan`] was asked first.
 pub async fn plan(
     app: &Arc<App>,
     who: Principal,
     tmp: tempfile::NamedTempFile,
     secrets_allowed: bool,
 ) -> Result<Value, Problem> {
-    // As `POST /v1/deployments` does, before reading anything of the bundle.
-    if !who.has_any(Perm::Write) {
-        return Err(deploy::refuse(
-            app,
-            &who,
-            Problem::forbidden("you lack `write` on every container"),
-        ));
-    }
-    let (_, plan) = deploy::deploy(app.clone(), who, tmp, false, true, secrets_allowed).await?;
-    Ok(plan)
+    let planned = deploy::deploy(app.clone(), who, tmp, false, true, secrets_allowed).await;
+    count_plan(app, planned.as_ref().map(drop));
+    planned.map(|(_, plan)| plan)
 }
 
 pub async fn rollback(app: &Arc<App>, who: Principal, id: DeploymentId) -> Result<Value, Problem> {

@@ -565,6 +565,7 @@ impl Ctx {
         if rest == "deployments/plan" {
             let max = self.app.config().limits.max_bundle_size;
             let secrets_allowed = self.secrets_allowed(&req);
+            calls::may_plan(&self.app, &self.who)?;
             let upload =
                 forms::multipart(&self.app, req, "bundle", max, |f| self.check_csrf(f)).await?;
             if upload.size == 0 {
