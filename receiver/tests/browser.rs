@@ -289,6 +289,13 @@ impl Browser {
     }
 }
 
+/// Asserts `r` is a `403` whose page says `why`.
+async fn refused_with(r: reqwest::Response, why: &str) {
+    assert_eq!(r.status(), 403);
+    let text = r.text().await.unwrap();
+    assert!(text.contains(why), "{why}: {text}");
+}
+
 /// The CSRF token of the first form on `page`.
 fn csrf_of(page: &str) -> String {
     let at = page
@@ -682,13 +689,7 @@ async fn a_reader_sees_no_write_control_and_forged_posts_are_refused() {
     let r = post(Some(reader_cookie.clone()), secrets(&reader_csrf), None)
         .await
         .unwrap();
-    assert_eq!(r.status(), 403);
-    assert!(
-        r.text()
-            .await
-            .unwrap()
-            .contains("you lack `write` on /apps")
-    );
+    refused_with(r, "you lack `write` on /apps").await;
 
     // Nor may it plan a bundle: refused before the upload is read.
     let r = http
@@ -701,13 +702,7 @@ async fn a_reader_sees_no_write_control_and_forged_posts_are_refused() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 403);
-    assert!(
-        r.text()
-            .await
-            .unwrap()
-            .contains("you lack `write` on every container")
-    );
+    refused_with(r, "you lack `write` on every container").await;
 
     // An admin's session: forged posts without the right token, or from another site, fail.
     b.click("form.signout button").await;
@@ -772,8 +767,7 @@ async fn a_reader_sees_no_write_control_and_forged_posts_are_refused() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 403);
-    assert!(r.text().await.unwrap().contains("CSRF"));
+    refused_with(r, "CSRF").await;
     assert_eq!(spooled(), before);
 
     // The OAuth callback tells a browser what went wrong, in a page.
