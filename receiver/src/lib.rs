@@ -15,7 +15,8 @@
 //!   reads on every request.
 //! - Key rotation and backups, which work while `serve` runs: [`rotate`], [`backup`]; the key
 //!   files themselves: [`keyring`].
-//! - The HTTP API: [`api`]; [`api::routes`] lists every route. Refusals: [`problem`].
+//! - The HTTP API: [`api`]; [`api::routes`] lists every route. Refusals: [`problem`]. The
+//!   admin web page at `/ui/`: [`ui`].
 //! - Domain rules: [`service`]. Storage: only through [`store`], whose `sqlite` folder is the
 //!   one place that knows the database engine. ARCHITECTURE.md draws the layers.
 
@@ -36,6 +37,7 @@ pub mod rotate;
 pub mod service;
 pub mod store;
 pub mod tls;
+pub mod ui;
 
 pub use service::auth;
 
@@ -94,6 +96,8 @@ pub struct App {
     store_file: Option<(u64, u64)>,
     /// Work on blocking threads (everything that touches the store): shutdown waits for it.
     work: TaskTracker,
+    /// The admin page's sign-in sessions (in memory).
+    pub(crate) ui_sessions: ui::Sessions,
 }
 
 impl std::fmt::Debug for App {
@@ -125,6 +129,7 @@ impl App {
             probing: std::sync::atomic::AtomicBool::new(false),
             store_file,
             work: TaskTracker::new(),
+            ui_sessions: ui::Sessions::default(),
         })
     }
 

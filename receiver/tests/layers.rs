@@ -2,7 +2,7 @@
 //! its own layer or the ones below it (ARCHITECTURE.md draws them).
 //!
 //! From the bottom: `problem` (imports nothing of the crate); `store`; the infrastructure
-//! (`config`, `outbound`, `conns`, `metrics`, `tls`, `logs`); the services (`service/`); the HTTP API (`api/`). The
+//! (`config`, `outbound`, `conns`, `metrics`, `tls`, `logs`); the services (`service/`); the HTTP API (`api/`) and the admin page (`ui/`) beside it. The
 //! wiring (`lib.rs`, `main.rs`, `datadir.rs`, `reload.rs`) may use everything. Items of the crate root
 //! (`App`, `blocking`, `Clock`) are the services' and the API's context: only they may name
 //! them. Services also never name `hyper`: they return values and `Problem`s, never responses.
@@ -23,7 +23,8 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("services", &["service"]),
-    ("api", &["api"]),
+    // The admin page sits beside the API: both answer HTTP over the services.
+    ("api", &["api", "ui"]),
 ];
 
 /// Modules that wire the layers together: they may use any of them.

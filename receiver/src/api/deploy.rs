@@ -16,8 +16,23 @@ use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
 use crate::service::deploy::{self, Outcome};
 
-use super::extract::{next_frame, query_params};
+use super::extract::{declared_length, next_frame, query_params};
 use super::{Body, json_response};
+
+/// A new spool file for an upload (removed when the returned handle is dropped), and the
+/// file to write it through.
+pub(crate) async fn spool_file(
+    app: &App,
+) -> Result<(tempfile::NamedTempFile, tokio::fs::File), Problem> {
+    let spool = app.dir.spool();
+    let tmp = app
+        .spawn_blocking(move || tempfile::NamedTempFile::new_in(spool))
+        .await
+        .map_err(Problem::internal)?
+        .map_err(|e| Problem::internal(format!("creating a spool file: {e}")))?;
+    let file = tokio::fs::File::from_std(tmp.reopen().map_err(Problem::internal)?);
+    Ok((tmp, file))
+}
 
 /// `POST /v1/deployments`: checks the request, spools the body, then deploys it; counts the
 /// outcome in the metrics (a dry run that answers its plan as `planned`).
@@ -105,22 +120,12 @@ async fn answer(
         ));
     }
     let max = app.config().limits.max_bundle_size;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(&req);
     if declared.is_some_and(|n| n > max) {
         return Err(refuse(&app, &who, deploy::too_large(max)));
     }
 
-    let spool = app.dir.spool();
-    let tmp = app
-        .spawn_blocking(move || tempfile::NamedTempFile::new_in(spool))
-        .await
-        .map_err(Problem::internal)?
-        .map_err(|e| Problem::internal(format!("creating a spool file: {e}")))?;
-    let mut file = tokio::fs::File::from_std(tmp.reopen().map_err(Problem::internal)?);
+    let (tmp, mut file) = spool_file(&app).await?;
     let mut body = req.into_body();
     let mut total: u64 = 0;
     while let Some(frame) = next_frame(&app, &mut body).await {

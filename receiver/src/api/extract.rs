@@ -50,6 +50,14 @@ pub(crate) async fn next_frame(
     }
 }
 
+/// The request's `Content-Length`, when it declares a valid one.
+pub(crate) fn declared_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 pub(crate) fn bearer(req: &Request<Incoming>) -> Option<String> {
     let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
@@ -211,20 +219,32 @@ pub(crate) fn page(req: &Request<Incoming>) -> Result<Page, Problem> {
             ContainerPath::parse(c).map_err(|e| Problem::bad_request(ProblemCode::BadPath, e.0))
         })
         .transpose()?;
-    let limit = match q.get("limit") {
-        None => DEFAULT_PAGE,
+    let limit = limit_param(q.get("limit").map(String::as_str), DEFAULT_PAGE)?;
+    let before = before_param(q.get("before").map(String::as_str))?;
+    Ok(Page {
+        container,
+        before,
+        limit,
+    })
+}
+
+/// A listing's `?limit=N` (1 to 1000), `default` when absent.
+pub(crate) fn limit_param(value: Option<&str>, default: usize) -> Result<usize, Problem> {
+    match value {
+        None => Ok(default),
         Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-            _ => {
-                return Err(Problem::bad_request(
-                    ProblemCode::BadQuery,
-                    format!("`limit` is a whole number from 1 to {MAX_PAGE}"),
-                ));
-            }
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            _ => Err(Problem::bad_request(
+                ProblemCode::BadQuery,
+                format!("`limit` is a whole number from 1 to {MAX_PAGE}"),
+            )),
         },
-    };
-    let before = q
-        .get("before")
+    }
+}
+
+/// A listing's `?before=ID`: a positive id, from a previous page's `next`.
+pub(crate) fn before_param(value: Option<&str>) -> Result<Option<i64>, Problem> {
+    value
         .map(|b| {
             b.parse::<i64>().ok().filter(|b| *b > 0).ok_or_else(|| {
                 Problem::bad_request(
@@ -233,12 +253,7 @@ pub(crate) fn page(req: &Request<Incoming>) -> Result<Page, Problem> {
                 )
             })
         })
-        .transpose()?;
-    Ok(Page {
-        container,
-        before,
-        limit,
-    })
+        .transpose()
 }
 
 pub(crate) fn query_param(req: &Request<Incoming>, key: &str) -> Result<Option<String>, Problem> {

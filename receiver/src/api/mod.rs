@@ -32,6 +32,13 @@ pub use request_id::X_REQUEST_ID;
 pub use router::{route_labels, routes};
 
 pub(crate) use crate::blocking;
+// The request helpers the admin page (`crate::ui`) shares with the API.
+pub(crate) use deploy::spool_file;
+pub(crate) use extract::{
+    before_param, container_path, declared_length, limit_param, next_frame, object_path,
+    query_params,
+};
+pub(crate) use router::deployment_id;
 
 /// How a request reached the receiver, put into each request's extensions by `run`: the
 /// client's address and whether the connection is TLS. Handlers that may take secrets in clear

@@ -119,6 +119,9 @@ enum Handler {
     Token,
     Authorize,
     Verify,
+    /// The admin web page (`/ui/…`): not part of the API, answered by `crate::ui`, which
+    /// checks its own session.
+    Ui,
 }
 
 impl Handler {
@@ -132,6 +135,7 @@ impl Handler {
                 | Handler::Keys
                 | Handler::OpenApi
                 | Handler::OAuthCallback
+                | Handler::Ui
         )
     }
 
@@ -143,6 +147,7 @@ impl Handler {
                 | Handler::Deploy
                 | Handler::ListDeployments
                 | Handler::ListAudit
+                | Handler::Ui
         )
     }
 }
@@ -214,13 +219,17 @@ const ROUTES: &[Route] = &[
         Handler::Authorize,
     ),
     r(Verb::Post, "/v1/credentials/{path}/verify", Handler::Verify),
+    // Not API routes: `routes()` leaves them out (they are not in openapi.json).
+    r(Verb::Get, "/ui/{path}", Handler::Ui),
+    r(Verb::Post, "/ui/{path}", Handler::Ui),
 ];
 
-/// Every route as (method, OpenAPI path template), `HEAD` included wherever `GET` is, except
-/// the OAuth callback, whose `GET` spends its single-use state.
+/// Every route of the API as (method, OpenAPI path template), `HEAD` included wherever `GET`
+/// is, except the OAuth callback, whose `GET` spends its single-use state. The admin page's
+/// routes (`/ui/…`) are not the API's and are left out.
 pub fn routes() -> Vec<(Method, &'static str)> {
     let mut out = Vec::new();
-    for route in ROUTES {
+    for route in ROUTES.iter().filter(|r| r.handler != Handler::Ui) {
         out.push((route.verb.method(), route.template));
         if route.verb == Verb::Get && head_allowed(route.handler) {
             out.push((Method::HEAD, route.template));
@@ -436,7 +445,7 @@ fn no_such_endpoint() -> Problem {
 }
 
 /// A deployment id from a path: digits only, as the listing shows them.
-fn deployment_id(arg: &str) -> Result<crate::store::DeploymentId, Problem> {
+pub(crate) fn deployment_id(arg: &str) -> Result<crate::store::DeploymentId, Problem> {
     let arg = arg.trim_end_matches('/');
     match arg.parse::<i64>() {
         Ok(n) if n > 0 && arg.bytes().all(|b| b.is_ascii_digit()) => {
@@ -537,7 +546,16 @@ async fn answer_open(
                 code: query_param(&req, "code"),
                 error: query_param(&req, "error"),
             };
-            ok(oauth::callback(app, params).await?)
+            // A browser (it asks for HTML) gets a page; an API client the JSON answer.
+            if crate::ui::wants_html(&req) {
+                crate::ui::callback(app, params).await
+            } else {
+                ok(oauth::callback(app, params).await?)
+            }
+        }
+        Found::Route(Handler::Ui, rest) => {
+            let (resp, who) = crate::ui::handle(app, req, rest).await;
+            return Ok((resp, who));
         }
         Found::Route(other, _) => {
             return Err(Problem::internal(format!("{other:?} is not an open route")));
