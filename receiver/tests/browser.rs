@@ -7,16 +7,14 @@
 //! (`docs/screenshots/` is made this way).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use flowpack_shared::bundle::BundleKind;
 use flowpack_shared::keys::SigningKey;
+use flowpack_testkit::*;
 use serde_json::{Value, json};
 
 /// A secret typed into the page: it must never come back in any page or answer.

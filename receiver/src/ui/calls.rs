@@ -25,11 +25,17 @@ pub async fn authenticate(
     app: &Arc<App>,
     token: Zeroizing<String>,
 ) -> Result<Option<Principal>, Problem> {
-    blocking(app, move |_, db| Ok(auth::authenticate(db, &token)?)).await
+    blocking(app, move |_, db| {
+        Ok(auth::authenticate(db.reads(), &token)?)
+    })
+    .await
 }
 
 pub async fn container(app: &Arc<App>, who: Principal, c: ContainerPath) -> Result<Value, Problem> {
-    blocking(app, move |_, db| catalog::show_container(db, &who, &c)).await
+    blocking(app, move |_, db| {
+        catalog::show_container(db.reads(), &who, &c)
+    })
+    .await
 }
 
 pub async fn mapping(
@@ -38,7 +44,10 @@ pub async fn mapping(
     c: ContainerPath,
     n: Name,
 ) -> Result<Value, Problem> {
-    blocking(app, move |_, db| catalog::show_mapping(db, &who, &c, &n)).await
+    blocking(app, move |_, db| {
+        catalog::show_mapping(db.reads(), &who, &c, &n)
+    })
+    .await
 }
 
 pub async fn credential(
@@ -47,7 +56,10 @@ pub async fn credential(
     c: ContainerPath,
     n: Name,
 ) -> Result<Value, Problem> {
-    let bytes = blocking(app, move |_, db| catalog::show_credential(db, &who, &c, &n)).await?;
+    let bytes = blocking(app, move |_, db| {
+        catalog::show_credential(db.reads(), &who, &c, &n)
+    })
+    .await?;
     parse(&bytes)
 }
 
@@ -105,7 +117,10 @@ pub async fn callback(app: &Arc<App>, q: oauth::CallbackParams) -> Result<Value,
 }
 
 pub async fn deployments(app: &Arc<App>, who: Principal, page: Page) -> Result<Value, Problem> {
-    blocking(app, move |_, db| catalog::list_deployments(db, &who, &page)).await
+    blocking(app, move |_, db| {
+        catalog::list_deployments(db.reads(), &who, &page)
+    })
+    .await
 }
 
 pub async fn deployment(
@@ -113,11 +128,17 @@ pub async fn deployment(
     who: Principal,
     id: DeploymentId,
 ) -> Result<Value, Problem> {
-    blocking(app, move |_, db| catalog::show_deployment(db, &who, id)).await
+    blocking(app, move |_, db| {
+        catalog::show_deployment(db.reads(), &who, id)
+    })
+    .await
 }
 
 pub async fn audit(app: &Arc<App>, who: Principal, page: Page) -> Result<Value, Problem> {
-    blocking(app, move |_, db| catalog::list_audit(db, &who, &page)).await
+    blocking(app, move |_, db| {
+        catalog::list_audit(db.reads(), &who, &page)
+    })
+    .await
 }
 
 /// Refuses a plan (audited and counted, as `POST /v1/deployments` does) unless the principal
