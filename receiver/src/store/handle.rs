@@ -38,6 +38,17 @@ impl Store {
         super::sqlite::open(path, clock)
     }
 
+    /// Creates the store's schema in an empty PostgreSQL database (`postgres://…`), for
+    /// several receivers to share.
+    pub fn create_postgres(url: &str, clock: Clock) -> anyhow::Result<Store> {
+        super::postgres::create(url, clock)
+    }
+
+    /// Opens the store of a PostgreSQL database, upgrading an older schema.
+    pub fn open_postgres(url: &str, clock: Clock) -> anyhow::Result<Store> {
+        super::postgres::open(url, clock)
+    }
+
     /// A handle for one request.
     pub fn db(&self) -> Result<Db> {
         Ok(Db {
