@@ -147,6 +147,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(n: usize) -> Option<Cluster> {
+        Cluster::start_with(n, json!({})).await
+    }
+
+    /// A cluster whose nodes' `config.json` gets `config`'s keys.
+    async fn start_with(n: usize, config: Value) -> Option<Cluster> {
         let db = TestDb::new()?;
         let tmp = tempfile::tempdir().unwrap();
         let dirs: Vec<PathBuf> = (0..n).map(|i| tmp.path().join(format!("n{i}"))).collect();
@@ -169,6 +174,9 @@ impl Cluster {
         let pem = tmp.path().join("signer.pub");
         std::fs::write(&pem, key.verifying_key().to_pem()).unwrap();
         ok(&["trust", "add", pem.to_str().unwrap(), "--data-dir", first]);
+        for d in &dirs {
+            configure(d, config.clone());
+        }
         let nodes = dirs.iter().map(|d| Node::start(d)).collect();
         Some(Cluster {
             _db: db,
@@ -269,6 +277,63 @@ fn payload(seed: u8, len: usize) -> Vec<u8> {
 
 fn secs_after(t: Timestamp, s: i64) -> Timestamp {
     t.plus(time::Duration::seconds(s))
+}
+
+/// The real OAuth 2.0 server of `tests/oauth-server` (its `npm ci` done by `tests/oauth.rs`
+/// or by hand), on loopback; killed when dropped.
+struct OAuthServer {
+    child: Child,
+    issuer: String,
+}
+
+impl Drop for OAuthServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl OAuthServer {
+    fn start() -> OAuthServer {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oauth-server");
+        assert!(
+            dir.join("node_modules/oauth2-mock-server").exists(),
+            "run `npm ci` in {}",
+            dir.display()
+        );
+        let mut child = Command::new("node")
+            .args(["server.mjs", "0"])
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node (Node.js) is needed for the OAuth test");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let issuer = first.trim().strip_prefix("issuer: ").unwrap().to_owned();
+        OAuthServer { child, issuer }
+    }
+
+    async fn control(&self, http: &reqwest::Client, method: reqwest::Method, path: &str) -> Value {
+        let r = http
+            .request(method, format!("{}/_test/{path}", self.issuer))
+            .send()
+            .await
+            .unwrap();
+        r.json().await.unwrap()
+    }
+}
+
+/// Sets keys of a data directory's `config.json`.
+fn configure(dir: &Path, keys: Value) {
+    let path = dir.join("config.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for (k, v) in keys.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    std::fs::write(&path, config.to_string()).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -505,4 +570,95 @@ async fn a_node_killed_during_deploys_loses_no_acknowledged_deploy() {
     c.nodes[0] = Node::start(&c.dirs[0]);
     let (status, _) = c.get(0, &c.admin, "/v1/mappings/c/m").await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_token_requests_on_every_node_make_one_refresh() {
+    let Some(c) = Cluster::start_with(
+        3,
+        json!({"outbound_allow": ["127.0.0.1"], "max_connections": 2000}),
+    )
+    .await
+    else {
+        return;
+    };
+    let o = OAuthServer::start();
+    // The first token expires within the receiver's refresh margin: stale at once.
+    o.control(&c.http, reqwest::Method::POST, "config?expires_in=30")
+        .await;
+    let record = json!({
+        "name": "shared", "type": "oauth2", "grant_type": "password",
+        "token_endpoint": format!("{}/token", o.issuer),
+        "client_id": "flowpack-client", "client_secret": "s3cret:+&/é%",
+        "username": "alice", "password": "wonderland", "include_in_deployment": true,
+    });
+    let Value::Object(m) = record else {
+        unreachable!()
+    };
+    let credential = flowpack_shared::model::credential::Credential::from_map(
+        "test",
+        &m,
+        flowpack_shared::model::credential::RecordForm::SourceFile,
+    )
+    .unwrap();
+    let now = Timestamp::now();
+    let o_ = BundleOptions {
+        kind: BundleKind::Credentials,
+        target_container: ContainerPath::parse("/apps").unwrap(),
+        environment: None,
+        created_at: now,
+        expires_at: now.plus(time::Duration::days(1)),
+        allow_plaintext: true,
+        seal_to: Vec::new(),
+        level: 1,
+    };
+    let mut out = Cursor::new(Vec::new());
+    write_bundle(&mut out, &c.key, &o_, &[], &[credential], &mut |_, _| {}).unwrap();
+    let (status, body) = c.deploy(0, &c.admin, out.into_inner()).await;
+    assert_eq!(status, 201, "{body}");
+    let token = |node: usize| {
+        let (http, url, admin) = (
+            c.http.clone(),
+            c.nodes[node].url("/v1/credentials/apps/shared/token"),
+            c.admin.clone(),
+        );
+        async move { answer(http.post(url).bearer_auth(admin).send().await.unwrap()).await }
+    };
+    let (status, first) = token(1).await;
+    assert_eq!(status, 200, "{first}");
+    let stats = o.control(&c.http, reqwest::Method::GET, "stats").await;
+    assert_eq!(stats["token_requests"], 1, "{stats}");
+
+    // The refreshed token lives long; the provider takes 300 ms to answer, so every caller
+    // arrives while the refresh is in flight.
+    o.control(
+        &c.http,
+        reqwest::Method::POST,
+        "config?expires_in=3600&delay_ms=300",
+    )
+    .await;
+    const CALLERS: usize = 1000;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..CALLERS {
+        tasks.spawn(token(i % 3));
+    }
+    let mut tokens = std::collections::BTreeSet::new();
+    while let Some(done) = tasks.join_next().await {
+        let (status, v) = done.unwrap();
+        assert_eq!(status, 200, "{v}");
+        tokens.insert(v["access_token"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        tokens.len(),
+        1,
+        "every caller on every node gets the same new token"
+    );
+    assert!(!tokens.contains(first["access_token"].as_str().unwrap()));
+    let stats = o.control(&c.http, reqwest::Method::GET, "stats").await;
+    assert_eq!(
+        stats["by_grant"]["refresh_token"], 1,
+        "{}",
+        stats["by_grant"]
+    );
+    assert_eq!(stats["token_requests"], 2, "{}", stats["by_grant"]);
 }

@@ -5,9 +5,9 @@
 //! - The engine owns a small tokio runtime that drives its connections (`tokio-postgres`); the
 //!   store's callers are blocking threads, which wait on it (`Handle::block_on`). The store must
 //!   therefore not be used from an async task, as with the SQLite engine, whose calls block.
-//! - Idle connections are kept (at most [`MAX_IDLE`]); one that the database closed is dropped
-//!   when met, and a new one opened: a database that went away and came back is used again
-//!   without a restart.
+//! - At most [`POOL_SIZE`] connections are lent to requests at once, and kept open between
+//!   them; one that the database closed is dropped when met, and a new one opened: a database
+//!   that went away and came back is used again without a restart.
 //! - Every write transaction is `BEGIN` then `pg_advisory_xact_lock` on one constant key
 //!   ([`WRITER_LOCK`]): writers are serialized across every node, as SQLite's single writer
 //!   serializes them in one process, so what a transaction reads first (replay, staleness,
@@ -30,7 +30,7 @@ mod write;
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak, mpsc};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak, mpsc};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
@@ -51,9 +51,14 @@ const WRITER_LOCK: &str = "SELECT pg_advisory_xact_lock(1718382455, 1)";
 /// The largest chunk a mapping file is stored in.
 pub(super) const CHUNK: usize = 1 << 20;
 
-/// At most this many idle connections are kept; one returned beyond that is closed. About the
-/// number of blocking threads that run requests at once (see `main.rs`).
-const MAX_IDLE: usize = 32;
+/// At most this many of a node's requests hold a connection at once; others wait for one to
+/// be given back (up to [`POOL_WAIT`]). Besides these a node opens one for its group committer
+/// and one per credential whose OAuth refresh is in flight: a database serves about
+/// `max_connections / (POOL_SIZE + 2)` nodes.
+pub(super) const POOL_SIZE: usize = 16;
+
+/// How long a request waits for a connection when all [`POOL_SIZE`] are in use.
+const POOL_WAIT: Duration = Duration::from_secs(30);
 
 /// How long opening a connection may take before the database counts as gone.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -140,6 +145,10 @@ struct Shared {
     /// The database as messages name it: its name and host, never the URL.
     name: String,
     idle: Mutex<Vec<Client>>,
+    /// Connections lent to requests, at most [`POOL_SIZE`].
+    lent: Mutex<usize>,
+    /// Signalled when one is given back.
+    returned: Condvar,
     /// Transactions the group committer has committed.
     batches: AtomicU64,
     /// What rows are stamped with.
@@ -200,6 +209,8 @@ impl Postgres {
                 config,
                 name,
                 idle: Mutex::new(Vec::new()),
+                lent: Mutex::new(0),
+                returned: Condvar::new(),
                 batches: AtomicU64::new(0),
                 clock,
                 touching: TokenUses::default(),
@@ -211,9 +222,11 @@ impl Postgres {
         })
     }
 
-    /// A connection for one request: an idle one the database has not closed, or a new one.
+    /// A connection for one request: an idle one the database has not closed, or a new one;
+    /// waits while [`POOL_SIZE`] are lent.
     fn conn(&self) -> Result<Conn> {
         let shared = &self.shared;
+        shared.lend()?;
         let reused = loop {
             let next = shared
                 .idle
@@ -227,7 +240,13 @@ impl Postgres {
         };
         let client = match reused {
             Some(client) => client,
-            None => shared.rt.block_on(open_client(&shared.config))?,
+            None => match shared.rt.block_on(open_client(&shared.config)) {
+                Ok(client) => client,
+                Err(e) => {
+                    shared.given_back();
+                    return Err(e);
+                }
+            },
         };
         Ok(Conn::new(client, Arc::downgrade(shared), shared.rt.clone()))
     }
@@ -334,6 +353,33 @@ impl Drop for CredentialHeld {
 }
 
 impl Shared {
+    /// Counts a connection lent, waiting while [`POOL_SIZE`] are.
+    fn lend(&self) -> Result<()> {
+        let lent = self.lent.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut lent, waited) = self
+            .returned
+            .wait_timeout_while(lent, POOL_WAIT, |n| *n >= POOL_SIZE)
+            .unwrap_or_else(PoisonError::into_inner);
+        if waited.timed_out() && *lent >= POOL_SIZE {
+            return Err(Error::Engine(
+                format!(
+                    "all {POOL_SIZE} connections to the database stayed in use for {} s",
+                    POOL_WAIT.as_secs()
+                )
+                .into(),
+            ));
+        }
+        *lent += 1;
+        Ok(())
+    }
+
+    /// Counts a lent connection given back (or closed).
+    fn given_back(&self) {
+        let mut lent = self.lent.lock().unwrap_or_else(PoisonError::into_inner);
+        *lent = lent.saturating_sub(1);
+        self.returned.notify_one();
+    }
+
     /// Queues `job` for the group committer, starting its thread on first use.
     fn submit(self: &Arc<Self>, job: Job) -> std::result::Result<(), Job> {
         self.writer
@@ -491,26 +537,30 @@ fn get<'a, T: FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
 }
 
 impl Drop for Conn {
+    /// Gives the connection back to the pool, outside a transaction; one the database closed,
+    /// or whose transaction cannot be rolled back, is closed instead.
     fn drop(&mut self) {
         let Some(client) = self.client.take() else {
             return;
         };
-        if client.is_closed() {
-            return;
-        }
-        if self.depth.get() > 0
-            && let Err(e) = self.rt.block_on(client.batch_execute("ROLLBACK"))
-        {
-            tracing::error!(error = %e, "rolling back a returned connection failed; closing it");
-            return;
-        }
         let Some(pool) = self.pool.upgrade() else {
             return;
         };
-        let mut idle = pool.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE {
-            idle.push(client);
+        let rolled_back = self.depth.get() == 0
+            || self
+                .rt
+                .block_on(client.batch_execute("ROLLBACK"))
+                .inspect_err(|e| {
+                    tracing::error!(error = %e, "rolling back a returned connection failed; closing it");
+                })
+                .is_ok();
+        if rolled_back && !client.is_closed() {
+            pool.idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(client);
         }
+        pool.given_back();
     }
 }
 
