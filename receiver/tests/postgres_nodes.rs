@@ -147,16 +147,21 @@ struct Cluster {
 
 impl Cluster {
     async fn start(n: usize) -> Option<Cluster> {
-        Cluster::start_with(n, json!({})).await
+        Cluster::start_with(n, json!({}), None).await
     }
 
-    /// A cluster whose nodes' `config.json` gets `config`'s keys.
-    async fn start_with(n: usize, config: Value) -> Option<Cluster> {
+    /// A cluster whose nodes' `config.json` gets `config`'s keys, reaching the database
+    /// through `proxy` when one is given.
+    async fn start_with(n: usize, config: Value, proxy: Option<&Proxy>) -> Option<Cluster> {
         let db = TestDb::new()?;
+        let url = match proxy {
+            Some(p) => p.url_for(&db.url),
+            None => db.url.clone(),
+        };
         let tmp = tempfile::tempdir().unwrap();
         let dirs: Vec<PathBuf> = (0..n).map(|i| tmp.path().join(format!("n{i}"))).collect();
         let first = dirs[0].to_str().unwrap();
-        let out = ok(&["init", "--data-dir", first, "--store", &db.url]);
+        let out = ok(&["init", "--data-dir", first, "--store", &url]);
         let admin = out
             .lines()
             .find_map(|l| l.strip_prefix("admin_token: "))
@@ -323,6 +328,67 @@ impl OAuthServer {
             .await
             .unwrap();
         r.json().await.unwrap()
+    }
+}
+
+/// A TCP proxy to the database server on a fixed loopback port, which the test takes down (every
+/// connection cut, new ones refused) and brings back: a database that goes away and returns.
+struct Proxy {
+    port: u16,
+    target: String,
+    serving: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Proxy {
+    async fn start() -> Option<Proxy> {
+        let server = std::env::var("FLOWPACK_TEST_POSTGRES").ok()?;
+        let host_port = server.split('@').nth(1)?.split('/').next()?.to_owned();
+        let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let p = Proxy {
+            port,
+            target: host_port,
+            serving: std::sync::Mutex::new(None),
+        };
+        p.up().await;
+        Some(p)
+    }
+
+    /// `url` with the proxy's address instead of the server's.
+    fn url_for(&self, url: &str) -> String {
+        url.replacen(&self.target, &format!("127.0.0.1:{}", self.port), 1)
+    }
+
+    async fn up(&self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        let target = self.target.clone();
+        let serving = tokio::spawn(async move {
+            let mut links = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                links.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        *self.serving.lock().unwrap() = Some(serving);
+    }
+
+    /// Cuts every connection and stops listening (the links die with the accepting task).
+    async fn down(&self) {
+        let serving = self.serving.lock().unwrap().take();
+        if let Some(s) = serving {
+            s.abort();
+            let _ = s.await;
+        }
     }
 }
 
@@ -577,6 +643,7 @@ async fn concurrent_token_requests_on_every_node_make_one_refresh() {
     let Some(c) = Cluster::start_with(
         3,
         json!({"outbound_allow": ["127.0.0.1"], "max_connections": 2000}),
+        None,
     )
     .await
     else {
@@ -661,4 +728,57 @@ async fn concurrent_token_requests_on_every_node_make_one_refresh() {
         stats["by_grant"]
     );
     assert_eq!(stats["token_requests"], 2, "{}", stats["by_grant"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_loses_the_database_answers_503_and_recovers_by_itself() {
+    let Some(proxy) = Proxy::start().await else {
+        return;
+    };
+    let Some(c) = Cluster::start_with(2, json!({}), Some(&proxy)).await else {
+        return;
+    };
+    let t0 = Timestamp::now();
+    let (status, _) = c.deploy(0, &c.admin, c.bundle(t0, b"before")).await;
+    assert_eq!(status, 201);
+
+    proxy.down().await;
+    for node in 0..2 {
+        let (status, v) = c.get_json(node, &c.admin, "/v1/mappings/c/m").await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (503, Some("store-unavailable")),
+            "node {node}: {v}"
+        );
+        assert!(!v.to_string().contains("postgres://"), "{v}");
+        let (status, v) = c.get_json(node, "", "/readyz").await;
+        assert_eq!(status, 503, "node {node}: {v}");
+    }
+    let (status, v) = c
+        .deploy(1, &c.admin, c.bundle(secs_after(t0, 1), b"while down"))
+        .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (503, Some("store-unavailable")),
+        "{v}"
+    );
+
+    proxy.up().await;
+    for node in 0..2 {
+        let mut last = (0, Value::Null);
+        for _ in 0..50 {
+            last = c.get_json(node, "", "/readyz").await;
+            if last.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        assert_eq!(last.0, 200, "node {node} did not recover: {}", last.1);
+    }
+    let (status, v) = c
+        .deploy(1, &c.admin, c.bundle(secs_after(t0, 2), b"after"))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let (status, bytes) = c.get(0, &c.admin, "/v1/mappings/c/m/files/data.bin").await;
+    assert_eq!((status, bytes.as_slice()), (200, &b"after"[..]));
 }

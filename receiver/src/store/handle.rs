@@ -117,11 +117,11 @@ where
     let job: Job = Box::new(move |tx: std::result::Result<&Tx<'_>, &Error>| -> Finish {
         let outcome = match tx {
             Ok(tx) => job(tx),
-            Err(e) => Err(E::from(Error::Batch(e.to_string()))),
+            Err(e) => Err(E::from(e.again())),
         };
         Box::new(move |committed: std::result::Result<(), &Error>| {
             let outcome = match (outcome, committed) {
-                (Ok(_), Err(e)) => Err(E::from(Error::Batch(e.to_string()))),
+                (Ok(_), Err(e)) => Err(E::from(e.again())),
                 (outcome, _) => outcome,
             };
             drop(keep);

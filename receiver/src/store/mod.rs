@@ -93,9 +93,14 @@ pub fn wall_clock() -> Clock {
     Arc::new(Timestamp::now)
 }
 
-/// A storage fault. Every one is internal: callers answer 500 and log it.
+/// A storage fault. Callers answer 503 when the database cannot be reached
+/// ([`Error::Unavailable`]), else 500, and log it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The database cannot be reached (down, unreachable, every connection busy): it may come
+    /// back, and the engine reconnects by itself.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// From the database engine (the engine's own error type stays inside its folder).
     #[error("database: {0}")]
     Engine(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -119,10 +124,25 @@ pub type KeyCheck = Box<dyn Fn(Option<&str>) -> std::result::Result<(), String> 
 /// The result of a storage operation.
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl Error {
+    /// The same fault again, for each job of a failed group commit: unavailable stays
+    /// unavailable, anything else is the batch's failure.
+    pub(crate) fn again(&self) -> Error {
+        match self {
+            Error::Unavailable(why) => Error::Unavailable(why.clone()),
+            e => Error::Batch(e.to_string()),
+        }
+    }
+}
+
 impl From<Error> for crate::problem::Problem {
-    /// Every storage fault is the receiver's own: a generic 500, the cause in the log.
+    /// A database that cannot be reached is a 503 (retry later); every other storage fault is
+    /// the receiver's own: a generic 500. The cause goes to the log.
     fn from(e: Error) -> Self {
-        crate::problem::Problem::internal(e)
+        match e {
+            Error::Unavailable(_) => crate::problem::Problem::store_unavailable(e),
+            e => crate::problem::Problem::internal(e),
+        }
     }
 }
 

@@ -64,16 +64,43 @@ const POOL_WAIT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl From<tokio_postgres::Error> for Error {
+    /// A connection that failed, closed or timed out, or a server that is shutting down,
+    /// starting or full, is [`Error::Unavailable`]; anything else the engine's own fault.
     fn from(e: tokio_postgres::Error) -> Error {
-        Error::Engine(Box::new(e))
+        let unavailable = match e.code() {
+            Some(code) => {
+                let c = code.code();
+                // Connection exceptions, operator intervention, too many connections.
+                c.starts_with("08") || c.starts_with("57P") || c == "53300"
+            }
+            None => e.is_closed() || e.as_db_error().is_none() && is_io(&e),
+        };
+        if unavailable {
+            Error::Unavailable(e.to_string())
+        } else {
+            Error::Engine(Box::new(e))
+        }
     }
+}
+
+/// Whether `e` comes from the connection itself (I/O, a timeout), not from a statement.
+fn is_io(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    // A connect timeout carries no source.
+    e.to_string().contains("timeout")
 }
 
 /// Creates the schema in an empty PostgreSQL database. Refused when the database already
 /// holds a store: another node's data directory joins it (`init --join`).
 pub(super) fn create(url: &str, clock: Clock) -> anyhow::Result<Store> {
     let engine = Postgres::at(url, clock)?;
-    let conn = engine.conn()?;
+    let conn = engine.first_conn()?;
     conn.begin()?;
     if conn.has_schema()? {
         anyhow::bail!(
@@ -99,7 +126,7 @@ pub(super) fn create(url: &str, clock: Clock) -> anyhow::Result<Store> {
 pub(super) fn open(url: &str, clock: Clock) -> anyhow::Result<Store> {
     let engine = Postgres::at(url, clock)?;
     let name = &engine.shared.name;
-    let conn = engine.conn()?;
+    let conn = engine.first_conn()?;
     conn.begin()?;
     if !conn.has_schema()? {
         anyhow::bail!("{name}: holds no flowpack store; make one with `init --store`");
@@ -220,6 +247,13 @@ impl Postgres {
                 _runtime: Runtime(Some(runtime)),
             }),
         })
+    }
+
+    /// The first connection, whose failure names the database (never its URL).
+    fn first_conn(&self) -> anyhow::Result<Conn> {
+        use anyhow::Context;
+        self.conn()
+            .with_context(|| format!("opening the store: {}", self.shared.name))
     }
 
     /// A connection for one request: an idle one the database has not closed, or a new one;
@@ -361,13 +395,10 @@ impl Shared {
             .wait_timeout_while(lent, POOL_WAIT, |n| *n >= POOL_SIZE)
             .unwrap_or_else(PoisonError::into_inner);
         if waited.timed_out() && *lent >= POOL_SIZE {
-            return Err(Error::Engine(
-                format!(
-                    "all {POOL_SIZE} connections to the database stayed in use for {} s",
-                    POOL_WAIT.as_secs()
-                )
-                .into(),
-            ));
+            return Err(Error::Unavailable(format!(
+                "all {POOL_SIZE} connections to the database stayed in use for {} s",
+                POOL_WAIT.as_secs()
+            )));
         }
         *lent += 1;
         Ok(())
