@@ -672,3 +672,82 @@ impl Connection for Conn {
 
 #[cfg(test)]
 pub(crate) mod testdb;
+
+#[cfg(test)]
+mod tests {
+    use super::testdb::TestDb;
+    use super::*;
+
+    fn version(url: &str) -> i64 {
+        let engine =
+            Postgres::at(url, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}"));
+        let conn = engine.conn().unwrap_or_else(|e| panic!("{e}"));
+        let row = conn
+            .one("SELECT version FROM schema_version", &[])
+            .unwrap_or_else(|e| panic!("{e}"));
+        get(&row, 0).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_store_is_created_once_opened_after_and_a_newer_one_left_alone() {
+        let Some(db) = TestDb::new() else {
+            return;
+        };
+        let clock = crate::store::wall_clock;
+        let e = open(&db.url, clock()).err().map(|e| format!("{e:#}"));
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("holds no flowpack store")),
+            "{e:?}"
+        );
+        drop(create(&db.url, clock()).unwrap_or_else(|e| panic!("{e:#}")));
+        assert_eq!(version(&db.url), SCHEMA_VERSION);
+        let e = create(&db.url, clock()).err().map(|e| format!("{e:#}"));
+        assert!(
+            e.as_deref().is_some_and(
+                |e| e.contains("already holds a flowpack store") && e.contains("--join")
+            ),
+            "{e:?}"
+        );
+        drop(open(&db.url, clock()).unwrap_or_else(|e| panic!("{e:#}")));
+
+        let newer = SCHEMA_VERSION + 1;
+        {
+            let engine = Postgres::at(&db.url, clock()).unwrap_or_else(|e| panic!("{e}"));
+            let conn = engine.conn().unwrap_or_else(|e| panic!("{e}"));
+            conn.exec("UPDATE schema_version SET version = $1", &[&newer])
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let e = open(&db.url, clock()).err().map(|e| format!("{e:#}"));
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains(&format!("schema version {newer}"))
+                    && e.contains("downgrading is not supported")),
+            "{e:?}"
+        );
+        assert_eq!(version(&db.url), newer, "a newer schema is never touched");
+    }
+
+    #[test]
+    fn an_unreachable_database_is_unavailable_and_named_without_its_password() {
+        // Port 1: nothing listens there.
+        let url = "postgres://flow:pg-canary@127.0.0.1:1/nowhere";
+        let e = open(url, crate::store::wall_clock())
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            e.contains("PostgreSQL database nowhere on 127.0.0.1") && e.contains("unavailable"),
+            "{e}"
+        );
+        assert!(!e.contains("pg-canary"), "{e}");
+        let e = open("postgres://flow:pg-canary@[bad", crate::store::wall_clock())
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            e.contains("not a valid PostgreSQL URL") && !e.contains("pg-canary"),
+            "{e}"
+        );
+    }
+}
