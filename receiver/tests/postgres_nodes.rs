@@ -782,3 +782,65 @@ async fn a_node_that_loses_the_database_answers_503_and_recovers_by_itself() {
     let (status, bytes) = c.get(0, &c.admin, "/v1/mappings/c/m/files/data.bin").await;
     assert_eq!((status, bytes.as_slice()), (200, &b"after"[..]));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_audit_and_credentials_are_the_same_through_every_node() {
+    let Some(c) = Cluster::start(2).await else {
+        return;
+    };
+    let t0 = Timestamp::now();
+    let (status, first) = c.deploy(0, &c.admin, c.bundle(t0, b"first")).await;
+    assert_eq!(status, 201, "{first}");
+    let (status, _) = c
+        .deploy(1, &c.admin, c.bundle(secs_after(t0, 1), b"second"))
+        .await;
+    assert_eq!(status, 201);
+    // Rolled back through the other node than the one that applied it.
+    let r = c
+        .http
+        .post(c.nodes[1].url(&format!("/v1/deployments/{}/rollback", first["id"])))
+        .bearer_auth(&c.admin)
+        .send()
+        .await
+        .unwrap();
+    let (status, rolled) = answer(r).await;
+    assert_eq!(status, 201, "{rolled}");
+    assert_eq!(rolled["rollback_of"], first["id"]);
+    let (_, bytes) = c.get(0, &c.admin, "/v1/mappings/c/m/files/data.bin").await;
+    assert_eq!(bytes, b"first");
+    let (status, audit) = c.get_json(0, &c.admin, "/v1/audit").await;
+    assert_eq!(status, 200, "{audit}");
+    let actions: Vec<&str> = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["rollback", "deploy", "deploy"], "{audit}");
+
+    // A credential created through one node is read, and deleted, through the other.
+    let r = c
+        .http
+        .put(c.nodes[0].url("/v1/credentials/apps/db"))
+        .bearer_auth(&c.admin)
+        .json(&json!({"type": "password", "username": "svc", "password": "pg-node-canary"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, created) = answer(r).await;
+    assert_eq!(status, 201, "{created}");
+    let (status, read) = c.get_json(1, &c.admin, "/v1/credentials/apps/db").await;
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["username"], "svc");
+    assert!(!read.to_string().contains("pg-node-canary"), "{read}");
+    let r = c
+        .http
+        .delete(c.nodes[1].url("/v1/credentials/apps/db"))
+        .bearer_auth(&c.admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let (status, _) = c.get_json(0, &c.admin, "/v1/credentials/apps/db").await;
+    assert_eq!(status, 404);
+}
