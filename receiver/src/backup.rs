@@ -93,13 +93,7 @@ pub fn backup(
     encrypt_to: &[age::x25519::Recipient],
     now: Timestamp,
 ) -> anyhow::Result<BackedUp> {
-    if !dir.store().exists() {
-        bail!(
-            "{} is not an initialized data directory (run `flowpack-receiver init --data-dir {}`)",
-            dir.root().display(),
-            dir.root().display()
-        );
-    }
+    dir.check_initialized()?;
     if out.symlink_metadata().is_ok() {
         bail!(
             "{} exists; refusing to overwrite it (remove it, or choose another name)",
@@ -116,7 +110,7 @@ pub fn backup(
     // The snapshot, and the key it names.
     let snapshot = work.path().join(STORE);
     let recorded = {
-        let store = Store::open(&dir.store(), crate::store::wall_clock())?;
+        let store = dir.open_store()?;
         let db = store.db()?;
         db.snapshot_into(&snapshot)
             .with_context(|| format!("taking a snapshot of {}", dir.store().display()))?;

@@ -124,19 +124,47 @@ pub enum LogFormat {
     Json,
 }
 
-/// Where the receiver keeps its data: only `"sqlite"` (the data directory's `store.db`) in
-/// this version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Where the receiver keeps its data: `"sqlite"` (the data directory's `store.db`), or a
+/// PostgreSQL URL (`postgres://user@host:port/database`) that several receivers may share.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum StoreKind {
     /// SQLite in the data directory.
     #[default]
     Sqlite,
+    /// A PostgreSQL database.
+    Postgres(StoreUrl),
+}
+
+/// A database URL: it may carry a password, so it is never shown (`Debug` hides it) and is
+/// wiped from memory when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl(zeroize::Zeroizing<String>);
+
+impl StoreUrl {
+    /// A PostgreSQL URL (`postgres://` or `postgresql://`); `None` for anything else.
+    pub fn postgres(url: &str) -> Option<StoreUrl> {
+        let lower = url.get(..13).unwrap_or(url).to_ascii_lowercase();
+        (lower.starts_with("postgres://") || lower.starts_with("postgresql://"))
+            .then(|| StoreUrl(zeroize::Zeroizing::new(url.to_owned())))
+    }
+
+    /// The URL itself, to connect with: never to be logged or shown.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreUrl(..)")
+    }
 }
 
 impl Serialize for StoreKind {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             StoreKind::Sqlite => s.serialize_str("sqlite"),
+            StoreKind::Postgres(url) => s.serialize_str(url.expose()),
         }
     }
 }
@@ -148,14 +176,11 @@ impl<'de> Deserialize<'de> for StoreKind {
         if *text == "sqlite" {
             return Ok(StoreKind::Sqlite);
         }
-        let lower = text.to_ascii_lowercase();
-        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-            return Err(serde::de::Error::custom(
-                "a PostgreSQL store is not supported by this version of flowpack-receiver; use \"sqlite\" or leave `store` out",
-            ));
+        if let Some(url) = StoreUrl::postgres(&text) {
+            return Ok(StoreKind::Postgres(url));
         }
         Err(serde::de::Error::custom(
-            "`store` is \"sqlite\" (its value is not shown: it may be a database URL)",
+            "`store` is \"sqlite\" or a PostgreSQL URL, postgres://user@host:port/database (its value is not shown: it may be a database URL)",
         ))
     }
 }
@@ -233,13 +258,20 @@ mod tests {
     }
 
     #[test]
-    fn a_postgres_store_is_refused_without_quoting_the_url() {
-        let e = error(r#"{"store": "postgres://flow:hunter2-canary@db.internal/flowpack"}"#);
-        assert!(
-            e.contains("`store`") && e.contains("not supported by this version"),
-            "{e}"
+    fn a_postgres_store_parses_and_is_never_shown() {
+        let c = parse(br#"{"store": "postgres://flow:hunter2-canary@db.internal/flowpack"}"#)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let StoreKind::Postgres(url) = &c.store else {
+            panic!("not a PostgreSQL store: {:?}", c.store);
+        };
+        assert_eq!(
+            url.expose(),
+            "postgres://flow:hunter2-canary@db.internal/flowpack"
         );
-        assert!(!e.contains("hunter2-canary"), "{e}");
+        assert!(!format!("{c:?}").contains("hunter2-canary"));
+        // What `init --store` writes parses back to the same.
+        let written = serde_json::to_string(&c).unwrap_or_default();
+        assert_eq!(parse(written.as_bytes()).ok(), Some(c));
         let e = error(r#"{"store": "mysql://u:hunter2-canary@db/x"}"#);
         assert!(
             e.contains("`store`") && !e.contains("hunter2-canary"),

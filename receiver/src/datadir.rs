@@ -1,7 +1,10 @@
 //! The data directory: what `init` creates and what `serve` loads.
 //!
 //! ```text
-//! D/store.db         SQLite (WAL): containers, mappings, credentials, tokens, trust, audit
+//! D/store.db         SQLite (WAL): containers, mappings, credentials, tokens, trust, audit;
+//!                    absent when `config.json` names a PostgreSQL store (`init --store`),
+//!                    which several nodes share, each with its own data directory holding
+//!                    copies of the same key files (`init --join`)
 //! D/sealing.agekey   the receiver's age identities (0600): the current one bundles are sealed
 //!                    to, then previous ones still accepted after `rotate sealing` (keyring.rs)
 //! D/secrets.key      32 random bytes (0600), kept apart from the database: the at-rest and
@@ -26,6 +29,7 @@ use anyhow::{Context, bail};
 use flowpack_shared::seal::{SealingIdentity, random};
 use flowpack_shared::secret::SecretBytes;
 
+use crate::config::StoreKind;
 use crate::keyring::{self, Sealing};
 use crate::service::auth::{self, PermSet};
 use crate::service::creds::SecretKeys;
@@ -47,6 +51,28 @@ impl DataDir {
     /// The directory itself.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+    /// Whether `init` made this directory (its at-rest key is there).
+    pub fn is_initialized(&self) -> bool {
+        self.store().exists() || self.secrets_key().exists()
+    }
+    /// Fails, saying how to make one, unless `init` made this directory.
+    pub fn check_initialized(&self) -> anyhow::Result<()> {
+        if !self.is_initialized() {
+            bail!(
+                "{} is not an initialized data directory (run `flowpack-receiver init --data-dir {}`)",
+                self.root.display(),
+                self.root.display()
+            );
+        }
+        Ok(())
+    }
+    /// Opens the store `config.json` names (this directory's SQLite database by default),
+    /// upgrading an older schema.
+    pub fn open_store(&self) -> anyhow::Result<Store> {
+        self.check_initialized()?;
+        let config = crate::config::read(&self.config())?;
+        open_kind(self, &config.store)
     }
     /// The SQLite database.
     pub fn store(&self) -> PathBuf {
@@ -96,13 +122,7 @@ pub struct ServeLock {
 /// be spooling there, and nothing else writes to it. Fails, naming the directory, when another
 /// process holds the lock.
 pub fn lock_for_serving(dir: &DataDir) -> anyhow::Result<ServeLock> {
-    if !dir.store().exists() {
-        bail!(
-            "{} is not an initialized data directory (run `flowpack-receiver init --data-dir {}`)",
-            dir.root().display(),
-            dir.root().display()
-        );
-    }
+    dir.check_initialized()?;
     let path = dir.serve_lock();
     let file = fs::OpenOptions::new()
         .create(true)
@@ -179,9 +199,16 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates a data directory: keys, database, configuration and an admin token.
+/// Opens the store of kind `kind` for data directory `dir`.
+fn open_kind(dir: &DataDir, kind: &StoreKind) -> anyhow::Result<Store> {
+    match kind {
+        StoreKind::Sqlite => Store::open(&dir.store(), crate::store::wall_clock()),
+        StoreKind::Postgres(url) => Store::open_postgres(url.expose(), crate::store::wall_clock()),
+    }
+}
+
 /// Refuses a directory that is already initialized.
-pub fn init(dir: &DataDir) -> anyhow::Result<Initialized> {
+fn refuse_initialized(dir: &DataDir) -> anyhow::Result<()> {
     for p in [
         dir.store(),
         dir.sealing_key(),
@@ -196,40 +223,136 @@ pub fn init(dir: &DataDir) -> anyhow::Result<Initialized> {
             );
         }
     }
+    Ok(())
+}
+
+/// Creates the directory (mode 0700) and its `spool/`.
+fn make_dirs(dir: &DataDir) -> anyhow::Result<()> {
     fs::create_dir_all(dir.root()).with_context(|| format!("creating {}", dir.root().display()))?;
+    fs::create_dir_all(dir.spool())?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(dir.root(), fs::Permissions::from_mode(0o700))?;
-    }
-    fs::create_dir_all(dir.spool())?;
-
-    let identity = SealingIdentity::generate();
-    write_private(&dir.sealing_key(), identity.to_file_text().as_bytes())?;
-    let master = zeroize::Zeroizing::new(random::<32>().map_err(|e| anyhow::anyhow!("{e}"))?);
-    write_private(&dir.secrets_key(), master.as_ref())?;
-    let config = serde_json::to_string_pretty(&Config::default())?;
-    write_private(&dir.config(), format!("{config}\n").as_bytes())?;
-
-    let store = Store::create(&dir.store(), crate::store::wall_clock())?;
-    #[cfg(unix)]
-    {
-        // SQLite creates the database with the umask's mode, and its log files after it with
-        // the database's: none of them readable by others.
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(dir.store(), fs::Permissions::from_mode(0o600))?;
         fs::set_permissions(dir.spool(), fs::Permissions::from_mode(0o700))?;
     }
-    {
-        let mut db = store.db()?;
-        let tx = db.write()?;
-        tx.set_at_rest_key_id(&crate::keyring::at_rest_key_id(&SecretBytes::new(*master)))?;
-        tx.commit()?;
+    Ok(())
+}
+
+/// Runs `make`, which writes the key files and `config.json` of a new data directory; on an
+/// error removes those it wrote (none existed before), so that nothing half-made is left.
+fn all_or_nothing<T>(dir: &DataDir, make: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let made = make();
+    if made.is_err() {
+        for p in [dir.sealing_key(), dir.secrets_key(), dir.config()] {
+            let _ = fs::remove_file(p);
+        }
     }
-    let admin_token = auth::create_token(&store, "admin", &[(auth::root(), PermSet::all())])?;
-    Ok(Initialized {
-        sealing_recipient: identity.recipient().to_string(),
-        admin_token,
+    made
+}
+
+/// Creates a data directory: keys, database, configuration and an admin token.
+/// Refuses a directory that is already initialized.
+pub fn init(dir: &DataDir) -> anyhow::Result<Initialized> {
+    init_with(dir, &StoreKind::Sqlite)
+}
+
+/// [`init`] with the store `store`: the embedded one, or the schema in an empty PostgreSQL
+/// database, which is refused when it already holds a store (another node joins it with
+/// [`join`]).
+pub fn init_with(dir: &DataDir, store: &StoreKind) -> anyhow::Result<Initialized> {
+    refuse_initialized(dir)?;
+    make_dirs(dir)?;
+    all_or_nothing(dir, || {
+        let identity = SealingIdentity::generate();
+        write_private(&dir.sealing_key(), identity.to_file_text().as_bytes())?;
+        let master = zeroize::Zeroizing::new(random::<32>().map_err(|e| anyhow::anyhow!("{e}"))?);
+        write_private(&dir.secrets_key(), master.as_ref())?;
+        let config = Config {
+            store: store.clone(),
+            ..Config::default()
+        };
+        let config = zeroize::Zeroizing::new(serde_json::to_string_pretty(&config)?);
+        write_private(&dir.config(), format!("{}\n", config.as_str()).as_bytes())?;
+
+        let store = match store {
+            StoreKind::Sqlite => {
+                let store = Store::create(&dir.store(), crate::store::wall_clock())?;
+                #[cfg(unix)]
+                {
+                    // SQLite creates the database with the umask's mode, and its log files after
+                    // it with the database's: none of them readable by others.
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(dir.store(), fs::Permissions::from_mode(0o600))?;
+                }
+                store
+            }
+            StoreKind::Postgres(url) => {
+                Store::create_postgres(url.expose(), crate::store::wall_clock())?
+            }
+        };
+        {
+            let mut db = store.db()?;
+            let tx = db.write()?;
+            tx.set_at_rest_key_id(&crate::keyring::at_rest_key_id(&SecretBytes::new(*master)))?;
+            tx.commit()?;
+        }
+        let admin_token = auth::create_token(&store, "admin", &[(auth::root(), PermSet::all())])?;
+        Ok(Initialized {
+            sealing_recipient: identity.recipient().to_string(),
+            admin_token,
+        })
+    })
+}
+
+/// Makes `dir` another node's data directory for the PostgreSQL store of data directory
+/// `from`: copies its key files and `config.json` (never a second key set), and checks that the
+/// store's secrets are under the copied at-rest key. Returns the sealing recipient, the same
+/// as `from`'s.
+pub fn join(dir: &DataDir, from: &DataDir) -> anyhow::Result<String> {
+    from.check_initialized()?;
+    let config = crate::config::read(&from.config())?;
+    let StoreKind::Postgres(url) = &config.store else {
+        bail!(
+            "{} keeps its store in its own SQLite file, which one receiver uses; only a data directory of a PostgreSQL store (`init --store postgres://…`) can be joined",
+            from.root().display()
+        );
+    };
+    refuse_initialized(dir)?;
+    // The key files do not change while they are copied (a rotation waits).
+    let _lock = lock_keys(from, LockKind::Shared)?;
+    if from.secrets_key_next().exists() {
+        bail!(
+            "{}: an at-rest key rotation is under way ({} exists); join once it has finished",
+            from.root().display(),
+            from.secrets_key_next().display()
+        );
+    }
+    make_dirs(dir)?;
+    all_or_nothing(dir, || {
+        for (src, dst) in [
+            (from.sealing_key(), dir.sealing_key()),
+            (from.secrets_key(), dir.secrets_key()),
+            (from.config(), dir.config()),
+        ] {
+            let bytes = zeroize::Zeroizing::new(
+                fs::read(&src).with_context(|| format!("reading {}", src.display()))?,
+            );
+            write_private(&dst, &bytes)?;
+        }
+        let master = keyring::read_master(&dir.secrets_key())?
+            .ok_or_else(|| anyhow::anyhow!("{} is missing", dir.secrets_key().display()))?;
+        let store = Store::open_postgres(url.expose(), crate::store::wall_clock())?;
+        let recorded = store.db()?.at_rest_key_id()?;
+        let ours = keyring::at_rest_key_id(&master);
+        if recorded.as_deref().is_some_and(|id| id != ours) {
+            bail!(
+                "{}: the store's secrets are encrypted under at-rest key {}, not this directory's {ours}",
+                from.root().display(),
+                recorded.unwrap_or_default()
+            );
+        }
+        Ok(Sealing::load(&dir.sealing_key())?.recipient().to_string())
     })
 }
 
@@ -249,18 +372,12 @@ pub struct Loaded {
 /// Loads an initialized data directory: settles the key files (see [`settle_at_rest`]) and
 /// installs the check that keeps the server's at-rest key the one the store names.
 pub fn load(dir: &DataDir) -> anyhow::Result<Loaded> {
-    if !dir.store().exists() {
-        bail!(
-            "{} is not an initialized data directory (run `flowpack-receiver init --data-dir {}`)",
-            dir.root().display(),
-            dir.root().display()
-        );
-    }
+    dir.check_initialized()?;
     let lock = lock_keys(dir, LockKind::Exclusive)?;
     let sealing = Sealing::load(&dir.sealing_key())?;
     let config = crate::config::read(&dir.config())?;
     fs::create_dir_all(dir.spool())?;
-    let store = Store::open(&dir.store(), crate::store::wall_clock())?;
+    let store = open_kind(dir, &config.store)?;
     let master = settle_at_rest(dir, &store)?;
     drop(lock);
     let candidates = [dir.secrets_key(), dir.secrets_key_next()];

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use flowpack_receiver::config::LogFormat;
+use flowpack_receiver::config::{LogFormat, StoreKind, StoreUrl};
 use flowpack_receiver::datadir::{self, DataDir};
 use flowpack_receiver::reload::{self, Reloader, Settings};
 use flowpack_receiver::{App, auth, logs, store::Store, tls};
@@ -35,12 +35,21 @@ struct Cli {
 enum Command {
     /// Creates a data directory: keys, database, configuration and an admin token.
     #[command(
-        after_help = "Examples:\n  flowpack-receiver init --data-dir /var/lib/flowpack\n  # prints the sealing recipient (age1…, for flowpack package --seal-to) and an admin token"
+        after_help = "Examples:\n  flowpack-receiver init --data-dir /var/lib/flowpack\n  # prints the sealing recipient (age1…, for flowpack package --seal-to) and an admin token\n  flowpack-receiver init --data-dir /var/lib/flowpack --store postgres://flowpack@db.internal/flowpack\n  flowpack-receiver init --data-dir /var/lib/flowpack-2 --join /var/lib/flowpack"
     )]
     Init {
         /// The data directory.
         #[arg(long)]
         data_dir: PathBuf,
+        /// Keep the store in this PostgreSQL database (postgres://user@host:port/database),
+        /// which must hold no store yet; several receivers may then share it. The default is
+        /// SQLite in the data directory.
+        #[arg(long, conflicts_with = "join", value_name = "URL")]
+        store: Option<String>,
+        /// Make another node's data directory for the PostgreSQL store of data directory
+        /// DIR: its key files and config.json are copied (never a second set of keys).
+        #[arg(long, value_name = "DIR")]
+        join: Option<PathBuf>,
     },
     /// Manages trusted signer keys: add, list, remove.
     #[command(
@@ -290,10 +299,31 @@ fn print_line(s: &str) -> anyhow::Result<()> {
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Init { data_dir } => {
-            let done = datadir::init(&DataDir::new(data_dir))?;
+        Command::Init {
+            data_dir,
+            store,
+            join: None,
+        } => {
+            let store = match store {
+                None => StoreKind::Sqlite,
+                Some(url) => StoreUrl::postgres(&url).map(StoreKind::Postgres).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--store: not a PostgreSQL URL (postgres://user@host:port/database; its value is not shown)"
+                    )
+                })?,
+            };
+            let done = datadir::init_with(&DataDir::new(data_dir), &store)?;
             print_line(&format!("sealing_recipient: {}", done.sealing_recipient))?;
             print_line(&format!("admin_token: {}", done.admin_token.as_str()))?;
+            Ok(())
+        }
+        Command::Init {
+            data_dir,
+            join: Some(from),
+            ..
+        } => {
+            let recipient = datadir::join(&DataDir::new(data_dir), &DataDir::new(from))?;
+            print_line(&format!("sealing_recipient: {recipient}"))?;
             Ok(())
         }
         Command::Trust { command } => trust(command),
@@ -572,15 +602,7 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> anyh
 }
 
 fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {
-    let dir = DataDir::new(data_dir);
-    if !dir.store().exists() {
-        bail!(
-            "{} is not an initialized data directory (run `flowpack-receiver init --data-dir {}`)",
-            data_dir.display(),
-            data_dir.display()
-        );
-    }
-    Store::open(&dir.store(), flowpack_receiver::store::wall_clock())
+    DataDir::new(data_dir).open_store()
 }
 
 fn serve(data_dir: PathBuf, flags: reload::Flags) -> anyhow::Result<()> {

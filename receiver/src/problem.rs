@@ -71,6 +71,9 @@ problem_codes! {
     Internal = "internal",
     /// The receiver cannot serve now: its store did not answer a readiness check.
     NotReady = "not-ready",
+    /// The store's database cannot be reached (a shared PostgreSQL database that is down or
+    /// unreachable); the request may be retried.
+    StoreUnavailable = "store-unavailable",
 
     // Deployments.
     /// A bundle older than what is deployed.
@@ -345,6 +348,15 @@ impl Problem {
     /// 502: an upstream server (a token endpoint) failed us.
     pub fn bad_gateway(code: ProblemCode, detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::BAD_GATEWAY, code, detail)
+    }
+    /// 503: the store's database cannot be reached; the cause goes to the log only.
+    pub fn store_unavailable(cause: impl Display) -> Self {
+        tracing::error!(error = %cause, "the store's database cannot be reached");
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ProblemCode::StoreUnavailable,
+            "the receiver cannot reach its database; retry later",
+        )
     }
     /// 500: the cause goes to the log only.
     pub fn internal(cause: impl Display) -> Self {

@@ -57,7 +57,7 @@ impl Settings {
             listen: flags.listen.or(config.listen).unwrap_or(default),
             tls,
             log_format: flags.log_format.unwrap_or(config.log_format),
-            store: config.store,
+            store: config.store.clone(),
         })
     }
 }

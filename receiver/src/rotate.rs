@@ -93,7 +93,7 @@ pub struct AtRestRotated {
 pub fn rotate_at_rest(dir: &DataDir) -> anyhow::Result<AtRestRotated> {
     require_initialized(dir)?;
     let _lock = datadir::lock_keys(dir, LockKind::Exclusive)?;
-    let store = Store::open(&dir.store(), crate::store::wall_clock())?;
+    let store = dir.open_store()?;
     let old = datadir::settle_at_rest(dir, &store)?;
     let old_keys = SecretKeys::derive(&old);
     let new = SecretBytes::new(random::<32>().map_err(|e| anyhow::anyhow!("{e}"))?);
@@ -178,14 +178,7 @@ fn truncate_wal(store: &Store) -> anyhow::Result<bool> {
 }
 
 fn require_initialized(dir: &DataDir) -> anyhow::Result<()> {
-    if !dir.store().exists() {
-        bail!(
-            "{} is not an initialized data directory (run `flowpack-receiver init --data-dir {}`)",
-            dir.root().display(),
-            dir.root().display()
-        );
-    }
-    Ok(())
+    dir.check_initialized()
 }
 
 #[cfg(test)]

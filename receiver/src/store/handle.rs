@@ -38,6 +38,17 @@ impl Store {
         super::sqlite::open(path, clock)
     }
 
+    /// Creates the store's schema in an empty PostgreSQL database (`postgres://…`), for
+    /// several receivers to share.
+    pub fn create_postgres(url: &str, clock: Clock) -> anyhow::Result<Store> {
+        super::postgres::create(url, clock)
+    }
+
+    /// Opens the store of a PostgreSQL database, upgrading an older schema.
+    pub fn open_postgres(url: &str, clock: Clock) -> anyhow::Result<Store> {
+        super::postgres::open(url, clock)
+    }
+
     /// A handle for one request.
     pub fn db(&self) -> Result<Db> {
         Ok(Db {
@@ -106,11 +117,11 @@ where
     let job: Job = Box::new(move |tx: std::result::Result<&Tx<'_>, &Error>| -> Finish {
         let outcome = match tx {
             Ok(tx) => job(tx),
-            Err(e) => Err(E::from(Error::Batch(e.to_string()))),
+            Err(e) => Err(E::from(e.again())),
         };
         Box::new(move |committed: std::result::Result<(), &Error>| {
             let outcome = match (outcome, committed) {
-                (Ok(_), Err(e)) => Err(E::from(Error::Batch(e.to_string()))),
+                (Ok(_), Err(e)) => Err(E::from(e.again())),
                 (outcome, _) => outcome,
             };
             drop(keep);

@@ -8,7 +8,8 @@
 //! - `engine.rs`: what an engine implements: [`Reads`] and [`Writes`] (the queries, in the
 //!   domain's types declared here), [`Connection`] (transaction control) and [`Engine`]
 //!   (connections, the group committer, the per-credential locks).
-//! - `sqlite/`: the embedded engine.
+//! - `sqlite/`: the embedded engine; `postgres/`: the shared one, for several receivers on one
+//!   database; `group.rs`: what their group committers share.
 //!
 //! What an engine must guarantee:
 //! - **Connections per request** ([`Store::db`]), used from a blocking thread; readers must
@@ -35,8 +36,12 @@
 //! Mappings are versioned: every version is kept with its files, and one is live. Secrets are
 //! stored only as ciphertext; see `service/creds.rs`.
 
+#[cfg(test)]
+mod conformance;
 mod engine;
+mod group;
 mod handle;
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -45,6 +50,13 @@ use flowpack_shared::timefmt::Timestamp;
 
 pub use engine::{Connection, CredentialLock, Engine, Locking, Reads, Writes};
 pub use handle::{Db, Finish, Job, MappingFile, Store, Tx};
+
+/// The version of the store's schema, the same for every engine: SQLite keeps it in `PRAGMA
+/// user_version`, PostgreSQL in the table `schema_version`. A new version adds one step to
+/// each engine's list of migrations (`sqlite/schema.rs`, `postgres/schema.rs`), under the same
+/// number, and `open` runs the steps a store lacks in one transaction. The PostgreSQL schema
+/// was first made at version 6, so its list starts there.
+const SCHEMA_VERSION: i64 = 6;
 
 /// Declares row ids: a distinct type per table, so that a credential's id is never passed
 /// where a container's is expected.
@@ -81,9 +93,14 @@ pub fn wall_clock() -> Clock {
     Arc::new(Timestamp::now)
 }
 
-/// A storage fault. Every one is internal: callers answer 500 and log it.
+/// A storage fault. Callers answer 503 when the database cannot be reached
+/// ([`Error::Unavailable`]), else 500, and log it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The database cannot be reached (down, unreachable, every connection busy): it may come
+    /// back, and the engine reconnects by itself.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// From the database engine (the engine's own error type stays inside its folder).
     #[error("database: {0}")]
     Engine(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -107,10 +124,35 @@ pub type KeyCheck = Box<dyn Fn(Option<&str>) -> std::result::Result<(), String> 
 /// The result of a storage operation.
 pub type Result<T> = std::result::Result<T, Error>;
 
+impl Error {
+    /// The same fault again, for each job of a failed group commit: unavailable stays
+    /// unavailable, anything else is the batch's failure.
+    pub(crate) fn again(&self) -> Error {
+        match self {
+            Error::Unavailable(why) => Error::Unavailable(why.clone()),
+            e => Error::Batch(e.to_string()),
+        }
+    }
+}
+
 impl From<Error> for crate::problem::Problem {
-    /// Every storage fault is the receiver's own: a generic 500, the cause in the log.
+    /// A database that cannot be reached is a 503 (retry later); every other storage fault is
+    /// the receiver's own: a generic 500. The cause goes to the log.
     fn from(e: Error) -> Self {
-        crate::problem::Problem::internal(e)
+        match e {
+            Error::Unavailable(_) => crate::problem::Problem::store_unavailable(e),
+            e => crate::problem::Problem::internal(e),
+        }
+    }
+}
+
+/// A credential's path from its container's path and its name, both written by this program
+/// from parsed values (`None` if a stored one no longer parses).
+fn object_path(container: &str, name: &str) -> Option<String> {
+    use flowpack_shared::names::{ContainerPath, Name};
+    match (ContainerPath::parse(container), Name::parse(name)) {
+        (Ok(c), Ok(n)) => Some(c.object_path(&n)),
+        _ => None,
     }
 }
 

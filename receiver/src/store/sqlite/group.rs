@@ -1,100 +1,48 @@
-//! The group committer: one thread, a savepoint per job, one durable commit per batch.
+//! The SQLite side of the group committer (the loop is `store/group.rs`): its own connection,
+//! `BEGIN IMMEDIATE` with the key check, and a checkpoint after each batch.
 
-use std::path::Path;
-use std::sync::{Weak, mpsc};
-
+use std::path::PathBuf;
+use std::sync::Weak;
 use std::sync::atomic::Ordering;
 
-use super::{Conn, MAX_BATCH, Pooled, Shared, connect};
+use super::{Conn, Pooled, Shared, connect};
+use crate::store::Result;
 use crate::store::engine::Connection;
-use crate::store::handle::{Finish, Job};
-use crate::store::{Error, Result, Tx};
+use crate::store::group::Writer;
 
-/// The group committer's thread: until every [`Store`](crate::store::Store) is gone, takes the queued jobs (up to
-/// [`MAX_BATCH`]), runs each in its own savepoint inside one transaction, commits once, then
-/// answers them all.
-pub(super) fn group_commit(path: &Path, home: &Weak<Shared>, jobs: &mpsc::Receiver<Job>) {
-    let mut db: Option<Conn> = None;
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        if db.is_none() {
-            match connect(path) {
-                Ok(conn) => {
-                    db = Some(Conn {
-                        conn: Pooled {
-                            conn: Some(conn),
-                            // Not given back to the pool: it dies with this thread.
-                            home: Weak::new(),
-                        },
-                    });
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "the writer cannot connect");
-                    refuse_all(batch, &e);
-                    continue;
-                }
-            }
-        }
-        let Some(db) = db.as_ref() else { continue };
+/// The group committer of the database at `path`, for the engine `home`.
+pub(super) struct SqliteWriter {
+    pub(super) path: PathBuf,
+    pub(super) home: Weak<Shared>,
+}
+
+impl Writer for SqliteWriter {
+    fn connect(&self) -> Result<Box<dyn Connection>> {
+        Ok(Box::new(Conn {
+            conn: Pooled {
+                conn: Some(connect(&self.path)?),
+                // Not given back to the pool: it dies with this thread.
+                home: Weak::new(),
+            },
+        }))
+    }
+
+    fn begin(&self, conn: &dyn Connection) -> Result<()> {
         // The writer's connection belongs to no engine, so `begin` does not check the keys:
         // it is done here, with the writer lock held.
-        let begun = db.begin().and_then(|()| match home.upgrade() {
-            Some(home) => home.check_keys(db).inspect_err(|_| db.rollback()),
+        conn.begin()?;
+        match self.home.upgrade() {
+            Some(home) => home.key_check.run(conn).inspect_err(|_| conn.rollback()),
             None => Ok(()),
-        });
-        if let Err(e) = begun {
-            refuse_all(batch, &e);
-            continue;
         }
-        let tx = Tx::begun(db);
-        let mut finishes = Vec::with_capacity(batch.len());
-        for job in batch {
-            finishes.push(run_job(&tx, db, job));
-        }
-        // A failed commit rolls back, before anyone is answered.
-        let committed = tx.commit();
-        if let Some(home) = home.upgrade() {
-            if committed.is_ok() {
+    }
+
+    fn finished(&self, committed: bool) {
+        if let Some(home) = self.home.upgrade() {
+            if committed {
                 home.batches.fetch_add(1, Ordering::Relaxed);
             }
             home.committed();
-        }
-        for (finish, own) in finishes {
-            match (&own, &committed) {
-                (Err(e), _) | (Ok(()), Err(e)) => finish(Err(e)),
-                (Ok(()), Ok(())) => finish(Ok(())),
-            }
-        }
-    }
-}
-
-/// Answers every job of a batch that could not start with `e`, without running it.
-fn refuse_all(batch: Vec<Job>, e: &Error) {
-    for job in batch {
-        job(Err(e))(Err(e));
-    }
-}
-
-/// Runs one job of a batch inside its own savepoint. A job that panics is rolled back to the
-/// savepoint (its caller sees [`Error::WriterGone`]); the error is that of the savepoint's
-/// statements.
-fn run_job(tx: &Tx<'_>, conn: &Conn, job: Job) -> (Finish, Result<()>) {
-    if let Err(e) = conn.savepoint() {
-        return (job(Err(&e)), Err(e));
-    }
-    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Ok(tx))));
-    match ran {
-        Ok(finish) => (finish, conn.release(true)),
-        Err(_) => {
-            tracing::error!("a write job panicked; rolled back");
-            // The panicking job's reply went with it; nothing left to answer.
-            (Box::new(|_| {}), conn.release(false))
         }
     }
 }

@@ -15,7 +15,6 @@ mod read;
 mod schema;
 mod write;
 
-use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,10 +23,11 @@ use std::time::Duration;
 
 use rusqlite::{Connection as Sqlite, params};
 
-use self::group::group_commit;
+use self::group::SqliteWriter;
 use self::schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
-use super::engine::{Connection, CredentialLock, Engine, Locking, Reads};
-use super::handle::{Job, grouped};
+use super::engine::{Connection, CredentialLock, Engine, Locking};
+use super::group::{Background, Flights, KeyChecks, TokenUses, group_commit, spawn_writer};
+use super::handle::Job;
 use super::{Clock, CredentialId, Error, KeyCheck, Result, Store};
 use flowpack_shared::timefmt::Timestamp;
 
@@ -74,15 +74,13 @@ struct Shared {
     batches: AtomicU64,
     /// What rows are stamped with.
     clock: Clock,
-    /// Tokens whose use is queued to be recorded ([`Reads::note_token_used`]) and not yet
-    /// committed.
-    touching: Arc<Mutex<HashSet<String>>>,
+    /// Tokens whose use is queued to be recorded ([`Reads::note_token_used`](super::Reads::note_token_used)).
+    touching: TokenUses,
     /// Called at the start of every write transaction with the id of the at-rest key the
     /// store's secrets are under ([`Engine::check_keys_on_write`]).
-    key_check: OnceLock<KeyCheck>,
-    /// One lock per credential; entries are kept (one small mutex per credential used), so two
-    /// callers never hold different locks for the same credential.
-    flights: Mutex<HashMap<CredentialId, Arc<tokio::sync::Mutex<()>>>>,
+    key_check: KeyChecks,
+    /// One lock per credential.
+    flights: Flights,
 }
 
 impl std::fmt::Debug for Sqlite3 {
@@ -99,9 +97,6 @@ const MAX_IDLE: usize = 32;
 
 /// Prepared statements kept per connection ([`Sqlite::prepare_cached`]).
 const STATEMENT_CACHE: usize = 64;
-
-/// The most jobs the group committer puts in one transaction.
-const MAX_BATCH: usize = 256;
 
 /// The checkpointer's pause after a checkpoint: commits in the meantime wait for the next one.
 /// Bounds the checkpoints (each syncs the database file) to a few per second under load.
@@ -174,9 +169,9 @@ impl Sqlite3 {
                 writer: OnceLock::new(),
                 checkpoints: OnceLock::new(),
                 batches: AtomicU64::new(0),
-                touching: Arc::default(),
-                key_check: OnceLock::new(),
-                flights: Mutex::default(),
+                touching: TokenUses::default(),
+                key_check: KeyChecks::default(),
+                flights: Flights::default(),
             }),
         }
     }
@@ -218,20 +213,11 @@ impl Engine for Sqlite3 {
     }
 
     fn check_keys_on_write(&self, check: KeyCheck) {
-        if self.shared.key_check.set(check).is_err() {
-            tracing::error!("a second key check was not installed");
-        }
+        self.shared.key_check.install(check);
     }
 
     fn lock_credential(&self, id: CredentialId) -> Locking<'_> {
-        let lock = self
-            .shared
-            .flights
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(id)
-            .or_default()
-            .clone();
+        let lock = self.shared.flights.of(id);
         Box::pin(async move { Ok(CredentialLock(Box::new(lock.lock_owned().await))) })
     }
 }
@@ -241,67 +227,15 @@ impl Shared {
     fn submit(self: &Arc<Self>, job: Job) -> std::result::Result<(), Job> {
         self.writer
             .get_or_init(|| {
-                let (send, jobs) = mpsc::channel();
-                let home = Arc::downgrade(self);
-                let path = self.path.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("store-writer".into())
-                    .spawn(move || group_commit(&path, &home, &jobs))
-                    // The queue's receiver is dropped with the closure: every send fails, and
-                    // callers get `WriterGone`.
-                    .inspect_err(
-                        |e| tracing::error!(error = %e, "starting the writer thread failed"),
-                    )
-                    .ok();
-                Background {
-                    send: Some(send),
-                    thread: spawned,
-                }
+                let writer = SqliteWriter {
+                    path: self.path.clone(),
+                    home: Arc::downgrade(self),
+                };
+                spawn_writer(move |jobs| group_commit(&writer, jobs))
             })
             .sender()
             .send(job)
             .map_err(|e| e.0)
-    }
-
-    /// Runs the key check, if one is installed, inside the write transaction of `conn`.
-    fn check_keys(&self, conn: &Conn) -> Result<()> {
-        let Some(check) = self.key_check.get() else {
-            return Ok(());
-        };
-        let id = conn.at_rest_key_id()?;
-        check(id.as_deref()).map_err(Error::Keys)
-    }
-}
-
-/// A background thread of the store and the channel that feeds it.
-struct Background<S> {
-    /// `Some` until dropped.
-    send: Option<S>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl<S> Background<S> {
-    fn sender(&self) -> &S {
-        // Invariant: `send` is `None` only inside `drop`.
-        self.send
-            .as_ref()
-            .expect("a background sender is present until dropped")
-    }
-}
-
-impl<S> Drop for Background<S> {
-    /// Closes the channel and waits for the thread to finish what it holds (queued jobs, a
-    /// checkpoint under way) and close its connection, so that once the last [`Store`] is
-    /// gone nothing touches the database files (the last connection to close removes the
-    /// WAL). Not when the thread itself drops the last [`Store`].
-    fn drop(&mut self) {
-        drop(self.send.take());
-        if let Some(t) = self.thread.take()
-            && t.thread().id() != std::thread::current().id()
-            && t.join().is_err()
-        {
-            tracing::error!("a store thread panicked");
-        }
     }
 }
 
@@ -364,7 +298,7 @@ impl Drop for Pooled {
     }
 }
 
-/// One connection of the engine: implements the queries ([`Reads`] in `read.rs`,
+/// One connection of the engine: implements the queries ([`Reads`](super::Reads) in `read.rs`,
 /// [`super::Writes`] in `write.rs`) and the transaction control ([`Connection`]).
 struct Conn {
     conn: Pooled,
@@ -385,46 +319,12 @@ impl Conn {
         }
     }
 
-    /// Queues the record of a token's use (see [`Reads::note_token_used`]).
+    /// Queues the record of a token's use (see [`Reads::note_token_used`](super::Reads::note_token_used)).
     fn queue_token_use(&self, id: &str, at_ms: i64) {
-        /// Takes the token off the queued set once its update has committed or failed: only
-        /// then do new readers see the new value, or need to queue again.
-        struct Queued {
-            set: Arc<Mutex<HashSet<String>>>,
-            id: String,
+        if let Some(home) = self.conn.home.upgrade() {
+            home.touching
+                .queue(&|job| home.submit(job).is_ok(), id, at_ms);
         }
-        impl Drop for Queued {
-            fn drop(&mut self) {
-                self.set
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&self.id);
-            }
-        }
-        let Some(home) = self.conn.home.upgrade() else {
-            return;
-        };
-        let set = home.touching.clone();
-        if !set
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id.to_owned())
-        {
-            return;
-        }
-        let queued = Queued {
-            set,
-            id: id.to_owned(),
-        };
-        let id = id.to_owned();
-        // The job is queued by this call; the future only carries its answer, which nobody
-        // needs.
-        let answer = grouped(
-            &|job| home.submit(job).is_ok(),
-            queued,
-            move |tx| -> Result<()> { tx.set_token_last_used(&id, at_ms) },
-        );
-        drop(answer);
     }
 }
 
@@ -432,7 +332,7 @@ impl Connection for Conn {
     fn begin(&self) -> Result<()> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         if let Some(home) = self.conn.home.upgrade()
-            && let Err(e) = home.check_keys(self)
+            && let Err(e) = home.key_check.run(self)
         {
             self.rollback();
             return Err(e);
@@ -489,7 +389,6 @@ impl Connection for Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flowpack_shared::names::ContainerPath;
 
     /// How many principals the database at `path` holds, read on a connection of its own.
     fn principals(path: &Path) -> i64 {
@@ -539,135 +438,6 @@ mod tests {
         assert_eq!(principals(&path), 1);
     }
 
-    /// The principals of the database at `path`, read on a connection of its own.
-    fn names(path: &Path) -> Vec<String> {
-        let conn = connect(path).unwrap_or_else(|e| panic!("{e}"));
-        let mut st = conn
-            .prepare("SELECT name FROM principals ORDER BY name")
-            .unwrap_or_else(|e| panic!("{e}"));
-        st.query_map([], |r| r.get(0))
-            .and_then(Iterator::collect)
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    #[tokio::test]
-    async fn queued_jobs_commit_together_and_a_panicking_job_is_rolled_back_alone() {
-        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let path = tmp.path().join("store.db");
-        let store =
-            Store::create(&path, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}"));
-        let (started, running) = mpsc::channel();
-        let (release, gate) = mpsc::channel::<()>();
-        // The first job holds the writer until released, so the next two queue behind it and
-        // are taken as one batch.
-        let first = store.write_grouped((), move |tx| {
-            let _ = started.send(());
-            let _ = gate.recv();
-            tx.ensure_principal("first")
-        });
-        running.recv().unwrap_or_else(|e| panic!("{e}"));
-        let doomed = store.write_grouped((), |tx| -> Result<i64> {
-            tx.ensure_principal("doomed")?;
-            panic!("a job panics after writing");
-        });
-        let keep = Arc::new(());
-        let third = store.write_grouped(keep.clone(), |tx| tx.ensure_principal("third"));
-        release.send(()).unwrap_or_else(|e| panic!("{e}"));
-
-        first.await.unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(doomed.await, Err(Error::WriterGone)));
-        third.await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            Arc::strong_count(&keep),
-            1,
-            "`keep` is dropped before the answer"
-        );
-        assert_eq!(store.batches_committed(), 2);
-        assert_eq!(names(&path), ["first", "third"]);
-    }
-
-    #[tokio::test]
-    async fn a_job_keeps_what_it_wrote_outside_a_failed_savepoint() {
-        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let path = tmp.path().join("store.db");
-        let store =
-            Store::create(&path, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}"));
-        let refused: Result<()> = store
-            .write_grouped((), |tx| {
-                let inner = tx.savepoint(|tx| {
-                    tx.ensure_principal("undone")?;
-                    Err(Error::Batch("refused".into()))
-                })?;
-                tx.ensure_principal("audit")?;
-                inner
-            })
-            .await;
-        assert!(matches!(refused, Err(Error::Batch(_))));
-        assert_eq!(names(&path), ["audit"]);
-        // The failed job did not stop the writer.
-        store
-            .write_grouped((), |tx| tx.ensure_principal("later"))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(names(&path), ["audit", "later"]);
-    }
-
-    fn path(s: &str) -> ContainerPath {
-        ContainerPath::parse(s).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// Stored (name, value) pairs as a test writes them: grants or secrets' fingerprints.
-    type Pairs<'a> = &'a [(&'a str, &'a str)];
-
-    fn rows(r: Pairs<'_>) -> Vec<(String, String)> {
-        r.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect()
-    }
-
-    #[test]
-    fn principal_by_token_gives_hash_name_and_every_grant() {
-        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = Store::create(&tmp.path().join("store.db"), crate::store::wall_clock())
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut db = store.db().unwrap_or_else(|e| panic!("{e}"));
-        let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
-        let principals: [(&str, &str, Pairs<'_>); 3] = [
-            ("0000000000000000", "none", &[]),
-            ("0000000000000001", "one", &[("/a", "read")]),
-            (
-                "0000000000000002",
-                "two",
-                &[("/a", "read,use"), ("/b/c", "write")],
-            ),
-        ];
-        for (id, name, grants) in principals {
-            let pid = tx.ensure_principal(name).unwrap_or_else(|e| panic!("{e}"));
-            for (prefix, perms) in grants {
-                tx.add_grant(pid, prefix, perms)
-                    .unwrap_or_else(|e| panic!("{e}"));
-            }
-            tx.insert_token(id, pid, name.as_bytes(), None)
-                .unwrap_or_else(|e| panic!("{e}"));
-        }
-        tx.commit().unwrap_or_else(|e| panic!("{e}"));
-
-        for (id, name, grants) in principals {
-            let mut got = db
-                .principal_by_token(id)
-                .unwrap_or_else(|e| panic!("{e}"))
-                .unwrap_or_else(|| panic!("token {id} not found"));
-            got.grants.sort();
-            assert_eq!(got.secret_sha256, name.as_bytes());
-            assert_eq!(got.principal, name);
-            assert_eq!(got.grants, rows(grants), "grants of {name}");
-            assert_eq!((got.expires_at_ms, got.last_used_at_ms), (None, None));
-        }
-        assert!(
-            db.principal_by_token("00000000000000ff")
-                .unwrap_or_else(|e| panic!("{e}"))
-                .is_none()
-        );
-    }
-
     #[test]
     fn a_version_3_database_opens_and_upgrades_keeping_its_tokens() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -711,7 +481,7 @@ mod tests {
             ),
             ("ci", None, None)
         );
-        assert_eq!(old.grants, rows(&[("/public", "read")]));
+        assert_eq!(old.grants, [("/public".to_owned(), "read".to_owned())]);
         // New tokens carry an expiry.
         let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
         tx.insert_token("00000000000000bb", 7, b"x", Some(1_000))
@@ -758,126 +528,5 @@ mod tests {
             .and_then(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(v, newer);
-    }
-
-    #[tokio::test]
-    async fn a_token_use_is_recorded_by_the_writer_once_while_queued() {
-        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let path = tmp.path().join("store.db");
-        drop(Store::create(&path, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}")));
-        let engine = Arc::new(Sqlite3::at(&path, crate::store::wall_clock()));
-        let store = Store::new(engine.clone());
-        let mut db = store.db().unwrap_or_else(|e| panic!("{e}"));
-        let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
-        let pid = tx.ensure_principal("ci").unwrap_or_else(|e| panic!("{e}"));
-        tx.insert_token("00000000000000aa", pid, b"x", None)
-            .unwrap_or_else(|e| panic!("{e}"));
-        tx.commit().unwrap_or_else(|e| panic!("{e}"));
-
-        // Hold the writer, so that the uses queue behind this job.
-        let (started, running) = mpsc::channel();
-        let (release, gate) = mpsc::channel::<()>();
-        let held = store.write_grouped((), move |_| -> Result<()> {
-            let _ = started.send(());
-            let _ = gate.recv();
-            Ok(())
-        });
-        running.recv().unwrap_or_else(|e| panic!("{e}"));
-        db.note_token_used("00000000000000aa", 5_000);
-        // Queued already: not queued again (this later time is not recorded).
-        db.note_token_used("00000000000000aa", 6_000);
-        let last_used = |db: &dyn Reads| {
-            db.principal_by_token("00000000000000aa")
-                .unwrap_or_else(|e| panic!("{e}"))
-                .and_then(|t| t.last_used_at_ms)
-        };
-        assert_eq!(
-            last_used(db.reads()),
-            None,
-            "recorded off the caller's path"
-        );
-        release.send(()).unwrap_or_else(|e| panic!("{e}"));
-        held.await.unwrap_or_else(|e| panic!("{e}"));
-        // The writer takes jobs in order: once a later job is answered, the use is committed.
-        store
-            .write_grouped((), |_| -> Result<()> { Ok(()) })
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(last_used(db.reads()), Some(5_000));
-        // Committed: the next use is queued again; an earlier time never overwrites a later.
-        db.note_token_used("00000000000000aa", 4_000);
-        db.note_token_used("00000000000000ff", 4_000);
-        store
-            .write_grouped((), |_| -> Result<()> { Ok(()) })
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(last_used(db.reads()), Some(5_000));
-        db.note_token_used("00000000000000aa", 7_000);
-        store
-            .write_grouped((), |_| -> Result<()> { Ok(()) })
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(last_used(db.reads()), Some(7_000));
-        assert!(
-            engine
-                .shared
-                .touching
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_empty()
-        );
-    }
-
-    #[test]
-    fn credential_at_gives_row_and_fingerprints_by_field() {
-        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = Store::create(&tmp.path().join("store.db"), crate::store::wall_clock())
-            .unwrap_or_else(|e| panic!("{e}"));
-        let mut db = store.db().unwrap_or_else(|e| panic!("{e}"));
-        let tx = db.write().unwrap_or_else(|e| panic!("{e}"));
-        let cid = tx
-            .ensure_container(&path("/a/b"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let (bare, _) = tx
-            .upsert_credential(cid, "bare", "basic", r#"{"name":"bare"}"#)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let (sealed, _) = tx
-            .upsert_credential(cid, "sealed", "oauth2", r#"{"name":"sealed"}"#)
-            .unwrap_or_else(|e| panic!("{e}"));
-        // Written out of order: they come back sorted by field.
-        tx.set_secret(sealed, "refresh_token", b"ct1", "00000000000000aa")
-            .unwrap_or_else(|e| panic!("{e}"));
-        tx.set_secret(sealed, "client_secret", b"ct2", "00000000000000bb")
-            .unwrap_or_else(|e| panic!("{e}"));
-        tx.commit().unwrap_or_else(|e| panic!("{e}"));
-
-        let at = |c: &str, n: &str| {
-            db.credential_at(&path(c), n)
-                .unwrap_or_else(|e| panic!("{e}"))
-        };
-        let (row, secrets) = at("/a/b", "bare").unwrap_or_else(|| panic!("bare not found"));
-        assert_eq!(
-            (row.id, row.kind.as_str(), row.public.as_str()),
-            (bare, "basic", r#"{"name":"bare"}"#)
-        );
-        assert!(!row.needs_authorization);
-        assert!(secrets.is_empty());
-        let (row, secrets) = at("/a/b", "sealed").unwrap_or_else(|| panic!("sealed not found"));
-        let stored = db
-            .credential(cid, "sealed")
-            .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_else(|| panic!("sealed not found"));
-        assert_eq!((row.id, row.token_version), (sealed, stored.token_version));
-        assert_eq!(row.kind, "oauth2");
-        assert_eq!(
-            secrets,
-            rows(&[
-                ("client_secret", "00000000000000bb"),
-                ("refresh_token", "00000000000000aa")
-            ])
-        );
-        assert!(at("/a/b", "nope").is_none());
-        assert!(at("/a", "bare").is_none());
-        assert!(at("/x/b", "bare").is_none());
     }
 }

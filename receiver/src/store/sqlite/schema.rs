@@ -1,7 +1,7 @@
 //! The database's schema, and the migrations from each older version (`PRAGMA user_version`).
 
-/// Schema version in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 6;
+/// Schema version in `PRAGMA user_version` (the same for every engine: `store/mod.rs`).
+pub(super) use crate::store::SCHEMA_VERSION;
 
 /// From version 1 to 2 (OAuth, issue 7): the token version a refresh compares and swaps, the
 /// `needs_authorization` mark, and the pending authorization-code flows.

@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, params};
 use super::Conn;
 use crate::store::{
     AuditRow, ContainerId, CredentialId, CredentialRow, DeploymentId, EncryptedAt, EncryptedValue,
-    Error, OAuthState, Reads, Result, SecretRow, Writes,
+    Error, OAuthState, Reads, Result, SecretRow, Writes, object_path,
 };
 
 impl Writes for Conn {
@@ -677,14 +677,5 @@ impl Conn {
             params![credential],
         )?;
         Ok(())
-    }
-}
-
-/// A credential's path from its container's path and its name, both written by this program
-/// from parsed values.
-fn object_path(container: &str, name: &str) -> Option<String> {
-    match (ContainerPath::parse(container), Name::parse(name)) {
-        (Ok(c), Ok(n)) => Some(c.object_path(&n)),
-        _ => None,
     }
 }
