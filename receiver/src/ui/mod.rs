@@ -4,7 +4,7 @@
 //! the API's handlers) and the API's request helpers (paths, queries, body frames), and the
 //! router hands it every path under `/ui`.
 //!
-//! Security, in one place ([`handle`]): a sign-in makes a server-side session
+//! Security, in one place (`handle`): a sign-in makes a server-side session
 //! (`session.rs`) behind an `HttpOnly`, `SameSite=Strict` cookie (`Secure` under TLS); every
 //! request authenticates the session's token again, as the API does. Changes are `POST` only;
 //! each carries the session's CSRF token (the sign-in form a token of its own, in a
