@@ -239,13 +239,20 @@ fn make_dirs(dir: &DataDir) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `make`, which writes the key files and `config.json` of a new data directory; on an
-/// error removes those it wrote (none existed before), so that nothing half-made is left.
+/// Makes the directories of a new data directory, then runs `make`, which writes its key files
+/// and `config.json`; on an error removes those it wrote (none existed before) and the
+/// directories if they are empty and were made here, so that nothing half-made is left.
 fn all_or_nothing<T>(dir: &DataDir, make: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-    let made = make();
+    let existed = dir.root().exists();
+    let made = make_dirs(dir).and_then(|()| make());
     if made.is_err() {
         for p in [dir.sealing_key(), dir.secrets_key(), dir.config()] {
             let _ = fs::remove_file(p);
+        }
+        if !existed {
+            // Only empty directories are removed: nothing else is touched.
+            let _ = fs::remove_dir(dir.spool());
+            let _ = fs::remove_dir(dir.root());
         }
     }
     made
@@ -262,7 +269,6 @@ pub fn init(dir: &DataDir) -> anyhow::Result<Initialized> {
 /// [`join`]).
 pub fn init_with(dir: &DataDir, store: &StoreKind) -> anyhow::Result<Initialized> {
     refuse_initialized(dir)?;
-    make_dirs(dir)?;
     all_or_nothing(dir, || {
         let identity = SealingIdentity::generate();
         write_private(&dir.sealing_key(), identity.to_file_text().as_bytes())?;
@@ -328,7 +334,6 @@ pub fn join(dir: &DataDir, from: &DataDir) -> anyhow::Result<String> {
             from.secrets_key_next().display()
         );
     }
-    make_dirs(dir)?;
     all_or_nothing(dir, || {
         for (src, dst) in [
             (from.sealing_key(), dir.sealing_key()),

@@ -844,3 +844,69 @@ async fn history_audit_and_credentials_are_the_same_through_every_node() {
     let (status, _) = c.get_json(0, &c.admin, "/v1/credentials/apps/db").await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn init_makes_one_store_per_database_and_joins_only_a_shared_one() {
+    let Some(c) = Cluster::start(1).await else {
+        return;
+    };
+    let url = c._db.url.clone();
+    // A second `init --store` on the same database: refused, nothing left behind.
+    let second = c.tmp.path().join("second");
+    let (code, _, err) = run(&[
+        "init",
+        "--data-dir",
+        second.to_str().unwrap(),
+        "--store",
+        &url,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("already holds a flowpack store") && err.contains("--join"),
+        "{err}"
+    );
+    assert!(!second.exists(), "a refused init left {}", second.display());
+    // A password in the URL is never shown.
+    let with_password = url.replacen("://", "://postgres:pg-url-canary@", 1);
+    let (code, _, err) = run(&[
+        "init",
+        "--data-dir",
+        second.to_str().unwrap(),
+        "--store",
+        &with_password,
+    ]);
+    assert_eq!(code, 1);
+    assert!(!err.contains("pg-url-canary"), "{err}");
+    // Joining an embedded store: refused.
+    let embedded = c.tmp.path().join("embedded");
+    ok(&["init", "--data-dir", embedded.to_str().unwrap()]);
+    let (code, _, err) = run(&[
+        "init",
+        "--data-dir",
+        second.to_str().unwrap(),
+        "--join",
+        embedded.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("only a data directory of a PostgreSQL store"),
+        "{err}"
+    );
+    assert!(!second.exists());
+    // A joined node has the same keys, not new ones.
+    let joined = c.tmp.path().join("joined");
+    ok(&[
+        "init",
+        "--data-dir",
+        joined.to_str().unwrap(),
+        "--join",
+        c.dir(0),
+    ]);
+    for key in ["secrets.key", "sealing.agekey"] {
+        assert_eq!(
+            std::fs::read(joined.join(key)).unwrap(),
+            std::fs::read(c.dirs[0].join(key)).unwrap(),
+            "{key}"
+        );
+    }
+}

@@ -42,6 +42,7 @@ mod engine;
 mod group;
 mod handle;
 mod postgres;
+mod schema;
 mod sqlite;
 
 use std::sync::Arc;
@@ -51,12 +52,7 @@ use flowpack_shared::timefmt::Timestamp;
 pub use engine::{Connection, CredentialLock, Engine, Locking, Reads, Writes};
 pub use handle::{Db, Finish, Job, MappingFile, Store, Tx};
 
-/// The version of the store's schema, the same for every engine: SQLite keeps it in `PRAGMA
-/// user_version`, PostgreSQL in the table `schema_version`. A new version adds one step to
-/// each engine's list of migrations (`sqlite/schema.rs`, `postgres/schema.rs`), under the same
-/// number, and `open` runs the steps a store lacks in one transaction. The PostgreSQL schema
-/// was first made at version 6, so its list starts there.
-const SCHEMA_VERSION: i64 = 6;
+use schema::SCHEMA_VERSION;
 
 /// Declares row ids: a distinct type per table, so that a credential's id is never passed
 /// where a container's is expected.

@@ -24,7 +24,7 @@
 //!   truncate.
 
 mod read;
-mod schema;
+pub(super) mod schema;
 mod write;
 
 use std::cell::Cell;
@@ -37,10 +37,11 @@ use tokio::runtime::Handle;
 use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{Client, Config, NoTls, Row};
 
-use self::schema::{FIRST_VERSION, MIGRATIONS, SCHEMA};
+use self::schema::{FIRST_VERSION, SCHEMA};
 use super::engine::{Connection, CredentialLock, Engine, Locking};
 use super::group::{Background, Flights, KeyChecks, TokenUses, Writer, group_commit, spawn_writer};
 use super::handle::Job;
+use super::schema::step_from;
 use super::{Clock, CredentialId, Error, KeyCheck, Result, SCHEMA_VERSION, Store};
 use flowpack_shared::timefmt::Timestamp;
 
@@ -136,10 +137,12 @@ pub(super) fn open(url: &str, clock: Clock) -> anyhow::Result<Store> {
         get(&row, 0)
     };
     let mut v = version(&conn)?;
-    while let Some(step) = usize::try_from(v - FIRST_VERSION)
-        .ok()
-        .and_then(|i| MIGRATIONS.get(i))
-    {
+    if v < FIRST_VERSION {
+        anyhow::bail!(
+            "{name}: schema version {v}, older than any PostgreSQL store ({FIRST_VERSION}): the table schema_version was changed by hand"
+        );
+    }
+    while let Some(step) = step_from(v).and_then(|s| s.postgres) {
         conn.batch(step)?;
         v += 1;
         conn.exec("UPDATE schema_version SET version = $1", &[&v])?;

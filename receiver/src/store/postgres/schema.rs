@@ -3,17 +3,13 @@
 //! times, `text`, `bytea`, `boolean`. Mapping files are stored as chunks of at most
 //! [`CHUNK`](super::CHUNK) bytes, so that neither side ever holds a file whole.
 //!
-//! The version is the one row of `schema_version`. The PostgreSQL schema was first made at
-//! version 6, so it has no steps from older versions; a later version adds one step to each
-//! engine's list, under the same number.
+//! The version is the one row of `schema_version`. The steps from older versions are listed
+//! in `store/schema.rs`, each with its PostgreSQL text from [`FIRST_VERSION`] on.
 
-/// The steps from each version to the next, from the first version this engine had:
-/// `MIGRATIONS[i]` upgrades version `FIRST_VERSION + i`.
-pub(super) const MIGRATIONS: &[&str] = &[];
+/// The first version of the PostgreSQL schema: it has no steps from before.
+pub(in crate::store) const FIRST_VERSION: i64 = 6;
 
-/// The first version of the PostgreSQL schema.
-pub(super) const FIRST_VERSION: i64 = 6;
-
+/// The current schema (made by `create`).
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE schema_version (
   one boolean PRIMARY KEY DEFAULT true CHECK (one),

@@ -12,7 +12,7 @@
 mod checkpoint;
 mod group;
 mod read;
-mod schema;
+pub(super) mod schema;
 mod write;
 
 use std::ops::Deref;
@@ -24,10 +24,12 @@ use std::time::Duration;
 use rusqlite::{Connection as Sqlite, params};
 
 use self::group::SqliteWriter;
-use self::schema::{MIGRATIONS, SCHEMA, SCHEMA_VERSION};
+use self::schema::SCHEMA;
+use super::SCHEMA_VERSION;
 use super::engine::{Connection, CredentialLock, Engine, Locking};
 use super::group::{Background, Flights, KeyChecks, TokenUses, group_commit, spawn_writer};
 use super::handle::Job;
+use super::schema::{STEPS, step_from};
 use super::{Clock, CredentialId, Error, KeyCheck, Result, Store};
 use flowpack_shared::timefmt::Timestamp;
 
@@ -108,8 +110,8 @@ pub(super) fn create(path: &Path, clock: Clock) -> anyhow::Result<Store> {
     let conn = engine.conn()?;
     conn.conn.execute_batch("BEGIN IMMEDIATE")?;
     conn.conn.execute_batch(SCHEMA)?;
-    for step in MIGRATIONS {
-        conn.conn.execute_batch(step)?;
+    for step in STEPS {
+        conn.conn.execute_batch(step.sqlite)?;
     }
     conn.conn
         .pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -134,8 +136,8 @@ pub(super) fn open(path: &Path, clock: Clock) -> anyhow::Result<Store> {
         // Read again under the writer lock: another process may have upgraded meanwhile. An
         // error rolls back when the connection is given back.
         let mut v = version(&conn)?;
-        while let Some(step) = usize::try_from(v - 1).ok().and_then(|i| MIGRATIONS.get(i)) {
-            conn.conn.execute_batch(step)?;
+        while let Some(step) = step_from(v) {
+            conn.conn.execute_batch(step.sqlite)?;
             v += 1;
             conn.conn.pragma_update(None, "user_version", v)?;
         }
@@ -447,8 +449,9 @@ mod tests {
             // two steps, with a principal, its grant and a token.
             let conn = connect(&path).unwrap_or_else(|e| panic!("{e}"));
             conn.execute_batch(SCHEMA).unwrap_or_else(|e| panic!("{e}"));
-            for step in &MIGRATIONS[..2] {
-                conn.execute_batch(step).unwrap_or_else(|e| panic!("{e}"));
+            for step in &STEPS[..2] {
+                conn.execute_batch(step.sqlite)
+                    .unwrap_or_else(|e| panic!("{e}"));
             }
             conn.execute_batch(
                 "PRAGMA user_version = 3;

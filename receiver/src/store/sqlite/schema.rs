@@ -1,11 +1,9 @@
-//! The database's schema, and the migrations from each older version (`PRAGMA user_version`).
-
-/// Schema version in `PRAGMA user_version` (the same for every engine: `store/mod.rs`).
-pub(super) use crate::store::SCHEMA_VERSION;
+//! The SQLite schema (its current shape), and its text of each step from an older version
+//! (`PRAGMA user_version`; the list of steps is `store/schema.rs`).
 
 /// From version 1 to 2 (OAuth, issue 7): the token version a refresh compares and swaps, the
 /// `needs_authorization` mark, and the pending authorization-code flows.
-const MIGRATE_1_TO_2: &str = r#"
+pub(in crate::store) const MIGRATE_1_TO_2: &str = r#"
 ALTER TABLE credentials ADD COLUMN token_version INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE credentials ADD COLUMN needs_authorization INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE oauth_states (
@@ -21,7 +19,7 @@ CREATE TABLE oauth_states (
 /// From version 2 to 3: a replay is recognised by the digest of the exact manifest applied
 /// (`NULL` for deployments made before: see [`Replay`](crate::store::Replay)); an audit row says whether the
 /// signature of the bundle it names was verified.
-const MIGRATE_2_TO_3: &str = r#"
+pub(in crate::store) const MIGRATE_2_TO_3: &str = r#"
 ALTER TABLE deployments ADD COLUMN manifest_sha256 BLOB;
 ALTER TABLE audit ADD COLUMN verified INTEGER;
 CREATE INDEX audit_container ON audit(container, id);
@@ -30,7 +28,7 @@ CREATE INDEX audit_container ON audit(container, id);
 /// From version 3 to 4: a token may expire, and remembers when it was last used (Unix
 /// milliseconds, like the other times compared on a request's path; `NULL`: never expires,
 /// never used). Tokens issued before keep no expiry.
-const MIGRATE_3_TO_4: &str = r#"
+pub(in crate::store) const MIGRATE_3_TO_4: &str = r#"
 ALTER TABLE tokens ADD COLUMN expires_at_ms INTEGER;
 ALTER TABLE tokens ADD COLUMN last_used_at_ms INTEGER;
 CREATE INDEX tokens_principal ON tokens(principal_id);
@@ -41,7 +39,7 @@ CREATE INDEX tokens_principal ON tokens(principal_id);
 /// remembers whether it was changed outside deployments since it was last deployed (drift);
 /// every deployment records which mapping version and which credential record (with its
 /// secrets, encrypted as the live ones are) it left, so that it can be restored.
-const MIGRATE_4_TO_5: &str = r#"
+pub(in crate::store) const MIGRATE_4_TO_5: &str = r#"
 ALTER TABLE mapping_files ADD COLUMN sha256 BLOB;
 ALTER TABLE credentials ADD COLUMN changed_outside INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE deployment_mappings (
@@ -73,22 +71,14 @@ CREATE TABLE credential_version_secrets (
 /// From version 5 to 6: the id of the at-rest key the stored secrets are encrypted under (one
 /// row, written when the data directory is loaded and by `rotate at-rest`), so that a key file
 /// can be matched to the database after a crash during a rotation.
-const MIGRATE_5_TO_6: &str = r#"
+pub(in crate::store) const MIGRATE_5_TO_6: &str = r#"
 CREATE TABLE at_rest_key (
   id INTEGER PRIMARY KEY CHECK (id = 1),
   key_id TEXT NOT NULL
 );
 "#;
 
-/// The steps from each version to the next: `MIGRATIONS[i]` upgrades version `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[
-    MIGRATE_1_TO_2,
-    MIGRATE_2_TO_3,
-    MIGRATE_3_TO_4,
-    MIGRATE_4_TO_5,
-    MIGRATE_5_TO_6,
-];
-
+/// The current schema (made by `create`, with every step's changes).
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE principals (
   id INTEGER PRIMARY KEY,
