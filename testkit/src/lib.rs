@@ -12,6 +12,7 @@
 //!   the method, path, status and schema error. [`http`]/[`try_http`] are its blocking front
 //!   end for synchronous tests.
 //! - [`project`](mod@project): the standard project and the bundles built from it.
+//! - [`store`]: the storage engine the suite runs on (`FLOWPACK_TEST_STORE`).
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,7 @@ pub mod openapi;
 pub mod process;
 pub mod project;
 pub mod server;
+pub mod store;
 
 pub use client::{Client, RequestBuilder, Response, answer, http, try_http};
 pub use process::{Receiver, Serving, serve, serve_with};
@@ -48,15 +50,24 @@ pub struct Init {
     pub recipient: String,
 }
 
-/// Makes the data directory `data` of a test receiver, as `flowpack-receiver init` does.
+/// Makes the data directory `data` of a test receiver, as `flowpack-receiver init` does, with
+/// the store of the suite's engine ([`store::engine`]).
 ///
 /// Every receiver the tests start (in process or as a child process) gets its data directory
-/// here, so running the whole suite against another storage engine means changing only this
-/// function (for example, choosing the engine from an environment variable).
-#[allow(clippy::expect_used)]
+/// here, so this is the one place that chooses the engine the suite runs on.
 pub fn init(data: &Path) -> Init {
-    use flowpack_receiver::datadir;
-    let made = datadir::init(&datadir::DataDir::new(data))
+    use flowpack_receiver::{config::StoreKind, config::StoreUrl, datadir};
+    let kind = match store::engine() {
+        store::Engine::Embedded => StoreKind::Sqlite,
+        store::Engine::Postgres(server) => {
+            let url = store::new_database(&server);
+            StoreKind::Postgres(
+                StoreUrl::postgres(&url)
+                    .unwrap_or_else(|| panic!("FLOWPACK_TEST_POSTGRES is not a PostgreSQL URL")),
+            )
+        }
+    };
+    let made = datadir::init_with(&datadir::DataDir::new(data), &kind)
         .unwrap_or_else(|e| panic!("init {}: {e:#}", data.display()));
     Init {
         admin_token: made.admin_token.to_string(),

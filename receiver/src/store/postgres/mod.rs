@@ -2,9 +2,11 @@
 //! database: the connections and transaction control (this file), the queries (`read.rs`,
 //! `write.rs`) and the schema (`schema.rs`).
 //!
-//! - The engine owns a small tokio runtime that drives its connections (`tokio-postgres`); the
-//!   store's callers are blocking threads, which wait on it (`Handle::block_on`). The store must
-//!   therefore not be used from an async task, as with the SQLite engine, whose calls block.
+//! - The engine owns a small tokio runtime that drives its connections (`tokio-postgres`). A
+//!   caller waits for its statements on its own thread ([`wait`]): a statement is a message to
+//!   the connection's task on that runtime, so the caller needs no runtime of its own. Like the
+//!   SQLite engine's calls, a call blocks its thread; the receiver makes them on blocking
+//!   threads, and one made on an async thread (a test's, say) works too.
 //! - At most [`POOL_SIZE`] connections are lent to requests at once, and kept open between
 //!   them; one that the database closed is dropped when met, and a new one opened: a database
 //!   that went away and came back is used again without a restart.
@@ -277,7 +279,7 @@ impl Postgres {
         };
         let client = match reused {
             Some(client) => client,
-            None => match shared.rt.block_on(open_client(&shared.config)) {
+            None => match connect(&shared.rt, &shared.config) {
                 Ok(client) => client,
                 Err(e) => {
                     shared.given_back();
@@ -285,7 +287,7 @@ impl Postgres {
                 }
             },
         };
-        Ok(Conn::new(client, Arc::downgrade(shared), shared.rt.clone()))
+        Ok(Conn::new(client, Arc::downgrade(shared)))
     }
 }
 
@@ -302,6 +304,21 @@ fn describe(config: &Config) -> String {
         .or(config.get_user())
         .unwrap_or("postgres");
     format!("PostgreSQL database {db} on {host}")
+}
+
+/// Waits on the calling thread for `work`, which must need no tokio runtime of the caller's:
+/// a client's statements qualify (they are messages to the connection's task, driven by the
+/// engine's runtime). Unlike `Handle::block_on`, this may be called on an async thread.
+fn wait<F: Future>(work: F) -> F::Output {
+    futures_executor::block_on(work)
+}
+
+/// Opens a connection on the engine's runtime `rt` (sockets and timers need it) and waits
+/// for it, on any thread.
+fn connect(rt: &Handle, config: &Config) -> Result<Client> {
+    let config = config.clone();
+    wait(rt.spawn(async move { open_client(&config).await }))
+        .map_err(|e| Error::Engine(Box::new(e)))?
 }
 
 /// Opens a connection; the engine's runtime drives it until the client is dropped or the
@@ -441,10 +458,10 @@ struct PgWriter {
 
 impl Writer for PgWriter {
     fn connect(&self) -> Result<Box<dyn Connection>> {
-        let client = self.rt.block_on(open_client(&self.config))?;
+        let client = connect(&self.rt, &self.config)?;
         // Not given back to the pool: it dies with this thread.
         Ok(Box::new(
-            Conn::new(client, Weak::new(), self.rt.clone()).of(self.home.clone()),
+            Conn::new(client, Weak::new()).of(self.home.clone()),
         ))
     }
 
@@ -472,7 +489,6 @@ struct Conn {
     pool: Weak<Shared>,
     /// The engine, for its clock, key check and group committer.
     home: Weak<Shared>,
-    rt: Handle,
     /// Open transaction and savepoints: 0 outside a transaction, then one more per savepoint.
     depth: Cell<u32>,
     /// A statement failed inside the transaction: PostgreSQL refuses every other statement
@@ -481,12 +497,11 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(client: Client, pool: Weak<Shared>, rt: Handle) -> Conn {
+    fn new(client: Client, pool: Weak<Shared>) -> Conn {
         Conn {
             client: Some(client),
             home: pool.clone(),
             pool,
-            rt,
             depth: Cell::new(0),
             aborted: Cell::new(false),
         }
@@ -510,7 +525,7 @@ impl Conn {
         &self,
         run: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
     ) -> Result<T> {
-        let out = self.rt.block_on(run);
+        let out = wait(run);
         if out.is_err() && self.depth.get() > 0 {
             self.aborted.set(true);
         }
@@ -581,9 +596,7 @@ impl Drop for Conn {
             return;
         };
         let rolled_back = self.depth.get() == 0
-            || self
-                .rt
-                .block_on(client.batch_execute("ROLLBACK"))
+            || wait(client.batch_execute("ROLLBACK"))
                 .inspect_err(|e| {
                     tracing::error!(error = %e, "rolling back a returned connection failed; closing it");
                 })
@@ -632,7 +645,7 @@ impl Connection for Conn {
         }
         self.depth.set(0);
         self.aborted.set(false);
-        if let Err(e) = self.rt.block_on(self.client().batch_execute("ROLLBACK")) {
+        if let Err(e) = wait(self.client().batch_execute("ROLLBACK")) {
             tracing::error!(error = %e, "rolling back a transaction failed");
         }
     }
