@@ -59,16 +59,8 @@ async fn rollback(s: &Server, token: &str, id: &Value) -> (u16, Value) {
     .await
 }
 
-fn db(s: &Server) -> rusqlite::Connection {
-    rusqlite::Connection::open_with_flags(
-        s.data_dir().join("store.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap()
-}
-
 fn count(s: &Server, sql: &str) -> i64 {
-    db(s).query_row(sql, [], |r| r.get(0)).unwrap()
+    Stored::of(&s.data_dir()).count(sql)
 }
 
 async fn mapping_file(s: &Server, container: &str) -> String {
@@ -280,13 +272,8 @@ async fn a_rollback_after_the_credential_was_deleted_brings_no_secret_back() {
         )
         .await;
     assert_eq!(st, 201, "{d}");
-    let ciphertexts: Vec<Vec<u8>> = db(&s)
-        .prepare("SELECT ciphertext FROM credential_secrets")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let ciphertexts: Vec<Vec<u8>> =
+        Stored::of(&s.data_dir()).column("SELECT ciphertext FROM credential_secrets");
     assert!(!ciphertexts.is_empty());
     // The mapping that uses it goes first, then the credential.
     let (st, p) = s
@@ -361,6 +348,7 @@ async fn a_percent_encoded_dry_run_is_counted_as_planned() {
 /// directory's database files.
 #[tokio::test]
 async fn a_deleted_secrets_ciphertext_does_not_stay_in_the_write_ahead_log() {
+    flowpack_testkit::store::embedded_only("SQLite's write-ahead log");
     let (s, k) = setup().await;
     let (st, d) = s
         .deploy(
@@ -369,13 +357,8 @@ async fn a_deleted_secrets_ciphertext_does_not_stay_in_the_write_ahead_log() {
         )
         .await;
     assert_eq!(st, 201, "{d}");
-    let ciphertexts: Vec<Vec<u8>> = db(&s)
-        .prepare("SELECT ciphertext FROM credential_secrets")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let ciphertexts: Vec<Vec<u8>> =
+        Stored::of(&s.data_dir()).column("SELECT ciphertext FROM credential_secrets");
     assert!(!ciphertexts.is_empty());
     let (st, p) = s
         .send(

@@ -128,12 +128,18 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The files under `dir` that contain `needle`.
+/// The files under the data directory `dir` that contain `needle`, and its store when that
+/// is a database elsewhere (named `postgres:`).
 fn holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    files_under(dir)
+    let mut found: Vec<PathBuf> = files_under(dir)
         .into_iter()
         .filter(|f| contains(&std::fs::read(f).unwrap_or_default(), needle))
-        .collect()
+        .collect();
+    let stored = Stored::of(dir);
+    if matches!(stored, Stored::Postgres(_)) && contains(&stored.bytes(), needle) {
+        found.push(PathBuf::from("postgres:"));
+    }
+    found
 }
 
 fn mode(p: &Path) -> u32 {
@@ -180,7 +186,9 @@ async fn a_rotated_sealing_key_is_accepted_until_it_retires_then_refused_by_name
         "{keys}"
     );
     assert_eq!(mode(&dir.join("sealing.agekey")), 0o600);
-    assert_eq!(mode(&dir.join("store.db")), 0o600);
+    if let Stored::Embedded(db) = Stored::of(&dir) {
+        assert_eq!(mode(&db), 0o600);
+    }
 
     let (st, v) = post_bundle(&srv.base, &admin, to_first).await;
     assert_eq!(st, 201, "sealed to the previous key: {v}");
@@ -277,22 +285,18 @@ async fn a_rotated_sealing_key_is_accepted_until_it_retires_then_refused_by_name
     assert!(err.contains("not an initialized data directory"), "{err}");
 }
 
-/// Every ciphertext stored in the database (credential secrets and PKCE verifiers).
-fn stored_ciphertexts(db: &Path) -> Vec<Vec<u8>> {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap();
-    let mut out = Vec::new();
-    for q in [
+/// Every ciphertext stored in the data directory's store (credential secrets and PKCE
+/// verifiers).
+fn stored_ciphertexts(data: &Path) -> Vec<Vec<u8>> {
+    let stored = Stored::of(data);
+    [
         "SELECT ciphertext FROM credential_secrets",
         "SELECT ciphertext FROM credential_version_secrets",
         "SELECT verifier FROM oauth_states",
-    ] {
-        let mut st = conn.prepare(q).unwrap();
-        let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0)).unwrap();
-        out.extend(rows.map(Result::unwrap));
-    }
-    out
+    ]
+    .iter()
+    .flat_map(|q| stored.column(q))
+    .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -327,7 +331,7 @@ async fn at_rest_rotation_while_serving_keeps_every_secret_and_leaves_no_old_key
     let old_key = std::fs::read(dir.join("secrets.key")).unwrap();
     assert_eq!(old_key.len(), 32);
     // The live secrets and those the deployment keeps for rollback.
-    let old_ciphertexts = stored_ciphertexts(&dir.join("store.db"));
+    let old_ciphertexts = stored_ciphertexts(&dir);
     assert_eq!(old_ciphertexts.len(), 20);
 
     let out = ok(&["rotate", "at-rest", "--data-dir", s(&dir)]);
@@ -443,6 +447,7 @@ async fn at_rest_rotation_while_serving_keeps_every_secret_and_leaves_no_old_key
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_during_deploys_restores_an_acknowledged_prefix_with_its_secrets() {
+    flowpack_testkit::store::embedded_only("`backup` copies the embedded store");
     install_provider();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
@@ -627,6 +632,7 @@ async fn a_backup_during_deploys_restores_an_acknowledged_prefix_with_its_secret
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_encrypted_backup_is_an_age_file_and_restores_with_its_identity() {
+    flowpack_testkit::store::embedded_only("`backup` copies the embedded store");
     install_provider();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
@@ -732,6 +738,7 @@ async fn an_encrypted_backup_is_an_age_file_and_restores_with_its_identity() {
 
 #[test]
 fn a_tampered_backup_is_refused_and_leaves_nothing() {
+    flowpack_testkit::store::embedded_only("`backup` copies the embedded store");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
     flowpack_testkit::init(&dir);

@@ -16,46 +16,8 @@ async fn plan(s: &Server, token: &str, bundle: &[u8]) -> (u16, Value) {
 
 /// Every table but the audit trail, row by row: what a dry run must leave as it was.
 fn snapshot(s: &Server) -> Vec<(String, Vec<String>)> {
-    let db = rusqlite::Connection::open_with_flags(
-        s.data_dir().join("store.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let tables: Vec<String> = db
-        .prepare(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name <> 'audit' ORDER BY name",
-        )
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    tables
-        .into_iter()
-        .map(|t| {
-            // A token's last use is bookkeeping any request may write.
-            let select = if t == "tokens" {
-                "SELECT id, principal_id, secret_sha256, created_at, expires_at_ms FROM tokens"
-                    .to_owned()
-            } else {
-                format!("SELECT * FROM {t}")
-            };
-            let mut st = db.prepare(&select).unwrap();
-            let n = st.column_count();
-            let mut rows: Vec<String> = st
-                .query_map([], |r| {
-                    let cells: Vec<String> = (0..n)
-                        .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
-                        .collect();
-                    Ok(cells.join("|"))
-                })
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap();
-            rows.sort();
-            (t, rows)
-        })
-        .collect()
+    // A token's last use is bookkeeping any request may write.
+    Stored::of(&s.data_dir()).tables(&["audit"], &[("tokens", "last_used_at_ms")])
 }
 
 fn change<'a>(plan: &'a Value, path: &str) -> &'a Value {

@@ -312,8 +312,9 @@ async fn client_credentials_with_header_auth_obtains_once_and_keeps_the_token_se
     assert_eq!(obtained[0]["target"], "/apps/cc");
     let everything = format!("{rec}{audit:?}");
     assert!(!everything.contains(&token) && !everything.contains(CLIENT_SECRET));
-    let db = std::fs::read(e.s.data_dir().join("store.db")).unwrap();
-    assert!(!db.windows(token.len()).any(|w| w == token.as_bytes()));
+    let stored = Stored::of(&e.s.data_dir()).bytes();
+    assert!(!stored.is_empty());
+    assert!(!stored.windows(token.len()).any(|w| w == token.as_bytes()));
 }
 
 #[tokio::test]

@@ -270,6 +270,7 @@ async fn readyz_answers_ready_after_a_round_trip_to_the_store() {
 
 #[tokio::test]
 async fn readyz_is_503_while_the_store_file_is_not_the_one_opened() {
+    flowpack_testkit::store::embedded_only("the store's file");
     let s = Server::start().await;
     let (st, _) = s.get("", "/readyz").await;
     assert_eq!(st, 200);
@@ -422,14 +423,6 @@ async fn answers_carry_a_request_id_a_sane_incoming_one_kept() {
 // ---------------------------------------------------------------------------------------------
 // The real binary: configuration and logs
 
-fn write_config(dir: &Path, v: &Value) {
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_vec_pretty(v).unwrap(),
-    )
-    .unwrap();
-}
-
 /// `serve` must fail at start: its one line of error.
 fn serve_fails(dir: &Path, args: &[&str]) -> String {
     let mut all = vec!["serve", "--data-dir", dir.to_str().unwrap()];
@@ -498,6 +491,7 @@ fn config_json_errors_name_the_file_and_the_key() {
     let err = serve_fails(&dir, &[]);
     assert!(err.contains(file) && err.contains("log_format"), "{err}");
 
+    let initial = std::fs::read(dir.join("config.json")).unwrap();
     write_config(
         &dir,
         &json!({"store": "postgres://flowpack:pg-canary-password@db.internal/flowpack"}),
@@ -509,6 +503,7 @@ fn config_json_errors_name_the_file_and_the_key() {
         "{err}"
     );
     assert!(!err.contains("pg-canary-password"), "{err}");
+    std::fs::write(dir.join("config.json"), initial).unwrap();
 
     write_config(&dir, &json!({"tls_cert": "cert.pem"}));
     let err = serve_fails(&dir, &[]);

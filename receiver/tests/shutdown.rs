@@ -95,19 +95,6 @@ async fn audited(s: &Server, bundle_id: &str, outcome: &str) -> usize {
         .count()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else {
-            std::fs::copy(e.path(), target).unwrap();
-        }
-    }
-}
-
 /// A deployment record without the time it was applied at, which differs between a run and
 /// its reference.
 fn without_time(record: &mut Value) {
@@ -156,7 +143,7 @@ async fn fixture() -> (tempfile::TempDir, String, Expect) {
 
     // The reference: a copy of the data directory applies the bundle undisturbed.
     let copy = tempfile::tempdir().unwrap();
-    copy_dir(&dir.path().join("data"), &copy.path().join("data"));
+    copy_data(&dir.path().join("data"), &copy.path().join("data"));
     let r = Server::serve_in(copy, admin.clone(), |_| {}).await;
     let (st, record) = r.deploy(&r.admin, &bundle).await;
     assert_eq!(st, 201, "{record}");

@@ -12,7 +12,8 @@
 //!   the method, path, status and schema error. [`http`]/[`try_http`] are its blocking front
 //!   end for synchronous tests.
 //! - [`project`](mod@project): the standard project and the bundles built from it.
-//! - [`store`]: the storage engine the suite runs on (`FLOWPACK_TEST_STORE`).
+//! - [`store`]: the storage engine the suite runs on (`FLOWPACK_TEST_STORE`); [`stored`]:
+//!   what a receiver's store holds, read directly, on either engine.
 
 use std::path::{Path, PathBuf};
 
@@ -22,11 +23,13 @@ pub mod process;
 pub mod project;
 pub mod server;
 pub mod store;
+pub mod stored;
 
 pub use client::{Client, RequestBuilder, Response, answer, http, try_http};
 pub use process::{Receiver, Serving, serve, serve_with};
 pub use project::*;
 pub use server::{Server, allow_outbound, deployed};
+pub use stored::Stored;
 
 use flowpack_shared::names::ContainerPath;
 
@@ -39,6 +42,57 @@ pub fn install_provider() {
 #[allow(clippy::unwrap_used)]
 pub fn cp(s: &str) -> ContainerPath {
     ContainerPath::parse(s).unwrap()
+}
+
+/// Writes `config` as the `config.json` of the data directory `data`, keeping the store the
+/// file names now unless `config` names one: a test sets what it tests, on the suite's engine.
+pub fn write_config(data: &Path, config: &serde_json::Value) {
+    let file = data.join("config.json");
+    let mut config = config.clone();
+    let now: serde_json::Value = std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if let (Some(store), Some(obj)) = (now.get("store"), config.as_object_mut()) {
+        obj.entry("store").or_insert_with(|| store.clone());
+    }
+    let bytes =
+        serde_json::to_vec_pretty(&config).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    std::fs::write(&file, bytes).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+}
+
+/// Copies a directory tree (files and directories only).
+pub fn copy_dir(from: &Path, to: &Path) {
+    fn fail<T>(p: &Path, e: std::io::Error) -> T {
+        panic!("copying {}: {e}", p.display())
+    }
+    std::fs::create_dir_all(to).unwrap_or_else(|e| fail(to, e));
+    for e in std::fs::read_dir(from).unwrap_or_else(|e| fail(from, e)) {
+        let e = e.unwrap_or_else(|e| fail(from, e));
+        let target = to.join(e.file_name());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap_or_else(|err| fail(&e.path(), err));
+        }
+    }
+}
+
+/// Copies the data directory `from` of a receiver that is not running to `to`, its store
+/// included: on PostgreSQL, a new database made from the old one, which the copy's
+/// `config.json` names.
+pub fn copy_data(from: &Path, to: &Path) {
+    copy_dir(from, to);
+    if let Stored::Postgres(url) = Stored::of(from) {
+        let copy = store::copy_database(&url);
+        let file = to.join("config.json");
+        let mut config: serde_json::Value = std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| panic!("{}: not JSON", file.display()));
+        config["store"] = serde_json::Value::String(copy);
+        write_config(to, &config);
+    }
 }
 
 /// What [`init`] made.

@@ -44,20 +44,22 @@ pub fn embedded() -> bool {
     engine() == Engine::Embedded
 }
 
+/// Marks a test of what only the embedded store has (its file, its write-ahead log, its
+/// backups): run on another engine, it fails at once, saying so. The PostgreSQL pass of the
+/// suite (nextest profile `postgres`) leaves such tests out by name.
+pub fn embedded_only(why: &str) {
+    if let Engine::Postgres(_) = engine() {
+        panic!(
+            "a test of the embedded store only ({why}); FLOWPACK_TEST_STORE=postgres runs it on PostgreSQL"
+        );
+    }
+}
+
 /// A new empty database on the server at `server`; returns its URL.
 pub(crate) fn new_database(server: &str) -> String {
     static SWEEP: Once = Once::new();
     SWEEP.call_once(|| drop_ended(server));
-    let mut random = [0u8; 6];
-    random_bytes(&mut random);
-    let name = format!(
-        "flowpack_suite_{}_{}",
-        std::process::id(),
-        random
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let name = new_name();
     let url = format!("{}/{name}", server_part(server));
     admin(server, move |client| async move {
         client
@@ -65,6 +67,55 @@ pub(crate) fn new_database(server: &str) -> String {
             .await
     });
     url
+}
+
+/// A name for a new database of this test process.
+fn new_name() -> String {
+    let mut random = [0u8; 6];
+    random_bytes(&mut random);
+    format!(
+        "flowpack_suite_{}_{}",
+        std::process::id(),
+        random
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// A copy of the database at `url` (one of the suite's), made as a new database of this
+/// process; returns its URL. Sessions still open on the original (a stopped receiver's pool)
+/// are ended first: PostgreSQL copies only a database nobody is connected to.
+pub(crate) fn copy_database(url: &str) -> String {
+    let Engine::Postgres(server) = engine() else {
+        panic!("{url}: a PostgreSQL store, but the suite does not run on PostgreSQL");
+    };
+    let base = url.split_once('?').map_or(url, |(b, _)| b);
+    let original = base.rsplit('/').next().unwrap_or_default().to_owned();
+    assert!(
+        original.starts_with("flowpack_suite_"),
+        "{original}: not a database of the suite"
+    );
+    let copy = new_name();
+    let copy_url = format!("{}/{copy}", server_part(&server));
+    admin(&server, move |client| async move {
+        let end_sessions = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()";
+        let create = format!("CREATE DATABASE {copy} TEMPLATE {original}");
+        let mut tries = 0;
+        loop {
+            client.query(end_sessions, &[&original]).await?;
+            match client.batch_execute(&create).await {
+                // 55006: the original is being accessed by other users (a session that was
+                // closing): once more.
+                Err(e) if tries < 20 && e.code().is_some_and(|c| c.code() == "55006") => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                done => return done,
+            }
+        }
+    });
+    copy_url
 }
 
 /// Drops the suite's databases whose test process has ended.
@@ -100,9 +151,9 @@ fn server_part(server: &str) -> &str {
     }
 }
 
-/// Runs `work` with a client of `server`, on a thread and runtime of its own (the caller may
-/// be async); panics on any failure, naming the statement's error.
-fn admin<T, F, W>(server: &str, work: W) -> T
+/// Runs `work` with a client of the database at `server`, on a thread and runtime of its own
+/// (the caller may be async); panics on any failure, naming the statement's error.
+pub(crate) fn admin<T, F, W>(server: &str, work: W) -> T
 where
     T: Send + 'static,
     F: std::future::Future<Output = Result<T, tokio_postgres::Error>> + Send,
@@ -117,15 +168,15 @@ where
         rt.block_on(async move {
             let (client, conn) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
                 .await
-                .unwrap_or_else(|e| panic!("connecting to FLOWPACK_TEST_POSTGRES: {e}"));
+                .unwrap_or_else(|e| panic!("connecting to the test database: {e}"));
             tokio::spawn(conn);
             work(client)
                 .await
-                .unwrap_or_else(|e| panic!("FLOWPACK_TEST_POSTGRES: {e}"))
+                .unwrap_or_else(|e| panic!("the test database: {e}"))
         })
     })
     .join()
-    .unwrap_or_else(|_| panic!("a statement on FLOWPACK_TEST_POSTGRES panicked"))
+    .unwrap_or_else(|_| panic!("a statement on the test database panicked"))
 }
 
 /// Fills `out` from the system's random source.
