@@ -86,10 +86,17 @@ fr=$root/target/release/flowpack-receiver
 tool=$root/target/bench/release/flowpack-bench
 
 # ---------------------------------------------------------------- scratch, processes, cleanup
-receiver_pid= nginx_pid=
+receiver_pid= nginx_pid= node_pids=()
+stop_nodes() {
+  local p
+  for p in "${node_pids[@]}"; do kill "$p" 2> /dev/null && wait "$p" 2> /dev/null; done
+  node_pids=()
+  return 0
+}
 stop() {
   [ -n "$receiver_pid" ] && kill "$receiver_pid" 2> /dev/null && wait "$receiver_pid" 2> /dev/null
   [ -n "$nginx_pid" ] && kill "$nginx_pid" 2> /dev/null && wait "$nginx_pid" 2> /dev/null
+  stop_nodes
   receiver_pid= nginx_pid=
   return 0
 }
@@ -309,37 +316,87 @@ done
 
 # ---------------------------------------------------------------- standalone credential deploys, 32 clients
 log "building $((LOAD_CLIENTS * LOAD_PER * LOAD_REPS)) standalone credential bundles"
-build_client() { # CLIENT: its bundles, oldest first, for every repetition
+build_client() { # CLIENT: its bundles, oldest first, for every repetition, sealed to $seal_to in $deploys
   local c=$1 rep k i
   for rep in $(seq "$LOAD_REPS"); do
-    mkdir -p "$scratch/deploys/r$rep/c$c"
+    mkdir -p "$deploys/r$rep/c$c"
     for k in $(seq 0 $((LOAD_PER - 1))); do
       i=$(( ((rep - 1) * LOAD_CLIENTS + 10#$c) * LOAD_PER + k ))
       "$fp" package-credentials "$DEPD/$(printf 'd%06d' "$i").credential.json" -k "$key" \
-        -c "/bench/deploys/c$c" --seal-to "$recipient" -o "$scratch/deploys/r$rep/c$c/$(printf '%04d' "$k").fpk" > /dev/null
+        -c "/bench/deploys/c$c" --seal-to "$seal_to" -o "$deploys/r$rep/c$c/$(printf '%04d' "$k").fpk" > /dev/null
     done
   done
 }
+build_all() { # DEPLOYS-DIR RECIPIENT
+  deploys=$1 seal_to=$2
+  export deploys seal_to
+  seq -w 0 $((LOAD_CLIENTS - 1)) | xargs -P "$(nproc)" -I{} bash -c 'build_client {}'
+}
 export -f build_client
-export fp key recipient scratch DEPD LOAD_REPS LOAD_CLIENTS LOAD_PER
+export fp key DEPD LOAD_REPS LOAD_CLIENTS LOAD_PER
 s=$(date +%s%N)
-seq -w 0 $((LOAD_CLIENTS - 1)) | xargs -P "$(nproc)" -I{} bash -c 'build_client {}'
+build_all "$scratch/deploys" "$recipient"
 e=$(date +%s%N)
 record build_cred_bundles_per_s packager 1 "$(awk -v n=$((LOAD_CLIENTS * LOAD_PER * LOAD_REPS)) -v s="$(secs "$s" "$e")" 'BEGIN { printf "%.1f", n / s }')"
 log "deploys: $LOAD_REPS × $((LOAD_CLIENTS * LOAD_PER)) from $LOAD_CLIENTS clients"
-for rep in $(seq "$LOAD_REPS"); do
-  line=$("$tool" load --url "$url" --token-file "$scratch/token" --dir "$scratch/deploys/r$rep")
-  echo "$line" > "$run/load-$rep.txt"
+load_run() { # VARIANT REP TOKEN-FILE DEPLOYS-DIR URL[,URL…]
+  local v=$1 rep=$2 line total=0
+  line=$("$tool" load --url "$5" --token-file "$3" --dir "$4/r$rep")
+  echo "$line" > "$run/load-$v-$rep.txt"
   for kv in $line; do
     case "${kv%%=*}" in
-      rate) record deploy_rate flowpack "$rep" "${kv#*=}" ;;
-      p50_ms) record deploy_p50_ms flowpack "$rep" "${kv#*=}" ;;
-      p99_ms) record deploy_p99_ms flowpack "$rep" "${kv#*=}" ;;
+      rate) record deploy_rate "$v" "$rep" "${kv#*=}" ;;
+      p50_ms) record deploy_p50_ms "$v" "$rep" "${kv#*=}" ;;
+      p99_ms) record deploy_p99_ms "$v" "$rep" "${kv#*=}" ;;
       total) total=${kv#*=} ;;
-      ok) [ "${kv#*=}" = "$total" ] || record deploy_not_2xx flowpack "$rep" $((total - ${kv#*=})) ;;
+      ok) [ "${kv#*=}" = "$total" ] || record deploy_not_2xx "$v" "$rep" $((total - ${kv#*=})) ;;
     esac
   done
+}
+for rep in $(seq "$LOAD_REPS"); do
+  load_run flowpack "$rep" "$scratch/token" "$scratch/deploys" "$url"
 done
+
+# ---------------------------------------------------------------- the same on PostgreSQL: two nodes, one database
+# FLOWPACK_BENCH_POSTGRES names the server (its database is not used: the run makes and drops
+# flowpack_bench). Durable as the embedded store: synchronous_commit at its default, on.
+pg=${FLOWPACK_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}
+if psql "$pg" -qAt -c 'SELECT 1' > /dev/null 2>&1; then
+  log "PostgreSQL: two receivers on one database"
+  psql "$pg" -q -c 'DROP DATABASE IF EXISTS flowpack_bench WITH (FORCE)' -c 'CREATE DATABASE flowpack_bench' > /dev/null
+  pgurl=${pg%/*}/flowpack_bench
+  "$fr" init --data-dir "$scratch/pg-a" --store "$pgurl" > "$scratch/pg-init.txt"
+  "$fr" init --data-dir "$scratch/pg-b" --join "$scratch/pg-a" > /dev/null
+  "$fr" trust add "$key.pub" --data-dir "$scratch/pg-a" > /dev/null
+  sed -n 's/^admin_token: //p' "$scratch/pg-init.txt" > "$scratch/pg-token"
+  pg_recipient=$(sed -n 's/^sealing_recipient: //p' "$scratch/pg-init.txt")
+  pg_urls=()
+  for node in a b; do
+    FLOWPACK_LOG=info "$fr" serve --data-dir "$scratch/pg-$node" --listen 127.0.0.1:0 > "$scratch/pg-$node.out" 2> "$run/receiver-pg-$node.log" &
+    node_pids+=($!)
+    for _ in $(seq 100); do grep -q '^listening on ' "$scratch/pg-$node.out" 2> /dev/null && break; sleep 0.1; done
+    pg_urls+=("$(sed -n 's/^listening on //p' "$scratch/pg-$node.out" | head -n1)")
+    [ -n "${pg_urls[-1]}" ] || die "node $node did not start: $(cat "$run/receiver-pg-$node.log")"
+  done
+  log "building $((LOAD_CLIENTS * LOAD_PER * LOAD_REPS)) bundles sealed to the PostgreSQL nodes"
+  build_all "$scratch/pg-deploys" "$pg_recipient"
+  log "deploys: $LOAD_REPS × $((LOAD_CLIENTS * LOAD_PER)) from $LOAD_CLIENTS clients over two nodes"
+  for rep in $(seq "$LOAD_REPS"); do
+    load_run postgres "$rep" "$scratch/pg-token" "$scratch/pg-deploys" "${pg_urls[0]},${pg_urls[1]}"
+  done
+  pg_cred=/v1/credentials/bench/deploys/c00/d000000
+  pg_auth="Authorization: Bearer $(cat "$scratch/pg-token")"
+  curl -fsS -H "$pg_auth" "${pg_urls[0]}$pg_cred" > "$scratch/pg-cred.json" || die "GET $pg_cred failed"
+  record size_bytes get_body_postgres 1 "$(stat -c %s "$scratch/pg-cred.json")"
+  log "GET on PostgreSQL: $WRK_REPS × ${WRK_SECS}s"
+  for rep in $(seq "$WRK_REPS"); do
+    wrk_run get postgres "$rep" -H "$pg_auth" "${pg_urls[0]}$pg_cred"
+  done
+  stop_nodes
+  psql "$pg" -q -c 'DROP DATABASE IF EXISTS flowpack_bench WITH (FORCE)' > /dev/null
+else
+  log "no PostgreSQL at $pg: its rows are not measured (set FLOWPACK_BENCH_POSTGRES)"
+fi
 
 # ---------------------------------------------------------------- growth: package time per MiB
 log "growth: package $((G_SMALL_BYTES / MiB)) MiB and $((G_BIG_BYTES / MiB)) MiB, $GROW_REPS × each"

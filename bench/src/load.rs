@@ -123,14 +123,18 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-/// `load --url http://127.0.0.1:PORT --token-file F --dir D`.
+/// `load --url http://127.0.0.1:PORT[,http://…] --token-file F --dir D`: with several URLs
+/// (nodes of one store), client `i` sends to URL `i mod n`.
 pub fn run(o: &Opts) -> Result<(), String> {
-    let url = o.str("url")?;
-    let addr = url
-        .strip_prefix("http://")
-        .ok_or("--url must be http://HOST:PORT")?
-        .trim_end_matches('/')
-        .to_owned();
+    let addrs: Vec<String> = o
+        .str("url")?
+        .split(',')
+        .map(|url| {
+            url.strip_prefix("http://")
+                .map(|a| a.trim_end_matches('/').to_owned())
+                .ok_or("--url must be http://HOST:PORT, or several separated by commas")
+        })
+        .collect::<Result<_, _>>()?;
     let token = fs::read_to_string(o.str("token-file")?).map_err(|e| e.to_string())?;
     let token = token.trim();
     let dir = PathBuf::from(o.str("dir")?);
@@ -161,9 +165,10 @@ pub fn run(o: &Opts) -> Result<(), String> {
     let barrier = Arc::new(Barrier::new(clients.len() + 1));
     let handles: Vec<_> = clients
         .into_iter()
-        .map(|bundles| {
+        .enumerate()
+        .map(|(i, bundles)| {
             let barrier = barrier.clone();
-            let addr = addr.clone();
+            let addr = addrs[i % addrs.len()].clone();
             let token = token.to_owned();
             std::thread::spawn(move || -> Result<Vec<Answer>, String> {
                 let mut conn = None;

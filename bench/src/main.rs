@@ -19,7 +19,7 @@ usage:
   flowpack-bench project --dir D --bytes N --files N --mappings N --credentials N [--seed S]
   flowpack-bench small   --dir D --files N --size N --mappings N [--seed S]
   flowpack-bench creds   --dir D --count N --prefix P [--secrets] [--seed S]
-  flowpack-bench load    --url URL --token-file F --dir D
+  flowpack-bench load    --url URL[,URL…] --token-file F --dir D
   flowpack-bench wrk-parse FILE
   flowpack-bench report  --results TSV --machine FILE --title TEXT
 ";

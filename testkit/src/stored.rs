@@ -57,8 +57,8 @@ impl Stored {
                         ValueRef::Null => Vec::new(),
                     })
                 })
-                    .and_then(|rows| rows.collect())
-                    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .and_then(|rows| rows.collect())
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
             }
             Stored::Postgres(url) => {
                 let sql = sql.to_owned();

@@ -29,7 +29,8 @@ mod read;
 pub(super) mod schema;
 mod write;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak, mpsc};
@@ -37,7 +38,7 @@ use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio_postgres::types::{FromSql, ToSql};
-use tokio_postgres::{Client, Config, NoTls, Row};
+use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 
 use self::schema::{FIRST_VERSION, SCHEMA};
 use super::engine::{Connection, CredentialLock, Engine, Locking};
@@ -176,7 +177,8 @@ struct Shared {
     config: Config,
     /// The database as messages name it: its name and host, never the URL.
     name: String,
-    idle: Mutex<Vec<Client>>,
+    /// Connections open and not lent, each with the statements it has prepared.
+    idle: Mutex<Vec<(Client, Statements)>>,
     /// Connections lent to requests, at most [`POOL_SIZE`].
     lent: Mutex<usize>,
     /// Signalled when one is given back.
@@ -273,21 +275,23 @@ impl Postgres {
                 .unwrap_or_else(PoisonError::into_inner)
                 .pop();
             match next {
-                Some(c) if c.is_closed() => continue,
+                Some((c, _)) if c.is_closed() => continue,
                 other => break other,
             }
         };
-        let client = match reused {
-            Some(client) => client,
+        let (client, statements) = match reused {
+            Some(pooled) => pooled,
             None => match connect(&shared.rt, &shared.config) {
-                Ok(client) => client,
+                Ok(client) => (client, Statements::default()),
                 Err(e) => {
                     shared.given_back();
                     return Err(e);
                 }
             },
         };
-        Ok(Conn::new(client, Arc::downgrade(shared)))
+        let conn = Conn::new(client, Arc::downgrade(shared));
+        *conn.statements.borrow_mut() = statements;
+        Ok(conn)
     }
 }
 
@@ -479,6 +483,14 @@ impl Writer for PgWriter {
 /// The parameters of a statement.
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
+/// The statements a connection has prepared, by their text: a statement's text is sent and
+/// planned once per connection, then only executed (one round trip instead of two).
+type Statements = HashMap<String, Statement>;
+
+/// At most this many statements are kept prepared per connection; past it, the cache is
+/// emptied (the store's statements are a fixed set well below it).
+const STATEMENTS: usize = 256;
+
 /// One connection of the engine: implements the queries ([`Reads`](super::Reads) in
 /// `read.rs`, [`Writes`](super::Writes) in `write.rs`) and the transaction control
 /// ([`Connection`]). Given back to the idle list when dropped, outside a transaction.
@@ -489,6 +501,8 @@ struct Conn {
     pool: Weak<Shared>,
     /// The engine, for its clock, key check and group committer.
     home: Weak<Shared>,
+    /// The statements this connection has prepared.
+    statements: RefCell<Statements>,
     /// Open transaction and savepoints: 0 outside a transaction, then one more per savepoint.
     depth: Cell<u32>,
     /// A statement failed inside the transaction: PostgreSQL refuses every other statement
@@ -502,6 +516,7 @@ impl Conn {
             client: Some(client),
             home: pool.clone(),
             pool,
+            statements: RefCell::default(),
             depth: Cell::new(0),
             aborted: Cell::new(false),
         }
@@ -532,20 +547,38 @@ impl Conn {
         Ok(out?)
     }
 
+    /// `sql` prepared on this connection: once, then from the cache.
+    fn prepared(&self, sql: &str) -> Result<Statement> {
+        if let Some(st) = self.statements.borrow().get(sql) {
+            return Ok(st.clone());
+        }
+        let st = self.block(self.client().prepare(sql))?;
+        let mut cache = self.statements.borrow_mut();
+        if cache.len() >= STATEMENTS {
+            cache.clear();
+        }
+        cache.insert(sql.to_owned(), st.clone());
+        Ok(st)
+    }
+
     fn rows(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
-        self.block(self.client().query(sql, params))
+        let st = self.prepared(sql)?;
+        self.block(self.client().query(&st, params))
     }
 
     fn row(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
-        self.block(self.client().query_opt(sql, params))
+        let st = self.prepared(sql)?;
+        self.block(self.client().query_opt(&st, params))
     }
 
     fn one(&self, sql: &str, params: Params<'_>) -> Result<Row> {
-        self.block(self.client().query_one(sql, params))
+        let st = self.prepared(sql)?;
+        self.block(self.client().query_one(&st, params))
     }
 
     fn exec(&self, sql: &str, params: Params<'_>) -> Result<u64> {
-        self.block(self.client().execute(sql, params))
+        let st = self.prepared(sql)?;
+        self.block(self.client().execute(&st, params))
     }
 
     fn batch(&self, sql: &str) -> Result<()> {
@@ -602,10 +635,11 @@ impl Drop for Conn {
                 })
                 .is_ok();
         if rolled_back && !client.is_closed() {
+            let statements = self.statements.take();
             pool.idle
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(client);
+                .push((client, statements));
         }
         pool.given_back();
     }
