@@ -112,13 +112,13 @@ measure() {
   url=$(sed -n 's/^listening on //p' "$d.out" | head -n1)
   [ -n "$url" ] || die "the receiver did not start: $(cat "$d.log")"
   start=$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$receiver_pid/status")
-  status=$(curl -sS -o "$d.answer" -w '%{http_code}' -X POST -H "Authorization: Bearer $token" \
+  status=$(curl -sS -o "$d.answer" -w '%{http_code} %{time_total}' -X POST -H "Authorization: Bearer $token" \
     -H 'Content-Type: application/zip' --data-binary @"$bundle" "$url/v1/deployments")
-  [ "$status" = 201 ] || die "$variant: deploy answered $status: $(head -c 500 "$d.answer")"
+  [ "${status% *}" = 201 ] || die "$variant: deploy answered ${status% *}: $(head -c 500 "$d.answer")"
   hwm=$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$receiver_pid/status")
   stop
   rm -rf "$d"
-  printf '%s\t%s MiB\t(at start %s MiB)\n' "$variant" "$hwm" "$start"
+  printf '%s\t%s MiB\t(at start %s MiB; deploy %s s)\n' "$variant" "$hwm" "$start" "${status#* }"
   [ -z "$results" ] || printf 'rss_mib\t%s\t%s\t%s\n' "$variant" "$rep" "$hwm" >> "$results"
 }
 for rep in $(seq "$REPS"); do

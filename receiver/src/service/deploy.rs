@@ -3,14 +3,17 @@
 //! The body is spooled (by `api::deploy`) to a temporary file in the data directory (never
 //! held in memory), bounded by the configured bundle size. Then, on the blocking pool
 //! (`prepare`): the bundle's structure, signature and signer trust are checked with trust read
-//! from the database, and the caller's `write` grant on the target; a standalone credential
-//! bundle's payload is read and its sealed values opened. Then, as a job of the store's group
-//! committer
+//! from the database, and the caller's `write` grant on the target; a small standalone
+//! credential bundle's payload is read and its sealed values opened. Then, as a job of the
+//! store's group committer
 //! ([`crate::store::Store::write_grouped`], which serializes it with every other deploy, so
 //! none can race the replay and staleness checks): replay, expiry and staleness, then the
-//! payload is written (a mapping bundle's files streamed straight from the spool file), all in
-//! one savepoint. A refusal undoes that savepoint and records its audit row in the same
-//! transaction; the answer waits for the transaction to be durable.
+//! payload is written (a mapping bundle's files streamed straight from the spool file, the
+//! credentials of a larger bundle each written as it is read), all in one savepoint. A
+//! refusal, also one found after some records were written, undoes that savepoint and records
+//! its audit row in the same transaction; the answer waits for the transaction to be durable.
+//! What a deploy holds in memory does not grow with its credentials' records, only with the
+//! manifest and the record's lists of paths.
 //!
 //! Replay: a bundle whose id is already applied is a replay only when its manifest is byte for
 //! byte the one applied (its SHA-256 is kept with the deployment) and its every entry hashes
