@@ -455,6 +455,12 @@ done
 record rss_mib receiver_end 1 "$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$receiver_pid/status")"
 record size_mib receiver_store 1 "$(du -sm "$data" | cut -f1)"
 
+# ---------------------------------------------------------------- receiver memory applying one large bundle
+stop
+log "receiver memory: one large bundle per fresh receiver (bench/rss.sh)"
+rss_args=(--results "$results"); [ "$mode" = full ] || rss_args+=(--quick)
+FLOWPACK_BENCH_SKIP_BUILD=1 bench/rss.sh "${rss_args[@]}" > "$run/rss.txt"
+
 # ---------------------------------------------------------------- report
 stop
 end_load=$(cat /proc/loadavg)

@@ -151,6 +151,18 @@ pub fn report(o: &Opts) -> Result<(), String> {
             goal: Goal::ValueAtMost(64.0),
         },
         Row {
+            what: "receiver peak RSS applying one 25,000-credential bundle, fresh receiver (MiB; bench/rss.sh)",
+            ours: m("rss_mib", "receiver_apply_25k"),
+            theirs: None,
+            goal: Goal::ValueAtMost(64.0),
+        },
+        Row {
+            what: "receiver peak RSS applying one 100,000-entry bundle (99,994 mapping files), fresh receiver (MiB; bench/rss.sh)",
+            ours: m("rss_mib", "receiver_apply_100k_entries"),
+            theirs: None,
+            goal: Goal::ValueAtMost(64.0),
+        },
+        Row {
             what: "credential GET (req/s), wrk -t2 -c64, vs nginx serving a static 300-byte JSON file",
             ours: m("get_rps", "flowpack"),
             theirs: m("get_rps", "nginx"),

@@ -3,14 +3,17 @@
 //! The body is spooled (by `api::deploy`) to a temporary file in the data directory (never
 //! held in memory), bounded by the configured bundle size. Then, on the blocking pool
 //! (`prepare`): the bundle's structure, signature and signer trust are checked with trust read
-//! from the database, and the caller's `write` grant on the target; a standalone credential
-//! bundle's payload is read and its sealed values opened. Then, as a job of the store's group
-//! committer
+//! from the database, and the caller's `write` grant on the target; a small standalone
+//! credential bundle's payload is read and its sealed values opened. Then, as a job of the
+//! store's group committer
 //! ([`crate::store::Store::write_grouped`], which serializes it with every other deploy, so
 //! none can race the replay and staleness checks): replay, expiry and staleness, then the
-//! payload is written (a mapping bundle's files streamed straight from the spool file), all in
-//! one savepoint. A refusal undoes that savepoint and records its audit row in the same
-//! transaction; the answer waits for the transaction to be durable.
+//! payload is written (a mapping bundle's files streamed straight from the spool file, the
+//! credentials of a larger bundle each written as it is read), all in one savepoint. A
+//! refusal, also one found after some records were written, undoes that savepoint and records
+//! its audit row in the same transaction; the answer waits for the transaction to be durable.
+//! What a deploy holds in memory does not grow with its credentials' records, only with the
+//! manifest and the record's lists of paths.
 //!
 //! Replay: a bundle whose id is already applied is a replay only when its manifest is byte for
 //! byte the one applied (its SHA-256 is kept with the deployment) and its every entry hashes
@@ -36,10 +39,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufReader, Seek, SeekFrom};
 use std::sync::{Arc, OnceLock};
 
+use flowpack_shared::bundle::manifest::{EntryKind, Manifest};
 use flowpack_shared::bundle::read::{OpenBundle, Payload, TrustedSigner};
 use flowpack_shared::bundle::{BundleError, BundleKind};
 use flowpack_shared::keys::{KeyId, VerifyingKey};
 use flowpack_shared::model::credential::Credential;
+use flowpack_shared::model::mapping::Mapping;
 use flowpack_shared::names::{ContainerPath, Name};
 use flowpack_shared::zipfmt::ZipError;
 use serde_json::{Map, Value, json};
@@ -72,10 +77,28 @@ fn checking() -> Arc<Semaphore> {
         .clone()
 }
 
-fn sha256(bytes: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .to_vec()
+/// A standalone credential bundle of at most this many credentials is read, its sealed values
+/// opened, before it joins the writer's queue, so that the writer's time per deploy stays
+/// short. A larger one is read in the writer's transaction one credential at a time, as it is
+/// applied, so that its records are never all in memory at once.
+const PREPARED_CREDENTIALS: usize = 64;
+
+/// A copy of a manifest without its lists of entries and credentials, which are most of a
+/// large bundle's manifest: what a deploy keeps of it beside the open bundle.
+fn head(m: &Manifest) -> Manifest {
+    Manifest {
+        format: m.format.clone(),
+        bundle_id: m.bundle_id.clone(),
+        kind: m.kind,
+        target_container: m.target_container.clone(),
+        environment: m.environment.clone(),
+        created_at: m.created_at,
+        expires_at: m.expires_at,
+        signer_key_id: m.signer_key_id,
+        sealing: m.sealing.clone(),
+        entries: Vec::new(),
+        credentials: Vec::new(),
+    }
 }
 
 /// `413 too-large`: a bundle over the configured size.
@@ -592,7 +615,7 @@ fn prepare(
             return Err((Problem::from(refusal.error), info));
         }
     };
-    let m = bundle.manifest().clone();
+    let m = head(bundle.manifest());
     let info = BundleInfo::of(&m, true);
     let fail = |e: Problem| (e, Some(Box::new(info.clone())));
     if !who.can(Perm::Write, &m.target_container) {
@@ -602,7 +625,8 @@ fn prepare(
         )));
     }
     if !secrets_allowed {
-        let in_clear: Vec<String> = m
+        let in_clear: Vec<String> = bundle
+            .manifest()
             .credentials
             .iter()
             .filter(|c| c.secrets == flowpack_shared::bundle::manifest::SecretsState::Plaintext)
@@ -617,7 +641,9 @@ fn prepare(
             return Err(fail(e));
         }
     }
-    let manifest_sha256 = sha256(bundle.manifest_bytes());
+    let manifest_sha256 = bundle.manifest_sha256().to_vec();
+    // Only their digest is needed from here on; a manifest can be tens of megabytes.
+    bundle.forget_manifest_bytes();
     // The decisions the writer takes again, read now: a bundle that would be refused, or is a
     // replay, is never verified against outside endpoints.
     let known = db
@@ -640,9 +666,24 @@ fn prepare(
     let identity = ring
         .identity_for(m.sealing.as_ref(), app.now())
         .map_err(fail)?;
-    // A credential bundle with mapping files is refused once read (`bad-record`).
-    let payload = (replay || m.kind == BundleKind::Credentials)
-        .then(|| bundle.read_payload(Some(identity), &mut drain));
+    // A credential bundle with mapping files is refused once read (`bad-record`). A replay's
+    // payload is read only to check it: its records are not kept.
+    let payload = if replay {
+        let read = bundle.stream_payload(Some(identity), &mut drain, &mut |c| {
+            drop(c);
+            Ok::<(), BundleError>(())
+        });
+        Some(read.map(|mappings| Payload {
+            mappings,
+            credentials: Vec::new(),
+        }))
+    } else if m.kind == BundleKind::Credentials
+        && bundle.manifest().credentials.len() <= PREPARED_CREDENTIALS
+    {
+        Some(bundle.read_payload(Some(identity), &mut drain))
+    } else {
+        None
+    };
     Ok(Prepared {
         bundle,
         info,
@@ -693,7 +734,7 @@ fn apply(
         payload,
         _spooled,
     } = prepared;
-    let m = bundle.manifest().clone();
+    let m = head(bundle.manifest());
     let fail = |e: Problem| (e, Some(Box::new(info.clone())));
     let target = &m.target_container;
     let ring = app.sealing.ring();
@@ -711,7 +752,12 @@ fn apply(
         // bundle is refused like any corrupted bundle.
         match payload {
             Some(read) => read.map(drop),
-            None => bundle.read_payload(Some(identity), &mut drain).map(drop),
+            None => bundle
+                .stream_payload(Some(identity), &mut drain, &mut |c| {
+                    drop(c);
+                    Ok::<(), BundleError>(())
+                })
+                .map(drop),
         }
         .map_err(|e| fail(e.into()))?;
         let mut record: Value =
@@ -744,7 +790,8 @@ fn apply(
 
     // What is stored now, before anything is written: the plan compares against it.
     let known_container = tx.container_id(target).map_err(|e| fail(e.into()))?;
-    let files_same = plan::files_unchanged(tx.reads(), known_container, &m).map_err(fail)?;
+    let files_same =
+        plan::files_unchanged(tx.reads(), known_container, bundle.manifest()).map_err(fail)?;
     if dry_run {
         let payload = match payload {
             Some(read) => read,
@@ -754,7 +801,7 @@ fn apply(
             }),
         }
         .map_err(|e| fail(e.into()))?;
-        check_kind(&m, &payload).map_err(fail)?;
+        check_kind(&m, &payload.mappings).map_err(fail)?;
         let changes = changes_of(
             app,
             who,
@@ -788,31 +835,74 @@ fn apply(
             Some(&manifest_sha256),
         )
         .map_err(|e| fail(e.into()))?;
-    let digests: HashMap<&str, [u8; 32]> = m
+    // The manifest's digest of each mapping file, in bundle order: the reader hands the files
+    // over in that order.
+    let digests: Vec<[u8; 32]> = bundle
+        .manifest()
         .entries
         .iter()
-        .map(|e| (e.path.as_str(), e.sha256.0))
+        .filter(|e| e.kind == EntryKind::MappingFile)
+        .map(|e| e.sha256.0)
         .collect();
     let mut versions: HashMap<Name, i64> = HashMap::new();
-    let payload = if let Some(read) = payload {
-        read.map_err(|e| fail(e.into()))?
+    // Each credential is decided and written as it is read, against what was stored before the
+    // write (names are unique in a bundle, so no credential's write touches another's row);
+    // only the record's lists of paths are kept. Its mappings come first in the bundle but are
+    // finished after the last credential, once their files are written: their entries still
+    // come first in the record's lists.
+    let compare_secrets = who.can(Perm::Use, target);
+    let mut creds_listed = Listed::default();
+    let mut retyped: Vec<(Name, String, &'static str)> = Vec::new();
+    let mut on_credential = |c: Credential| -> Result<(), Problem> {
+        let (change, stored) = plan::credential_change(
+            tx.reads(),
+            &app.keys,
+            known_container,
+            target,
+            &c,
+            compare_secrets,
+        )?;
+        if let Some(row) = stored
+            && row.kind != c.kind.as_str()
+        {
+            retyped.push((c.name.clone(), row.kind, c.kind.as_str()));
+        }
+        apply_credential(
+            app,
+            tx,
+            cid,
+            did,
+            target,
+            &c,
+            &change,
+            obtained,
+            &mut creds_listed,
+        )
+    };
+    let mappings = if let Some(read) = payload {
+        let payload = read.map_err(|e| fail(e.into()))?;
+        check_kind(&m, &payload.mappings).map_err(fail)?;
+        for c in payload.credentials {
+            on_credential(c).map_err(fail)?;
+        }
+        payload.mappings
     } else {
         let versions = &mut versions;
+        let mut next_file = 0usize;
         let mut on_file = |name: &Name,
                            path: &flowpack_shared::names::RelPath,
                            size: u64,
                            data: &mut dyn std::io::Read|
          -> std::io::Result<()> {
             file_size_ok(name, path, size)?;
+            let digest = digests.get(next_file).ok_or_else(|| {
+                std::io::Error::other("a mapping file the manifest does not list")
+            })?;
+            next_file += 1;
             if files_same.contains_key(name) {
                 // The live version has these very files: they are not stored twice.
                 return drain(name, path, size, data);
             }
-            let digest = digests
-                .get(format!("mappings/{name}/files/{path}").as_str())
-                .ok_or_else(|| {
-                    std::io::Error::other("a mapping file the manifest does not list")
-                })?;
             let vid = match versions.get(name) {
                 Some(v) => *v,
                 None => {
@@ -825,42 +915,28 @@ fn apply(
             };
             tx.write_mapping_file(vid, path.as_str(), size, digest, data)
         };
-        bundle
-            .read_payload(Some(identity), &mut on_file)
-            .map_err(|e| fail(e.into()))?
+        let mappings = bundle
+            .stream_payload(Some(identity), &mut on_file, &mut on_credential)
+            .map_err(fail)?;
+        check_kind(&m, &mappings).map_err(fail)?;
+        mappings
     };
-    check_kind(&m, &payload).map_err(fail)?;
-    let changes = changes_of(
-        app,
-        who,
-        tx.reads(),
-        known_container,
-        target,
-        &payload,
-        &files_same,
-    )
-    .map_err(fail)?;
-    let (mapping_changes, credential_changes) = changes.split_at(payload.mappings.len());
+    drop(digests);
+    let retyped: Vec<(&Name, &str, &str)> = retyped
+        .iter()
+        .map(|(n, old, new)| (n, old.as_str(), *new))
+        .collect();
+    let replaced: std::collections::HashSet<&str> =
+        mappings.iter().map(|m| m.name.as_str()).collect();
+    plan::check_types_in_use(tx.reads(), known_container, target, &retyped, &replaced)
+        .map_err(fail)?;
 
-    let mut created = Vec::new();
-    let mut updated = Vec::new();
-    let mut unchanged = Vec::new();
-    let mut needs = Vec::new();
-    let mut cleared = Vec::new();
-    let mut drift = Vec::new();
-    let mut listed = |change: &plan::Change| {
-        let list = match change.action {
-            plan::Action::Create => &mut created,
-            plan::Action::Update => &mut updated,
-            plan::Action::Unchanged => &mut unchanged,
-        };
-        list.push(change.path.clone());
-        if change.drift {
-            drift.push(change.path.clone());
-        }
-    };
-    for (mapping, change) in payload.mappings.iter().zip(mapping_changes) {
-        listed(change);
+    let mut listed = Listed::default();
+    for mapping in &mappings {
+        let same = files_same.contains_key(&mapping.name);
+        let change = plan::mapping_change(tx.reads(), known_container, target, mapping, same)
+            .map_err(fail)?;
+        listed.add(&change);
         let live = if change.action == plan::Action::Unchanged {
             tx.mapping(cid, mapping.name.as_str())
                 .map_err(|e| fail(e.into()))?
@@ -885,56 +961,113 @@ fn apply(
         tx.record_deployment_mapping(did, mapping.name.as_str(), live)
             .map_err(|e| fail(e.into()))?;
     }
-    for (c, change) in payload.credentials.iter().zip(credential_changes) {
-        listed(change);
-        let path = &change.path;
-        if change.action != plan::Action::Unchanged {
-            let up = creds::upsert_from_bundle(tx, &app.keys, cid, target, c).map_err(fail)?;
-            if up.secrets_cleared {
-                cleared.push(up.path.clone());
-            }
-        }
-        let row = tx
-            .credential(cid, c.name.as_str())
-            .map_err(|e| fail(e.into()))?
-            .ok_or_else(|| fail(Problem::internal("an upserted credential vanished")))?;
-        tx.set_changed_outside(row.id, false)
-            .map_err(|e| fail(e.into()))?;
-        if let Some(tokens) = obtained.get(c.name.as_str()) {
-            let public =
-                serde_json::from_str(&row.public).map_err(|e| fail(Problem::internal(e)))?;
-            crate::service::oauth::write_tokens(tx, &app.keys, row.id, path, &public, tokens)
-                .map_err(fail)?;
-        }
-        if creds::needs_secrets(tx.reads(), row.id).map_err(fail)? {
-            needs.push(path.clone());
-        }
-        tx.record_credential_version(did, cid, c.name.as_str())
-            .map_err(|e| fail(e.into()))?;
-    }
-    let record = json!({
-        "id": did,
-        "bundle_id": m.bundle_id.as_str(),
-        "container": target.as_str(),
-        "at": app.now().to_string(),
-        "principal": who.name,
-        "signer_key_id": m.signer_key_id.to_string(),
-        "environment": m.environment,
-        "rollback_of": Value::Null,
-        "created": created,
-        "updated": updated,
-        "unchanged": unchanged,
-        "needs_secrets": needs,
-        "secrets_cleared": cleared,
-        "drift": drift,
-        "replayed": false,
-    });
+    drop(mappings);
+    listed.append(creds_listed);
+    let Listed {
+        created,
+        updated,
+        unchanged,
+        needs,
+        cleared,
+        drift,
+    } = listed;
+    // Built by moving the lists in, not copying them.
+    let mut record = Map::new();
+    record.insert("id".into(), json!(did));
+    record.insert("bundle_id".into(), m.bundle_id.as_str().into());
+    record.insert("container".into(), target.as_str().into());
+    record.insert("at".into(), app.now().to_string().into());
+    record.insert("principal".into(), json!(who.name));
+    record.insert("signer_key_id".into(), m.signer_key_id.to_string().into());
+    record.insert("environment".into(), json!(m.environment));
+    record.insert("rollback_of".into(), Value::Null);
+    record.insert("created".into(), created.into());
+    record.insert("updated".into(), updated.into());
+    record.insert("unchanged".into(), unchanged.into());
+    record.insert("needs_secrets".into(), needs.into());
+    record.insert("secrets_cleared".into(), cleared.into());
+    record.insert("drift".into(), drift.into());
+    record.insert("replayed".into(), false.into());
+    let record = Value::Object(record);
     tx.set_deployment_record(did, &record.to_string())
         .map_err(|e| fail(e.into()))?;
     let row = deploy_audit(who, target, &info, "applied", 201);
     tx.insert_audit(&row).map_err(|e| fail(e.into()))?;
     tracing::info!(bundle_id = %m.bundle_id, container = %target, deployment = did.0, "bundle applied");
     Ok((Outcome::Created, record))
+}
+
+/// The paths a deployment record lists, by what happened to them.
+#[derive(Default)]
+struct Listed {
+    created: Vec<String>,
+    updated: Vec<String>,
+    unchanged: Vec<String>,
+    needs: Vec<String>,
+    cleared: Vec<String>,
+    drift: Vec<String>,
+}
+
+impl Listed {
+    /// Lists an object under its action, and under `drift` when it drifted.
+    fn add(&mut self, change: &plan::Change) {
+        let list = match change.action {
+            plan::Action::Create => &mut self.created,
+            plan::Action::Update => &mut self.updated,
+            plan::Action::Unchanged => &mut self.unchanged,
+        };
+        list.push(change.path.clone());
+        if change.drift {
+            self.drift.push(change.path.clone());
+        }
+    }
+
+    /// Appends `other`'s lists to these.
+    fn append(&mut self, mut other: Listed) {
+        self.created.append(&mut other.created);
+        self.updated.append(&mut other.updated);
+        self.unchanged.append(&mut other.unchanged);
+        self.needs.append(&mut other.needs);
+        self.cleared.append(&mut other.cleared);
+        self.drift.append(&mut other.drift);
+    }
+}
+
+/// Writes one credential of a bundle, whose change against what is stored is `change`, and
+/// lists it in the deployment's record.
+#[allow(clippy::too_many_arguments)]
+fn apply_credential(
+    app: &App,
+    tx: &Tx<'_>,
+    cid: crate::store::ContainerId,
+    did: crate::store::DeploymentId,
+    target: &ContainerPath,
+    c: &Credential,
+    change: &plan::Change,
+    obtained: &HashMap<String, Tokens>,
+    listed: &mut Listed,
+) -> Result<(), Problem> {
+    listed.add(change);
+    let path = &change.path;
+    if change.action != plan::Action::Unchanged {
+        let up = creds::upsert_from_bundle(tx, &app.keys, cid, target, c)?;
+        if up.secrets_cleared {
+            listed.cleared.push(up.path);
+        }
+    }
+    let row = tx
+        .credential(cid, c.name.as_str())?
+        .ok_or_else(|| Problem::internal("an upserted credential vanished"))?;
+    tx.set_changed_outside(row.id, false)?;
+    if let Some(tokens) = obtained.get(c.name.as_str()) {
+        let public = serde_json::from_str(&row.public).map_err(Problem::internal)?;
+        crate::service::oauth::write_tokens(tx, &app.keys, row.id, path, &public, tokens)?;
+    }
+    if creds::needs_secrets(tx.reads(), row.id)? {
+        listed.needs.push(path.clone());
+    }
+    tx.record_credential_version(did, cid, c.name.as_str())?;
+    Ok(())
 }
 
 /// Refuses a mapping file larger than the store keeps.
@@ -953,11 +1086,8 @@ fn file_size_ok(
 }
 
 /// Refuses a standalone credential bundle that carries mappings.
-fn check_kind(
-    m: &flowpack_shared::bundle::manifest::Manifest,
-    payload: &Payload,
-) -> Result<(), Problem> {
-    if m.kind == BundleKind::Credentials && !payload.mappings.is_empty() {
+fn check_kind(m: &Manifest, mappings: &[Mapping]) -> Result<(), Problem> {
+    if m.kind == BundleKind::Credentials && !mappings.is_empty() {
         return Err(Problem::unprocessable(
             ProblemCode::BadRecord,
             "a standalone credential bundle carries mappings",

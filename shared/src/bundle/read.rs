@@ -16,7 +16,7 @@ use std::io::{self, Read, Seek};
 use crate::bundle::error::BundleError;
 use crate::bundle::manifest::{BundleKind, EntryPath, FORMAT, Manifest, SecretsState};
 use crate::keys::{KeyId, VerifyingKey};
-use crate::model::credential::{Credential, SecretValue};
+use crate::model::credential::{Credential, CredentialType, SecretValue};
 use crate::model::mapping::Mapping;
 use crate::names::{ContainerPath, Name, RelPath};
 use crate::seal::{DataKey, SealContext, SealingIdentity};
@@ -235,6 +235,13 @@ impl<R: Read + Seek> OpenBundle<R> {
         &self.manifest_bytes
     }
 
+    /// Frees the kept bytes of `manifest.json` (up to [`MAX_MANIFEST`]): for a caller that keeps
+    /// the bundle open to read its payload and needs no more than [`OpenBundle::manifest_sha256`].
+    /// [`OpenBundle::manifest_bytes`] is empty afterwards.
+    pub fn forget_manifest_bytes(&mut self) {
+        self.manifest_bytes = Vec::new();
+    }
+
     /// The SHA-256 of `manifest.json`'s exact bytes.
     pub fn manifest_sha256(&self) -> &[u8; 32] {
         &self.manifest_sha256
@@ -265,13 +272,38 @@ impl<R: Read + Seek> OpenBundle<R> {
         identity: Option<&SealingIdentity>,
         on_file: &mut FileSink<'_>,
     ) -> Result<Payload, BundleError> {
+        let mut credentials = Vec::new();
+        let mappings = self.stream_payload(identity, on_file, &mut |c| {
+            credentials.push(c);
+            Ok::<(), BundleError>(())
+        })?;
+        Ok(Payload {
+            mappings,
+            credentials,
+        })
+    }
+
+    /// Like [`OpenBundle::read_payload`], but each credential is handed to `on_credential` as
+    /// soon as it is read and checked (its sealed values opened), and is not kept: for a
+    /// reader of a bundle of many credentials that applies them one at a time. Returns the
+    /// mappings. The rules across records (unique names, references resolved) are checked
+    /// after the last credential was handed on: a caller must not take anything it was handed
+    /// as final before this returns `Ok`.
+    pub fn stream_payload<E: From<BundleError>>(
+        &mut self,
+        identity: Option<&SealingIdentity>,
+        on_file: &mut FileSink<'_>,
+        on_credential: &mut dyn FnMut(Credential) -> Result<(), E>,
+    ) -> Result<Vec<Mapping>, E> {
         let data_key = self.data_key(identity)?;
         let m = &self.manifest;
         let mut mappings: Vec<Mapping> = Vec::new();
-        let mut credentials: Vec<Credential> = Vec::new();
-        // Files the current mapping still expects, in order.
-        let mut expected: std::collections::VecDeque<RelPath> = Default::default();
+        // Each credential's name and type, for the rules across records.
+        let mut credentials: Vec<(Name, CredentialType)> = Vec::new();
+        // The mapping whose files come next (the last one read), and the index in its `files`
+        // of the next one expected.
         let mut current: Option<Name> = None;
+        let mut next_file = 0usize;
         let summaries: HashMap<&str, _> =
             m.credentials.iter().map(|c| (c.name.as_str(), c)).collect();
         for me in &m.entries {
@@ -281,26 +313,33 @@ impl<R: Read + Seek> OpenBundle<R> {
                     me.path
                 ))
             })?;
+            let expected = current
+                .as_ref()
+                .and_then(|_| mappings.last())
+                .and_then(|m| m.files.get(next_file));
             if let (Some(name), false, Some(missing)) = (
                 &current,
                 matches!(path, EntryPath::MappingFile(..)),
-                expected.front(),
+                expected,
             ) {
                 return Err(BundleError::MappingFilesMismatch(
                     name.to_string(),
                     format!("file {missing} is listed but has no entry"),
-                ));
+                )
+                .into());
             }
             let mut reader = self
                 .zip
-                .next_entry()?
+                .next_entry()
+                .map_err(BundleError::from)?
                 .ok_or_else(|| BundleError::MissingEntry(me.path.clone()))?;
             match &path {
                 EntryPath::Mapping(name) => {
                     if !credentials.is_empty() {
                         return Err(BundleError::EntryOrder(format!(
                             "mapping {name} comes after credentials; mappings come first"
-                        )));
+                        ))
+                        .into());
                     }
                     let bytes = read_record(&mut reader, &me.path)?;
                     let mapping = Mapping::parse(&me.path, &bytes)
@@ -309,21 +348,23 @@ impl<R: Read + Seek> OpenBundle<R> {
                         return Err(BundleError::BadRecord(format!(
                             "{}: field `name`: `{}` does not match the entry's directory",
                             me.path, mapping.name
-                        )));
+                        ))
+                        .into());
                     }
-                    expected = mapping.files.iter().cloned().collect();
                     current = Some(name.clone());
+                    next_file = 0;
                     check_digest(reader, me)?;
                     mappings.push(mapping);
                 }
                 EntryPath::MappingFile(name, file) => {
-                    if current.as_ref() != Some(name) || expected.front() != Some(file) {
+                    if current.as_ref() != Some(name) || expected != Some(file) {
                         return Err(BundleError::MappingFilesMismatch(
                             name.to_string(),
                             format!("entry {} is not the next file its mapping lists", me.path),
-                        ));
+                        )
+                        .into());
                     }
-                    expected.pop_front();
+                    next_file += 1;
                     on_file(name, file, me.size, &mut reader).map_err(BundleError::from_io)?;
                     check_digest(reader, me)?;
                 }
@@ -337,7 +378,8 @@ impl<R: Read + Seek> OpenBundle<R> {
                         return Err(BundleError::BadRecord(format!(
                             "{}: field `name`: `{}` does not match the entry's name",
                             me.path, c.name
-                        )));
+                        ))
+                        .into());
                     }
                     let summary = summaries.get(name.as_str()).ok_or_else(|| {
                         BundleError::BadRecord(format!(
@@ -349,36 +391,43 @@ impl<R: Read + Seek> OpenBundle<R> {
                             "{}: field `type`: the manifest says {}",
                             me.path,
                             summary.kind.as_str()
-                        )));
+                        ))
+                        .into());
                     }
                     check_secrets_state(&c, summary.secrets, &me.path)?;
-                    self.open_sealed(&mut c, data_key.as_ref())?;
-                    credentials.push(c);
+                    open_sealed(m, &mut c, data_key.as_ref())?;
+                    credentials.push((c.name.clone(), c.kind));
+                    on_credential(c)?;
                 }
             }
         }
-        if let (Some(name), Some(missing)) = (&current, expected.front()) {
+        let expected = current
+            .as_ref()
+            .and_then(|_| mappings.last())
+            .and_then(|m| m.files.get(next_file));
+        if let (Some(name), Some(missing)) = (&current, expected) {
             return Err(BundleError::MappingFilesMismatch(
                 name.to_string(),
                 format!("file {missing} is listed but has no entry"),
-            ));
+            )
+            .into());
         }
         if credentials.len() != m.credentials.len() {
             return Err(BundleError::BadRecord(
                 "the manifest lists credentials the bundle does not carry".into(),
-            ));
+            )
+            .into());
         }
-        crate::model::check_project(
+        let kinds: Vec<(&str, CredentialType)> =
+            credentials.iter().map(|(n, k)| (n.as_str(), *k)).collect();
+        crate::model::check_records(
             "bundle",
             m.kind == BundleKind::Credentials,
             &mappings.iter().collect::<Vec<_>>(),
-            &credentials.iter().collect::<Vec<_>>(),
+            &kinds,
         )
         .map_err(|e| BundleError::BadRecord(e.to_string()))?;
-        Ok(Payload {
-            mappings,
-            credentials,
-        })
+        Ok(mappings)
     }
 
     fn data_key(&self, identity: Option<&SealingIdentity>) -> Result<Option<DataKey>, BundleError> {
@@ -396,32 +445,37 @@ impl<R: Read + Seek> OpenBundle<R> {
             .map(Some)
             .map_err(|e| BundleError::SealOpenFailed(format!("sealing.wrapped_key: {e}")))
     }
+}
 
-    fn open_sealed(&self, c: &mut Credential, key: Option<&DataKey>) -> Result<(), BundleError> {
-        for (field, value) in c.secrets.iter_mut() {
-            let SecretValue::Sealed(b64) = value else {
-                continue;
-            };
-            if self.manifest.sealing.is_none() {
-                return Err(BundleError::SealOpenFailed(format!(
-                    "credential {}: field `{field}` is sealed but the bundle has no sealing block",
-                    c.name
-                )));
-            }
-            let Some(key) = key else { continue };
-            let ctx = SealContext {
-                bundle_id: self.manifest.bundle_id.as_str(),
-                container: self.manifest.target_container.as_str(),
-                credential: c.name.as_str(),
-                field,
-            };
-            let plain = key.open(&ctx, b64).map_err(|e| {
-                BundleError::SealOpenFailed(format!("credential {}: field `{field}`: {e}", c.name))
-            })?;
-            *value = SecretValue::Plain(plain);
+/// Opens the sealed values of credential `c` of the bundle whose manifest is `manifest`.
+fn open_sealed(
+    manifest: &Manifest,
+    c: &mut Credential,
+    key: Option<&DataKey>,
+) -> Result<(), BundleError> {
+    for (field, value) in c.secrets.iter_mut() {
+        let SecretValue::Sealed(b64) = value else {
+            continue;
+        };
+        if manifest.sealing.is_none() {
+            return Err(BundleError::SealOpenFailed(format!(
+                "credential {}: field `{field}` is sealed but the bundle has no sealing block",
+                c.name
+            )));
         }
-        Ok(())
+        let Some(key) = key else { continue };
+        let ctx = SealContext {
+            bundle_id: manifest.bundle_id.as_str(),
+            container: manifest.target_container.as_str(),
+            credential: c.name.as_str(),
+            field,
+        };
+        let plain = key.open(&ctx, b64).map_err(|e| {
+            BundleError::SealOpenFailed(format!("credential {}: field `{field}`: {e}", c.name))
+        })?;
+        *value = SecretValue::Plain(plain);
     }
+    Ok(())
 }
 
 fn check_secrets_state(

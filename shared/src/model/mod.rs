@@ -77,6 +77,21 @@ pub fn check_project(
     mappings: &[&mapping::Mapping],
     credentials: &[&credential::Credential],
 ) -> Result<(), RecordError> {
+    let kinds: Vec<(&str, credential::CredentialType)> = credentials
+        .iter()
+        .map(|c| (c.name.as_str(), c.kind))
+        .collect();
+    check_records(origin, credentials_only, mappings, &kinds)
+}
+
+/// [`check_project`] given each credential's name and type, which are all its rules look at:
+/// for a reader that hands credentials on as it reads them instead of keeping them.
+pub fn check_records(
+    origin: &str,
+    credentials_only: bool,
+    mappings: &[&mapping::Mapping],
+    credentials: &[(&str, credential::CredentialType)],
+) -> Result<(), RecordError> {
     use std::collections::BTreeSet;
     if let (true, Some(m)) = (credentials_only, mappings.first()) {
         return Err(RecordError::new(
@@ -99,12 +114,12 @@ pub fn check_project(
         }
     }
     let mut creds = BTreeSet::new();
-    for c in credentials {
-        if !creds.insert(c.name.as_str()) {
+    for (name, _) in credentials {
+        if !creds.insert(*name) {
             return Err(RecordError::new(
                 origin,
                 None,
-                format!("two credentials are named `{}`", c.name),
+                format!("two credentials are named `{name}`"),
             ));
         }
     }
@@ -113,8 +128,8 @@ pub fn check_project(
             let (Some(cred), Some(needed)) = (&p.credential, p.credential_type) else {
                 continue;
             };
-            if let Some(c) = credentials.iter().find(|c| c.name == *cred)
-                && c.kind != needed
+            if let Some((_, kind)) = credentials.iter().find(|(n, _)| *n == cred.as_str())
+                && *kind != needed
             {
                 return Err(RecordError::new(
                     origin,
@@ -124,7 +139,7 @@ pub fn check_project(
                         m.name,
                         p.name,
                         needed.as_str(),
-                        c.kind.as_str()
+                        kind.as_str()
                     ),
                 ));
             }
