@@ -69,15 +69,7 @@ trap 'exit 130' INT TERM
 rm -rf "$scratch"
 mkdir -p "$scratch"
 
-gen() { # DIR PARAMS… : generate unless DIR/.params says it was made with the same parameters
-  local dir=$1; shift
-  local params="v1 $*"
-  [ -f "$dir/.params" ] && [ "$(cat "$dir/.params")" = "$params" ] && return 0
-  rm -rf "$dir"
-  log "generating $dir"
-  "$tool" "$@" --dir "$dir" --seed "$SEED"
-  echo "$params" > "$dir/.params"
-}
+. "$root/bench/corpus.sh"
 gen "$corpus/creds" creds --count "$CREDS" --prefix x
 gen "$corpus/entries" small --files "$FILES" --size "$FILE_SIZE" --mappings "$MAPPINGS"
 

@@ -153,15 +153,7 @@ start_load=$(cat /proc/loadavg)
 
 # ---------------------------------------------------------------- corpora
 L=$corpus/L S=$corpus/S GS=$corpus/G-small GB=$corpus/G-big MANYD=$corpus/creds-many FEWD=$corpus/creds-few DEPD=$corpus/creds-deploy
-gen() { # DIR PARAMS… : generate unless DIR/.params says it was made with the same parameters
-  local dir=$1; shift
-  local params="v1 $*"
-  [ -f "$dir/.params" ] && [ "$(cat "$dir/.params")" = "$params" ] && return 0
-  rm -rf "$dir"
-  log "generating $dir"
-  "$tool" "$@" --dir "$dir" --seed "$SEED"
-  echo "$params" > "$dir/.params"
-}
+. "$root/bench/corpus.sh"
 gen "$L" project --bytes "$L_BYTES" --files "$L_FILES" --mappings "$L_MAPPINGS" --credentials "$L_CREDS"
 gen "$S" small --files "$S_FILES" --size "$S_SIZE" --mappings "$S_MAPPINGS"
 gen "$GS" project --bytes "$G_SMALL_BYTES" --files "$G_SMALL_FILES" --mappings 16 --credentials "$G_SMALL_CREDS"
