@@ -6,7 +6,7 @@ use flowpack_shared::timefmt::Timestamp;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{OptionalExtension, params};
 
-use super::Conn;
+use super::{Cached, Conn};
 use crate::store::{
     AuditRow, ContainerId, CredentialId, CredentialRow, CredentialVersion, DeploymentId,
     DeploymentRow, GrantRows, MappingFile, MappingRow, Reads, Replay, Result, SecretFingerprints,
@@ -60,7 +60,7 @@ impl Reads for Conn {
     fn tokens(&self) -> Result<Vec<TokenListing>> {
         let mut grants: std::collections::HashMap<String, GrantRows> =
             std::collections::HashMap::new();
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare_cached(
             "SELECT p.name, g.prefix, g.perms FROM grants g JOIN principals p ON p.id = g.principal_id
              ORDER BY p.name, g.prefix",
         )?;
@@ -71,7 +71,7 @@ impl Reads for Conn {
                 .or_default()
                 .push((r.get(1)?, r.get(2)?));
         }
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare_cached(
             "SELECT t.id, p.name, t.created_at, t.expires_at_ms, t.last_used_at_ms
              FROM tokens t JOIN principals p ON p.id = t.principal_id
              ORDER BY p.name, t.created_at, t.id",
@@ -94,9 +94,9 @@ impl Reads for Conn {
     }
 
     fn signers(&self) -> Result<Vec<SignerListing>> {
-        let mut st = self
-            .conn
-            .prepare("SELECT key_id, containers, added_at FROM trusted_signers ORDER BY key_id")?;
+        let mut st = self.conn.prepare_cached(
+            "SELECT key_id, containers, added_at FROM trusted_signers ORDER BY key_id",
+        )?;
         let rows = st.query_map([], |r| {
             Ok(SignerListing {
                 key_id: r.get(0)?,
@@ -110,7 +110,7 @@ impl Reads for Conn {
     fn signer(&self, key_id: &str) -> Result<Option<(Vec<u8>, String)>> {
         Ok(self
             .conn
-            .query_row(
+            .query_row_cached(
                 "SELECT public_key, containers FROM trusted_signers WHERE key_id = ?1",
                 params![key_id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -146,7 +146,7 @@ impl Reads for Conn {
     fn mapping(&self, container: ContainerId, name: &str) -> Result<Option<MappingRow>> {
         Ok(self
             .conn
-            .query_row(
+            .query_row_cached(
                 "SELECT v.id, v.version, v.definition FROM mappings m JOIN mapping_versions v ON v.id = m.version_id
                  WHERE m.container_id = ?1 AND m.name = ?2",
                 params![container, name],
@@ -173,7 +173,7 @@ impl Reads for Conn {
     fn mapping_file(&self, version_id: i64, path: &str) -> Result<Option<MappingFile<'_>>> {
         let row: Option<i64> = self
             .conn
-            .query_row(
+            .query_row_cached(
                 "SELECT rowid FROM mapping_files WHERE version_id = ?1 AND path = ?2",
                 params![version_id, path],
                 |r| r.get(0),
@@ -240,7 +240,7 @@ impl Reads for Conn {
     ) -> Result<Option<(String, String, CredentialRow)>> {
         Ok(self
             .conn
-            .query_row(
+            .query_row_cached(
                 "SELECT c.path, x.name, x.id, x.type, x.public, x.token_version, x.needs_authorization
                  FROM credentials x JOIN containers c ON c.id = x.container_id WHERE x.id = ?1",
                 params![id],
@@ -266,7 +266,7 @@ impl Reads for Conn {
     fn changed_outside(&self, credential: CredentialId) -> Result<bool> {
         Ok(self
             .conn
-            .query_row(
+            .query_row_cached(
                 "SELECT changed_outside FROM credentials WHERE id = ?1",
                 params![credential],
                 |r| r.get(0),
@@ -280,7 +280,7 @@ impl Reads for Conn {
     fn deployment_by_bundle(&self, bundle_id: &str) -> Result<Option<Replay>> {
         Ok(self
             .conn
-            .query_row(
+            .query_row_cached(
                 "SELECT record, container, manifest_sha256 FROM deployments WHERE bundle_id = ?1",
                 params![bundle_id],
                 |r| {
@@ -313,7 +313,7 @@ impl Reads for Conn {
     }
 
     fn newest_created(&self, container: &str) -> Result<Option<i64>> {
-        Ok(self.conn.query_row(
+        Ok(self.conn.query_row_cached(
             "SELECT MAX(created_at_ms) FROM deployments WHERE container = ?1",
             params![container],
             |r| r.get(0),
@@ -323,7 +323,7 @@ impl Reads for Conn {
     fn deployment(&self, id: DeploymentId) -> Result<Option<DeploymentRow>> {
         Ok(self
             .conn
-            .query_row(
+            .query_row_cached(
                 "SELECT container, record, created_at_ms FROM deployments WHERE id = ?1",
                 params![id],
                 |r| {
@@ -453,7 +453,7 @@ impl Conn {
         args.push(SqlValue::Integer(
             i64::try_from(page.limit).unwrap_or(i64::MAX),
         ));
-        let mut st = self.conn.prepare(&sql)?;
+        let mut st = self.conn.prepare_cached(&sql)?;
         let rows = st.query_map(rusqlite::params_from_iter(&args), row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }

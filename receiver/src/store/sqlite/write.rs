@@ -3,7 +3,7 @@
 use flowpack_shared::names::{ContainerPath, Name};
 use rusqlite::{OptionalExtension, params};
 
-use super::Conn;
+use super::{Cached, Conn};
 use crate::store::{
     AuditRow, ContainerId, CredentialId, CredentialRow, DeploymentId, EncryptedAt, EncryptedValue,
     Error, OAuthState, Reads, Result, SecretRow, Writes, object_path,
@@ -15,7 +15,7 @@ impl Writes for Conn {
     fn ensure_principal(&self, name: &str) -> Result<i64> {
         let conn = &*self.conn;
         if let Some(id) = conn
-            .query_row(
+            .query_row_cached(
                 "SELECT id FROM principals WHERE name = ?1",
                 params![name],
                 |r| r.get(0),
@@ -24,7 +24,7 @@ impl Writes for Conn {
         {
             return Ok(id);
         }
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO principals (name, created_at) VALUES (?1, ?2)",
             params![name, self.now()],
         )?;
@@ -34,7 +34,7 @@ impl Writes for Conn {
     fn add_grant(&self, principal: i64, prefix: &str, perms: &str) -> Result<()> {
         let conn = &*self.conn;
         let old: Option<String> = conn
-            .query_row(
+            .query_row_cached(
                 "SELECT perms FROM grants WHERE principal_id = ?1 AND prefix = ?2",
                 params![principal, prefix],
                 |r| r.get(0),
@@ -49,7 +49,7 @@ impl Writes for Conn {
             .collect();
         all.sort_unstable();
         all.dedup();
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO grants (principal_id, prefix, perms) VALUES (?1, ?2, ?3)
              ON CONFLICT (principal_id, prefix) DO UPDATE SET perms = excluded.perms",
             params![principal, prefix, all.join(",")],
@@ -64,7 +64,7 @@ impl Writes for Conn {
         sha256: &[u8],
         expires_at_ms: Option<i64>,
     ) -> Result<()> {
-        self.conn.execute(
+        self.conn.execute_cached(
             "INSERT INTO tokens (id, principal_id, secret_sha256, created_at, expires_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id, principal, sha256, self.now(), expires_at_ms],
@@ -75,7 +75,7 @@ impl Writes for Conn {
     fn delete_token(&self, id: &str) -> Result<Option<String>> {
         let conn = &*self.conn;
         let principal: Option<String> = conn
-            .query_row(
+            .query_row_cached(
                 "SELECT p.name FROM tokens t JOIN principals p ON p.id = t.principal_id
                  WHERE t.id = ?1",
                 params![id],
@@ -83,7 +83,7 @@ impl Writes for Conn {
             )
             .optional()?;
         if principal.is_some() {
-            conn.execute("DELETE FROM tokens WHERE id = ?1", params![id])?;
+            conn.execute_cached("DELETE FROM tokens WHERE id = ?1", params![id])?;
         }
         Ok(principal)
     }
@@ -91,7 +91,7 @@ impl Writes for Conn {
     fn delete_tokens_of(&self, name: &str) -> Result<Option<Vec<String>>> {
         let conn = &*self.conn;
         let principal: Option<i64> = conn
-            .query_row(
+            .query_row_cached(
                 "SELECT id FROM principals WHERE name = ?1",
                 params![name],
                 |r| r.get(0),
@@ -100,11 +100,12 @@ impl Writes for Conn {
         let Some(principal) = principal else {
             return Ok(None);
         };
-        let mut st = conn.prepare("SELECT id FROM tokens WHERE principal_id = ?1 ORDER BY id")?;
+        let mut st =
+            conn.prepare_cached("SELECT id FROM tokens WHERE principal_id = ?1 ORDER BY id")?;
         let ids = st
             .query_map(params![principal], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
-        conn.execute(
+        conn.execute_cached(
             "DELETE FROM tokens WHERE principal_id = ?1",
             params![principal],
         )?;
@@ -112,7 +113,7 @@ impl Writes for Conn {
     }
 
     fn set_token_last_used(&self, id: &str, at_ms: i64) -> Result<()> {
-        self.conn.execute(
+        self.conn.execute_cached(
             "UPDATE tokens SET last_used_at_ms = ?2
              WHERE id = ?1 AND (last_used_at_ms IS NULL OR last_used_at_ms < ?2)",
             params![id, at_ms],
@@ -121,7 +122,7 @@ impl Writes for Conn {
     }
 
     fn delete_signer(&self, key_id: &str) -> Result<bool> {
-        Ok(self.conn.execute(
+        Ok(self.conn.execute_cached(
             "DELETE FROM trusted_signers WHERE key_id = ?1",
             params![key_id],
         )? > 0)
@@ -135,7 +136,7 @@ impl Writes for Conn {
     ) -> Result<()> {
         let list: Vec<&str> = containers.iter().map(ContainerPath::as_str).collect();
         let json = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
-        self.conn.execute(
+        self.conn.execute_cached(
             "INSERT INTO trusted_signers (key_id, public_key, containers, added_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (key_id) DO UPDATE SET public_key = excluded.public_key, containers = excluded.containers",
             params![key_id, public_key, json, self.now()],
@@ -152,7 +153,7 @@ impl Writes for Conn {
             parent = match self.container_id(&p)? {
                 Some(id) => id,
                 None => {
-                    conn.execute(
+                    conn.execute_cached(
                         "INSERT INTO containers (path, parent_id, name, created_at) VALUES (?1, ?2, ?3, ?4)",
                         params![p.as_str(), parent, p.last_segment(), self.now()],
                     )?;
@@ -172,12 +173,12 @@ impl Writes for Conn {
         deployment: DeploymentId,
     ) -> Result<i64> {
         let conn = &*self.conn;
-        let version: i64 = conn.query_row(
+        let version: i64 = conn.query_row_cached(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM mapping_versions WHERE container_id = ?1 AND name = ?2",
             params![container, name.as_str()],
             |r| r.get(0),
         )?;
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO mapping_versions (container_id, name, version, definition, deployment_id, created_at)
              VALUES (?1, ?2, ?3, '', ?4, ?5)",
             params![container, name.as_str(), version, deployment, self.now()],
@@ -193,16 +194,16 @@ impl Writes for Conn {
         definition: &str,
     ) -> Result<bool> {
         let conn = &*self.conn;
-        conn.execute(
+        conn.execute_cached(
             "UPDATE mapping_versions SET definition = ?1 WHERE id = ?2",
             params![definition, version_id],
         )?;
-        let replaced = conn.execute(
+        let replaced = conn.execute_cached(
             "UPDATE mappings SET version_id = ?1 WHERE container_id = ?2 AND name = ?3",
             params![version_id, container, name.as_str()],
         )? > 0;
         if !replaced {
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO mappings (container_id, name, version_id) VALUES (?1, ?2, ?3)",
                 params![container, name.as_str(), version_id],
             )?;
@@ -223,7 +224,7 @@ impl Writes for Conn {
         }
         let conn = &*self.conn;
         let len = i64::try_from(size).map_err(io)?;
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO mapping_files (version_id, path, data, sha256) VALUES (?1, ?2, zeroblob(?3), ?4)",
             params![version_id, path, len, sha256.as_slice()],
         )
@@ -240,14 +241,14 @@ impl Writes for Conn {
     }
 
     fn delete_mapping(&self, container: ContainerId, name: &str) -> Result<bool> {
-        Ok(self.conn.execute(
+        Ok(self.conn.execute_cached(
             "DELETE FROM mappings WHERE container_id = ?1 AND name = ?2",
             params![container, name],
         )? > 0)
     }
 
     fn set_live_mapping(&self, container: ContainerId, name: &str, version_id: i64) -> Result<()> {
-        self.conn.execute(
+        self.conn.execute_cached(
             "INSERT INTO mappings (container_id, name, version_id) VALUES (?1, ?2, ?3)
              ON CONFLICT (container_id, name) DO UPDATE SET version_id = excluded.version_id",
             params![container, name, version_id],
@@ -256,7 +257,7 @@ impl Writes for Conn {
     }
 
     fn copy_mapping_files(&self, from: i64, to: i64) -> Result<()> {
-        self.conn.execute(
+        self.conn.execute_cached(
             "INSERT INTO mapping_files (version_id, path, data, sha256)
              SELECT ?2, path, data, sha256 FROM mapping_files WHERE version_id = ?1",
             params![from, to],
@@ -275,21 +276,21 @@ impl Writes for Conn {
     ) -> Result<(CredentialId, Option<CredentialRow>)> {
         let conn = &*self.conn;
         if let Some(row) = self.credential(container, name)? {
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE credentials SET type = ?1, public = ?2, updated_at = ?3,
                  token_version = token_version + 1 WHERE id = ?4",
                 params![kind, public, self.now(), row.id],
             )?;
             if row.kind != kind {
                 // A changed type makes the old secrets meaningless.
-                conn.execute(
+                conn.execute_cached(
                     "DELETE FROM credential_secrets WHERE credential_id = ?1",
                     params![row.id],
                 )?;
             }
             return Ok((row.id, Some(row)));
         }
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO credentials (container_id, name, type, public, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![container, name, kind, public, self.now()],
         )?;
@@ -303,7 +304,7 @@ impl Writes for Conn {
         ciphertext: &[u8],
         fingerprint: &str,
     ) -> Result<()> {
-        self.conn.execute(
+        self.conn.execute_cached(
             "INSERT INTO credential_secrets (credential_id, field, ciphertext, fingerprint) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (credential_id, field) DO UPDATE SET ciphertext = excluded.ciphertext, fingerprint = excluded.fingerprint",
             params![credential, field, ciphertext, fingerprint],
@@ -312,7 +313,7 @@ impl Writes for Conn {
     }
 
     fn clear_secret(&self, credential: CredentialId, field: &str) -> Result<()> {
-        self.conn.execute(
+        self.conn.execute_cached(
             "DELETE FROM credential_secrets WHERE credential_id = ?1 AND field = ?2",
             params![credential, field],
         )?;
@@ -320,7 +321,7 @@ impl Writes for Conn {
     }
 
     fn claim_token_version(&self, credential: CredentialId, expected: i64) -> Result<bool> {
-        Ok(self.conn.execute(
+        Ok(self.conn.execute_cached(
             "UPDATE credentials SET token_version = token_version + 1
              WHERE id = ?1 AND token_version = ?2",
             params![credential, expected],
@@ -328,7 +329,7 @@ impl Writes for Conn {
     }
 
     fn set_credential_public(&self, credential: CredentialId, public: &str) -> Result<()> {
-        self.conn.execute(
+        self.conn.execute_cached(
             "UPDATE credentials SET public = ?1, updated_at = ?2 WHERE id = ?3",
             params![public, self.now(), credential],
         )?;
@@ -336,7 +337,7 @@ impl Writes for Conn {
     }
 
     fn set_needs_authorization(&self, credential: CredentialId, on: bool) -> Result<()> {
-        self.conn.execute(
+        self.conn.execute_cached(
             "UPDATE credentials SET needs_authorization = ?1 WHERE id = ?2",
             params![on, credential],
         )?;
@@ -345,33 +346,33 @@ impl Writes for Conn {
 
     fn delete_credential(&self, credential: CredentialId) -> Result<()> {
         let conn = &*self.conn;
-        conn.execute(
+        conn.execute_cached(
             "DELETE FROM credential_version_secrets WHERE version_id IN (
                SELECT v.id FROM credential_versions v JOIN credentials c
                ON c.container_id = v.container_id AND c.name = v.name WHERE c.id = ?1)",
             params![credential],
         )?;
-        conn.execute(
+        conn.execute_cached(
             "DELETE FROM credential_secrets WHERE credential_id = ?1",
             params![credential],
         )?;
-        conn.execute("DELETE FROM credentials WHERE id = ?1", params![credential])?;
+        conn.execute_cached("DELETE FROM credentials WHERE id = ?1", params![credential])?;
         Ok(())
     }
 
     fn replace_secrets(&self, credential: CredentialId, secrets: &[SecretRow]) -> Result<()> {
         let conn = &*self.conn;
-        conn.execute(
+        conn.execute_cached(
             "DELETE FROM credential_secrets WHERE credential_id = ?1",
             params![credential],
         )?;
         for s in secrets {
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO credential_secrets (credential_id, field, ciphertext, fingerprint) VALUES (?1, ?2, ?3, ?4)",
                 params![credential, s.field, s.ciphertext, s.fingerprint],
             )?;
         }
-        conn.execute(
+        conn.execute_cached(
             "UPDATE credentials SET token_version = token_version + 1 WHERE id = ?1",
             params![credential],
         )?;
@@ -379,7 +380,7 @@ impl Writes for Conn {
     }
 
     fn set_changed_outside(&self, credential: CredentialId, on: bool) -> Result<()> {
-        self.conn.execute(
+        self.conn.execute_cached(
             "UPDATE credentials SET changed_outside = ?1 WHERE id = ?2",
             params![on, credential],
         )?;
@@ -389,7 +390,7 @@ impl Writes for Conn {
     // Pending authorization-code flows
 
     fn delete_oauth_states(&self, credential: CredentialId) -> Result<()> {
-        self.conn.execute(
+        self.conn.execute_cached(
             "DELETE FROM oauth_states WHERE credential_id = ?1",
             params![credential],
         )?;
@@ -398,11 +399,11 @@ impl Writes for Conn {
 
     fn insert_oauth_state(&self, state_sha256: &[u8], s: &OAuthState, now_ms: i64) -> Result<()> {
         let conn = &*self.conn;
-        conn.execute(
+        conn.execute_cached(
             "DELETE FROM oauth_states WHERE expires_at_ms < ?1",
             params![now_ms],
         )?;
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO oauth_states (state_sha256, credential_id, path, verifier, principal, expires_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![state_sha256, s.credential_id, s.path, s.verifier, s.principal, s.expires_at_ms],
@@ -413,7 +414,7 @@ impl Writes for Conn {
     fn take_oauth_state(&self, state_sha256: &[u8]) -> Result<Option<OAuthState>> {
         let conn = &*self.conn;
         let found = conn
-            .query_row(
+            .query_row_cached(
                 "SELECT credential_id, path, verifier, principal, expires_at_ms FROM oauth_states WHERE state_sha256 = ?1",
                 params![state_sha256],
                 |r| {
@@ -428,7 +429,7 @@ impl Writes for Conn {
             )
             .optional()?;
         if found.is_some() {
-            conn.execute(
+            conn.execute_cached(
                 "DELETE FROM oauth_states WHERE state_sha256 = ?1",
                 params![state_sha256],
             )?;
@@ -446,7 +447,7 @@ impl Writes for Conn {
         manifest_sha256: Option<&[u8]>,
     ) -> Result<DeploymentId> {
         let conn = &*self.conn;
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO deployments (bundle_id, container, created_at_ms, applied_at, record, manifest_sha256)
              VALUES (?1, ?2, ?3, ?4, '{}', ?5)",
             params![bundle_id, container, created_at_ms, self.now(), manifest_sha256],
@@ -455,7 +456,7 @@ impl Writes for Conn {
     }
 
     fn set_deployment_record(&self, id: DeploymentId, record: &str) -> Result<()> {
-        self.conn.execute(
+        self.conn.execute_cached(
             "UPDATE deployments SET record = ?1 WHERE id = ?2",
             params![record, id],
         )?;
@@ -468,7 +469,7 @@ impl Writes for Conn {
         name: &str,
         version_id: i64,
     ) -> Result<()> {
-        self.conn.execute(
+        self.conn.execute_cached(
             "INSERT INTO deployment_mappings (deployment_id, name, version_id) VALUES (?1, ?2, ?3)",
             params![id, name, version_id],
         )?;
@@ -482,7 +483,7 @@ impl Writes for Conn {
         name: &str,
     ) -> Result<()> {
         let conn = &*self.conn;
-        let inserted = conn.execute(
+        let inserted = conn.execute_cached(
             "INSERT INTO credential_versions (deployment_id, container_id, name, type, public, needs_authorization)
              SELECT ?1, container_id, name, type, public, needs_authorization FROM credentials
              WHERE container_id = ?2 AND name = ?3",
@@ -492,7 +493,7 @@ impl Writes for Conn {
             return Ok(());
         }
         let version = conn.last_insert_rowid();
-        conn.execute(
+        conn.execute_cached(
             "INSERT INTO credential_version_secrets (version_id, field, ciphertext, fingerprint)
              SELECT ?1, s.field, s.ciphertext, s.fingerprint FROM credential_secrets s
              JOIN credentials c ON c.id = s.credential_id WHERE c.container_id = ?2 AND c.name = ?3",
@@ -504,7 +505,7 @@ impl Writes for Conn {
     // Audit
 
     fn insert_audit(&self, a: &AuditRow) -> Result<()> {
-        self.conn.execute(
+        self.conn.execute_cached(
             "INSERT INTO audit (at, principal, action, container, target, bundle_id, signer_key_id, outcome, status, code, detail, verified)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
@@ -528,7 +529,7 @@ impl Writes for Conn {
     // Keys
 
     fn set_at_rest_key_id(&self, key_id: &str) -> Result<()> {
-        self.conn.execute(
+        self.conn.execute_cached(
             "INSERT INTO at_rest_key (id, key_id) VALUES (1, ?1)
              ON CONFLICT (id) DO UPDATE SET key_id = excluded.key_id",
             params![key_id],
@@ -539,7 +540,7 @@ impl Writes for Conn {
     fn encrypted_values(&self) -> Result<Vec<EncryptedValue>> {
         let conn = &*self.conn;
         let mut out = Vec::new();
-        let mut st = conn.prepare(
+        let mut st = conn.prepare_cached(
             "SELECT s.credential_id, k.path, c.name, s.field, s.ciphertext
              FROM credential_secrets s
              JOIN credentials c ON c.id = s.credential_id
@@ -571,7 +572,7 @@ impl Writes for Conn {
         }
         // The secrets of credential versions are the live ciphertexts as they were copied,
         // bound to the same path and field.
-        let mut st = conn.prepare(
+        let mut st = conn.prepare_cached(
             "SELECT s.version_id, k.path, v.name, s.field, s.ciphertext
              FROM credential_version_secrets s
              JOIN credential_versions v ON v.id = s.version_id
@@ -603,8 +604,8 @@ impl Writes for Conn {
                 ciphertext,
             });
         }
-        let mut st =
-            conn.prepare("SELECT state_sha256, path, verifier FROM oauth_states ORDER BY 1")?;
+        let mut st = conn
+            .prepare_cached("SELECT state_sha256, path, verifier FROM oauth_states ORDER BY 1")?;
         let rows = st.query_map([], |r| {
             Ok(EncryptedValue {
                 at: EncryptedAt::PkceVerifier {
@@ -628,17 +629,17 @@ impl Writes for Conn {
         fingerprint: Option<&str>,
     ) -> Result<()> {
         let changed = match (&value.at, fingerprint) {
-            (EncryptedAt::Secret { credential }, Some(fp)) => self.conn.execute(
+            (EncryptedAt::Secret { credential }, Some(fp)) => self.conn.execute_cached(
                 "UPDATE credential_secrets SET ciphertext = ?3, fingerprint = ?4
                  WHERE credential_id = ?1 AND field = ?2",
                 params![credential, value.field, ciphertext, fp],
             )?,
-            (EncryptedAt::VersionSecret { version }, Some(fp)) => self.conn.execute(
+            (EncryptedAt::VersionSecret { version }, Some(fp)) => self.conn.execute_cached(
                 "UPDATE credential_version_secrets SET ciphertext = ?3, fingerprint = ?4
                  WHERE version_id = ?1 AND field = ?2",
                 params![version, value.field, ciphertext, fp],
             )?,
-            (EncryptedAt::PkceVerifier { state_sha256 }, None) => self.conn.execute(
+            (EncryptedAt::PkceVerifier { state_sha256 }, None) => self.conn.execute_cached(
                 "UPDATE oauth_states SET verifier = ?2 WHERE state_sha256 = ?1",
                 params![state_sha256, ciphertext],
             )?,
@@ -660,19 +661,19 @@ impl Writes for Conn {
 impl Conn {
     pub(super) fn ensure_root(&self) -> Result<ContainerId> {
         let conn = &*self.conn;
-        conn.execute(
+        conn.execute_cached(
             "INSERT OR IGNORE INTO containers (path, parent_id, name, created_at) VALUES ('/', NULL, NULL, ?1)",
             params![self.now()],
         )?;
         Ok(
-            conn.query_row("SELECT id FROM containers WHERE path = '/'", [], |r| {
+            conn.query_row_cached("SELECT id FROM containers WHERE path = '/'", [], |r| {
                 r.get(0)
             })?,
         )
     }
 
     fn bump_token_version(&self, credential: CredentialId) -> Result<()> {
-        self.conn.execute(
+        self.conn.execute_cached(
             "UPDATE credentials SET token_version = token_version + 1 WHERE id = ?1",
             params![credential],
         )?;
