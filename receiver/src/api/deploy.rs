@@ -1,7 +1,7 @@
 //! `POST /v1/deployments` as HTTP: the request's query, content type and declared length are
-//! checked, then the body is spooled to a temporary file in the data directory (never held in
-//! memory), bounded by the configured bundle size, and handed to [`deploy::deploy`]. Every
-//! refusal is audited ([`deploy::refuse`]).
+//! checked, then the body is received, bounded by the configured bundle size (a small one in
+//! memory, a larger one spooled to a temporary file in the data directory, see [`IN_MEMORY`]),
+//! and handed to [`deploy::deploy`]. Every refusal is audited ([`deploy::refuse`]).
 
 use std::sync::Arc;
 
@@ -14,10 +14,38 @@ use crate::App;
 use crate::metrics::DeployOutcome;
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
-use crate::service::deploy::{self, Outcome};
+use crate::service::deploy::{self, Outcome, Upload};
 
 use super::extract::{declared_length, next_frame, query_params};
 use super::{Body, json_response};
+
+/// Bodies that declare at most this many bytes are received in memory; a larger one, or one
+/// of unknown length, goes to a spool file. A standalone credential bundle is a few KiB:
+/// keeping it off the disk saves creating, writing, opening again and removing a file, and
+/// four trips to the blocking pool, per deploy.
+const IN_MEMORY: u64 = 64 * 1024;
+
+/// The next data of `body`, counted into `total`; a body over `max` bytes is refused (and the
+/// refusal audited); `None` at its end.
+async fn next_data(
+    app: &Arc<App>,
+    who: &Principal,
+    body: &mut Incoming,
+    total: &mut u64,
+    max: u64,
+) -> Result<Option<bytes::Bytes>, Problem> {
+    while let Some(frame) = next_frame(app, body).await {
+        let frame = frame.map_err(|e| deploy::refuse(app, who, e))?;
+        if let Ok(data) = frame.into_data() {
+            *total += data.len() as u64;
+            if *total > max {
+                return Err(deploy::refuse(app, who, deploy::too_large(max)));
+            }
+            return Ok(Some(data));
+        }
+    }
+    Ok(None)
+}
 
 /// A new spool file for an upload (removed when the returned handle is dropped), and the
 /// file to write it through.
@@ -125,26 +153,28 @@ async fn answer(
         return Err(refuse(&app, &who, deploy::too_large(max)));
     }
 
-    let (tmp, mut file) = spool_file(&app).await?;
     let mut body = req.into_body();
     let mut total: u64 = 0;
-    while let Some(frame) = next_frame(&app, &mut body).await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(e) => return Err(refuse(&app, &who, e)),
-        };
-        if let Ok(data) = frame.into_data() {
-            total += data.len() as u64;
-            if total > max {
-                return Err(refuse(&app, &who, deploy::too_large(max)));
-            }
+    let upload = if let Some(n) = declared.filter(|n| *n <= IN_MEMORY) {
+        // The capacity is the declared length, which the body cannot exceed: the bytes are
+        // never moved (and left behind unwiped) by a reallocation.
+        let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(n as usize));
+        while let Some(data) = next_data(&app, &who, &mut body, &mut total, max).await? {
+            bytes.extend_from_slice(&data);
+        }
+        Upload::Memory(Arc::new(bytes))
+    } else {
+        let (tmp, mut file) = spool_file(&app).await?;
+        while let Some(data) = next_data(&app, &who, &mut body, &mut total, max).await? {
             file.write_all(&data).await.map_err(Problem::internal)?;
         }
-    }
-    file.flush().await.map_err(Problem::internal)?;
-    drop(file);
+        file.flush().await.map_err(Problem::internal)?;
+        drop(file);
+        Upload::File(tmp)
+    };
     let secrets_allowed = transport.is_some_and(|t| t.may_carry_secrets());
-    let (outcome, record) = deploy::deploy(app, who, tmp, verify, dry_run, secrets_allowed).await?;
+    let (outcome, record) =
+        deploy::deploy(app, who, upload, verify, dry_run, secrets_allowed).await?;
     let status = match outcome {
         Outcome::Created => StatusCode::CREATED,
         Outcome::Replayed | Outcome::Planned => StatusCode::OK,

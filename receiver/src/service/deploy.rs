@@ -1,7 +1,8 @@
 //! `POST /v1/deployments`: verify → decide → apply, in one transaction.
 //!
-//! The body is spooled (by `api::deploy`) to a temporary file in the data directory (never
-//! held in memory), bounded by the configured bundle size. Then, on the blocking pool
+//! The body is received (by `api::deploy`) as an [`Upload`]: a small one in memory, a larger
+//! one spooled to a temporary file in the data directory, bounded by the configured bundle
+//! size. Then, on the blocking pool
 //! (`prepare`): the bundle's structure, signature and signer trust are checked with trust read
 //! from the database, and the caller's `write` grant on the target; a small standalone
 //! credential bundle's payload is read and its sealed values opened. Then, as a job of the
@@ -36,7 +37,7 @@
 //! in proportion to their number.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::{BufReader, Cursor, Read, Seek, SeekFrom};
 use std::sync::{Arc, OnceLock};
 
 use flowpack_shared::bundle::manifest::{EntryKind, Manifest};
@@ -126,14 +127,72 @@ pub enum Outcome {
     Planned,
 }
 
-/// Deploys the bundle spooled in `spooled` (the caller checked the request and may deploy
+/// An uploaded bundle, kept until it is applied or refused: a small one in memory (wiped when
+/// dropped: it may carry secrets in clear), a larger one in a spool file in the data directory
+/// (removed when dropped).
+#[derive(Debug)]
+pub enum Upload {
+    /// The bundle's bytes.
+    Memory(Arc<zeroize::Zeroizing<Vec<u8>>>),
+    /// The spool file the bundle was written to.
+    File(tempfile::NamedTempFile),
+}
+
+impl Upload {
+    /// A reader of the whole bundle from its start, with a position of its own.
+    fn reader(&self) -> std::io::Result<UploadReader> {
+        Ok(match self {
+            Upload::Memory(bytes) => UploadReader::Memory(Cursor::new(Held(bytes.clone()))),
+            Upload::File(spooled) => {
+                let mut file = spooled.reopen()?;
+                file.seek(SeekFrom::Start(0))?;
+                UploadReader::File(BufReader::new(file))
+            }
+        })
+    }
+}
+
+/// Shared bytes of an [`Upload`] held in memory, as a slice.
+struct Held(Arc<zeroize::Zeroizing<Vec<u8>>>);
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Reads an [`Upload`].
+enum UploadReader {
+    Memory(Cursor<Held>),
+    File(BufReader<std::fs::File>),
+}
+
+impl Read for UploadReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            UploadReader::Memory(r) => r.read(buf),
+            UploadReader::File(r) => r.read(buf),
+        }
+    }
+}
+
+impl Seek for UploadReader {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        match self {
+            UploadReader::Memory(r) => r.seek(pos),
+            UploadReader::File(r) => r.seek(pos),
+        }
+    }
+}
+
+/// Deploys the uploaded bundle (the caller checked the request and may deploy
 /// somewhere): checks it, verifies its credentials when `verify`, and applies it; answers the
 /// deployment record. With `dry_run`, every check is made as for the deploy, and the answer
 /// is the plan of what the deploy would change; nothing is written but the audit row.
 pub async fn deploy(
     app: Arc<App>,
     who: Principal,
-    tmp: tempfile::NamedTempFile,
+    tmp: Upload,
     verify: bool,
     dry_run: bool,
     secrets_allowed: bool,
@@ -338,7 +397,7 @@ async fn check_credentials(
     app: &Arc<App>,
     prepared: &Prepared,
 ) -> Result<Vec<(Material, crate::service::verify::Verification)>, Problem> {
-    let file = prepared._spooled.reopen().map_err(Problem::internal)?;
+    let file = prepared.upload.reader().map_err(Problem::internal)?;
     let permit = checking()
         .acquire_owned()
         .await
@@ -456,12 +515,12 @@ struct Stored {
 fn bundle_credentials(
     app: &App,
     db: &dyn Reads,
-    file: std::fs::File,
+    file: UploadReader,
 ) -> Result<(ContainerPath, Vec<Credential>), Problem> {
     let limits = app.config().limits.to_limits();
     let failed = std::cell::Cell::new(false);
     let lookup = |id: &KeyId| trusted(db, id, &failed);
-    let mut bundle = OpenBundle::open(BufReader::new(file), &limits, &lookup).map_err(|e| {
+    let mut bundle = OpenBundle::open(file, &limits, &lookup).map_err(|e| {
         if failed.get() {
             Problem::internal("reading trusted signers failed")
         } else {
@@ -565,7 +624,7 @@ fn id_conflict(bundle_id: &str) -> Problem {
 
 /// A bundle verified outside the writer's transaction, waiting to be applied.
 struct Prepared {
-    bundle: OpenBundle<BufReader<std::fs::File>>,
+    bundle: OpenBundle<UploadReader>,
     info: BundleInfo,
     /// SHA-256 of the exact `manifest.json`.
     manifest_sha256: Vec<u8>,
@@ -578,8 +637,8 @@ struct Prepared {
     /// transaction. `None` for a mapping bundle to apply: its files are streamed into the
     /// transaction.
     payload: Option<Result<Payload, BundleError>>,
-    /// The spool file, removed once the bundle is applied or refused.
-    _spooled: tempfile::NamedTempFile,
+    /// The upload, kept until the bundle is applied or refused.
+    upload: Upload,
 }
 
 /// Checks a spooled bundle's structure, signature and signer trust, the caller's `write`
@@ -589,18 +648,16 @@ struct Prepared {
 fn prepare(
     app: &App,
     who: &Principal,
-    spooled: tempfile::NamedTempFile,
+    upload: Upload,
     secrets_allowed: bool,
 ) -> Result<Prepared, Failed> {
     let db = app.store.db().map_err(|e| (e.into(), None))?;
-    let mut file = spooled.reopen().map_err(|e| (Problem::internal(e), None))?;
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| (Problem::internal(e), None))?;
+    let file = upload.reader().map_err(|e| (Problem::internal(e), None))?;
     let limits = app.config().limits.to_limits();
     let failed = std::cell::Cell::new(false);
     let opened = {
         let lookup = |id: &KeyId| trusted(db.reads(), id, &failed);
-        OpenBundle::open_detailed(BufReader::new(file), &limits, &lookup)
+        OpenBundle::open_detailed(file, &limits, &lookup)
     };
     let mut bundle = match opened {
         Ok(b) => b,
@@ -690,7 +747,7 @@ fn prepare(
         manifest_sha256,
         replay,
         payload,
-        _spooled: spooled,
+        upload,
     })
 }
 
@@ -732,7 +789,7 @@ fn apply(
         manifest_sha256,
         replay: _,
         payload,
-        _spooled,
+        upload: _upload,
     } = prepared;
     let m = head(bundle.manifest());
     let fail = |e: Problem| (e, Some(Box::new(info.clone())));

@@ -171,7 +171,15 @@ pub async fn plan(
     tmp: tempfile::NamedTempFile,
     secrets_allowed: bool,
 ) -> Result<Value, Problem> {
-    let planned = deploy::deploy(app.clone(), who, tmp, false, true, secrets_allowed).await;
+    let planned = deploy::deploy(
+        app.clone(),
+        who,
+        deploy::Upload::File(tmp),
+        false,
+        true,
+        secrets_allowed,
+    )
+    .await;
     count_plan(app, planned.as_ref().map(drop));
     planned.map(|(_, plan)| plan)
 }
