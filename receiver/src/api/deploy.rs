@@ -1,6 +1,7 @@
 //! `POST /v1/deployments` as HTTP: the request's query, content type and declared length are
 //! checked, then the body is received, bounded by the configured bundle size (a small one in
-//! memory, a larger one spooled to a temporary file in the data directory, see [`IN_MEMORY`]),
+//! memory, a larger one spooled to a temporary file in the data directory, see
+//! [`UploadBuffer`]),
 //! and handed to [`deploy::deploy`]. Every refusal is audited ([`deploy::refuse`]).
 
 use std::sync::Arc;
@@ -14,16 +15,10 @@ use crate::App;
 use crate::metrics::DeployOutcome;
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
-use crate::service::deploy::{self, Outcome, Upload};
+use crate::service::deploy::{self, Outcome, Upload, UploadBuffer};
 
 use super::extract::{declared_length, next_frame, query_params};
 use super::{Body, json_response};
-
-/// Bodies that declare at most this many bytes are received in memory; a larger one, or one
-/// of unknown length, goes to a spool file. A standalone credential bundle is a few KiB:
-/// keeping it off the disk saves creating, writing, opening again and removing a file, and
-/// four trips to the blocking pool, per deploy.
-const IN_MEMORY: u64 = 64 * 1024;
 
 /// The next data of `body`, counted into `total`; a body over `max` bytes is refused (and the
 /// refusal audited); `None` at its end.
@@ -155,14 +150,11 @@ async fn answer(
 
     let mut body = req.into_body();
     let mut total: u64 = 0;
-    let upload = if let Some(n) = declared.filter(|n| *n <= IN_MEMORY) {
-        // The capacity is the declared length, which the body cannot exceed: the bytes are
-        // never moved (and left behind unwiped) by a reallocation.
-        let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(n as usize));
+    let upload = if let Some(mut buffer) = declared.and_then(UploadBuffer::for_length) {
         while let Some(data) = next_data(&app, &who, &mut body, &mut total, max).await? {
-            bytes.extend_from_slice(&data);
+            buffer.extend(&data)?;
         }
-        Upload::Memory(Arc::new(bytes))
+        buffer.into_upload()
     } else {
         let (tmp, mut file) = spool_file(&app).await?;
         while let Some(data) = next_data(&app, &who, &mut body, &mut total, max).await? {

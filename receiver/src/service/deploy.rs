@@ -9,7 +9,7 @@
 //! store's group committer
 //! ([`crate::store::Store::write_grouped`], which serializes it with every other deploy, so
 //! none can race the replay and staleness checks): replay, expiry and staleness, then the
-//! payload is written (a mapping bundle's files streamed straight from the spool file, the
+//! payload is written (a mapping bundle's files streamed straight from the upload, the
 //! credentials of a larger bundle each written as it is read), all in one savepoint. A
 //! refusal, also one found after some records were written, undoes that savepoint and records
 //! its audit row in the same transaction; the answer waits for the transaction to be durable.
@@ -127,15 +127,98 @@ pub enum Outcome {
     Planned,
 }
 
-/// An uploaded bundle, kept until it is applied or refused: a small one in memory (wiped when
-/// dropped: it may carry secrets in clear), a larger one in a spool file in the data directory
-/// (removed when dropped).
+/// An uploaded bundle, kept until it is applied or refused: a small one in memory (see
+/// [`UploadBuffer`]), a larger one in a spool file in the data directory (removed when
+/// dropped).
 #[derive(Debug)]
 pub enum Upload {
     /// The bundle's bytes.
-    Memory(Arc<zeroize::Zeroizing<Vec<u8>>>),
+    Memory(Arc<Buffered>),
     /// The spool file the bundle was written to.
     File(tempfile::NamedTempFile),
+}
+
+/// The largest upload received in memory. A standalone credential bundle is a few KiB:
+/// keeping it off the disk saves creating, writing, opening again and removing a file, and
+/// four trips to the blocking pool, per deploy.
+pub const IN_MEMORY: u64 = 64 * 1024;
+
+/// The most bytes all uploads held in memory may take at once; an upload that would go past
+/// it is spooled to a file like a large one. So clients that open many small uploads and
+/// send them slowly cannot make the receiver hold more than this.
+const IN_MEMORY_TOTAL: u64 = 4 * 1024 * 1024;
+
+/// Bytes of [`IN_MEMORY_TOTAL`] taken now.
+static IN_MEMORY_TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A share of [`IN_MEMORY_TOTAL`], given back when dropped.
+#[derive(Debug)]
+struct Share(u64);
+
+impl Share {
+    fn take(n: u64) -> Option<Share> {
+        use std::sync::atomic::Ordering::{AcqRel, Acquire};
+        IN_MEMORY_TAKEN
+            .fetch_update(AcqRel, Acquire, |taken| {
+                taken.checked_add(n).filter(|t| *t <= IN_MEMORY_TOTAL)
+            })
+            .ok()
+            .map(|_| Share(n))
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        IN_MEMORY_TAKEN.fetch_sub(self.0, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// An upload's bytes held in memory, wiped when dropped (it may carry secrets in clear), with
+/// its share of the memory uploads may take.
+#[derive(Debug)]
+pub struct Buffered {
+    bytes: zeroize::Zeroizing<Vec<u8>>,
+    _share: Share,
+}
+
+/// An upload being received in memory: room for exactly the length the request declared.
+#[derive(Debug)]
+pub struct UploadBuffer(Buffered);
+
+impl UploadBuffer {
+    /// Room for an upload of `len` bytes, if it is at most [`IN_MEMORY`] and the memory that
+    /// uploads may take has room for it; otherwise the upload is to be spooled.
+    pub fn for_length(len: u64) -> Option<UploadBuffer> {
+        if len > IN_MEMORY {
+            return None;
+        }
+        let share = Share::take(len)?;
+        // At most `IN_MEMORY`, so it fits a `usize`.
+        let capacity = usize::try_from(len).ok()?;
+        Some(UploadBuffer(Buffered {
+            bytes: zeroize::Zeroizing::new(Vec::with_capacity(capacity)),
+            _share: share,
+        }))
+    }
+
+    /// Appends received bytes. More than the declared length is an error: the buffer never
+    /// grows, so no copy of the bytes is left behind unwiped by a reallocation. (HTTP/1 framing
+    /// already ends a body at its declared length.)
+    pub fn extend(&mut self, data: &[u8]) -> Result<(), Problem> {
+        let bytes = &mut self.0.bytes;
+        if data.len() > bytes.capacity() - bytes.len() {
+            return Err(Problem::internal(
+                "an upload went past the length it declared",
+            ));
+        }
+        bytes.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// The upload received.
+    pub fn into_upload(self) -> Upload {
+        Upload::Memory(Arc::new(self.0))
+    }
 }
 
 impl Upload {
@@ -153,11 +236,11 @@ impl Upload {
 }
 
 /// Shared bytes of an [`Upload`] held in memory, as a slice.
-struct Held(Arc<zeroize::Zeroizing<Vec<u8>>>);
+struct Held(Arc<Buffered>);
 
 impl AsRef<[u8]> for Held {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.0.bytes
     }
 }
 
@@ -210,8 +293,9 @@ pub async fn deploy(
     app.spawn_blocking(move || {
         let prepared = prepare(&worker, &caller, tmp, secrets_allowed);
         drop(permit);
-        // When the request is gone (its connection closed by shutdown), the spool file is
-        // dropped here, before this tracked work ends, so no upload outlives `run`.
+        // When the request is gone (its connection closed by shutdown), the upload (a spool
+        // file, or bytes in memory) is dropped here, before this tracked work ends, so no
+        // upload outlives `run`.
         drop(handover.send(prepared));
     });
     let prepared = handed
@@ -1217,5 +1301,44 @@ fn deploy_audit(
         outcome: outcome.into(),
         status,
         ..AuditRow::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uploads_held_in_memory_stay_within_their_budget() {
+        assert!(UploadBuffer::for_length(IN_MEMORY + 1).is_none());
+        let full: Vec<UploadBuffer> = (0..IN_MEMORY_TOTAL / IN_MEMORY)
+            .map(|_| UploadBuffer::for_length(IN_MEMORY).unwrap_or_else(|| panic!("room")))
+            .collect();
+        assert!(
+            UploadBuffer::for_length(1).is_none(),
+            "the budget is taken: the next upload is spooled"
+        );
+        drop(full);
+
+        let mut buffer = UploadBuffer::for_length(3).unwrap_or_else(|| panic!("room again"));
+        buffer.extend(b"ab").unwrap_or_else(|e| panic!("{e:?}"));
+        buffer.extend(b"c").unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(buffer.extend(b"d").is_err(), "past the declared length");
+        let upload = buffer.into_upload();
+        for _ in 0..2 {
+            // Each reader starts at the beginning.
+            let mut read = Vec::new();
+            upload
+                .reader()
+                .and_then(|mut r| r.read_to_end(&mut read))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(read, b"abc");
+        }
+        drop(upload);
+        assert_eq!(
+            IN_MEMORY_TAKEN.load(std::sync::atomic::Ordering::Acquire),
+            0,
+            "every share is given back"
+        );
     }
 }

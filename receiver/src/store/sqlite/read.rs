@@ -453,7 +453,9 @@ impl Conn {
         args.push(SqlValue::Integer(
             i64::try_from(page.limit).unwrap_or(i64::MAX),
         ));
-        let mut st = self.conn.prepare_cached(&sql)?;
+        // Not cached: the text depends on the caller's grants, so it is not one of the store's
+        // fixed statements.
+        let mut st = self.conn.prepare(&sql)?;
         let rows = st.query_map(rusqlite::params_from_iter(&args), row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
