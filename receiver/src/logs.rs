@@ -2,12 +2,11 @@
 //! objects, chosen by `log_format` and switched by a reload without a lock on the path of an
 //! event (one atomic load). The level filter is `FLOWPACK_LOG` (`info` by default).
 
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use std::fmt::Write as _;
 use tracing::{Event, Subscriber};
-
 use tracing_subscriber::fmt::format::{Format, Full, Json, Writer};
 use tracing_subscriber::fmt::time::FormatTime;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};

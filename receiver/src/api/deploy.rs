@@ -1,8 +1,8 @@
 //! `POST /v1/deployments` as HTTP: the request's query, content type and declared length are
 //! checked, then the body is received, bounded by the configured bundle size (a small one in
 //! memory, a larger one spooled to a temporary file in the data directory, see
-//! [`UploadBuffer`]),
-//! and handed to [`deploy::deploy`]. Every refusal is audited ([`deploy::refuse`]).
+//! [`UploadBuffer`]), and handed to [`deploy::deploy`]. Every refusal is audited
+//! ([`deploy::refuse`]).
 
 use std::sync::Arc;
 
