@@ -98,6 +98,8 @@ pub struct App {
     work: TaskTracker,
     /// The admin page's sign-in sessions (in memory).
     pub(crate) ui_sessions: ui::Sessions,
+    /// Credential records answered, kept while the store is unchanged.
+    pub answers: service::answers::Answers,
 }
 
 impl std::fmt::Debug for App {
@@ -130,6 +132,7 @@ impl App {
             store_file,
             work: TaskTracker::new(),
             ui_sessions: ui::Sessions::default(),
+            answers: service::answers::Answers::default(),
         })
     }
 

@@ -169,6 +169,7 @@ pub struct Metrics {
     deployments: [AtomicU64; DeployOutcome::ALL.len()],
     refreshes: [AtomicU64; RefreshOutcome::ALL.len()],
     reloads: [AtomicU64; 2],
+    cached_answers: AtomicU64,
 }
 
 impl Metrics {
@@ -182,6 +183,7 @@ impl Metrics {
             deployments: Default::default(),
             refreshes: Default::default(),
             reloads: Default::default(),
+            cached_answers: AtomicU64::new(0),
         }
     }
 
@@ -214,6 +216,11 @@ impl Metrics {
     /// Counts a reload.
     pub fn reload(&self, outcome: ReloadOutcome) {
         self.reloads[outcome as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a credential read answered from the answer cache.
+    pub fn cached_answer(&self) {
+        self.cached_answers.fetch_add(1, Relaxed);
     }
 
     /// The label of row `row`.
@@ -319,6 +326,17 @@ impl Metrics {
                 self.refreshes[o as usize].load(Relaxed)
             ));
         }
+
+        line(format_args!(
+            "# HELP flowpack_credential_reads_cached_total Credential reads answered from the answer cache (unchanged store), without a database read."
+        ));
+        line(format_args!(
+            "# TYPE flowpack_credential_reads_cached_total counter"
+        ));
+        line(format_args!(
+            "flowpack_credential_reads_cached_total {}",
+            self.cached_answers.load(Relaxed)
+        ));
 
         line(format_args!(
             "# HELP flowpack_reloads_total Reloads of the configuration and TLS certificate (SIGHUP), by outcome."

@@ -51,7 +51,7 @@ pub fn json_response(status: StatusCode, v: &(impl serde::Serialize + ?Sized)) -
 }
 
 /// A JSON answer whose text is already made.
-pub(crate) fn json_bytes_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+pub(crate) fn json_bytes_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(

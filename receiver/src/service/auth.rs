@@ -241,34 +241,33 @@ impl From<AuthError> for Problem {
 /// unknown, revoked, or a wrong secret), [`AuthError::Expired`] for a valid one past its
 /// expiry. Records the token's use (see [`LAST_USED_RESOLUTION_MS`]).
 pub fn authenticate(db: &dyn Reads, token: &str) -> Result<Option<Principal>, AuthError> {
-    let Some(rest) = token.strip_prefix("fpt_") else {
+    Ok(authenticate_with_facts(db, token)?.map(|(who, _)| who))
+}
+
+/// [`authenticate`], also returning what the check rested on, so that it can be made again
+/// without the store (see [`TokenFacts::check`]).
+pub fn authenticate_with_facts(
+    db: &dyn Reads,
+    token: &str,
+) -> Result<Option<(Principal, TokenFacts)>, AuthError> {
+    let Some((id, secret)) = split_token(token) else {
         return Ok(None);
     };
-    let Some((id, secret)) = rest.split_once('_') else {
-        return Ok(None);
-    };
-    if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Ok(None);
-    }
     let presented = sha256(secret.as_bytes());
     let Some(found) = db.principal_by_token(id)? else {
         return Ok(None);
     };
-    // Both are SHA-256 digests; a stored hash of another length compares unequal.
-    if !bool::from(found.secret_sha256.as_slice().ct_eq(presented.as_ref())) {
-        return Ok(None);
-    }
-    // Expiry is told only to a caller that holds the secret: the id alone (which listings
-    // show) learns nothing.
+    let facts = TokenFacts {
+        secret_sha256: found.secret_sha256,
+        expires_at_ms: found.expires_at_ms,
+        last_used_at_ms: found.last_used_at_ms,
+    };
     let now = db.time().unix_millis();
-    if found.expires_at_ms.is_some_and(|at| now >= at) {
-        return Err(AuthError::Expired);
-    }
-    if found
-        .last_used_at_ms
-        .is_none_or(|at| now.saturating_sub(at) >= LAST_USED_RESOLUTION_MS)
-    {
-        db.note_token_used(id, now);
+    match facts.check(presented.as_ref(), now) {
+        TokenCheck::Invalid => return Ok(None),
+        TokenCheck::Expired => return Err(AuthError::Expired),
+        TokenCheck::Valid { use_due: true } => db.note_token_used(id, now),
+        TokenCheck::Valid { use_due: false } => {}
     }
     let mut grants = Vec::new();
     for (prefix, perms) in found.grants {
@@ -277,10 +276,67 @@ pub fn authenticate(db: &dyn Reads, token: &str) -> Result<Option<Principal>, Au
             grants.push((p, s));
         }
     }
-    Ok(Some(Principal {
+    let who = Principal {
         name: found.principal,
         grants,
-    }))
+    };
+    Ok(Some((who, facts)))
+}
+
+/// A well-formed token's id (16 hex digits) and secret; `None` for anything else.
+pub fn split_token(token: &str) -> Option<(&str, &str)> {
+    let (id, secret) = token.strip_prefix("fpt_")?.split_once('_')?;
+    (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some((id, secret))
+}
+
+/// SHA-256 of a token's secret, as it is stored and compared.
+pub fn secret_digest(secret: &str) -> ring::digest::Digest {
+    sha256(secret.as_bytes())
+}
+
+/// What a token's check rests on, as its row held it: the stored hash of its secret, its
+/// expiry and its last recorded use.
+#[derive(Debug, Clone)]
+pub struct TokenFacts {
+    /// SHA-256 of the token's secret.
+    pub secret_sha256: Vec<u8>,
+    /// When it expires (Unix milliseconds); `None`: never.
+    pub expires_at_ms: Option<i64>,
+    /// When its use was last recorded (Unix milliseconds); `None`: never.
+    pub last_used_at_ms: Option<i64>,
+}
+
+/// What [`TokenFacts::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// The secret does not match.
+    Invalid,
+    /// The secret matches, and the token has expired.
+    Expired,
+    /// The secret matches and the token is in force; `use_due`: its use should be recorded.
+    Valid {
+        /// The last recorded use is older than [`LAST_USED_RESOLUTION_MS`].
+        use_due: bool,
+    },
+}
+
+impl TokenFacts {
+    /// Checks a presented secret's SHA-256 against the stored one (in constant time), then
+    /// the expiry at `now_ms`. Expiry is told only to a caller that holds the secret: the id
+    /// alone (which listings show) learns nothing.
+    pub fn check(&self, presented_sha256: &[u8], now_ms: i64) -> TokenCheck {
+        // Both are SHA-256 digests; a stored hash of another length compares unequal.
+        if !bool::from(self.secret_sha256.as_slice().ct_eq(presented_sha256)) {
+            return TokenCheck::Invalid;
+        }
+        if self.expires_at_ms.is_some_and(|at| now_ms >= at) {
+            return TokenCheck::Expired;
+        }
+        let use_due = self
+            .last_used_at_ms
+            .is_none_or(|at| now_ms.saturating_sub(at) >= LAST_USED_RESOLUTION_MS);
+        TokenCheck::Valid { use_due }
+    }
 }
 
 /// A token as `token list` shows it: never its secret, nor the secret's hash.

@@ -1,5 +1,5 @@
 //! The receiver's domain rules, below the HTTP API and above the store: who may do what
-//! ([`auth`]), deployments ([`deploy`]), credentials ([`creds`], [`oauth`], [`verify`]), what
+//! ([`auth`]), the credential answer cache ([`answers`]), deployments ([`deploy`]), credentials ([`creds`], [`oauth`], [`verify`]), what
 //! the receiver holds ([`catalog`]) and the audit trail ([`audit`]).
 //!
 //! Services take typed arguments (parsed paths, principals, JSON values) and return domain
@@ -7,6 +7,7 @@
 //! never import `crate::api`. Store work runs on blocking threads through
 //! `crate::blocking` or `App::spawn_blocking`.
 
+pub mod answers;
 pub mod audit;
 pub mod auth;
 pub mod catalog;

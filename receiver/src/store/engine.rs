@@ -19,7 +19,7 @@ use flowpack_shared::timefmt::Timestamp;
 use super::handle::{Job, MappingFile};
 use super::{
     AuditRow, ContainerId, CredentialId, CredentialRow, CredentialVersion, DeploymentId,
-    DeploymentRow, EncryptedValue, KeyCheck, MappingRow, OAuthState, Replay, Result,
+    DeploymentRow, EncryptedValue, Generation, KeyCheck, MappingRow, OAuthState, Replay, Result,
     SecretFingerprints, SecretRow, SignerListing, TokenAuth, TokenListing, Visible,
 };
 
@@ -418,4 +418,11 @@ pub trait Engine: Send + Sync + std::fmt::Debug {
     /// Waits for, then holds, credential `id`'s lock: one OAuth refresh or verification of a
     /// credential at a time, across every process that shares the store.
     fn lock_credential(&self, id: CredentialId) -> Locking<'_>;
+
+    /// The time by the store's clock (what [`Reads::time`] says, without a connection).
+    fn time(&self) -> Timestamp;
+
+    /// The store's [`Generation`] now, without a query; `None` when the engine cannot tell
+    /// (then nothing read may be kept for later).
+    fn generation(&self) -> Option<Generation>;
 }

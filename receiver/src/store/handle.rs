@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::engine::{Connection, CredentialLock, Engine, Reads, Writes};
-use super::{Clock, CredentialId, Error, KeyCheck, Result};
+use super::{Clock, CredentialId, Error, Generation, KeyCheck, Result};
 
 /// A queued write job ([`Store::write_grouped`]): given the batch's transaction (or why none
 /// could be started), runs and returns what to do once the batch has committed or failed.
@@ -59,6 +59,18 @@ impl Store {
     /// Installs the check every write transaction makes first (see [`KeyCheck`]); once.
     pub fn check_keys_on_write(&self, check: KeyCheck) {
         self.engine.check_keys_on_write(check);
+    }
+
+    /// The time by the store's clock, without a connection.
+    pub fn time(&self) -> flowpack_shared::timefmt::Timestamp {
+        self.engine.time()
+    }
+
+    /// The store's generation now (see [`Generation`]), read without a query and without
+    /// waiting; `None` when the engine cannot tell (PostgreSQL: another node's commit is
+    /// known only by asking the database), or while a commit is being published.
+    pub fn generation(&self) -> Option<Generation> {
+        self.engine.generation()
     }
 
     /// How many transactions the group committer has committed.

@@ -84,6 +84,13 @@ row_ids! {
 /// store is opened, never read from the wall clock inside it, so tests can set the time.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
+/// What a store holds at one moment, as a value that changes with every committed write of
+/// any process that shares the store ([`Store::generation`]). Two reads made while the store
+/// was at one generation saw the same data, so an answer computed at a generation may be
+/// served again for as long as the generation has not changed. Opaque: only compared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Generation([u8; 48]);
+
 /// The wall clock, for a store or an [`App`](crate::App) that runs for real.
 pub fn wall_clock() -> Clock {
     Arc::new(Timestamp::now)

@@ -45,7 +45,7 @@ use super::engine::{Connection, CredentialLock, Engine, Locking};
 use super::group::{Background, Flights, KeyChecks, TokenUses, Writer, group_commit, spawn_writer};
 use super::handle::Job;
 use super::schema::step_from;
-use super::{Clock, CredentialId, Error, KeyCheck, Result, SCHEMA_VERSION, Store};
+use super::{Clock, CredentialId, Error, Generation, KeyCheck, Result, SCHEMA_VERSION, Store};
 use flowpack_shared::timefmt::Timestamp;
 
 /// The advisory lock every write transaction takes, in PostgreSQL's two-key form ("flow", 1):
@@ -352,6 +352,16 @@ impl Engine for Postgres {
 
     fn check_keys_on_write(&self, check: KeyCheck) {
         self.shared.key_check.install(check);
+    }
+
+    fn time(&self) -> Timestamp {
+        (self.shared.clock)()
+    }
+
+    /// Never known here: another node's commit is seen only by asking the database, and the
+    /// answer cache this serves exists to not ask.
+    fn generation(&self) -> Option<Generation> {
+        None
     }
 
     fn lock_credential(&self, id: CredentialId) -> Locking<'_> {

@@ -13,6 +13,7 @@ mod checkpoint;
 mod group;
 mod read;
 pub(super) mod schema;
+mod watch;
 mod write;
 
 use std::ops::Deref;
@@ -25,12 +26,13 @@ use rusqlite::{Connection as Sqlite, params};
 
 use self::group::SqliteWriter;
 use self::schema::SCHEMA;
+use self::watch::Watch;
 use super::SCHEMA_VERSION;
 use super::engine::{Connection, CredentialLock, Engine, Locking};
 use super::group::{Background, Flights, KeyChecks, TokenUses, group_commit, spawn_writer};
 use super::handle::Job;
 use super::schema::{STEPS, step_from};
-use super::{Clock, CredentialId, Error, KeyCheck, Result, Store};
+use super::{Clock, CredentialId, Error, Generation, KeyCheck, Result, Store};
 use flowpack_shared::timefmt::Timestamp;
 
 /// Row ids are stored as the integers they wrap.
@@ -83,6 +85,8 @@ struct Shared {
     key_check: KeyChecks,
     /// One lock per credential.
     flights: Flights,
+    /// The WAL index, opened on first use; `None` if it could not be.
+    watch: OnceLock<Option<Watch>>,
 }
 
 impl std::fmt::Debug for Sqlite3 {
@@ -208,6 +212,7 @@ impl Sqlite3 {
                 touching: TokenUses::default(),
                 key_check: KeyChecks::default(),
                 flights: Flights::default(),
+                watch: OnceLock::new(),
             }),
         }
     }
@@ -255,6 +260,21 @@ impl Engine for Sqlite3 {
     fn lock_credential(&self, id: CredentialId) -> Locking<'_> {
         let lock = self.shared.flights.of(id);
         Box::pin(async move { Ok(CredentialLock(Box::new(lock.lock_owned().await))) })
+    }
+
+    fn time(&self) -> Timestamp {
+        (self.shared.clock)()
+    }
+
+    fn generation(&self) -> Option<Generation> {
+        let watch = self.shared.watch.get_or_init(|| {
+            Watch::open(&self.shared.path)
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "the WAL index cannot be watched; answers are not cached")
+                })
+                .ok()
+        });
+        watch.as_ref()?.generation()
     }
 }
 
@@ -433,6 +453,57 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"))
             .query_row("SELECT count(*) FROM principals", [], |r| r.get(0))
             .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_generation_changes_with_every_commit_of_any_connection_and_only_then() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = tmp.path().join("store.db");
+        let store =
+            Store::create(&path, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}"));
+        let now = || {
+            store
+                .generation()
+                .unwrap_or_else(|| panic!("no generation"))
+        };
+        let first = now();
+        // Reads, on the store's connections and on another one, change nothing.
+        assert_eq!(principals(&path), 0);
+        store
+            .db()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .tokens()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(now(), first);
+        // A commit on a connection the store does not know of (another process's, say).
+        let other = connect(&path).unwrap_or_else(|e| panic!("{e}"));
+        other
+            .execute(
+                "INSERT INTO principals (name, created_at) VALUES ('p1', 'now')",
+                [],
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let second = now();
+        assert_ne!(second, first);
+        // A transaction rolled back is no commit.
+        other
+            .execute_batch("BEGIN IMMEDIATE; INSERT INTO principals (name, created_at) VALUES ('p2', 'now'); ROLLBACK")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(now(), second);
+        // A checkpoint that empties the log is a new generation too (harmless: a miss).
+        other
+            .execute_batch("INSERT INTO principals (name, created_at) VALUES ('p3', 'now')")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let third = now();
+        assert_ne!(third, second);
+        let _: i64 = other
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{e}"));
+        other
+            .execute_batch("INSERT INTO principals (name, created_at) VALUES ('p4', 'now')")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(now(), third);
+        assert_eq!(principals(&path), 3);
     }
 
     #[test]
