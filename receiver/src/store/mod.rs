@@ -32,6 +32,9 @@
 //!   credential's token version ([`Writes::claim_token_version`]) stays the guard of the write.
 //! - **An injected clock** ([`Clock`]): rows are stamped with it, never with the wall clock read
 //!   inside the engine.
+//! - **A generation, or none** ([`Engine::generation`]): a value that changes with every commit
+//!   of any process sharing the store, read without a query; an engine that cannot know of
+//!   every commit that way says `None`, and then nothing read is kept for later.
 //!
 //! Mappings are versioned: every version is kept with its files, and one is live. Secrets are
 //! stored only as ciphertext; see `service/creds.rs`.
