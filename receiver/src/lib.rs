@@ -115,6 +115,9 @@ impl App {
         let loaded = datadir::load(&dir)?;
         let store_file = file_identity(&dir.store());
         let outbound = outbound::Outbound::new(&loaded.config)?;
+        // Opens what the store's generation is read from now, at start, rather than at the
+        // first credential read on an async worker.
+        let _ = loaded.store.generation();
         Ok(App {
             outbound,
             dir,

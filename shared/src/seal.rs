@@ -44,13 +44,25 @@ pub enum SealError {
     Internal(String),
 }
 
-/// The receiver's long-lived age X25519 identity.
-pub struct SealingIdentity(age::x25519::Identity);
+/// The receiver's long-lived age X25519 identity, with its recipient (computing a recipient
+/// is a scalar multiplication, so it is done once, not at every bundle that names one).
+pub struct SealingIdentity {
+    identity: age::x25519::Identity,
+    recipient: age::x25519::Recipient,
+}
 
 impl SealingIdentity {
+    fn new(identity: age::x25519::Identity) -> SealingIdentity {
+        let recipient = identity.to_public();
+        SealingIdentity {
+            identity,
+            recipient,
+        }
+    }
+
     /// A new random identity.
     pub fn generate() -> SealingIdentity {
-        SealingIdentity(age::x25519::Identity::generate())
+        SealingIdentity::new(age::x25519::Identity::generate())
     }
 
     /// Reads an identity file as `age-keygen` writes it (comment lines are skipped).
@@ -61,7 +73,7 @@ impl SealingIdentity {
             .find(|l| !l.is_empty() && !l.starts_with('#'))
             .ok_or(SealError::BadIdentity)?;
         age::x25519::Identity::from_str(line)
-            .map(SealingIdentity)
+            .map(SealingIdentity::new)
             .map_err(|_| SealError::BadIdentity)
     }
 
@@ -70,13 +82,13 @@ impl SealingIdentity {
         zeroize::Zeroizing::new(format!(
             "# public key: {}\n{}\n",
             self.recipient(),
-            self.0.to_string().expose_secret()
+            self.identity.to_string().expose_secret()
         ))
     }
 
     /// The matching recipient.
     pub fn recipient(&self) -> SealingRecipient {
-        SealingRecipient(self.0.to_public())
+        SealingRecipient(self.recipient.clone())
     }
 }
 
@@ -216,7 +228,7 @@ impl DataKey {
         }
         let bytes = B64.decode(wrapped).map_err(|_| SealError::Unwrap)?;
         let dec = age::Decryptor::new_buffered(&bytes[..]).map_err(|_| SealError::Unwrap)?;
-        let id: &dyn age::Identity = &identity.0;
+        let id: &dyn age::Identity = &identity.identity;
         let mut r = dec
             .decrypt(std::iter::once(id))
             .map_err(|_| SealError::Unwrap)?;

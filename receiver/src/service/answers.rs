@@ -19,8 +19,9 @@
 //!
 //! **What is kept.** Redacted records (never a secret: only what the answer shows), and per
 //! token its principal, the SHA-256 of its secret (as the store holds it), its expiry and last
-//! use. At most [`MAX_TOKENS`] tokens and [`MAX_BYTES`] of records; past either, everything
-//! is dropped and the cache fills again.
+//! use. At most [`MAX_TOKENS`] tokens and [`MAX_BYTES`] of records and tokens (counted with
+//! their keys and a fixed cost per entry); past either, everything is dropped and the cache
+//! fills again.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -33,10 +34,28 @@ use crate::store::{Generation, Store};
 
 /// At most this many tokens are kept.
 pub const MAX_TOKENS: usize = 1024;
-/// At most this many bytes of records are kept.
+/// At most this many bytes of records and tokens are kept.
 pub const MAX_BYTES: usize = 4 << 20;
-/// A record larger than this is not kept.
-const MAX_RECORD: usize = MAX_BYTES / 64;
+/// A record or token that counts for more than this is not kept.
+const MAX_ENTRY: usize = MAX_BYTES / 64;
+
+/// What an entry of a map costs beyond its contents (the slot, the allocations' headers).
+const ENTRY: usize = 128;
+
+/// The memory a kept record counts for.
+fn record_cost(path: &str, record: &[u8]) -> usize {
+    ENTRY + path.len() + record.len()
+}
+
+/// The memory a kept token counts for: its principal's grants are copied with it.
+fn token_cost(id: &str, who: &Principal) -> usize {
+    let grants: usize = who
+        .grants
+        .iter()
+        .map(|(prefix, _)| ENTRY + prefix.as_str().len())
+        .sum();
+    ENTRY + id.len() + who.name.len() + grants
+}
 
 /// The cache; one per server.
 #[derive(Debug, Default)]
@@ -52,7 +71,7 @@ struct Kept {
     tokens: HashMap<String, (Principal, TokenFacts)>,
     /// By credential path.
     records: HashMap<String, Bytes>,
-    /// The records' bytes.
+    /// What the records and tokens kept count for ([`record_cost`], [`token_cost`]).
     bytes: usize,
 }
 
@@ -121,25 +140,31 @@ impl Answers {
         let Some((id, _)) = split_token(token) else {
             return;
         };
-        if record.len() > MAX_RECORD {
+        let path = c.object_path(n);
+        let (token_cost, record_cost) = (token_cost(id, who), record_cost(&path, record));
+        if token_cost.max(record_cost) > MAX_ENTRY {
             return;
         }
-        let path = c.object_path(n);
         let mut kept = self.lock();
+        let new_token = !kept.tokens.contains_key(id);
+        let adds = record_cost + if new_token { token_cost } else { 0 };
         if kept.at != Some(at)
-            || kept.tokens.len() >= MAX_TOKENS
-            || kept.bytes + record.len() > MAX_BYTES
+            || (new_token && kept.tokens.len() >= MAX_TOKENS)
+            || kept.bytes + adds > MAX_BYTES
         {
             kept.clear(Some(at));
         }
         if !kept.tokens.contains_key(id) {
+            kept.bytes += token_cost;
             kept.tokens
                 .insert(id.to_owned(), (who.clone(), facts.clone()));
         }
-        if let Some(old) = kept.records.insert(path, record.clone()) {
-            kept.bytes -= old.len();
+        let path_len = path.len();
+        // A copy of exactly the record's size: the answer's own buffer may be larger.
+        if let Some(old) = kept.records.insert(path, Bytes::copy_from_slice(record)) {
+            kept.bytes -= ENTRY + path_len + old.len();
         }
-        kept.bytes += record.len();
+        kept.bytes += record_cost;
     }
 }
 

@@ -525,8 +525,9 @@ fn read_manifest<R: Read + Seek>(
     };
     let max_items = usize::try_from(limits.max_entries).unwrap_or(usize::MAX);
     let (parsed, over) = crate::bundle::manifest::with_list_limit(max_items, || {
-        // serde_json reads byte by byte: a buffer in front keeps that off the inflater.
-        let mut buffered = io::BufReader::with_capacity(64 << 10, &mut keeping);
+        // serde_json reads byte by byte: a buffer in front keeps that off the inflater. No
+        // larger than the entry (it is zeroed when first filled).
+        let mut buffered = io::BufReader::with_capacity(declared.clamp(1, 64 << 10), &mut keeping);
         let de = &mut serde_json::Deserializer::from_reader(&mut buffered);
         let manifest: Manifest = serde_path_to_error::deserialize(&mut *de)
             .map_err(|e| (e.path().to_string(), e.into_inner()))?;

@@ -63,6 +63,8 @@ const LOCAL_LEN: u64 = LocalHeader::LEN as u64;
 const EOCD_LEN: u64 = EndRecord::LEN as u64;
 const ZIP64_EOCD_LEN: u64 = Zip64EndRecord::LEN as u64;
 const ZIP64_LOCATOR_LEN: u64 = Zip64Locator::LEN as u64;
+/// The read buffer in front of the archive, at most.
+const READ_BUFFER: usize = 256 * 1024;
 
 impl<R: Read + Seek> ZipReader<R> {
     /// Reads and checks the end records and the central directory.
@@ -240,8 +242,11 @@ impl<R: Read + Seek> ZipReader<R> {
             )));
         }
         r.seek(SeekFrom::Start(0))?;
+        // The entries end at the central directory: no read goes past it, so a small archive
+        // gets a buffer of its own size (the buffer is zeroed when first filled).
+        let buffer = usize::try_from(cd_offset).map_or(READ_BUFFER, |n| n.clamp(1, READ_BUFFER));
         Ok(ZipReader {
-            r: BufReader::with_capacity(256 * 1024, r),
+            r: BufReader::with_capacity(buffer, r),
             entries,
             cd_offset,
             next: 0,

@@ -506,6 +506,40 @@ mod tests {
         assert_eq!(principals(&path), 3);
     }
 
+    /// A database reached through a symbolic link has its WAL index beside the link's
+    /// target: a stale index file left beside the link must not be the one watched.
+    #[test]
+    fn the_generation_is_read_from_the_index_sqlite_uses_behind_a_symbolic_link() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let real = tmp.path().join("volume");
+        let dir = tmp.path().join("data");
+        std::fs::create_dir_all(&real).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let target = real.join("store.db");
+        drop(Store::create(&target, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}")));
+        // A valid-looking index beside the link, as a crash before the move would leave.
+        let keep = connect(&target).unwrap_or_else(|e| panic!("{e}"));
+        let _: i64 = keep
+            .query_row("SELECT count(*) FROM principals", [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::copy(real.join("store.db-shm"), dir.join("store.db-shm"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(keep);
+        let link = dir.join("store.db");
+        std::os::unix::fs::symlink(&target, &link).unwrap_or_else(|e| panic!("{e}"));
+
+        let store =
+            Store::open(&link, crate::store::wall_clock()).unwrap_or_else(|e| panic!("{e}"));
+        let first = store
+            .generation()
+            .unwrap_or_else(|| panic!("no generation"));
+        connect(&link)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .execute_batch("INSERT INTO principals (name, created_at) VALUES ('p', 'now')")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(store.generation(), Some(first));
+    }
+
     #[test]
     fn connection_returned_mid_transaction_is_rolled_back_before_reuse() {
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

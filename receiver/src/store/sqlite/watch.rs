@@ -45,7 +45,14 @@ impl Watch {
         let open = connect(path)?;
         // A first read makes SQLite open (and, as the first connection, create) the index.
         open.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
-        let mut name = path.as_os_str().to_owned();
+        // The file SQLite maps is named after the database as SQLite resolved it (symbolic
+        // links followed), which may not be `path`: a stale file beside `path` would never
+        // change.
+        let resolved = open
+            .path()
+            .filter(|p| !p.is_empty())
+            .map_or_else(|| path.to_owned(), PathBuf::from);
+        let mut name = resolved.into_os_string();
         name.push("-shm");
         let name = PathBuf::from(name);
         let shm = File::open(&name)
