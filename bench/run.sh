@@ -439,11 +439,24 @@ request = function()
   return wrk.format(nil, string.format("%s%06d", prefix, math.random(0, n - 1)))
 end
 EOF
-for rep in $(seq "$WRK_REPS"); do
-  a() { FP_N=$MANY FP_PREFIX=/v1/credentials/bench/many/x wrk_run grow_get many "$rep" -H "$auth" -s "$scratch/random.lua" "$url"; }
-  b() { FP_N=$FEW FP_PREFIX=/v1/credentials/bench/few/x wrk_run grow_get few "$rep" -H "$auth" -s "$scratch/random.lua" "$url"; }
-  if [ $((rep % 2)) = 1 ]; then a; b; else b; a; fi
-done
+grow_get() { # VARIANT-SUFFIX
+  local rep
+  for rep in $(seq "$WRK_REPS"); do
+    a() { FP_N=$MANY FP_PREFIX=/v1/credentials/bench/many/x wrk_run grow_get "many$1" "$rep" -H "$auth" -s "$scratch/random.lua" "$url"; }
+    b() { FP_N=$FEW FP_PREFIX=/v1/credentials/bench/few/x wrk_run grow_get "few$1" "$rep" -H "$auth" -s "$scratch/random.lua" "$url"; }
+    if [ $((rep % 2)) = 1 ]; then a "$1"; b "$1"; else b "$1"; a "$1"; fi
+  done
+}
+grow_get ""
+# The same through the store's own path: the answer cache turned off by a reload.
+reloads_ok() { curl -fsS "$url/metrics" | sed -n 's/^flowpack_reloads_total{outcome="ok"} //p'; }
+before=$(reloads_ok)
+sed -i 's/"answer_cache_mib": *[0-9]*/"answer_cache_mib": 0/' "$data/config.json"
+grep -q '"answer_cache_mib": 0' "$data/config.json" || die "config.json has no answer_cache_mib to turn off"
+kill -HUP "$receiver_pid"
+for _ in $(seq 50); do [ "$(reloads_ok)" != "$before" ] && break; sleep 0.1; done
+[ "$(reloads_ok)" != "$before" ] || die "the receiver did not reload its configuration"
+grow_get _uncached
 record rss_mib receiver_end 1 "$(awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$receiver_pid/status")"
 record size_mib receiver_store 1 "$(du -sm "$data" | cut -f1)"
 

@@ -193,6 +193,12 @@ pub fn report(o: &Opts) -> Result<(), String> {
             goal: Goal::RatioAtMost(1.5),
         },
         Row {
+            what: "growth, the store's path (answer cache off): GET p50 latency (ms), many vs few credentials",
+            ours: m("grow_get_p50_ms", "many_uncached"),
+            theirs: m("grow_get_p50_ms", "few_uncached"),
+            goal: Goal::RatioAtMost(1.5),
+        },
+        Row {
             what: "PostgreSQL store, two nodes: standalone credential deploys acknowledged per second, 32 clients (half to each node), vs the embedded store",
             ours: m("deploy_rate", "postgres"),
             theirs: m("deploy_rate", "flowpack"),

@@ -79,6 +79,8 @@ pub struct Config {
     /// Hosts the receiver may send requests to although they are not public addresses, and
     /// over plain `http://` (docs/OUTBOUND.md): `"127.0.0.1"`, `"idp.internal:8443"`.
     pub outbound_allow: Vec<AllowEntry>,
+    /// Memory the credential answer cache may take, in MiB; 0 turns it off.
+    pub answer_cache_mib: usize,
 }
 
 /// The address `serve` listens on when neither `--listen` nor `config.json` names one.
@@ -96,6 +98,7 @@ impl Default for Config {
             extra_ca_files: Vec::new(),
             max_connections: 256,
             outbound_allow: Vec::new(),
+            answer_cache_mib: 64,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! A reload reads `config.json` and the TLS certificate and key again, each as a whole: a file
 //! that cannot be read or is invalid leaves what it configures as it was, and the error is
 //! logged naming the file. Applied at once (to the next request, connection or handshake):
-//! `limits`, `max_connections`, `outbound_allow`, `extra_ca_files`, `log_format`, and the
+//! `limits`, `max_connections`, `outbound_allow`, `extra_ca_files`, `answer_cache_mib`,
+//! `log_format`, and the
 //! certificate (read from the files `tls_cert` and `tls_key` name now). Needing a restart, with
 //! a warning when they changed: `listen`, `store`, and turning TLS on or off. Connections
 //! open during a reload are not touched: a request in flight completes as it began.

@@ -191,3 +191,25 @@ async fn a_write_by_another_process_is_seen_at_the_next_read() {
     assert_eq!((st, v["code"].as_str()), (401, Some("unauthorized")), "{v}");
     s.stop().await;
 }
+
+/// `answer_cache_mib: 0` keeps nothing: every read is the store's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_of_zero_mib_keeps_nothing() {
+    let s = Server::start_with(|app| app.edit_config(|c| c.answer_cache_mib = 0)).await;
+    let spare = "/v1/credentials/public/spare/login";
+    let (st, created) = s
+        .send(
+            Method::PUT,
+            &s.admin,
+            spare,
+            Some(json!({"type": "password", "username": "svc"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{created}");
+    used(&s, &s.admin).await;
+    for _ in 0..3 {
+        assert_eq!(s.get(&s.admin, spare).await, (200, created.clone()));
+    }
+    assert_eq!(cached(&s).await, 0);
+    s.stop().await;
+}

@@ -747,6 +747,7 @@ async fn read_in_one_hop(app: &Arc<App>, req: &Request<Incoming>, read: ReadRequ
     };
     let queued = matches!(read, ReadRequest::Credential(_));
     if let ReadRequest::Credential(Ok((c, n))) = &read
+        && app.config().answer_cache_mib > 0
         && let Some((name, record)) = app.answers.credential(&app.store, &token, c, n)
     {
         app.metrics.cached_answer();
@@ -767,10 +768,11 @@ async fn read_in_one_hop(app: &Arc<App>, req: &Request<Incoming>, read: ReadRequ
             ReadRequest::Credential(Ok((c, n))) => {
                 catalog::show_credential(db.reads(), &who, &c, &n).map(|record| {
                     let record = bytes::Bytes::from(record);
+                    let max_bytes = worker.config().answer_cache_mib.saturating_mul(1 << 20);
                     if let Some(at) = at {
                         worker
                             .answers
-                            .keep(at, &token, &who, &facts, &c, &n, &record);
+                            .keep(max_bytes, at, &token, &who, &facts, &c, &n, &record);
                     }
                     json_bytes_response(StatusCode::OK, record)
                 })

@@ -19,9 +19,9 @@
 //!
 //! **What is kept.** Redacted records (never a secret: only what the answer shows), and per
 //! token its principal, the SHA-256 of its secret (as the store holds it), its expiry and last
-//! use. At most [`MAX_TOKENS`] tokens and [`MAX_BYTES`] of records and tokens (counted with
-//! their keys and a fixed cost per entry); past either, everything is dropped and the cache
-//! fills again.
+//! use. At most [`MAX_TOKENS`] tokens, and records and tokens that count for at most the
+//! configured memory (`answer_cache_mib`; counted with their keys and a fixed cost per entry);
+//! past either, everything is dropped and the cache fills again. A limit of 0 keeps nothing.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -34,10 +34,8 @@ use crate::store::{Generation, Store};
 
 /// At most this many tokens are kept.
 pub const MAX_TOKENS: usize = 1024;
-/// At most this many bytes of records and tokens are kept.
-pub const MAX_BYTES: usize = 4 << 20;
 /// A record or token that counts for more than this is not kept.
-const MAX_ENTRY: usize = MAX_BYTES / 64;
+const MAX_ENTRY: usize = 64 << 10;
 
 /// What an entry of a map costs beyond its contents (the slot, the allocations' headers).
 const ENTRY: usize = 128;
@@ -126,9 +124,11 @@ impl Answers {
     /// credential `n` of `c`: `record`. `at` is the store's generation read **before** the
     /// reads that produced the answer, so the answer is at least as new as `at`; if the store
     /// changed in between, the cache is emptied at the next lookup.
+    /// Keeps nothing when `max_bytes` (what everything kept may count for) is 0.
     #[allow(clippy::too_many_arguments)]
     pub fn keep(
         &self,
+        max_bytes: usize,
         at: Generation,
         token: &str,
         who: &Principal,
@@ -142,7 +142,7 @@ impl Answers {
         };
         let path = c.object_path(n);
         let (token_cost, record_cost) = (token_cost(id, who), record_cost(&path, record));
-        if token_cost.max(record_cost) > MAX_ENTRY {
+        if token_cost.max(record_cost) > MAX_ENTRY.min(max_bytes) {
             return;
         }
         let mut kept = self.lock();
@@ -150,7 +150,7 @@ impl Answers {
         let adds = record_cost + if new_token { token_cost } else { 0 };
         if kept.at != Some(at)
             || (new_token && kept.tokens.len() >= MAX_TOKENS)
-            || kept.bytes + adds > MAX_BYTES
+            || kept.bytes + adds > max_bytes
         {
             kept.clear(Some(at));
         }
@@ -178,6 +178,8 @@ mod tests {
     use super::*;
     use crate::service::auth::{PermSet, create_token};
     use crate::store;
+
+    const LIMIT: usize = 1 << 20;
 
     /// Everything a hit checks, on a store whose clock the test moves.
     #[test]
@@ -217,7 +219,7 @@ mod tests {
         let at = store
             .generation()
             .unwrap_or_else(|| panic!("no generation"));
-        answers.keep(at, &token, &who, &facts, &c, &n, &record);
+        answers.keep(LIMIT, at, &token, &who, &facts, &c, &n, &record);
         let hit = Some(("reader".to_owned(), record.clone()));
         assert_eq!(lookup(&token, &c), hit);
 
@@ -243,12 +245,12 @@ mod tests {
         assert_ne!(store.generation(), Some(at));
         assert_eq!(lookup(&token, &c), None);
         // What was read before the commit is never filed under the new generation.
-        answers.keep(at, &token, &who, &facts, &c, &n, &record);
+        answers.keep(LIMIT, at, &token, &who, &facts, &c, &n, &record);
         assert_eq!(lookup(&token, &c), None);
         let now = store
             .generation()
             .unwrap_or_else(|| panic!("no generation"));
-        answers.keep(now, &token, &who, &facts, &c, &n, &record);
+        answers.keep(LIMIT, now, &token, &who, &facts, &c, &n, &record);
         assert_eq!(lookup(&token, &c), hit);
     }
 }
