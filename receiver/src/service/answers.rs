@@ -103,7 +103,7 @@ impl Answers {
         let presented = secret_digest(secret);
         let path = c.object_path(n);
         let mut kept = self.lock();
-        // Nothing kept yet, or kept at another generation.
+        // Nothing kept yet (or emptied when the generation could not be read).
         kept.at?;
         if kept.at != now {
             kept.clear(None);
