@@ -67,6 +67,21 @@ async fn used(s: &Server, token: &str) {
     }
 }
 
+/// Creates a credential of its own with the admin's token: its path and record.
+async fn create_spare(s: &Server) -> (&'static str, Value) {
+    let spare = "/v1/credentials/public/spare/login";
+    let (st, created) = s
+        .send(
+            Method::PUT,
+            &s.admin,
+            spare,
+            Some(json!({"type": "password", "username": "svc"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{created}");
+    (spare, created)
+}
+
 /// Reads `ERP` as `token` twice; both answers must be `want`, and the second must have been
 /// answered from memory on the embedded store (never on PostgreSQL).
 async fn read_twice(s: &Server, token: &str, want: &Value) {
@@ -134,16 +149,7 @@ async fn a_kept_answer_is_the_stores_answer_and_goes_with_the_first_change() {
     assert_eq!((st, v["code"].as_str()), (401, Some("unauthorized")), "{v}");
 
     // A credential deleted while kept: gone at the next read.
-    let spare = "/v1/credentials/public/spare/login";
-    let (st, created) = s
-        .send(
-            Method::PUT,
-            &s.admin,
-            spare,
-            Some(json!({"type": "password", "username": "svc"})),
-        )
-        .await;
-    assert_eq!(st, 201, "{created}");
+    let (spare, created) = create_spare(&s).await;
     let admin = s.admin.clone();
     let before = cached(&s).await;
     for _ in 0..2 {
@@ -196,16 +202,7 @@ async fn a_write_by_another_process_is_seen_at_the_next_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cache_of_zero_mib_keeps_nothing() {
     let s = Server::start_with(|app| app.edit_config(|c| c.answer_cache_mib = 0)).await;
-    let spare = "/v1/credentials/public/spare/login";
-    let (st, created) = s
-        .send(
-            Method::PUT,
-            &s.admin,
-            spare,
-            Some(json!({"type": "password", "username": "svc"})),
-        )
-        .await;
-    assert_eq!(st, 201, "{created}");
+    let (spare, created) = create_spare(&s).await;
     used(&s, &s.admin).await;
     for _ in 0..3 {
         assert_eq!(s.get(&s.admin, spare).await, (200, created.clone()));

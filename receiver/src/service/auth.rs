@@ -457,15 +457,9 @@ mod tests {
 
     #[tokio::test]
     async fn last_use_is_recorded_at_most_once_a_minute_and_expiry_is_checked_on_the_clock() {
-        use std::sync::Arc;
-        use std::sync::atomic::{AtomicI64, Ordering};
-        let start = Timestamp::now().unix_millis();
-        let ms = Arc::new(AtomicI64::new(start));
-        let clock_ms = ms.clone();
-        let clock: store::Clock = Arc::new(move || {
-            Timestamp::from_unix_millis(clock_ms.load(Ordering::SeqCst))
-                .unwrap_or_else(Timestamp::now)
-        });
+        use std::sync::atomic::Ordering;
+        let (ms, clock) = store::settable_clock();
+        let start = ms.load(Ordering::SeqCst);
         let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store =
             Store::create(&tmp.path().join("store.db"), clock).unwrap_or_else(|e| panic!("{e}"));

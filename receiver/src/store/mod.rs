@@ -99,6 +99,18 @@ pub fn wall_clock() -> Clock {
     Arc::new(Timestamp::now)
 }
 
+/// A clock that reads Unix milliseconds from the returned cell, set to now; tests move it.
+#[cfg(test)]
+pub(crate) fn settable_clock() -> (Arc<std::sync::atomic::AtomicI64>, Clock) {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let ms = Arc::new(AtomicI64::new(Timestamp::now().unix_millis()));
+    let read = ms.clone();
+    let clock: Clock = Arc::new(move || {
+        Timestamp::from_unix_millis(read.load(Ordering::SeqCst)).unwrap_or_else(Timestamp::now)
+    });
+    (ms, clock)
+}
+
 /// A storage fault. Callers answer 503 when the database cannot be reached
 /// ([`Error::Unavailable`]), else 500, and log it.
 #[derive(Debug, thiserror::Error)]
