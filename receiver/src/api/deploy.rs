@@ -15,7 +15,8 @@ use crate::App;
 use crate::metrics::DeployOutcome;
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
-use crate::service::deploy::{self, Outcome, Upload, UploadBuffer};
+use crate::service::deploy::{self, Outcome};
+use crate::service::upload::{Upload, UploadBuffer};
 
 use super::extract::{declared_length, next_frame, query_params};
 use super::{Body, json_response};

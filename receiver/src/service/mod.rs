@@ -1,6 +1,7 @@
 //! The receiver's domain rules, below the HTTP API and above the store: who may do what
-//! ([`auth`]), the credential answer cache ([`answers`]), deployments ([`deploy`]), credentials ([`creds`], [`oauth`], [`verify`]), what
-//! the receiver holds ([`catalog`]) and the audit trail ([`audit`]).
+//! ([`auth`]), the credential answer cache ([`answers`]), deployments ([`deploy`], of an
+//! [`upload`]), credentials ([`creds`], [`oauth`], [`verify`]), what the receiver holds
+//! ([`catalog`]) and the audit trail ([`audit`]).
 //!
 //! Services take typed arguments (parsed paths, principals, JSON values) and return domain
 //! results or [`Problem`](crate::problem::Problem)s; they never build an HTTP response and
@@ -16,4 +17,5 @@ pub mod deploy;
 pub mod oauth;
 pub mod plan;
 pub mod rollback;
+pub mod upload;
 pub mod verify;

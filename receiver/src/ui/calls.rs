@@ -174,7 +174,7 @@ pub async fn plan(
     let planned = deploy::deploy(
         app.clone(),
         who,
-        deploy::Upload::File(tmp),
+        crate::service::upload::Upload::File(tmp),
         false,
         true,
         secrets_allowed,
