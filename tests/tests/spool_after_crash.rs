@@ -1,7 +1,7 @@
 //! A receiver killed while a bundle is being uploaded leaves the partial upload in `D/spool/`
 //! (SIGKILL skips the temporary file's own cleanup); the next start removes it. Without that,
-//! every crash would leak up to `max_bundle_size` of disk, and a `--plaintext-secrets` bundle
-//! would leave its secrets on disk in clear.
+//! every crash would leak up to `max_bundle_size` of disk. What it leaves is ciphertext: a
+//! `--plaintext-secrets` bundle's secrets never reach the disk in clear, even before the restart.
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
@@ -32,7 +32,8 @@ fn restart_removes_uploads_spooled_before_a_crash() {
         1 << 20
     )
     .unwrap();
-    s.write_all(&vec![b'x'; 1 << 19]).unwrap();
+    s.write_all(&b"canary-secret-".repeat((1 << 19) / 14))
+        .unwrap();
     assert!(wait_for(Duration::from_secs(10), || count() > 0));
     let pid = r.pid().unwrap().to_string();
     assert!(
@@ -44,6 +45,13 @@ fn restart_removes_uploads_spooled_before_a_crash() {
     );
     r.stop();
     assert_eq!(count(), 1, "the crash left the partial upload behind");
+    let left = std::fs::read_dir(&spool).unwrap().next().unwrap().unwrap();
+    let left = std::fs::read(left.path()).unwrap();
+    assert!(left.len() > 1000, "the spooled part: {} bytes", left.len());
+    assert!(
+        !left.windows(14).any(|w| w == b"canary-secret-"),
+        "the upload was spooled in clear"
+    );
 
     // After a restart (and a deploy, in case cleaning is lazy) the spool is empty again.
     r.serve();

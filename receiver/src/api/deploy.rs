@@ -1,6 +1,6 @@
 //! `POST /v1/deployments` as HTTP: the request's query, content type and declared length are
 //! checked, then the body is received, bounded by the configured bundle size (a small one in
-//! memory, a larger one spooled to a temporary file in the data directory, see
+//! memory, a larger one spooled, sealed, to a temporary file in the data directory, see
 //! [`UploadBuffer`]), and handed to [`deploy::deploy`]. Every refusal is audited
 //! ([`deploy::refuse`]).
 
@@ -9,14 +9,13 @@ use std::sync::Arc;
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Request, Response, StatusCode};
-use tokio::io::AsyncWriteExt;
 
 use crate::App;
 use crate::metrics::DeployOutcome;
 use crate::problem::{Problem, ProblemCode};
 use crate::service::auth::{Perm, Principal};
 use crate::service::deploy::{self, Outcome};
-use crate::service::upload::{Upload, UploadBuffer};
+use crate::service::upload::{Spooled, Upload, UploadBuffer};
 
 use super::extract::{declared_length, next_frame, query_params};
 use super::{Body, json_response};
@@ -41,21 +40,6 @@ async fn next_data(
         }
     }
     Ok(None)
-}
-
-/// A new spool file for an upload (removed when the returned handle is dropped), and the
-/// file to write it through.
-pub(crate) async fn spool_file(
-    app: &App,
-) -> Result<(tempfile::NamedTempFile, tokio::fs::File), Problem> {
-    let spool = app.dir.spool();
-    let tmp = app
-        .spawn_blocking(move || tempfile::NamedTempFile::new_in(spool))
-        .await
-        .map_err(Problem::internal)?
-        .map_err(|e| Problem::internal(format!("creating a spool file: {e}")))?;
-    let file = tokio::fs::File::from_std(tmp.reopen().map_err(Problem::internal)?);
-    Ok((tmp, file))
 }
 
 /// `POST /v1/deployments`: checks the request, spools the body, then deploys it; counts the
@@ -157,13 +141,12 @@ async fn answer(
         }
         buffer.into_upload()
     } else {
-        let (tmp, mut file) = spool_file(&app).await?;
+        let (spooled, mut file) = Spooled::create(&app).await?;
         while let Some(data) = next_data(&app, &who, &mut body, &mut total, max).await? {
-            file.write_all(&data).await.map_err(Problem::internal)?;
+            file.write(&data).await?;
         }
-        file.flush().await.map_err(Problem::internal)?;
-        drop(file);
-        Upload::File(tmp)
+        file.finish().await?;
+        Upload::File(spooled)
     };
     let secrets_allowed = transport.is_some_and(|t| t.may_carry_secrets());
     let (outcome, record) =

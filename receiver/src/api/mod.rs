@@ -33,7 +33,6 @@ pub use router::{route_labels, routes};
 
 pub(crate) use crate::blocking;
 // The request helpers the admin page (`crate::ui`) shares with the API.
-pub(crate) use deploy::spool_file;
 pub(crate) use extract::{
     before_param, container_path, declared_length, limit_param, next_frame, object_path,
     query_params,

@@ -163,18 +163,18 @@ fn count_plan(app: &App, answer: Result<(), &Problem>) {
         .deployment(crate::metrics::DeployOutcome::of_answer(status, true));
 }
 
-/// The plan of the bundle spooled in `tmp` (a dry run: nothing but an audit row is
+/// The plan of the bundle spooled in `spooled` (a dry run: nothing but an audit row is
 /// written); [`may_plan`] was asked first.
 pub async fn plan(
     app: &Arc<App>,
     who: Principal,
-    tmp: tempfile::NamedTempFile,
+    spooled: crate::service::upload::Spooled,
     secrets_allowed: bool,
 ) -> Result<Value, Problem> {
     let planned = deploy::deploy(
         app.clone(),
         who,
-        crate::service::upload::Upload::File(tmp),
+        crate::service::upload::Upload::File(spooled),
         false,
         true,
         secrets_allowed,

@@ -5,12 +5,12 @@
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Request, StatusCode};
-use tokio::io::AsyncWriteExt;
 use zeroize::Zeroizing;
 
 use crate::App;
-use crate::api::{declared_length, next_frame, spool_file};
+use crate::api::{declared_length, next_frame};
 use crate::problem::{Problem, ProblemCode};
+use crate::service::upload::Spooled;
 
 /// Largest urlencoded form body.
 const MAX_FORM: usize = 64 * 1024;
@@ -126,7 +126,7 @@ fn unsupported(what: &str) -> Problem {
 #[derive(Debug)]
 pub struct Upload {
     /// The file field's content (empty when no file was chosen).
-    pub file: tempfile::NamedTempFile,
+    pub file: Spooled,
     /// How many bytes the file has.
     pub size: u64,
 }
@@ -154,7 +154,7 @@ pub async fn multipart(
     if declared_length(&req).is_some_and(|n| n > max) {
         return Err(too_large(max));
     }
-    let (tmp, mut file) = spool_file(app).await?;
+    let (spooled, mut file) = Spooled::create(app).await?;
     let mut parser = Multipart::new(&boundary, file_field);
     let mut body = req.into_body();
     let mut total: u64 = 0;
@@ -173,7 +173,7 @@ pub async fn multipart(
                 before_file(&parser.form)?;
                 checked = true;
             }
-            file.write_all(&out).await.map_err(Problem::internal)?;
+            file.write(&out).await?;
         }
     }
     if !parser.done() {
@@ -182,9 +182,9 @@ pub async fn multipart(
     if !checked {
         before_file(&parser.form)?;
     }
-    file.flush().await.map_err(Problem::internal)?;
+    file.finish().await?;
     Ok(Upload {
-        file: tmp,
+        file: spooled,
         size: parser.file_size,
     })
 }
