@@ -500,3 +500,56 @@ async fn a_credential_a_mapping_outside_the_bundle_uses_keeps_its_type() {
     let (_, c) = s.get(&s.admin, "/v1/credentials/public/orders/erp").await;
     assert_eq!(c["type"], "password");
 }
+
+#[tokio::test]
+async fn a_plan_refused_before_its_bundle_is_read_is_audited_as_a_plan() {
+    let (s, _) = setup().await;
+    let r = s
+        .client
+        .post(s.url("/v1/deployments?dry_run=true"))
+        .bearer_auth(&s.admin)
+        .header("content-type", "text/plain")
+        .body("not a bundle")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 415);
+    let reader = s.token("reader", &[("/", "read")]);
+    let (st, _) = plan(&s, &reader, b"not a bundle").await;
+    assert_eq!(st, 403);
+    // And a deploy refused the same way is still a deploy.
+    let (st, _) = s.deploy(&reader, b"not a bundle").await;
+    assert_eq!(st, 403);
+
+    // A refusal before the bundle is read is answered without waiting for its audit row.
+    let mut audit = Value::Null;
+    for _ in 0..100 {
+        audit = s.get(&s.admin, "/v1/audit").await.1;
+        if audit["audit"].as_array().unwrap().len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let rows: Vec<(&str, &str, u64)> = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "refused")
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap(),
+                r["principal"].as_str().unwrap(),
+                r["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("deploy", "reader", 403),
+            ("plan", "reader", 403),
+            ("plan", "admin", 415)
+        ],
+        "{audit}"
+    );
+}

@@ -20,26 +20,47 @@ use crate::service::upload::{Spooled, Upload, UploadBuffer};
 use super::extract::{declared_length, next_frame, query_params};
 use super::{Body, json_response};
 
-/// The next data of `body`, counted into `total`; a body over `max` bytes is refused (and the
-/// refusal audited); `None` at its end.
+/// The next data of `body`, counted into `total`; a body over `max` bytes is an error; `None`
+/// at its end.
 async fn next_data(
     app: &Arc<App>,
-    who: &Principal,
     body: &mut Incoming,
     total: &mut u64,
     max: u64,
 ) -> Result<Option<bytes::Bytes>, Problem> {
     while let Some(frame) = next_frame(app, body).await {
-        let frame = frame.map_err(|e| deploy::refuse(app, who, e))?;
-        if let Ok(data) = frame.into_data() {
+        if let Ok(data) = frame?.into_data() {
             *total += data.len() as u64;
             if *total > max {
-                return Err(deploy::refuse(app, who, deploy::too_large(max)));
+                return Err(deploy::too_large(max));
             }
             return Ok(Some(data));
         }
     }
     Ok(None)
+}
+
+/// Receives the body: in memory when it declared a length small enough, otherwise into a
+/// spool file.
+async fn receive(
+    app: &Arc<App>,
+    mut body: Incoming,
+    declared: Option<u64>,
+    max: u64,
+) -> Result<Upload, Problem> {
+    let mut total: u64 = 0;
+    if let Some(mut buffer) = declared.and_then(UploadBuffer::for_length) {
+        while let Some(data) = next_data(app, &mut body, &mut total, max).await? {
+            buffer.extend(&data)?;
+        }
+        return Ok(buffer.into_upload());
+    }
+    let (spooled, mut file) = Spooled::create(app).await?;
+    while let Some(data) = next_data(app, &mut body, &mut total, max).await? {
+        file.write(&data).await?;
+    }
+    file.finish().await?;
+    Ok(Upload::File(spooled))
 }
 
 /// `POST /v1/deployments`: checks the request, spools the body, then deploys it; counts the
@@ -67,7 +88,6 @@ async fn answer(
     req: Request<Incoming>,
     dry_run_asked: &mut bool,
 ) -> Result<Response<Body>, Problem> {
-    let refuse = deploy::refuse;
     let transport = req.extensions().get::<super::Transport>().copied();
     let ct = req
         .headers()
@@ -82,7 +102,7 @@ async fn answer(
         });
     let query = match query_params(&req, &["verify", "dry_run"]) {
         Ok(q) => q,
-        Err(e) => return Err(refuse(&app, &who, e)),
+        Err(e) => return Err(deploy::refuse(&app, &who, false, e)),
     };
     let flag = |name: &str| match query.get(name).map(String::as_str) {
         None | Some("false") => Ok(false),
@@ -92,62 +112,43 @@ async fn answer(
             format!("`{name}` is `true` or `false`"),
         )),
     };
+    // Refusals of a request that asked for a dry run are audited as refused plans.
+    let planned = flag("dry_run").unwrap_or(false);
+    let refuse = |e: Problem| deploy::refuse(&app, &who, planned, e);
     let (verify, dry_run) = match (flag("verify"), flag("dry_run")) {
         (Ok(true), Ok(true)) => {
-            return Err(refuse(
-                &app,
-                &who,
-                Problem::bad_request(
-                    ProblemCode::BadQuery,
-                    "`dry_run` and `verify` cannot be combined: a verification may have to store the token it obtained, and a dry run writes nothing; plan first, then deploy with `verify=true`",
-                ),
-            ));
+            return Err(refuse(Problem::bad_request(
+                ProblemCode::BadQuery,
+                "`dry_run` and `verify` cannot be combined: a verification may have to store the token it obtained, and a dry run writes nothing; plan first, then deploy with `verify=true`",
+            )));
         }
         (Ok(verify), Ok(dry_run)) => {
             *dry_run_asked = dry_run;
             (verify, dry_run)
         }
-        (Err(e), _) | (_, Err(e)) => return Err(refuse(&app, &who, e)),
+        (Err(e), _) | (_, Err(e)) => return Err(refuse(e)),
     };
     if ct.as_deref() != Some("application/zip") {
-        return Err(refuse(
-            &app,
-            &who,
-            Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ProblemCode::UnsupportedMediaType,
-                "a bundle is sent as Content-Type: application/zip",
-            ),
-        ));
+        return Err(refuse(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ProblemCode::UnsupportedMediaType,
+            "a bundle is sent as Content-Type: application/zip",
+        )));
     }
     if !who.has_any(Perm::Write) {
-        return Err(refuse(
-            &app,
-            &who,
-            Problem::forbidden("you lack `write` on every container"),
-        ));
+        return Err(refuse(Problem::forbidden(
+            "you lack `write` on every container",
+        )));
     }
     let max = app.config().limits.max_bundle_size;
     let declared = declared_length(&req);
     if declared.is_some_and(|n| n > max) {
-        return Err(refuse(&app, &who, deploy::too_large(max)));
+        return Err(refuse(deploy::too_large(max)));
     }
 
-    let mut body = req.into_body();
-    let mut total: u64 = 0;
-    let upload = if let Some(mut buffer) = declared.and_then(UploadBuffer::for_length) {
-        while let Some(data) = next_data(&app, &who, &mut body, &mut total, max).await? {
-            buffer.extend(&data)?;
-        }
-        buffer.into_upload()
-    } else {
-        let (spooled, mut file) = Spooled::create(&app).await?;
-        while let Some(data) = next_data(&app, &who, &mut body, &mut total, max).await? {
-            file.write(&data).await?;
-        }
-        file.finish().await?;
-        Upload::File(spooled)
-    };
+    let upload = receive(&app, req.into_body(), declared, max)
+        .await
+        .map_err(refuse)?;
     let secrets_allowed = transport.is_some_and(|t| t.may_carry_secrets());
     let (outcome, record) =
         deploy::deploy(app, who, upload, verify, dry_run, secrets_allowed).await?;

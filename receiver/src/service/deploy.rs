@@ -109,10 +109,15 @@ pub fn too_large(max: u64) -> Problem {
     ))
 }
 
-/// Records the refusal of a deploy before its bundle was read, and gives the problem back.
-pub fn refuse(app: &Arc<App>, who: &Principal, e: Problem) -> Problem {
+/// Records the refusal of a deploy (of a plan, when `dry_run`) before its bundle was read,
+/// and gives the problem back.
+pub fn refuse(app: &Arc<App>, who: &Principal, dry_run: bool, e: Problem) -> Problem {
+    let mut row = refusal_row(who, None, &e);
+    if dry_run {
+        row = plan_row(row);
+    }
     // The answer does not wait for the row: the job is queued once `audit` returns.
-    drop(audit(app, refusal_row(who, None, &e)));
+    drop(audit(app, row));
     e
 }
 

@@ -150,6 +150,7 @@ pub fn may_plan(app: &Arc<App>, who: &Principal) -> Result<(), Problem> {
     let refused = deploy::refuse(
         app,
         who,
+        true,
         Problem::forbidden("you lack `write` on every container"),
     );
     count_plan(app, Err(&refused));
