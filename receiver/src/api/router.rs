@@ -472,7 +472,9 @@ pub(super) async fn route(
     if let Some(family) = family
         && family.open
     {
-        return answer_open(app, req, family, found)
+        // Boxed, as below: every request's future is as large as the largest one it may
+        // await, and hyper moves it twice per request; the credential read stays inline.
+        return Box::pin(answer_open(app, req, family, found))
             .await
             .map_err(|e| (e, None));
     }
@@ -489,7 +491,7 @@ pub(super) async fn route(
         Err(e) => return Err((e, None)),
     };
     let name = Some(who.name.clone());
-    match answer_authenticated(app, who, req, found).await {
+    match Box::pin(answer_authenticated(app, who, req, found)).await {
         Ok(r) => Ok((r, name)),
         Err(e) => Err((e, name)),
     }
