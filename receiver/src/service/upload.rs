@@ -154,7 +154,7 @@ impl Seek for UploadReader {
 /// and a spool file left behind by a crash cannot be read without the key that died with the
 /// process.
 ///
-/// The file is a run of records, each a chunk of [`CHUNK`] plaintext bytes (the last one
+/// The file is a run of records, each a chunk of 64 KiB of plaintext (`CHUNK`; the last one
 /// shorter, possibly empty) sealed with ChaCha20-Poly1305 and followed by its tag; a record's
 /// nonce is its index, and the last record is marked in its associated data, so a file cut
 /// short or with records moved does not open. Records are opened one at a time, at any
