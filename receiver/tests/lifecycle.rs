@@ -514,6 +514,11 @@ async fn a_plan_refused_before_its_bundle_is_read_is_audited_as_a_plan() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 415);
+    // A query refused as a whole still asked for a dry run.
+    let (st, _) = s
+        .deploy_to(&s.admin, "/v1/deployments?dry_run=true&bogus=1", b"x")
+        .await;
+    assert_eq!(st, 400);
     let reader = s.token("reader", &[("/", "read")]);
     let (st, _) = plan(&s, &reader, b"not a bundle").await;
     assert_eq!(st, 403);
@@ -525,7 +530,7 @@ async fn a_plan_refused_before_its_bundle_is_read_is_audited_as_a_plan() {
     let mut audit = Value::Null;
     for _ in 0..100 {
         audit = s.get(&s.admin, "/v1/audit").await.1;
-        if audit["audit"].as_array().unwrap().len() >= 3 {
+        if audit["audit"].as_array().unwrap().len() >= 4 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -548,6 +553,7 @@ async fn a_plan_refused_before_its_bundle_is_read_is_audited_as_a_plan() {
         [
             ("deploy", "reader", 403),
             ("plan", "reader", 403),
+            ("plan", "admin", 400),
             ("plan", "admin", 415)
         ],
         "{audit}"
