@@ -100,16 +100,16 @@ async fn answer(
                 .trim()
                 .to_ascii_lowercase()
         });
-    // Refusals of a request that asked for a dry run are audited as refused plans, even when
-    // the rest of its query is refused.
-    let planned = req
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|pair| pair == "dry_run=true"));
-    let refuse = |e: Problem| deploy::refuse(&app, &who, planned, e);
     let query = match query_params(&req, &["verify", "dry_run"]) {
         Ok(q) => q,
-        Err(e) => return Err(refuse(e)),
+        Err(e) => {
+            // A query refused as a whole is still audited as a refused plan when it asked for one.
+            let asked = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|pair| pair == "dry_run=true"));
+            return Err(deploy::refuse(&app, &who, asked, e));
+        }
     };
     let flag = |name: &str| match query.get(name).map(String::as_str) {
         None | Some("false") => Ok(false),
@@ -119,6 +119,9 @@ async fn answer(
             format!("`{name}` is `true` or `false`"),
         )),
     };
+    // Refusals of a request that asked for a dry run are audited as refused plans.
+    let planned = flag("dry_run").unwrap_or(false);
+    let refuse = |e: Problem| deploy::refuse(&app, &who, planned, e);
     let (verify, dry_run) = match (flag("verify"), flag("dry_run")) {
         (Ok(true), Ok(true)) => {
             return Err(refuse(Problem::bad_request(
