@@ -50,6 +50,195 @@ pub type TrustLookup<'a> = dyn Fn(&KeyId) -> Option<TrustedSigner> + 'a;
 /// Receives each mapping file as it is read: (mapping, path, declared size, data).
 pub type FileSink<'a> = dyn FnMut(&Name, &RelPath, u64, &mut dyn Read) -> io::Result<()> + 'a;
 
+/// Decides, for each mapping file in bundle order and before it is read, given its mapping,
+/// path and declared size: `Ok(true)` to have it only checked, `Ok(false)` to hand it to the
+/// sink, an error to refuse the bundle.
+pub type Skip<'a> = dyn FnMut(&Name, &RelPath, u64) -> io::Result<bool> + 'a;
+
+/// What [`OpenBundle::stream_payload_ahead`] needs to check mapping files on other threads.
+pub struct Ahead<'a, R> {
+    /// Which mapping files are only checked.
+    pub skip: &'a mut Skip<'a>,
+    /// Opens another reader over the same bundle bytes, from its start; called once on each
+    /// checking thread.
+    pub reopen: &'a (dyn Fn() -> io::Result<R> + Sync),
+}
+
+impl<R> std::fmt::Debug for Ahead<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ahead")
+    }
+}
+
+/// A mapping file handed to a checking thread: what the manifest lists for it, and where its
+/// data is.
+struct Check {
+    index: usize,
+    entry: Entry,
+    start: u64,
+    listed: crate::bundle::manifest::ManifestEntry,
+}
+
+/// Compressed bytes of mapping files handed over at once: threads wake each other once per
+/// run, not once per small file, and a run's files lie together in the archive.
+const CHECK_RUN_BYTES: u64 = 512 << 10;
+/// Files handed over at once, at most.
+const CHECK_RUN_FILES: usize = 64;
+/// The read buffer of a checking thread.
+const CHECK_READ_BUFFER: usize = 64 << 10;
+
+/// The first bad entry the checking threads found, by its index in the manifest.
+type FirstBad = std::sync::Mutex<Option<(usize, BundleError)>>;
+
+/// Checking threads, started when the first file is handed over, fed runs of files through a
+/// bounded queue (so a slow check holds back the reading thread, not memory).
+struct Checks<'scope, 'env, R> {
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    reopen: &'env (dyn Fn() -> io::Result<R> + Sync),
+    send: Option<std::sync::mpsc::SyncSender<Vec<Check>>>,
+    threads: Vec<std::thread::ScopedJoinHandle<'scope, ()>>,
+    run: Vec<Check>,
+    run_bytes: u64,
+    bad: std::sync::Arc<FirstBad>,
+    /// Set once handing over failed.
+    stopped: bool,
+}
+
+impl<'scope, 'env, R: Read + Seek + 'env> Checks<'scope, 'env, R> {
+    fn new(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        reopen: &'env (dyn Fn() -> io::Result<R> + Sync),
+    ) -> Self {
+        Checks {
+            scope,
+            reopen,
+            send: None,
+            threads: Vec::new(),
+            run: Vec::new(),
+            run_bytes: 0,
+            bad: std::sync::Arc::default(),
+            stopped: false,
+        }
+    }
+
+    /// Hands entry `index` over to be checked. False once the reading thread is to stop: a
+    /// checking thread has found a bad entry (or every one stopped), which [`Checks::finish`]
+    /// reports.
+    #[must_use]
+    fn push(
+        &mut self,
+        index: usize,
+        entry: Entry,
+        start: u64,
+        listed: &crate::bundle::manifest::ManifestEntry,
+    ) -> bool {
+        self.run_bytes += entry.compressed_size;
+        self.run.push(Check {
+            index,
+            entry,
+            start,
+            listed: listed.clone(),
+        });
+        if self.run_bytes >= CHECK_RUN_BYTES || self.run.len() >= CHECK_RUN_FILES {
+            return self.flush();
+        }
+        !self.stopped
+    }
+
+    /// Hands over the run gathered so far; false as [`Checks::push`].
+    fn flush(&mut self) -> bool {
+        if self.run.is_empty() {
+            return !self.stopped;
+        }
+        let run = std::mem::take(&mut self.run);
+        self.run_bytes = 0;
+        if self.send.is_none() {
+            self.start();
+        }
+        let Some(send) = &self.send else {
+            return false;
+        };
+        if send.send(run).is_err() || lock(&self.bad).is_some() {
+            self.stopped = true;
+        }
+        !self.stopped
+    }
+
+    fn start(&mut self) {
+        let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let (send, runs) = std::sync::mpsc::sync_channel::<Vec<Check>>(threads * 2);
+        let runs = std::sync::Arc::new(std::sync::Mutex::new(runs));
+        for _ in 0..threads {
+            let (runs, bad, reopen) = (runs.clone(), self.bad.clone(), self.reopen);
+            let thread = self.scope.spawn(move || {
+                let mut reader = None;
+                loop {
+                    let Ok(run) = lock(&runs).recv() else {
+                        return;
+                    };
+                    for check in run {
+                        if lock(&bad).as_ref().is_some_and(|(i, _)| *i < check.index) {
+                            // An earlier entry is bad already; this one cannot be the first.
+                            continue;
+                        }
+                        let index = check.index;
+                        if let Err(e) = check_entry(&mut reader, reopen, check) {
+                            let mut first = lock(&bad);
+                            if first.as_ref().is_none_or(|(i, _)| index < *i) {
+                                *first = Some((index, e));
+                            }
+                        }
+                    }
+                }
+            });
+            self.threads.push(thread);
+        }
+        self.send = Some(send);
+    }
+
+    /// Hands over what is left, waits for every check, and returns the first bad entry's
+    /// error, if any.
+    fn finish(mut self) -> Option<BundleError> {
+        // When this fails, a thread found a bad entry (taken below) or stopped.
+        let handed = self.flush();
+        drop(self.send.take());
+        // The threads end once the queue is empty and closed.
+        let mut stopped = false;
+        for thread in self.threads.drain(..) {
+            stopped |= thread.join().is_err();
+        }
+        let bad = lock(&self.bad).take().map(|(_, e)| e);
+        if bad.is_none() && (stopped || !handed || self.stopped) {
+            return Some(BundleError::Io(io::Error::other(
+                "a thread checking the bundle's entries stopped",
+            )));
+        }
+        bad
+    }
+}
+
+/// Locks `m`, whether or not a thread panicked holding it.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Checks one mapping file on a checking thread, opening its reader on first use.
+fn check_entry<R: Read + Seek>(
+    reader: &mut Option<io::BufReader<R>>,
+    reopen: &(dyn Fn() -> io::Result<R> + Sync),
+    check: Check,
+) -> Result<(), BundleError> {
+    let r = match reader {
+        Some(r) => r,
+        None => reader.insert(io::BufReader::with_capacity(
+            CHECK_READ_BUFFER,
+            reopen().map_err(BundleError::Io)?,
+        )),
+    };
+    let (size, sha) = crate::zipfmt::verify_entry(r, check.entry, check.start)?;
+    same_as_listed(size, &sha, &check.listed)
+}
+
 /// Records read from a bundle's payload.
 #[derive(Debug, Clone)]
 pub struct Payload {
@@ -295,6 +484,40 @@ impl<R: Read + Seek> OpenBundle<R> {
         on_file: &mut FileSink<'_>,
         on_credential: &mut dyn FnMut(Credential) -> Result<(), E>,
     ) -> Result<Vec<Mapping>, E> {
+        self.stream(identity, None, on_file, on_credential)
+    }
+
+    /// Like [`OpenBundle::stream_payload`], but the mapping files `ahead` picks are not handed
+    /// to `on_file`: they are checked (inflated, sized, hashed against the manifest) on other
+    /// threads, one per core, each with a reader of its own, while this thread goes on with
+    /// the rest. The outcome is that of [`OpenBundle::stream_payload`] with a sink that drains
+    /// those files: when several entries are bad, the error is the first one's in bundle order.
+    pub fn stream_payload_ahead<E: From<BundleError>>(
+        &mut self,
+        identity: Option<&SealingIdentity>,
+        ahead: Ahead<'_, R>,
+        on_file: &mut FileSink<'_>,
+        on_credential: &mut dyn FnMut(Credential) -> Result<(), E>,
+    ) -> Result<Vec<Mapping>, E> {
+        let Ahead { skip, reopen } = ahead;
+        std::thread::scope(|scope| {
+            let mut checks = Checks::new(scope, reopen);
+            let read = self.stream(identity, Some((skip, &mut checks)), on_file, on_credential);
+            // A bad entry a worker found comes before wherever this thread stopped.
+            match (checks.finish(), read) {
+                (Some(e), _) => Err(e.into()),
+                (None, read) => read,
+            }
+        })
+    }
+
+    fn stream<E: From<BundleError>>(
+        &mut self,
+        identity: Option<&SealingIdentity>,
+        mut ahead: Option<(&mut Skip<'_>, &mut Checks<'_, '_, R>)>,
+        on_file: &mut FileSink<'_>,
+        on_credential: &mut dyn FnMut(Credential) -> Result<(), E>,
+    ) -> Result<Vec<Mapping>, E> {
         let data_key = self.data_key(identity)?;
         let m = &self.manifest;
         let mut mappings: Vec<Mapping> = Vec::new();
@@ -306,7 +529,7 @@ impl<R: Read + Seek> OpenBundle<R> {
         let mut next_file = 0usize;
         let summaries: HashMap<&str, _> =
             m.credentials.iter().map(|c| (c.name.as_str(), c)).collect();
-        for me in &m.entries {
+        for (index, me) in m.entries.iter().enumerate() {
             let path = EntryPath::parse(&me.path).ok_or_else(|| {
                 BundleError::BadManifest(format!(
                     "entry {} does not match the bundle layout",
@@ -328,11 +551,25 @@ impl<R: Read + Seek> OpenBundle<R> {
                 )
                 .into());
             }
-            let mut reader = self
+            let next = self
                 .zip
-                .next_entry()
+                .next_checked()
                 .map_err(BundleError::from)?
                 .ok_or_else(|| BundleError::MissingEntry(me.path.clone()))?;
+            if let (EntryPath::MappingFile(name, file), Some((skip, checks))) = (&path, &mut ahead)
+                && current.as_ref() == Some(name)
+                && expected == Some(file)
+                && skip(name, file, me.size).map_err(BundleError::from_io)?
+            {
+                next_file += 1;
+                let (entry, start) = next.skip().map_err(BundleError::from)?;
+                if !checks.push(index, entry, start, me) {
+                    // A checking thread found a bad entry, which is what is reported.
+                    return Ok(Vec::new());
+                }
+                continue;
+            }
+            let mut reader = next.read();
             match &path {
                 EntryPath::Mapping(name) => {
                     if !credentials.is_empty() {
@@ -714,13 +951,22 @@ fn check_digest<R: Read>(
     // Drain whatever a sink left unread, so the digest covers the whole entry.
     io::copy(&mut r, &mut io::sink()).map_err(BundleError::from_io)?;
     let (size, sha) = r.digest();
+    same_as_listed(size, &sha, me)
+}
+
+/// Whether an entry read whole (`size` bytes, SHA-256 `sha`) is what the manifest lists.
+fn same_as_listed(
+    size: u64,
+    sha: &[u8; 32],
+    me: &crate::bundle::manifest::ManifestEntry,
+) -> Result<(), BundleError> {
     if size != me.size {
         return Err(BundleError::Zip(ZipError::SizeMismatch(
             me.path.clone(),
             format!("{size} bytes, the manifest says {}", me.size),
         )));
     }
-    if sha != me.sha256.0 {
+    if *sha != me.sha256.0 {
         return Err(BundleError::DigestMismatch(me.path.clone()));
     }
     Ok(())

@@ -28,7 +28,7 @@ pub use compress::{Compressed, Compressor, Spool};
 pub use error::ZipError;
 pub use hashing::HashingReader;
 pub use layout::check_entry_name;
-pub use read::{Entry, EntryReader, ZipReader};
+pub use read::{Entry, EntryReader, Next, ZipReader, verify_entry};
 pub use write::{WrittenEntry, ZipWriter};
 
 /// Compression method of an entry.

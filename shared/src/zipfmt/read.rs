@@ -261,6 +261,21 @@ impl<R: Read + Seek> ZipReader<R> {
 
     /// Opens the next entry (they are read strictly in order), after checking its local header.
     pub fn next_entry(&mut self) -> Result<Option<EntryReader<'_, R>>, ZipError> {
+        Ok(self.next_checked()?.map(Next::read))
+    }
+
+    /// Checks the next entry's local header as [`ZipReader::next_entry`] does, and leaves the
+    /// choice to read its data here or to skip it (to have it checked elsewhere).
+    pub fn next_checked(&mut self) -> Result<Option<Next<'_, R>>, ZipError> {
+        let Some(entry) = self.next_header()? else {
+            return Ok(None);
+        };
+        Ok(Some(Next { zip: self, entry }))
+    }
+
+    /// Reads and checks the next entry's local header; on success the reader stands at the
+    /// entry's data and `pos` past it.
+    fn next_header(&mut self) -> Result<Option<Entry>, ZipError> {
         let Some(e) = self.entries.get(self.next).cloned() else {
             return Ok(None);
         };
@@ -326,17 +341,59 @@ impl<R: Read + Seek> ZipReader<R> {
         }
         self.next += 1;
         self.pos = data_end;
-        let raw = (&mut self.r).take(e.compressed_size);
-        let inner = match e.method {
-            Method::Stored => Inner::Stored(raw),
-            Method::Deflate => Inner::Deflate(flate2::bufread::DeflateDecoder::new(raw)),
-        };
-        Ok(Some(EntryReader {
-            hashing: HashingReader::new(inner),
-            entry: e,
-            done: false,
-        }))
+        Ok(Some(e))
     }
+}
+
+/// The next entry of a [`ZipReader`], its local header checked.
+pub struct Next<'a, R: Read + Seek> {
+    zip: &'a mut ZipReader<R>,
+    entry: Entry,
+}
+
+impl<R: Read + Seek> std::fmt::Debug for Next<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Next({})", self.entry.name)
+    }
+}
+
+impl<'a, R: Read + Seek> Next<'a, R> {
+    /// The entry.
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+
+    /// Reads its data here.
+    pub fn read(self) -> EntryReader<'a, R> {
+        let raw = (&mut self.zip.r).take(self.entry.compressed_size);
+        EntryReader::new(raw, self.entry)
+    }
+
+    /// Moves past its data without reading it, for a caller that has it checked elsewhere
+    /// with [`verify_entry`] on a reader of its own. Returns the entry and where its data
+    /// starts.
+    pub fn skip(self) -> Result<(Entry, u64), ZipError> {
+        let e = self.entry;
+        let start = self.zip.pos - e.compressed_size;
+        // Below 4 GiB: larger entries are refused with the central directory.
+        let len = i64::try_from(e.compressed_size)
+            .map_err(|_| ZipError::SizeLimit(format!("entry {} is too large", e.name)))?;
+        self.zip.r.seek_relative(len)?;
+        Ok((e, start))
+    }
+}
+
+/// Reads entry `e`, whose data starts at `data_start`, from `r` (a reader of its own over the
+/// same archive, as [`Next::skip`] returned them) and checks everything an
+/// [`EntryReader`] checks. Returns its size and SHA-256.
+pub fn verify_entry<R: Read + Seek>(
+    r: &mut BufReader<R>,
+    e: Entry,
+    data_start: u64,
+) -> Result<(u64, [u8; 32]), ZipError> {
+    r.seek(SeekFrom::Start(data_start))?;
+    let raw = r.take(e.compressed_size);
+    EntryReader::new(raw, e).finish()
 }
 
 fn read_central(br: &mut impl BufRead, i: u64, limits: &Limits) -> Result<Entry, ZipError> {
@@ -494,6 +551,19 @@ impl<R: Read> std::fmt::Debug for EntryReader<'_, R> {
 }
 
 impl<'a, R: Read> EntryReader<'a, R> {
+    /// A reader of entry `e`'s data, which `raw` (its compressed bytes) holds.
+    fn new(raw: io::Take<&'a mut BufReader<R>>, e: Entry) -> Self {
+        let inner = match e.method {
+            Method::Stored => Inner::Stored(raw),
+            Method::Deflate => Inner::Deflate(flate2::bufread::DeflateDecoder::new(raw)),
+        };
+        EntryReader {
+            hashing: HashingReader::new(inner),
+            entry: e,
+            done: false,
+        }
+    }
+
     /// The entry being read.
     pub fn entry(&self) -> &Entry {
         &self.entry
