@@ -18,6 +18,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod client;
+pub mod logs;
 pub mod openapi;
 pub mod process;
 pub mod project;
@@ -26,6 +27,7 @@ pub mod store;
 pub mod stored;
 
 pub use client::{Client, RequestBuilder, Response, answer, http, try_http};
+pub use logs::Logs;
 pub use process::{Receiver, Serving, serve, serve_with};
 pub use project::*;
 pub use server::{Server, allow_outbound, deployed};

@@ -40,7 +40,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
 use flowpack_shared::bundle::manifest::{EntryKind, Manifest};
-use flowpack_shared::bundle::read::{OpenBundle, Payload, TrustedSigner};
+use flowpack_shared::bundle::read::{Ahead, OpenBundle, Payload, TrustedSigner};
 use flowpack_shared::bundle::{BundleError, BundleKind};
 use flowpack_shared::keys::{KeyId, VerifyingKey};
 use flowpack_shared::model::credential::Credential;
@@ -674,7 +674,13 @@ fn prepare(
     // A credential bundle with mapping files is refused once read (`bad-record`). A replay's
     // payload is read only to check it: its records are not kept.
     let payload = if replay {
-        let read = bundle.stream_payload(Some(identity), &mut drain, &mut |c| {
+        // Every mapping file is only checked, on other threads.
+        let reopen = || upload.reader();
+        let ahead = Ahead {
+            skip: &mut |_, _, _| Ok(true),
+            reopen: &reopen,
+        };
+        let read = bundle.stream_payload_ahead(Some(identity), ahead, &mut drain, &mut |c| {
             drop(c);
             Ok::<(), BundleError>(())
         });
@@ -737,7 +743,7 @@ fn apply(
         manifest_sha256,
         replay: _,
         payload,
-        upload: _upload,
+        upload,
     } = prepared;
     let m = head(bundle.manifest());
     let fail = |e: Problem| (e, Some(Box::new(info.clone())));
@@ -893,21 +899,32 @@ fn apply(
         payload.mappings
     } else {
         let versions = &mut versions;
-        let mut next_file = 0usize;
+        // Index of the next mapping file in bundle order, whether stored or only checked.
+        let next_file = std::cell::Cell::new(0usize);
+        // The live version of a mapping has these very files: they are not stored twice, only
+        // checked, on other threads.
+        let mut skip = |name: &Name,
+                        path: &flowpack_shared::names::RelPath,
+                        size: u64|
+         -> std::io::Result<bool> {
+            if !files_same.contains_key(name) {
+                return Ok(false);
+            }
+            file_size_ok(name, path, size)?;
+            next_file.set(next_file.get() + 1);
+            Ok(true)
+        };
+        let reopen = || upload.reader();
         let mut on_file = |name: &Name,
                            path: &flowpack_shared::names::RelPath,
                            size: u64,
                            data: &mut dyn std::io::Read|
          -> std::io::Result<()> {
             file_size_ok(name, path, size)?;
-            let digest = digests.get(next_file).ok_or_else(|| {
+            let digest = digests.get(next_file.get()).ok_or_else(|| {
                 std::io::Error::other("a mapping file the manifest does not list")
             })?;
-            next_file += 1;
-            if files_same.contains_key(name) {
-                // The live version has these very files: they are not stored twice.
-                return drain(name, path, size, data);
-            }
+            next_file.set(next_file.get() + 1);
             let vid = match versions.get(name) {
                 Some(v) => *v,
                 None => {
@@ -920,8 +937,12 @@ fn apply(
             };
             tx.write_mapping_file(vid, path.as_str(), size, digest, data)
         };
+        let ahead = Ahead {
+            skip: &mut skip,
+            reopen: &reopen,
+        };
         let mappings = bundle
-            .stream_payload(Some(identity), &mut on_file, &mut on_credential)
+            .stream_payload_ahead(Some(identity), ahead, &mut on_file, &mut on_credential)
             .map_err(fail)?;
         check_kind(&m, &mappings).map_err(fail)?;
         mappings
