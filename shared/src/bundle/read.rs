@@ -100,7 +100,7 @@ struct Checks<'scope, 'env, R> {
     run: Vec<Check>,
     run_bytes: u64,
     bad: std::sync::Arc<FirstBad>,
-    /// Set once handing over failed.
+    /// Set once handing over failed or a checking thread panicked.
     stopped: bool,
 }
 
@@ -152,19 +152,19 @@ impl<'scope, 'env, R: Read + Seek + 'env> Checks<'scope, 'env, R> {
         }
         let run = std::mem::take(&mut self.run);
         self.run_bytes = 0;
-        if self.send.is_none() {
-            self.start();
-        }
-        let Some(send) = &self.send else {
-            return false;
+        let send = match self.send.take() {
+            Some(send) => send,
+            None => self.start(),
         };
         if send.send(run).is_err() || lock(&self.bad).is_some() {
             self.stopped = true;
         }
+        self.send = Some(send);
         !self.stopped
     }
 
-    fn start(&mut self) {
+    /// Starts the checking threads; returns the queue that feeds them.
+    fn start(&mut self) -> std::sync::mpsc::SyncSender<Vec<Check>> {
         let threads = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let (send, runs) = std::sync::mpsc::sync_channel::<Vec<Check>>(threads * 2);
         let runs = std::sync::Arc::new(std::sync::Mutex::new(runs));
@@ -193,22 +193,21 @@ impl<'scope, 'env, R: Read + Seek + 'env> Checks<'scope, 'env, R> {
             });
             self.threads.push(thread);
         }
-        self.send = Some(send);
+        send
     }
 
     /// Hands over what is left, waits for every check, and returns the first bad entry's
     /// error, if any.
     fn finish(mut self) -> Option<BundleError> {
         // When this fails, a thread found a bad entry (taken below) or stopped.
-        let handed = self.flush();
+        let _ = self.flush();
         drop(self.send.take());
         // The threads end once the queue is empty and closed.
-        let mut stopped = false;
         for thread in self.threads.drain(..) {
-            stopped |= thread.join().is_err();
+            self.stopped |= thread.join().is_err();
         }
         let bad = lock(&self.bad).take().map(|(_, e)| e);
-        if bad.is_none() && (stopped || !handed || self.stopped) {
+        if bad.is_none() && self.stopped {
             return Some(BundleError::Io(io::Error::other(
                 "a thread checking the bundle's entries stopped",
             )));

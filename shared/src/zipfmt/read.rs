@@ -358,11 +358,6 @@ impl<R: Read + Seek> std::fmt::Debug for Next<'_, R> {
 }
 
 impl<'a, R: Read + Seek> Next<'a, R> {
-    /// The entry.
-    pub fn entry(&self) -> &Entry {
-        &self.entry
-    }
-
     /// Reads its data here.
     pub fn read(self) -> EntryReader<'a, R> {
         let raw = (&mut self.zip.r).take(self.entry.compressed_size);
